@@ -1,0 +1,30 @@
+//! The embedded schema migrations, shared by both backends.
+
+use sqlx::SqlSafeStr;
+use sqlx::migrate::{MigrateError, Migration, MigrationType, Migrator};
+
+use crate::{Store, StoreError};
+
+/// Every migration, in order. Each file is portable SQL that runs on SQLite and PostgreSQL.
+const MIGRATIONS: &[(i64, &str, &str)] =
+    &[(1, "user pool", include_str!("../migrations/0001_user_pool.sql"))];
+
+pub(crate) async fn run(store: &Store) -> Result<(), StoreError> {
+    let migrations = MIGRATIONS
+        .iter()
+        .map(|&(version, description, sql)| {
+            Migration::new(version, description.into(), MigrationType::Simple, sql.into_sql_str(), false)
+        })
+        .collect();
+    let migrator = Migrator::with_migrations(migrations);
+    migrator.run(&store.pool).await.map_err(|e| match e {
+        MigrateError::Execute(db) | MigrateError::ExecuteMigration(db, _) => StoreError::Database(db),
+        MigrateError::VersionMissing(v) => StoreError::Migration(format!(
+            "the database has migration {v}, which this binary does not know: it was written by a newer portcullis. Upgrade this binary"
+        )),
+        MigrateError::VersionMismatch(v) => StoreError::Migration(format!(
+            "migration {v} in the database differs from the one embedded in this binary"
+        )),
+        other => StoreError::Migration(other.to_string()),
+    })
+}

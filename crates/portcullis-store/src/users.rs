@@ -1,0 +1,254 @@
+//! Users of the pool. Usernames are unique without regard to letter case.
+
+use std::collections::BTreeMap;
+
+use sqlx::Row;
+use sqlx::any::AnyRow;
+
+use crate::error::is_unique_violation;
+use crate::{Store, StoreError};
+
+/// Whether a user may sign in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UserStatus {
+    /// May sign in.
+    Enabled,
+    /// May not sign in; existing sessions are revoked by the caller.
+    Disabled,
+}
+
+impl UserStatus {
+    fn as_str(self) -> &'static str {
+        match self {
+            UserStatus::Enabled => "enabled",
+            UserStatus::Disabled => "disabled",
+        }
+    }
+
+    fn parse(s: &str) -> Result<Self, StoreError> {
+        match s {
+            "enabled" => Ok(UserStatus::Enabled),
+            "disabled" => Ok(UserStatus::Disabled),
+            other => Err(StoreError::Corrupt(format!("unknown user status {other:?}"))),
+        }
+    }
+}
+
+/// A stored user. The password hash is a PHC string and never leaves the crate boundary
+/// except to be verified.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct User {
+    pub id: String,
+    pub username: String,
+    pub email: Option<String>,
+    pub email_verified: bool,
+    pub attributes: BTreeMap<String, String>,
+    pub status: UserStatus,
+    #[serde(skip)]
+    pub password_hash: Option<String>,
+    /// Group names, sorted by precedence then name.
+    pub groups: Vec<String>,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+/// A user to create. Validation (username characters, email syntax, password policy) is the
+/// caller's job; the store enforces uniqueness.
+#[derive(Clone, Debug)]
+pub struct NewUser {
+    pub id: String,
+    pub username: String,
+    pub email: Option<String>,
+    pub email_verified: bool,
+    pub attributes: BTreeMap<String, String>,
+    pub password_hash: Option<String>,
+    /// Groups to join at creation, in one transaction with the insert.
+    pub groups: Vec<String>,
+    pub now: i64,
+}
+
+/// The case-folded key under which a username or group name is unique.
+pub(crate) fn name_key(name: &str) -> String {
+    name.to_ascii_lowercase()
+}
+
+const USER_COLUMNS: &str =
+    "id, username, email, email_verified, attributes, status, password_hash, created_at, updated_at";
+
+fn user_from_row(row: &AnyRow) -> Result<User, StoreError> {
+    let attributes: String = row.try_get("attributes")?;
+    let attributes = serde_json::from_str(&attributes)
+        .map_err(|e| StoreError::Corrupt(format!("user attributes are not a JSON object: {e}")))?;
+    Ok(User {
+        id: row.try_get("id")?,
+        username: row.try_get("username")?,
+        email: row.try_get("email")?,
+        email_verified: row.try_get::<i64, _>("email_verified")? != 0,
+        attributes,
+        status: UserStatus::parse(&row.try_get::<String, _>("status")?)?,
+        password_hash: row.try_get("password_hash")?,
+        groups: Vec::new(),
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
+    })
+}
+
+fn not_found(username: &str) -> StoreError {
+    StoreError::NotFound { kind: "user", name: username.to_owned() }
+}
+
+impl Store {
+    /// Creates a user and its group memberships atomically. Fails with
+    /// [`StoreError::AlreadyExists`] when the username is taken in any letter case, and with
+    /// [`StoreError::NotFound`] when a group does not exist; nothing is written then.
+    pub async fn create_user(&self, new: &NewUser) -> Result<User, StoreError> {
+        let attributes = serde_json::to_string(&new.attributes)
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let mut tx = self.begin_write().await?;
+        let inserted = sqlx::query(
+            "INSERT INTO users (id, username, username_key, email, email_verified, attributes, status, password_hash, created_at, updated_at)
+             VALUES ($1, $2, $3, $4, $5, $6, 'enabled', $7, $8, $8)",
+        )
+        .bind(&new.id)
+        .bind(&new.username)
+        .bind(name_key(&new.username))
+        .bind(&new.email)
+        .bind(i64::from(new.email_verified))
+        .bind(&attributes)
+        .bind(&new.password_hash)
+        .bind(new.now)
+        .execute(&mut *tx)
+        .await;
+        match inserted {
+            Err(e) if is_unique_violation(&e) => {
+                return Err(StoreError::AlreadyExists { kind: "user", name: new.username.clone() });
+            }
+            other => {
+                other?;
+            }
+        }
+        for group in &new.groups {
+            add_member_tx(&mut tx, &new.id, group, new.now).await?;
+        }
+        tx.commit().await?;
+        self.user(&new.username).await?.ok_or_else(|| not_found(&new.username))
+    }
+
+    /// Looks a user up by username, in any letter case.
+    pub async fn user(&self, username: &str) -> Result<Option<User>, StoreError> {
+        let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE username_key = $1");
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(name_key(username))
+            .fetch_optional(&self.pool)
+            .await?;
+        match row {
+            None => Ok(None),
+            Some(row) => {
+                let mut user = user_from_row(&row)?;
+                user.groups = self.groups_of(&user.id).await?;
+                Ok(Some(user))
+            }
+        }
+    }
+
+    /// Every user, ordered by username, with their groups.
+    pub async fn list_users(&self) -> Result<Vec<User>, StoreError> {
+        let sql = format!("SELECT {USER_COLUMNS} FROM users ORDER BY username_key");
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql)).fetch_all(&self.pool).await?;
+        let mut users = rows.iter().map(user_from_row).collect::<Result<Vec<_>, _>>()?;
+        let memberships = sqlx::query(
+            "SELECT m.user_id, g.name FROM group_members m JOIN user_groups g ON g.name_key = m.group_key
+             ORDER BY g.precedence IS NULL, g.precedence, g.name_key",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        let mut by_user: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for row in &memberships {
+            by_user.entry(row.try_get("user_id")?).or_default().push(row.try_get("name")?);
+        }
+        for user in &mut users {
+            user.groups = by_user.remove(&user.id).unwrap_or_default();
+        }
+        Ok(users)
+    }
+
+    /// Deletes a user and its memberships.
+    pub async fn delete_user(&self, username: &str) -> Result<(), StoreError> {
+        let done = sqlx::query("DELETE FROM users WHERE username_key = $1")
+            .bind(name_key(username))
+            .execute(&self.pool)
+            .await?;
+        if done.rows_affected() == 0 {
+            return Err(not_found(username));
+        }
+        Ok(())
+    }
+
+    /// Replaces a user's password hash.
+    pub async fn set_password_hash(&self, username: &str, hash: &str, now: i64) -> Result<(), StoreError> {
+        let done = sqlx::query("UPDATE users SET password_hash = $1, updated_at = $2 WHERE username_key = $3")
+            .bind(hash)
+            .bind(now)
+            .bind(name_key(username))
+            .execute(&self.pool)
+            .await?;
+        if done.rows_affected() == 0 {
+            return Err(not_found(username));
+        }
+        Ok(())
+    }
+
+    /// Enables or disables a user.
+    pub async fn set_user_status(&self, username: &str, status: UserStatus, now: i64) -> Result<(), StoreError> {
+        let done = sqlx::query("UPDATE users SET status = $1, updated_at = $2 WHERE username_key = $3")
+            .bind(status.as_str())
+            .bind(now)
+            .bind(name_key(username))
+            .execute(&self.pool)
+            .await?;
+        if done.rows_affected() == 0 {
+            return Err(not_found(username));
+        }
+        Ok(())
+    }
+
+    /// The names of a user's groups, by precedence then name.
+    async fn groups_of(&self, user_id: &str) -> Result<Vec<String>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT g.name FROM group_members m JOIN user_groups g ON g.name_key = m.group_key
+             WHERE m.user_id = $1 ORDER BY g.precedence IS NULL, g.precedence, g.name_key",
+        )
+        .bind(user_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(|r| r.try_get("name").map_err(StoreError::from)).collect()
+    }
+}
+
+/// Adds a membership inside a transaction; both the user id and the group must exist.
+/// Returns whether a membership was added (false: it already existed).
+pub(crate) async fn add_member_tx(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    user_id: &str,
+    group: &str,
+    now: i64,
+) -> Result<bool, StoreError> {
+    let exists = sqlx::query("SELECT 1 FROM user_groups WHERE name_key = $1")
+        .bind(name_key(group))
+        .fetch_optional(&mut **tx)
+        .await?;
+    if exists.is_none() {
+        return Err(StoreError::NotFound { kind: "group", name: group.to_owned() });
+    }
+    let done = sqlx::query(
+        "INSERT INTO group_members (user_id, group_key, created_at) VALUES ($1, $2, $3)
+         ON CONFLICT (user_id, group_key) DO NOTHING",
+    )
+    .bind(user_id)
+    .bind(name_key(group))
+    .bind(now)
+    .execute(&mut **tx)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
