@@ -1,0 +1,250 @@
+//! The user pool's operations: validate, hash, store. The CLI and (later) the admin API and the
+//! hosted pages call these, never the store directly, so every path applies the same rules.
+
+use std::collections::BTreeMap;
+
+use portcullis_store::{Group, NewGroup, NewUser, Store, StoreError, User, UserStatus};
+use portcullis_token::{Clock, Secret};
+
+use crate::names::{NameError, validate_email, validate_group_name, validate_username};
+use crate::password::{HashError, PasswordError, PasswordHasher, PasswordPolicy, generate_password};
+
+/// Most attributes a user may carry, longest key and longest value (bytes).
+const MAX_ATTRIBUTES: usize = 50;
+const MAX_ATTRIBUTE_KEY: usize = 64;
+const MAX_ATTRIBUTE_VALUE: usize = 2048;
+const MAX_DESCRIPTION: usize = 2048;
+
+/// Why a user-pool operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PoolError {
+    #[error(transparent)]
+    Name(#[from] NameError),
+    #[error(transparent)]
+    Password(#[from] PasswordError),
+    #[error("invalid attribute: {0}")]
+    Attribute(String),
+    #[error("invalid group: {0}")]
+    Group(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Hash(#[from] HashError),
+}
+
+impl PoolError {
+    /// True when the caller can fix it (bad input, name taken, unknown user or group).
+    pub fn is_user_error(&self) -> bool {
+        match self {
+            PoolError::Store(e) => e.is_user_error(),
+            PoolError::Hash(_) => false,
+            _ => true,
+        }
+    }
+}
+
+/// A user to add.
+#[derive(Debug, Default)]
+pub struct AddUser {
+    pub username: String,
+    pub email: Option<String>,
+    pub email_verified: bool,
+    pub attributes: BTreeMap<String, String>,
+    pub groups: Vec<String>,
+    /// `None`: generate one and return it.
+    pub password: Option<Secret<String>>,
+}
+
+/// The user pool.
+#[derive(Clone, Debug)]
+pub struct UserPool {
+    store: Store,
+    hasher: PasswordHasher,
+    policy: PasswordPolicy,
+    clock: Clock,
+}
+
+impl UserPool {
+    pub fn new(store: Store, hasher: PasswordHasher, policy: PasswordPolicy, clock: Clock) -> Self {
+        UserPool { store, hasher, policy, clock }
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn policy(&self) -> &PasswordPolicy {
+        &self.policy
+    }
+
+    /// Adds a user. Returns the generated password when none was given; it is shown once and
+    /// never stored in clear.
+    pub async fn add_user(&self, req: AddUser) -> Result<(User, Option<Secret<String>>), PoolError> {
+        validate_username(&req.username)?;
+        if let Some(email) = &req.email {
+            validate_email(email)?;
+        }
+        validate_attributes(&req.attributes)?;
+        for group in &req.groups {
+            validate_group_name(group)?;
+        }
+        let (password, generated) = match req.password {
+            Some(pw) => {
+                self.policy.check(pw.expose(), &context(&req.username, req.email.as_deref()))?;
+                (pw, None)
+            }
+            None => {
+                let pw = generate_password();
+                (pw.clone(), Some(pw))
+            }
+        };
+        let password_hash = Some(self.hasher.hash(password).await?);
+        let new = NewUser {
+            id: uuid_v7(),
+            username: req.username,
+            email: req.email,
+            email_verified: req.email_verified,
+            attributes: req.attributes,
+            password_hash,
+            groups: req.groups,
+            now: self.clock.now(),
+        };
+        let user = self.store.create_user(&new).await?;
+        Ok((user, generated))
+    }
+
+    /// Looks a user up (any letter case).
+    pub async fn user(&self, username: &str) -> Result<User, PoolError> {
+        self.store
+            .user(username)
+            .await?
+            .ok_or_else(|| StoreError::NotFound { kind: "user", name: username.to_owned() }.into())
+    }
+
+    pub async fn list_users(&self) -> Result<Vec<User>, PoolError> {
+        Ok(self.store.list_users().await?)
+    }
+
+    pub async fn delete_user(&self, username: &str) -> Result<(), PoolError> {
+        Ok(self.store.delete_user(username).await?)
+    }
+
+    /// Sets a new password (generated when `None`, and returned).
+    pub async fn set_password(
+        &self,
+        username: &str,
+        password: Option<Secret<String>>,
+    ) -> Result<Option<Secret<String>>, PoolError> {
+        let user = self.user(username).await?;
+        let (password, generated) = match password {
+            Some(pw) => {
+                self.policy.check(pw.expose(), &context(&user.username, user.email.as_deref()))?;
+                (pw, None)
+            }
+            None => {
+                let pw = generate_password();
+                (pw.clone(), Some(pw))
+            }
+        };
+        let hash = self.hasher.hash(password).await?;
+        self.store.set_password_hash(&user.username, &hash, self.clock.now()).await?;
+        Ok(generated)
+    }
+
+    /// Enables or disables a user.
+    pub async fn set_enabled(&self, username: &str, enabled: bool) -> Result<(), PoolError> {
+        let status = if enabled { UserStatus::Enabled } else { UserStatus::Disabled };
+        Ok(self.store.set_user_status(username, status, self.clock.now()).await?)
+    }
+
+    /// Checks a username and password. Unknown users, users without a password and disabled
+    /// users all cost one Argon2 verification and yield `None`.
+    pub async fn authenticate(&self, username: &str, password: Secret<String>) -> Result<Option<User>, PoolError> {
+        let user = match validate_username(username) {
+            Ok(()) => self.store.user(username).await?,
+            Err(_) => None,
+        };
+        let stored = user.as_ref().and_then(|u| u.password_hash.clone());
+        let ok = self.hasher.verify(password, stored).await?;
+        Ok(user.filter(|u| ok && u.status == UserStatus::Enabled))
+    }
+
+    pub async fn add_group(&self, name: &str, description: &str, precedence: Option<i64>) -> Result<Group, PoolError> {
+        validate_group_name(name)?;
+        if description.len() > MAX_DESCRIPTION || description.chars().any(char::is_control) {
+            return Err(PoolError::Group(format!(
+                "the description must be at most {MAX_DESCRIPTION} bytes of printable text"
+            )));
+        }
+        if let Some(p) = precedence
+            && !(0..=i64::from(i32::MAX)).contains(&p)
+        {
+            return Err(PoolError::Group(format!("precedence must be between 0 and {}, got {p}", i32::MAX)));
+        }
+        let new = NewGroup {
+            name: name.to_owned(),
+            description: description.to_owned(),
+            precedence,
+            now: self.clock.now(),
+        };
+        Ok(self.store.create_group(&new).await?)
+    }
+
+    pub async fn list_groups(&self) -> Result<Vec<Group>, PoolError> {
+        Ok(self.store.list_groups().await?)
+    }
+
+    pub async fn delete_group(&self, name: &str) -> Result<(), PoolError> {
+        Ok(self.store.delete_group(name).await?)
+    }
+
+    /// Adds a member; returns false when the user already was one.
+    pub async fn add_member(&self, group: &str, username: &str) -> Result<bool, PoolError> {
+        Ok(self.store.add_member(group, username, self.clock.now()).await?)
+    }
+
+    /// Removes a member; returns false when the user was not one.
+    pub async fn remove_member(&self, group: &str, username: &str) -> Result<bool, PoolError> {
+        Ok(self.store.remove_member(group, username).await?)
+    }
+
+    pub async fn group_members(&self, group: &str) -> Result<Vec<String>, PoolError> {
+        Ok(self.store.group_members(group).await?)
+    }
+}
+
+/// Words a password must not be built from.
+fn context<'a>(username: &'a str, email: Option<&'a str>) -> Vec<&'a str> {
+    let mut words = vec![username];
+    if let Some(email) = email {
+        words.push(email);
+        words.extend(email.split('@').next());
+    }
+    words
+}
+
+fn validate_attributes(attributes: &BTreeMap<String, String>) -> Result<(), PoolError> {
+    if attributes.len() > MAX_ATTRIBUTES {
+        return Err(PoolError::Attribute(format!("at most {MAX_ATTRIBUTES} attributes per user")));
+    }
+    for (key, value) in attributes {
+        let key_ok = !key.is_empty()
+            && key.len() <= MAX_ATTRIBUTE_KEY
+            && key.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | ':'));
+        if !key_ok {
+            return Err(PoolError::Attribute(format!(
+                "{key:?}: names are 1–{MAX_ATTRIBUTE_KEY} ASCII letters, digits or `_ - . :`"
+            )));
+        }
+        if value.len() > MAX_ATTRIBUTE_VALUE || value.chars().any(char::is_control) {
+            return Err(PoolError::Attribute(format!(
+                "{key}: values are at most {MAX_ATTRIBUTE_VALUE} bytes of printable text"
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn uuid_v7() -> String {
+    uuid::Uuid::now_v7().to_string()
+}
