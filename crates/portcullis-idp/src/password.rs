@@ -27,7 +27,11 @@ pub struct PasswordPolicy {
 
 impl Default for PasswordPolicy {
     fn default() -> Self {
-        PasswordPolicy { min_chars: 12, max_bytes: 256, min_strength: 2 }
+        PasswordPolicy {
+            min_chars: 12,
+            max_bytes: 256,
+            min_strength: 2,
+        }
     }
 }
 
@@ -38,9 +42,13 @@ pub enum PasswordError {
     TooShort { min: usize, got: usize },
     #[error("the password is too long: {got} bytes, at most {max} allowed")]
     TooLong { max: usize, got: usize },
-    #[error("the password contains a control character (such as a newline or NUL); use printable characters only")]
+    #[error(
+        "the password contains a control character (such as a newline or NUL); use printable characters only"
+    )]
     ControlCharacter,
-    #[error("the password is too easy to guess{hint}; choose a longer passphrase of unrelated words, or let portcullis generate one")]
+    #[error(
+        "the password is too easy to guess{hint}; choose a longer passphrase of unrelated words, or let portcullis generate one"
+    )]
     TooCommon { hint: String },
 }
 
@@ -54,11 +62,17 @@ impl PasswordPolicy {
     /// username, the email address): zxcvbn counts them as known.
     pub fn check(&self, password: &str, context: &[&str]) -> Result<(), PasswordError> {
         if password.len() > self.max_bytes {
-            return Err(PasswordError::TooLong { max: self.max_bytes, got: password.len() });
+            return Err(PasswordError::TooLong {
+                max: self.max_bytes,
+                got: password.len(),
+            });
         }
         let chars = password.chars().count();
         if chars < self.min_chars {
-            return Err(PasswordError::TooShort { min: self.min_chars, got: chars });
+            return Err(PasswordError::TooShort {
+                min: self.min_chars,
+                got: chars,
+            });
         }
         if password.chars().any(char::is_control) {
             return Err(PasswordError::ControlCharacter);
@@ -122,23 +136,34 @@ impl PasswordHasher {
 
     fn with_params(params: Params, concurrency: usize) -> Result<Self, HashError> {
         let concurrency = match concurrency {
-            0 => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+            0 => std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1),
             n => n,
         };
         let dummy = hash_now(&params, generate_password().expose().as_bytes())?;
-        Ok(PasswordHasher { params, permits: Arc::new(Semaphore::new(concurrency)), dummy: dummy.into() })
+        Ok(PasswordHasher {
+            params,
+            permits: Arc::new(Semaphore::new(concurrency)),
+            dummy: dummy.into(),
+        })
     }
 
     /// Hashes a password into a PHC string.
     pub async fn hash(&self, password: Secret<String>) -> Result<String, HashError> {
         let params = self.params.clone();
-        self.run(move || hash_now(&params, password.expose().as_bytes())).await?
+        self.run(move || hash_now(&params, password.expose().as_bytes()))
+            .await?
     }
 
     /// Checks a password against a stored PHC string. With no stored hash (unknown user, or a
     /// user without a password) it verifies against a dummy hash and returns false, taking the
     /// same time as a wrong password.
-    pub async fn verify(&self, password: Secret<String>, stored: Option<String>) -> Result<bool, HashError> {
+    pub async fn verify(
+        &self,
+        password: Secret<String>,
+        stored: Option<String>,
+    ) -> Result<bool, HashError> {
         let dummy = self.dummy.clone();
         self.run(move || {
             let (hash, real) = match &stored {
@@ -147,15 +172,26 @@ impl PasswordHasher {
             };
             // The parameters come from the PHC string, so old hashes keep verifying after the
             // defaults change.
-            let ok = Argon2::default().verify_password(password.expose().as_bytes(), hash).is_ok();
+            let ok = Argon2::default()
+                .verify_password(password.expose().as_bytes(), hash)
+                .is_ok();
             ok && real
         })
         .await
     }
 
-    async fn run<T: Send + 'static>(&self, job: impl FnOnce() -> T + Send + 'static) -> Result<T, HashError> {
-        let _permit = self.permits.acquire().await.map_err(|e| HashError::Worker(e.to_string()))?;
-        tokio::task::spawn_blocking(job).await.map_err(|e| HashError::Worker(e.to_string()))
+    async fn run<T: Send + 'static>(
+        &self,
+        job: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, HashError> {
+        let _permit = self
+            .permits
+            .acquire()
+            .await
+            .map_err(|e| HashError::Worker(e.to_string()))?;
+        tokio::task::spawn_blocking(job)
+            .await
+            .map_err(|e| HashError::Worker(e.to_string()))
     }
 }
 
@@ -173,24 +209,48 @@ mod tests {
     #[test]
     fn policy_lengths() {
         let p = PasswordPolicy::default();
-        assert_eq!(p.check("short", &[]), Err(PasswordError::TooShort { min: 12, got: 5 }));
+        assert_eq!(
+            p.check("short", &[]),
+            Err(PasswordError::TooShort { min: 12, got: 5 })
+        );
         // Counted in characters, not bytes: 11 two-byte characters are still too short.
-        assert!(matches!(p.check(&"é".repeat(11), &[]), Err(PasswordError::TooShort { .. })));
-        assert!(matches!(p.check(&"x".repeat(257), &[]), Err(PasswordError::TooLong { max: 256, got: 257 })));
+        assert!(matches!(
+            p.check(&"é".repeat(11), &[]),
+            Err(PasswordError::TooShort { .. })
+        ));
+        assert!(matches!(
+            p.check(&"x".repeat(257), &[]),
+            Err(PasswordError::TooLong { max: 256, got: 257 })
+        ));
         assert_eq!(p.check("correct-horse-battery-staple-42", &[]), Ok(()));
         assert_eq!(p.check("tNDq4nh8wN3pVqmjHcGz", &[]), Ok(()));
-        assert_eq!(p.check("line\nbreak-in-here", &[]), Err(PasswordError::ControlCharacter));
+        assert_eq!(
+            p.check("line\nbreak-in-here", &[]),
+            Err(PasswordError::ControlCharacter)
+        );
     }
 
     #[test]
     fn common_passwords_are_refused() {
         let p = PasswordPolicy::default();
-        for common in ["password1234", "qwertyuiop123", "123456789012", "aaaaaaaaaaaa", "iloveyou1234"] {
-            assert!(matches!(p.check(common, &[]), Err(PasswordError::TooCommon { .. })), "{common}");
+        for common in [
+            "password1234",
+            "qwertyuiop123",
+            "123456789012",
+            "aaaaaaaaaaaa",
+            "iloveyou1234",
+        ] {
+            assert!(
+                matches!(p.check(common, &[]), Err(PasswordError::TooCommon { .. })),
+                "{common}"
+            );
         }
         // Built from the username: weak in context.
         assert!(p.check("customer1234", &["customer"]).is_err());
-        let off = PasswordPolicy { min_strength: 0, ..PasswordPolicy::default() };
+        let off = PasswordPolicy {
+            min_strength: 0,
+            ..PasswordPolicy::default()
+        };
         assert_eq!(off.check("password1234", &[]), Ok(()));
     }
 
@@ -207,11 +267,40 @@ mod tests {
     #[tokio::test]
     async fn owasp_parameters_and_round_trip() {
         let hasher = PasswordHasher::new(1).expect("hasher");
-        let hash = hasher.hash(Secret::new("a long passphrase here".into())).await.expect("hash");
-        assert!(hash.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"), "{hash}");
-        assert!(hasher.verify(Secret::new("a long passphrase here".into()), Some(hash.clone())).await.expect("verify"));
-        assert!(!hasher.verify(Secret::new("a long passphrase herE".into()), Some(hash)).await.expect("verify"));
-        assert!(!hasher.verify(Secret::new("anything".into()), None).await.expect("dummy"));
-        assert!(!hasher.verify(Secret::new("x".into()), Some("not a phc string".into())).await.expect("garbage"));
+        let hash = hasher
+            .hash(Secret::new("a long passphrase here".into()))
+            .await
+            .expect("hash");
+        assert!(
+            hash.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"),
+            "{hash}"
+        );
+        assert!(
+            hasher
+                .verify(
+                    Secret::new("a long passphrase here".into()),
+                    Some(hash.clone())
+                )
+                .await
+                .expect("verify")
+        );
+        assert!(
+            !hasher
+                .verify(Secret::new("a long passphrase herE".into()), Some(hash))
+                .await
+                .expect("verify")
+        );
+        assert!(
+            !hasher
+                .verify(Secret::new("anything".into()), None)
+                .await
+                .expect("dummy")
+        );
+        assert!(
+            !hasher
+                .verify(Secret::new("x".into()), Some("not a phc string".into()))
+                .await
+                .expect("garbage")
+        );
     }
 }

@@ -7,7 +7,9 @@ use portcullis_store::{Group, NewGroup, NewUser, Store, StoreError, User, UserSt
 use portcullis_token::{Clock, Secret};
 
 use crate::names::{NameError, validate_email, validate_group_name, validate_username};
-use crate::password::{HashError, PasswordError, PasswordHasher, PasswordPolicy, generate_password};
+use crate::password::{
+    HashError, PasswordError, PasswordHasher, PasswordPolicy, generate_password,
+};
 
 /// Most attributes a user may carry, longest key and longest value (bytes).
 const MAX_ATTRIBUTES: usize = 50;
@@ -66,7 +68,12 @@ pub struct UserPool {
 
 impl UserPool {
     pub fn new(store: Store, hasher: PasswordHasher, policy: PasswordPolicy, clock: Clock) -> Self {
-        UserPool { store, hasher, policy, clock }
+        UserPool {
+            store,
+            hasher,
+            policy,
+            clock,
+        }
     }
 
     pub fn store(&self) -> &Store {
@@ -79,7 +86,10 @@ impl UserPool {
 
     /// Adds a user. Returns the generated password when none was given; it is shown once and
     /// never stored in clear.
-    pub async fn add_user(&self, req: AddUser) -> Result<(User, Option<Secret<String>>), PoolError> {
+    pub async fn add_user(
+        &self,
+        req: AddUser,
+    ) -> Result<(User, Option<Secret<String>>), PoolError> {
         validate_username(&req.username)?;
         if let Some(email) = &req.email {
             validate_email(email)?;
@@ -90,7 +100,8 @@ impl UserPool {
         }
         let (password, generated) = match req.password {
             Some(pw) => {
-                self.policy.check(pw.expose(), &context(&req.username, req.email.as_deref()))?;
+                self.policy
+                    .check(pw.expose(), &context(&req.username, req.email.as_deref()))?;
                 (pw, None)
             }
             None => {
@@ -115,10 +126,13 @@ impl UserPool {
 
     /// Looks a user up (any letter case).
     pub async fn user(&self, username: &str) -> Result<User, PoolError> {
-        self.store
-            .user(username)
-            .await?
-            .ok_or_else(|| StoreError::NotFound { kind: "user", name: username.to_owned() }.into())
+        self.store.user(username).await?.ok_or_else(|| {
+            StoreError::NotFound {
+                kind: "user",
+                name: username.to_owned(),
+            }
+            .into()
+        })
     }
 
     pub async fn list_users(&self) -> Result<Vec<User>, PoolError> {
@@ -138,7 +152,8 @@ impl UserPool {
         let user = self.user(username).await?;
         let (password, generated) = match password {
             Some(pw) => {
-                self.policy.check(pw.expose(), &context(&user.username, user.email.as_deref()))?;
+                self.policy
+                    .check(pw.expose(), &context(&user.username, user.email.as_deref()))?;
                 (pw, None)
             }
             None => {
@@ -147,19 +162,32 @@ impl UserPool {
             }
         };
         let hash = self.hasher.hash(password).await?;
-        self.store.set_password_hash(&user.username, &hash, self.clock.now()).await?;
+        self.store
+            .set_password_hash(&user.username, &hash, self.clock.now())
+            .await?;
         Ok(generated)
     }
 
     /// Enables or disables a user.
     pub async fn set_enabled(&self, username: &str, enabled: bool) -> Result<(), PoolError> {
-        let status = if enabled { UserStatus::Enabled } else { UserStatus::Disabled };
-        Ok(self.store.set_user_status(username, status, self.clock.now()).await?)
+        let status = if enabled {
+            UserStatus::Enabled
+        } else {
+            UserStatus::Disabled
+        };
+        Ok(self
+            .store
+            .set_user_status(username, status, self.clock.now())
+            .await?)
     }
 
     /// Checks a username and password. Unknown users, users without a password and disabled
     /// users all cost one Argon2 verification and yield `None`.
-    pub async fn authenticate(&self, username: &str, password: Secret<String>) -> Result<Option<User>, PoolError> {
+    pub async fn authenticate(
+        &self,
+        username: &str,
+        password: Secret<String>,
+    ) -> Result<Option<User>, PoolError> {
         let user = match validate_username(username) {
             Ok(()) => self.store.user(username).await?,
             Err(_) => None,
@@ -169,7 +197,12 @@ impl UserPool {
         Ok(user.filter(|u| ok && u.status == UserStatus::Enabled))
     }
 
-    pub async fn add_group(&self, name: &str, description: &str, precedence: Option<i64>) -> Result<Group, PoolError> {
+    pub async fn add_group(
+        &self,
+        name: &str,
+        description: &str,
+        precedence: Option<i64>,
+    ) -> Result<Group, PoolError> {
         validate_group_name(name)?;
         if description.len() > MAX_DESCRIPTION || description.chars().any(char::is_control) {
             return Err(PoolError::Group(format!(
@@ -179,7 +212,10 @@ impl UserPool {
         if let Some(p) = precedence
             && !(0..=i64::from(i32::MAX)).contains(&p)
         {
-            return Err(PoolError::Group(format!("precedence must be between 0 and {}, got {p}", i32::MAX)));
+            return Err(PoolError::Group(format!(
+                "precedence must be between 0 and {}, got {p}",
+                i32::MAX
+            )));
         }
         let new = NewGroup {
             name: name.to_owned(),
@@ -200,7 +236,10 @@ impl UserPool {
 
     /// Adds a member; returns false when the user already was one.
     pub async fn add_member(&self, group: &str, username: &str) -> Result<bool, PoolError> {
-        Ok(self.store.add_member(group, username, self.clock.now()).await?)
+        Ok(self
+            .store
+            .add_member(group, username, self.clock.now())
+            .await?)
     }
 
     /// Removes a member; returns false when the user was not one.
@@ -225,12 +264,16 @@ fn context<'a>(username: &'a str, email: Option<&'a str>) -> Vec<&'a str> {
 
 fn validate_attributes(attributes: &BTreeMap<String, String>) -> Result<(), PoolError> {
     if attributes.len() > MAX_ATTRIBUTES {
-        return Err(PoolError::Attribute(format!("at most {MAX_ATTRIBUTES} attributes per user")));
+        return Err(PoolError::Attribute(format!(
+            "at most {MAX_ATTRIBUTES} attributes per user"
+        )));
     }
     for (key, value) in attributes {
         let key_ok = !key.is_empty()
             && key.len() <= MAX_ATTRIBUTE_KEY
-            && key.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | ':'));
+            && key
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | ':'));
         if !key_ok {
             return Err(PoolError::Attribute(format!(
                 "{key:?}: names are 1–{MAX_ATTRIBUTE_KEY} ASCII letters, digits or `_ - . :`"

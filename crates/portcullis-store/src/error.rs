@@ -4,7 +4,9 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// The database server could not be reached or did not answer in time.
-    #[error("cannot reach the database at {host}: {reason}. Check that the server is running and that `store.url` names the right host and port")]
+    #[error(
+        "cannot reach the database at {host}: {reason}. Check that the server is running and that `store.url` names the right host and port"
+    )]
     Unreachable { host: String, reason: String },
 
     /// The SQLite file (or its directory) cannot be created or written.
@@ -16,7 +18,7 @@ pub enum StoreError {
     InvalidUrl(String),
 
     /// A unique name is already taken.
-    #[error("{kind} {name:?} already exists")]
+    #[error("{kind} {name:?} already exists (names are unique regardless of letter case)")]
     AlreadyExists { kind: &'static str, name: String },
 
     /// The named record does not exist.

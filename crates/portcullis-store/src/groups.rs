@@ -59,14 +59,18 @@ impl Store {
         .execute(&self.pool)
         .await;
         match inserted {
-            Err(e) if is_unique_violation(&e) => {
-                Err(StoreError::AlreadyExists { kind: "group", name: new.name.clone() })
-            }
-            Err(e) => Err(e.into()),
-            Ok(_) => self.group(&new.name).await?.ok_or_else(|| StoreError::NotFound {
+            Err(e) if is_unique_violation(&e) => Err(StoreError::AlreadyExists {
                 kind: "group",
                 name: new.name.clone(),
             }),
+            Err(e) => Err(e.into()),
+            Ok(_) => self
+                .group(&new.name)
+                .await?
+                .ok_or_else(|| StoreError::NotFound {
+                    kind: "group",
+                    name: new.name.clone(),
+                }),
         }
     }
 
@@ -83,7 +87,9 @@ impl Store {
     /// Every group, by precedence then name.
     pub async fn list_groups(&self) -> Result<Vec<Group>, StoreError> {
         let sql = format!("{GROUP_SELECT} ORDER BY g.precedence IS NULL, g.precedence, g.name_key");
-        let rows = sqlx::query(sqlx::AssertSqlSafe(sql)).fetch_all(&self.pool).await?;
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .fetch_all(&self.pool)
+            .await?;
         rows.iter().map(group_from_row).collect()
     }
 
@@ -94,13 +100,21 @@ impl Store {
             .execute(&self.pool)
             .await?;
         if done.rows_affected() == 0 {
-            return Err(StoreError::NotFound { kind: "group", name: name.to_owned() });
+            return Err(StoreError::NotFound {
+                kind: "group",
+                name: name.to_owned(),
+            });
         }
         Ok(())
     }
 
     /// Adds a user to a group. Returns false if the user was already a member.
-    pub async fn add_member(&self, group: &str, username: &str, now: i64) -> Result<bool, StoreError> {
+    pub async fn add_member(
+        &self,
+        group: &str,
+        username: &str,
+        now: i64,
+    ) -> Result<bool, StoreError> {
         let mut tx = self.begin_write().await?;
         let user_id = user_id_tx(&mut tx, username).await?;
         let added = add_member_tx(&mut tx, &user_id, group, now).await?;
@@ -117,7 +131,10 @@ impl Store {
             .fetch_optional(&mut *tx)
             .await?;
         if exists.is_none() {
-            return Err(StoreError::NotFound { kind: "group", name: group.to_owned() });
+            return Err(StoreError::NotFound {
+                kind: "group",
+                name: group.to_owned(),
+            });
         }
         let done = sqlx::query("DELETE FROM group_members WHERE user_id = $1 AND group_key = $2")
             .bind(&user_id)
@@ -131,7 +148,10 @@ impl Store {
     /// The usernames in a group, sorted.
     pub async fn group_members(&self, group: &str) -> Result<Vec<String>, StoreError> {
         if self.group(group).await?.is_none() {
-            return Err(StoreError::NotFound { kind: "group", name: group.to_owned() });
+            return Err(StoreError::NotFound {
+                kind: "group",
+                name: group.to_owned(),
+            });
         }
         let rows = sqlx::query(
             "SELECT u.username FROM group_members m JOIN users u ON u.id = m.user_id
@@ -140,7 +160,9 @@ impl Store {
         .bind(name_key(group))
         .fetch_all(&self.pool)
         .await?;
-        rows.iter().map(|r| r.try_get("username").map_err(StoreError::from)).collect()
+        rows.iter()
+            .map(|r| r.try_get("username").map_err(StoreError::from))
+            .collect()
     }
 }
 
@@ -154,6 +176,9 @@ async fn user_id_tx(
         .await?;
     match row {
         Some(row) => Ok(row.try_get("id")?),
-        None => Err(StoreError::NotFound { kind: "user", name: username.to_owned() }),
+        None => Err(StoreError::NotFound {
+            kind: "user",
+            name: username.to_owned(),
+        }),
     }
 }

@@ -19,7 +19,7 @@ mod tests;
 
 pub use error::StoreError;
 pub use groups::{Group, NewGroup};
-pub use open::{Backend, StoreOptions, SqliteSync};
+pub use open::{Backend, SqliteSync, StoreOptions};
 pub use users::{NewUser, User, UserStatus};
 
 use sqlx::AnyPool;
@@ -67,5 +67,29 @@ impl Store {
             Backend::Postgres => self.pool.begin().await?,
         };
         Ok(tx)
+    }
+}
+
+impl Store {
+    /// Verifies the database: SQLite's `PRAGMA integrity_check`, or a round trip to PostgreSQL.
+    pub async fn integrity_check(&self) -> Result<(), StoreError> {
+        use sqlx::Row;
+        match self.backend {
+            Backend::Sqlite => {
+                let rows = sqlx::query("PRAGMA integrity_check")
+                    .fetch_all(&self.pool)
+                    .await?;
+                let report: Vec<String> = rows
+                    .iter()
+                    .map(|r| r.try_get::<String, _>(0))
+                    .collect::<Result<_, _>>()?;
+                if report == ["ok"] {
+                    Ok(())
+                } else {
+                    Err(StoreError::Corrupt(report.join("; ")))
+                }
+            }
+            Backend::Postgres => self.ping().await,
+        }
     }
 }

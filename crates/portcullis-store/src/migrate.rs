@@ -6,14 +6,23 @@ use sqlx::migrate::{MigrateError, Migration, MigrationType, Migrator};
 use crate::{Store, StoreError};
 
 /// Every migration, in order. Each file is portable SQL that runs on SQLite and PostgreSQL.
-const MIGRATIONS: &[(i64, &str, &str)] =
-    &[(1, "user pool", include_str!("../migrations/0001_user_pool.sql"))];
+const MIGRATIONS: &[(i64, &str, &str)] = &[(
+    1,
+    "user pool",
+    include_str!("../migrations/0001_user_pool.sql"),
+)];
 
 pub(crate) async fn run(store: &Store) -> Result<(), StoreError> {
     let migrations = MIGRATIONS
         .iter()
         .map(|&(version, description, sql)| {
-            Migration::new(version, description.into(), MigrationType::Simple, sql.into_sql_str(), false)
+            Migration::new(
+                version,
+                description.into(),
+                MigrationType::Simple,
+                sql.into_sql_str(),
+                false,
+            )
         })
         .collect();
     let migrator = Migrator::with_migrations(migrations);

@@ -55,27 +55,37 @@ impl StoreOptions {
 
 /// A store URL, understood.
 enum Target {
-    Sqlite { path: PathBuf },
-    Postgres { url: String, host: String, location: String },
+    Sqlite {
+        path: PathBuf,
+    },
+    Postgres {
+        url: String,
+        host: String,
+        location: String,
+    },
 }
 
 fn parse_target(url: &str) -> Result<Target, StoreError> {
     if let Some(rest) = url.strip_prefix("sqlite:") {
         let path = rest.strip_prefix("//").unwrap_or(rest);
         if path.is_empty() {
-            return Err(StoreError::InvalidUrl("`sqlite:` needs a file path, e.g. sqlite:///var/lib/portcullis/portcullis.db".into()));
+            return Err(StoreError::InvalidUrl(
+                "`sqlite:` needs a file path, e.g. sqlite:///var/lib/portcullis/portcullis.db"
+                    .into(),
+            ));
         }
         if path.contains(['?', '#']) || path == ":memory:" {
             return Err(StoreError::InvalidUrl(format!(
                 "{path:?} is not a plain file path; portcullis manages SQLite options itself"
             )));
         }
-        return Ok(Target::Sqlite { path: PathBuf::from(path) });
+        return Ok(Target::Sqlite {
+            path: PathBuf::from(path),
+        });
     }
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        let parsed = url::Url::parse(url).map_err(|e| {
-            StoreError::InvalidUrl(format!("cannot parse the PostgreSQL URL: {e}"))
-        })?;
+        let parsed = url::Url::parse(url)
+            .map_err(|e| StoreError::InvalidUrl(format!("cannot parse the PostgreSQL URL: {e}")))?;
         let host_param = parsed
             .query_pairs()
             .find(|(k, _)| k == "host")
@@ -88,7 +98,11 @@ fn parse_target(url: &str) -> Result<Target, StoreError> {
         let port = parsed.port().unwrap_or(5432);
         let host = format!("{host}:{port}");
         let location = format!("postgres://{host}{}", parsed.path());
-        return Ok(Target::Postgres { url: url.to_owned(), host, location });
+        return Ok(Target::Postgres {
+            url: url.to_owned(),
+            host,
+            location,
+        });
     }
     let scheme = url.split(':').next().unwrap_or_default();
     Err(StoreError::InvalidUrl(format!(
@@ -104,15 +118,20 @@ impl Store {
         sqlx::any::install_default_drivers();
         match parse_target(&options.url)? {
             Target::Sqlite { path } => open_sqlite(options, path).await,
-            Target::Postgres { url, host, location } => {
-                open_postgres(options, &url, host, location).await
-            }
+            Target::Postgres {
+                url,
+                host,
+                location,
+            } => open_postgres(options, &url, host, location).await,
         }
     }
 }
 
 async fn open_sqlite(options: &StoreOptions, path: PathBuf) -> Result<Store, StoreError> {
-    let not_writable = |reason: String| StoreError::NotWritable { path: path.clone(), reason };
+    let not_writable = |reason: String| StoreError::NotWritable {
+        path: path.clone(),
+        reason,
+    };
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir)
             .map_err(|e| not_writable(format!("cannot create directory {}: {e}", dir.display())))?;
@@ -120,25 +139,22 @@ async fn open_sqlite(options: &StoreOptions, path: PathBuf) -> Result<Store, Sto
     if path.is_dir() {
         return Err(not_writable("it is a directory".into()));
     }
-    let sync = match options.sqlite_sync {
-        SqliteSync::Normal => "PRAGMA synchronous = NORMAL",
-        SqliteSync::Full => "PRAGMA synchronous = FULL",
-    };
+    create_private(&path).map_err(|e| not_writable(e.to_string()))?;
+    let sync = options.sqlite_sync;
+    let url = format!("sqlite://{}?mode=rwc", path.display());
+    // One direct connection first, so a read-only file is reported at once with SQLite's own
+    // words; the pool would retry the failing set-up until its timeout.
+    let mut probe = <sqlx::AnyConnection as sqlx::Connection>::connect(&url)
+        .await
+        .map_err(|e| sqlite_error(&path, e))?;
+    let probed = sqlite_setup(&mut probe, sync).await;
+    let _ = sqlx::Connection::close(probe).await;
+    probed.map_err(|e| sqlite_error(&path, e))?;
     let pool = AnyPoolOptions::new()
         .max_connections(options.max_connections.max(1))
         .acquire_timeout(options.connect_timeout)
-        .after_connect(move |conn, _meta| {
-            Box::pin(async move {
-                // WAL lets readers and one writer work at once, across processes too.
-                conn.execute("PRAGMA journal_mode = WAL").await?;
-                conn.execute(sync).await?;
-                conn.execute("PRAGMA foreign_keys = ON").await?;
-                // Another process may hold the write lock briefly: wait rather than fail.
-                conn.execute("PRAGMA busy_timeout = 5000").await?;
-                Ok(())
-            })
-        })
-        .connect(&format!("sqlite://{}?mode=rwc", path.display()))
+        .after_connect(move |conn, _meta| Box::pin(sqlite_setup(conn, sync)))
+        .connect(&url)
         .await
         .map_err(|e| sqlite_error(&path, e))?;
 
@@ -173,14 +189,50 @@ async fn open_sqlite(options: &StoreOptions, path: PathBuf) -> Result<Store, Sto
     Ok(store)
 }
 
+/// Per-connection SQLite settings.
+async fn sqlite_setup(conn: &mut sqlx::AnyConnection, sync: SqliteSync) -> Result<(), sqlx::Error> {
+    // WAL lets readers and one writer work at once, across processes too.
+    conn.execute("PRAGMA journal_mode = WAL").await?;
+    conn.execute(match sync {
+        SqliteSync::Normal => "PRAGMA synchronous = NORMAL",
+        SqliteSync::Full => "PRAGMA synchronous = FULL",
+    })
+    .await?;
+    conn.execute("PRAGMA foreign_keys = ON").await?;
+    // Another process may hold the write lock briefly: wait rather than fail.
+    conn.execute("PRAGMA busy_timeout = 5000").await?;
+    Ok(())
+}
+
+/// Creates the database file readable by its owner only (it holds password hashes and the
+/// instance secret); SQLite gives its -wal and -shm files the same mode. An existing file is
+/// left as it is.
+fn create_private(path: &Path) -> std::io::Result<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    match options.open(path) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
 /// Turns SQLite's "cannot open" and "read-only" failures into a message about the file.
 fn sqlite_error(path: &Path, err: sqlx::Error) -> StoreError {
     const SQLITE_READONLY: i32 = 8;
     const SQLITE_CANTOPEN: i32 = 14;
     const SQLITE_PERM: i32 = 3;
     if let sqlx::Error::Database(db) = &err {
-        let primary = db.code().and_then(|c| c.parse::<i32>().ok()).map(|c| c & 0xff);
-        if matches!(primary, Some(SQLITE_READONLY | SQLITE_CANTOPEN | SQLITE_PERM)) {
+        let primary = db
+            .code()
+            .and_then(|c| c.parse::<i32>().ok())
+            .map(|c| c & 0xff);
+        if matches!(
+            primary,
+            Some(SQLITE_READONLY | SQLITE_CANTOPEN | SQLITE_PERM)
+        ) {
             return StoreError::NotWritable {
                 path: path.to_owned(),
                 reason: db.message().to_owned(),
@@ -188,7 +240,10 @@ fn sqlite_error(path: &Path, err: sqlx::Error) -> StoreError {
         }
     }
     if let sqlx::Error::Io(io) = &err {
-        return StoreError::NotWritable { path: path.to_owned(), reason: io.to_string() };
+        return StoreError::NotWritable {
+            path: path.to_owned(),
+            reason: io.to_string(),
+        };
     }
     StoreError::Database(err)
 }
@@ -199,24 +254,41 @@ async fn open_postgres(
     host: String,
     location: String,
 ) -> Result<Store, StoreError> {
-    let unreachable = |reason: String| StoreError::Unreachable { host: host.clone(), reason };
+    let unreachable = |reason: String| StoreError::Unreachable {
+        host: host.clone(),
+        reason,
+    };
+    let timed_out = || {
+        unreachable(format!(
+            "no answer within {} s",
+            options.connect_timeout.as_secs_f32()
+        ))
+    };
+    // One direct connection first: the pool retries failed connects until its timeout, which
+    // would turn "connection refused" or "password authentication failed" into a vague
+    // "timed out". The outer timeout also covers a server that accepts and never speaks.
+    let probe = <sqlx::AnyConnection as sqlx::Connection>::connect(url);
+    match tokio::time::timeout(options.connect_timeout, probe).await {
+        Err(_) => return Err(timed_out()),
+        Ok(Err(e)) => return Err(unreachable(describe_connect_error(&e))),
+        Ok(Ok(conn)) => {
+            let _ = sqlx::Connection::close(conn).await;
+        }
+    }
     let connect = AnyPoolOptions::new()
         .max_connections(options.max_connections.max(1))
         .acquire_timeout(options.connect_timeout)
         .connect(url);
-    // The pool's own timeout covers acquiring; this one also covers a server that accepts the
-    // TCP connection and then never speaks.
     let pool = match tokio::time::timeout(options.connect_timeout, connect).await {
-        Err(_) => {
-            return Err(unreachable(format!(
-                "no answer within {} s",
-                options.connect_timeout.as_secs_f32()
-            )));
-        }
+        Err(_) => return Err(timed_out()),
         Ok(Err(e)) => return Err(unreachable(describe_connect_error(&e))),
         Ok(Ok(pool)) => pool,
     };
-    let store = Store { pool, backend: Backend::Postgres, location };
+    let store = Store {
+        pool,
+        backend: Backend::Postgres,
+        location,
+    };
     migrate::run(&store).await?;
     store.probe_write().await?;
     Ok(store)
@@ -265,15 +337,26 @@ mod url_tests {
 
     #[test]
     fn unknown_scheme_is_rejected() {
-        assert!(matches!(parse_target("mysql://x/y"), Err(StoreError::InvalidUrl(_))));
-        assert!(matches!(parse_target("sqlite:"), Err(StoreError::InvalidUrl(_))));
-        assert!(matches!(parse_target("sqlite::memory:"), Err(StoreError::InvalidUrl(_))));
+        assert!(matches!(
+            parse_target("mysql://x/y"),
+            Err(StoreError::InvalidUrl(_))
+        ));
+        assert!(matches!(
+            parse_target("sqlite:"),
+            Err(StoreError::InvalidUrl(_))
+        ));
+        assert!(matches!(
+            parse_target("sqlite::memory:"),
+            Err(StoreError::InvalidUrl(_))
+        ));
     }
 
     #[test]
     fn sqlite_forms() {
         for url in ["sqlite:///tmp/a.db", "sqlite:/tmp/a.db"] {
-            let Ok(Target::Sqlite { path }) = parse_target(url) else { panic!("{url}") };
+            let Ok(Target::Sqlite { path }) = parse_target(url) else {
+                panic!("{url}")
+            };
             assert_eq!(path, PathBuf::from("/tmp/a.db"));
         }
     }

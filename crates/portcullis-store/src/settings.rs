@@ -9,7 +9,12 @@ impl Store {
     ///
     /// Safe when several processes race on first start: exactly one candidate wins and every
     /// caller gets that one.
-    pub async fn setting_get_or_insert(&self, name: &str, candidate: &str, now: i64) -> Result<String, StoreError> {
+    pub async fn setting_get_or_insert(
+        &self,
+        name: &str,
+        candidate: &str,
+        now: i64,
+    ) -> Result<String, StoreError> {
         sqlx::query(
             "INSERT INTO instance_settings (name, value, created_at) VALUES ($1, $2, $3)
              ON CONFLICT (name) DO NOTHING",
@@ -19,7 +24,9 @@ impl Store {
         .bind(now)
         .execute(&self.pool)
         .await?;
-        self.setting(name).await?.ok_or_else(|| StoreError::Corrupt(format!("setting {name} vanished")))
+        self.setting(name)
+            .await?
+            .ok_or_else(|| StoreError::Corrupt(format!("setting {name} vanished")))
     }
 
     /// Returns the stored value of `name`.

@@ -23,15 +23,22 @@ async fn sqlite() -> Fixture {
     let store = Store::open(&StoreOptions::sqlite(&dir.path().join("test.db")))
         .await
         .expect("open sqlite");
-    Fixture { store, _dir: Some(dir) }
+    Fixture {
+        store,
+        _dir: Some(dir),
+    }
 }
 
 async fn postgres() -> Option<Fixture> {
     let Ok(base) = std::env::var("PORTCULLIS_TEST_POSTGRES_URL") else {
         if std::env::var("PORTCULLIS_REQUIRE_POSTGRES").is_ok_and(|v| v == "1") {
-            panic!("PORTCULLIS_REQUIRE_POSTGRES=1 but PORTCULLIS_TEST_POSTGRES_URL is not set; run scripts/test");
+            panic!(
+                "PORTCULLIS_REQUIRE_POSTGRES=1 but PORTCULLIS_TEST_POSTGRES_URL is not set; run scripts/test"
+            );
         }
-        eprintln!("skipping the PostgreSQL half: PORTCULLIS_TEST_POSTGRES_URL is not set (scripts/test sets it)");
+        eprintln!(
+            "skipping the PostgreSQL half: PORTCULLIS_TEST_POSTGRES_URL is not set (scripts/test sets it)"
+        );
         return None;
     };
     sqlx::any::install_default_drivers();
@@ -45,7 +52,10 @@ async fn postgres() -> Option<Fixture> {
         .expect("create test database");
     let mut url = url::Url::parse(&base).expect("PORTCULLIS_TEST_POSTGRES_URL is a URL");
     url.set_path(&name);
-    let options = StoreOptions { url: url.to_string(), ..StoreOptions::sqlite("unused".as_ref()) };
+    let options = StoreOptions {
+        url: url.to_string(),
+        ..StoreOptions::sqlite("unused".as_ref())
+    };
     let store = Store::open(&options).await.expect("open postgres");
     Some(Fixture { store, _dir: None })
 }
@@ -91,18 +101,43 @@ fn new_user(name: &str, groups: &[&str]) -> NewUser {
 }
 
 fn new_group(name: &str, precedence: Option<i64>) -> NewGroup {
-    NewGroup { name: name.to_owned(), description: format!("the {name}s"), precedence, now: 1_700_000_000 }
+    NewGroup {
+        name: name.to_owned(),
+        description: format!("the {name}s"),
+        precedence,
+        now: 1_700_000_000,
+    }
 }
 
 async fn user_round_trip(store: Store) {
-    store.create_group(&new_group("user", Some(10))).await.expect("group");
-    store.create_group(&new_group("admin", Some(1))).await.expect("group");
-    let created = store.create_user(&new_user("Alice", &["user", "ADMIN"])).await.expect("create");
+    store
+        .create_group(&new_group("user", Some(10)))
+        .await
+        .expect("group");
+    store
+        .create_group(&new_group("admin", Some(1)))
+        .await
+        .expect("group");
+    let created = store
+        .create_user(&new_user("Alice", &["user", "ADMIN"]))
+        .await
+        .expect("create");
     assert_eq!(created.username, "Alice");
-    assert_eq!(created.groups, ["admin", "user"], "ordered by precedence, canonical names");
-    let fetched = store.user("alice").await.expect("read").expect("found in any case");
+    assert_eq!(
+        created.groups,
+        ["admin", "user"],
+        "ordered by precedence, canonical names"
+    );
+    let fetched = store
+        .user("alice")
+        .await
+        .expect("read")
+        .expect("found in any case");
     assert_eq!(fetched, created);
-    assert_eq!(fetched.attributes.get("locale").map(String::as_str), Some("en"));
+    assert_eq!(
+        fetched.attributes.get("locale").map(String::as_str),
+        Some("en")
+    );
     assert!(fetched.email_verified);
     assert_eq!(fetched.status, UserStatus::Enabled);
     let all = store.list_users().await.expect("list");
@@ -110,75 +145,202 @@ async fn user_round_trip(store: Store) {
 }
 
 async fn usernames_are_unique_in_any_case(store: Store) {
-    store.create_user(&new_user("bob", &[])).await.expect("create");
+    store
+        .create_user(&new_user("bob", &[]))
+        .await
+        .expect("create");
     for dup in ["bob", "BOB", "Bob"] {
-        let err = store.create_user(&new_user(dup, &[])).await.expect_err("duplicate");
-        assert!(matches!(err, StoreError::AlreadyExists { kind: "user", .. }), "{err}");
+        let err = store
+            .create_user(&new_user(dup, &[]))
+            .await
+            .expect_err("duplicate");
+        assert!(
+            matches!(err, StoreError::AlreadyExists { kind: "user", .. }),
+            "{err}"
+        );
     }
     assert_eq!(store.list_users().await.expect("list").len(), 1);
-    store.create_group(&new_group("staff", None)).await.expect("group");
-    let err = store.create_group(&new_group("STAFF", None)).await.expect_err("duplicate group");
-    assert!(matches!(err, StoreError::AlreadyExists { kind: "group", .. }), "{err}");
+    store
+        .create_group(&new_group("staff", None))
+        .await
+        .expect("group");
+    let err = store
+        .create_group(&new_group("STAFF", None))
+        .await
+        .expect_err("duplicate group");
+    assert!(
+        matches!(err, StoreError::AlreadyExists { kind: "group", .. }),
+        "{err}"
+    );
 }
 
 async fn unknown_group_at_creation_creates_nothing(store: Store) {
-    store.create_group(&new_group("user", None)).await.expect("group");
-    let err = store.create_user(&new_user("carol", &["user", "nope"])).await.expect_err("unknown group");
-    assert!(matches!(err, StoreError::NotFound { kind: "group", .. }), "{err}");
-    assert!(store.user("carol").await.expect("read").is_none(), "the insert was rolled back");
-    assert_eq!(store.group("user").await.expect("read").expect("group").members, 0);
+    store
+        .create_group(&new_group("user", None))
+        .await
+        .expect("group");
+    let err = store
+        .create_user(&new_user("carol", &["user", "nope"]))
+        .await
+        .expect_err("unknown group");
+    assert!(
+        matches!(err, StoreError::NotFound { kind: "group", .. }),
+        "{err}"
+    );
+    assert!(
+        store.user("carol").await.expect("read").is_none(),
+        "the insert was rolled back"
+    );
+    assert_eq!(
+        store
+            .group("user")
+            .await
+            .expect("read")
+            .expect("group")
+            .members,
+        0
+    );
 }
 
 async fn memberships(store: Store) {
-    store.create_group(&new_group("user", None)).await.expect("group");
-    store.create_user(&new_user("dave", &[])).await.expect("user");
+    store
+        .create_group(&new_group("user", None))
+        .await
+        .expect("group");
+    store
+        .create_user(&new_user("dave", &[]))
+        .await
+        .expect("user");
     assert!(store.add_member("user", "DAVE", 1).await.expect("add"));
-    assert!(!store.add_member("USER", "dave", 1).await.expect("add again"), "idempotent");
-    assert_eq!(store.group_members("user").await.expect("members"), ["dave"]);
-    let err = store.add_member("user", "nobody", 1).await.expect_err("unknown user");
-    assert!(matches!(err, StoreError::NotFound { kind: "user", .. }), "{err}");
-    let err = store.add_member("ghosts", "dave", 1).await.expect_err("unknown group");
-    assert!(matches!(err, StoreError::NotFound { kind: "group", .. }), "{err}");
-    let err = store.remove_member("ghosts", "dave").await.expect_err("unknown group");
-    assert!(matches!(err, StoreError::NotFound { kind: "group", .. }), "{err}");
+    assert!(
+        !store
+            .add_member("USER", "dave", 1)
+            .await
+            .expect("add again"),
+        "idempotent"
+    );
+    assert_eq!(
+        store.group_members("user").await.expect("members"),
+        ["dave"]
+    );
+    let err = store
+        .add_member("user", "nobody", 1)
+        .await
+        .expect_err("unknown user");
+    assert!(
+        matches!(err, StoreError::NotFound { kind: "user", .. }),
+        "{err}"
+    );
+    let err = store
+        .add_member("ghosts", "dave", 1)
+        .await
+        .expect_err("unknown group");
+    assert!(
+        matches!(err, StoreError::NotFound { kind: "group", .. }),
+        "{err}"
+    );
+    let err = store
+        .remove_member("ghosts", "dave")
+        .await
+        .expect_err("unknown group");
+    assert!(
+        matches!(err, StoreError::NotFound { kind: "group", .. }),
+        "{err}"
+    );
     assert!(store.remove_member("user", "dave").await.expect("remove"));
-    assert!(!store.remove_member("user", "dave").await.expect("remove again"));
-    assert!(store.user("dave").await.expect("read").expect("user").groups.is_empty());
+    assert!(
+        !store
+            .remove_member("user", "dave")
+            .await
+            .expect("remove again")
+    );
+    assert!(
+        store
+            .user("dave")
+            .await
+            .expect("read")
+            .expect("user")
+            .groups
+            .is_empty()
+    );
 }
 
 async fn deleting_cascades(store: Store) {
-    store.create_group(&new_group("user", None)).await.expect("group");
-    store.create_group(&new_group("admin", None)).await.expect("group");
-    store.create_user(&new_user("erin", &["user", "admin"])).await.expect("user");
-    store.create_user(&new_user("frank", &["user"])).await.expect("user");
+    store
+        .create_group(&new_group("user", None))
+        .await
+        .expect("group");
+    store
+        .create_group(&new_group("admin", None))
+        .await
+        .expect("group");
+    store
+        .create_user(&new_user("erin", &["user", "admin"]))
+        .await
+        .expect("user");
+    store
+        .create_user(&new_user("frank", &["user"]))
+        .await
+        .expect("user");
     store.delete_group("admin").await.expect("delete group");
-    assert_eq!(store.user("erin").await.expect("read").expect("user").groups, ["user"]);
+    assert_eq!(
+        store
+            .user("erin")
+            .await
+            .expect("read")
+            .expect("user")
+            .groups,
+        ["user"]
+    );
     store.delete_user("ERIN").await.expect("delete user");
     assert!(store.user("erin").await.expect("read").is_none());
-    assert_eq!(store.group_members("user").await.expect("members"), ["frank"]);
+    assert_eq!(
+        store.group_members("user").await.expect("members"),
+        ["frank"]
+    );
     let err = store.delete_user("erin").await.expect_err("already gone");
-    assert!(matches!(err, StoreError::NotFound { kind: "user", .. }), "{err}");
+    assert!(
+        matches!(err, StoreError::NotFound { kind: "user", .. }),
+        "{err}"
+    );
     let err = store.delete_group("admin").await.expect_err("already gone");
-    assert!(matches!(err, StoreError::NotFound { kind: "group", .. }), "{err}");
+    assert!(
+        matches!(err, StoreError::NotFound { kind: "group", .. }),
+        "{err}"
+    );
     let groups = store.list_groups().await.expect("list");
     assert_eq!(groups.len(), 1);
     assert_eq!(groups[0].members, 1);
 }
 
 async fn status_and_password(store: Store) {
-    store.create_user(&new_user("gina", &[])).await.expect("user");
-    store.set_user_status("gina", UserStatus::Disabled, 5).await.expect("disable");
+    store
+        .create_user(&new_user("gina", &[]))
+        .await
+        .expect("user");
+    store
+        .set_user_status("gina", UserStatus::Disabled, 5)
+        .await
+        .expect("disable");
     let gina = store.user("gina").await.expect("read").expect("user");
     assert_eq!(gina.status, UserStatus::Disabled);
     assert_eq!(gina.updated_at, 5);
-    store.set_password_hash("GINA", "$argon2id$new", 6).await.expect("password");
+    store
+        .set_password_hash("GINA", "$argon2id$new", 6)
+        .await
+        .expect("password");
     let gina = store.user("gina").await.expect("read").expect("user");
     assert_eq!(gina.password_hash.as_deref(), Some("$argon2id$new"));
     assert!(matches!(
-        store.set_user_status("nobody", UserStatus::Enabled, 7).await,
+        store
+            .set_user_status("nobody", UserStatus::Enabled, 7)
+            .await,
         Err(StoreError::NotFound { .. })
     ));
-    assert!(matches!(store.set_password_hash("nobody", "x", 7).await, Err(StoreError::NotFound { .. })));
+    assert!(matches!(
+        store.set_password_hash("nobody", "x", 7).await,
+        Err(StoreError::NotFound { .. })
+    ));
 }
 
 async fn concurrent_creates_of_one_name_admit_exactly_one(store: Store) {
@@ -205,7 +367,11 @@ async fn first_setting_wins_a_race(store: Store) {
     let tasks: Vec<_> = (0..8)
         .map(|i| {
             let store = store.clone();
-            tokio::spawn(async move { store.setting_get_or_insert("secret", &format!("candidate-{i}"), 1).await })
+            tokio::spawn(async move {
+                store
+                    .setting_get_or_insert("secret", &format!("candidate-{i}"), 1)
+                    .await
+            })
         })
         .collect();
     let mut seen = Vec::new();
@@ -213,15 +379,27 @@ async fn first_setting_wins_a_race(store: Store) {
         seen.push(task.await.expect("task").expect("setting"));
     }
     seen.dedup();
-    assert_eq!(seen.len(), 1, "every caller sees the one stored value: {seen:?}");
-    assert_eq!(store.setting("secret").await.expect("read"), Some(seen[0].clone()));
+    assert_eq!(
+        seen.len(),
+        1,
+        "every caller sees the one stored value: {seen:?}"
+    );
+    assert_eq!(
+        store.setting("secret").await.expect("read"),
+        Some(seen[0].clone())
+    );
     assert_eq!(store.setting("absent").await.expect("read"), None);
 }
 
 async fn reopening_keeps_data_and_is_idempotent(store: Store) {
-    store.create_user(&new_user("ivan", &[])).await.expect("user");
+    store
+        .create_user(&new_user("ivan", &[]))
+        .await
+        .expect("user");
     // Run the embedded migrations again on the live database: nothing to do, nothing lost.
-    crate::migrate::run(&store).await.expect("migrations are idempotent");
+    crate::migrate::run(&store)
+        .await
+        .expect("migrations are idempotent");
     assert!(store.user("ivan").await.expect("read").is_some());
     store.ping().await.expect("ping");
 }
@@ -230,11 +408,20 @@ async fn reopening_keeps_data_and_is_idempotent(store: Store) {
 async fn sqlite_file_survives_reopen_by_a_second_pool() {
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("shared.db");
-    let a = Store::open(&StoreOptions::sqlite(&path)).await.expect("open a");
-    let b = Store::open(&StoreOptions::sqlite(&path)).await.expect("open b");
-    a.create_user(&new_user("judy", &[])).await.expect("create via a");
+    let a = Store::open(&StoreOptions::sqlite(&path))
+        .await
+        .expect("open a");
+    let b = Store::open(&StoreOptions::sqlite(&path))
+        .await
+        .expect("open b");
+    a.create_user(&new_user("judy", &[]))
+        .await
+        .expect("create via a");
     assert!(b.user("judy").await.expect("read via b").is_some());
-    let err = b.create_user(&new_user("JUDY", &[])).await.expect_err("duplicate via b");
+    let err = b
+        .create_user(&new_user("JUDY", &[]))
+        .await
+        .expect_err("duplicate via b");
     assert!(matches!(err, StoreError::AlreadyExists { .. }));
 }
 
@@ -243,10 +430,14 @@ async fn sqlite_path_under_a_file_is_not_writable() {
     let dir = tempfile::tempdir().expect("temp dir");
     let file = dir.path().join("plain-file");
     std::fs::write(&file, b"x").expect("write");
-    let err = Store::open(&StoreOptions::sqlite(&file.join("db.sqlite"))).await.expect_err("must fail");
+    let err = Store::open(&StoreOptions::sqlite(&file.join("db.sqlite")))
+        .await
+        .expect_err("must fail");
     assert!(matches!(err, StoreError::NotWritable { .. }), "{err}");
     assert!(err.to_string().contains("not writable"), "{err}");
-    let err = Store::open(&StoreOptions::sqlite(dir.path())).await.expect_err("a directory");
+    let err = Store::open(&StoreOptions::sqlite(dir.path()))
+        .await
+        .expect_err("a directory");
     assert!(matches!(err, StoreError::NotWritable { .. }), "{err}");
 }
 
@@ -267,7 +458,9 @@ async fn unreachable_postgres_fails_fast_naming_the_host() {
     assert!(!msg.contains("secretpw"), "never echo the password: {msg}");
 
     // A server that accepts and never speaks: the timeout must still fire.
-    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     let port = silent.local_addr().expect("addr").port();
     let _hold = tokio::spawn(async move {
         let mut held = Vec::new();
@@ -282,7 +475,14 @@ async fn unreachable_postgres_fails_fast_naming_the_host() {
     };
     let started = std::time::Instant::now();
     let err = Store::open(&options).await.expect_err("silent server");
-    assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
     assert!(matches!(err, StoreError::Unreachable { .. }), "{err}");
-    assert!(err.to_string().contains(&format!("127.0.0.1:{port}")), "{err}");
+    assert!(
+        err.to_string().contains(&format!("127.0.0.1:{port}")),
+        "{err}"
+    );
 }

@@ -30,7 +30,9 @@ impl UserStatus {
         match s {
             "enabled" => Ok(UserStatus::Enabled),
             "disabled" => Ok(UserStatus::Disabled),
-            other => Err(StoreError::Corrupt(format!("unknown user status {other:?}"))),
+            other => Err(StoreError::Corrupt(format!(
+                "unknown user status {other:?}"
+            ))),
         }
     }
 }
@@ -73,8 +75,7 @@ pub(crate) fn name_key(name: &str) -> String {
     name.to_ascii_lowercase()
 }
 
-const USER_COLUMNS: &str =
-    "id, username, email, email_verified, attributes, status, password_hash, created_at, updated_at";
+const USER_COLUMNS: &str = "id, username, email, email_verified, attributes, status, password_hash, created_at, updated_at";
 
 fn user_from_row(row: &AnyRow) -> Result<User, StoreError> {
     let attributes: String = row.try_get("attributes")?;
@@ -95,7 +96,10 @@ fn user_from_row(row: &AnyRow) -> Result<User, StoreError> {
 }
 
 fn not_found(username: &str) -> StoreError {
-    StoreError::NotFound { kind: "user", name: username.to_owned() }
+    StoreError::NotFound {
+        kind: "user",
+        name: username.to_owned(),
+    }
 }
 
 impl Store {
@@ -122,7 +126,10 @@ impl Store {
         .await;
         match inserted {
             Err(e) if is_unique_violation(&e) => {
-                return Err(StoreError::AlreadyExists { kind: "user", name: new.username.clone() });
+                return Err(StoreError::AlreadyExists {
+                    kind: "user",
+                    name: new.username.clone(),
+                });
             }
             other => {
                 other?;
@@ -132,7 +139,9 @@ impl Store {
             add_member_tx(&mut tx, &new.id, group, new.now).await?;
         }
         tx.commit().await?;
-        self.user(&new.username).await?.ok_or_else(|| not_found(&new.username))
+        self.user(&new.username)
+            .await?
+            .ok_or_else(|| not_found(&new.username))
     }
 
     /// Looks a user up by username, in any letter case.
@@ -155,8 +164,13 @@ impl Store {
     /// Every user, ordered by username, with their groups.
     pub async fn list_users(&self) -> Result<Vec<User>, StoreError> {
         let sql = format!("SELECT {USER_COLUMNS} FROM users ORDER BY username_key");
-        let rows = sqlx::query(sqlx::AssertSqlSafe(sql)).fetch_all(&self.pool).await?;
-        let mut users = rows.iter().map(user_from_row).collect::<Result<Vec<_>, _>>()?;
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .fetch_all(&self.pool)
+            .await?;
+        let mut users = rows
+            .iter()
+            .map(user_from_row)
+            .collect::<Result<Vec<_>, _>>()?;
         let memberships = sqlx::query(
             "SELECT m.user_id, g.name FROM group_members m JOIN user_groups g ON g.name_key = m.group_key
              ORDER BY g.precedence IS NULL, g.precedence, g.name_key",
@@ -165,7 +179,10 @@ impl Store {
         .await?;
         let mut by_user: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for row in &memberships {
-            by_user.entry(row.try_get("user_id")?).or_default().push(row.try_get("name")?);
+            by_user
+                .entry(row.try_get("user_id")?)
+                .or_default()
+                .push(row.try_get("name")?);
         }
         for user in &mut users {
             user.groups = by_user.remove(&user.id).unwrap_or_default();
@@ -186,13 +203,20 @@ impl Store {
     }
 
     /// Replaces a user's password hash.
-    pub async fn set_password_hash(&self, username: &str, hash: &str, now: i64) -> Result<(), StoreError> {
-        let done = sqlx::query("UPDATE users SET password_hash = $1, updated_at = $2 WHERE username_key = $3")
-            .bind(hash)
-            .bind(now)
-            .bind(name_key(username))
-            .execute(&self.pool)
-            .await?;
+    pub async fn set_password_hash(
+        &self,
+        username: &str,
+        hash: &str,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        let done = sqlx::query(
+            "UPDATE users SET password_hash = $1, updated_at = $2 WHERE username_key = $3",
+        )
+        .bind(hash)
+        .bind(now)
+        .bind(name_key(username))
+        .execute(&self.pool)
+        .await?;
         if done.rows_affected() == 0 {
             return Err(not_found(username));
         }
@@ -200,13 +224,19 @@ impl Store {
     }
 
     /// Enables or disables a user.
-    pub async fn set_user_status(&self, username: &str, status: UserStatus, now: i64) -> Result<(), StoreError> {
-        let done = sqlx::query("UPDATE users SET status = $1, updated_at = $2 WHERE username_key = $3")
-            .bind(status.as_str())
-            .bind(now)
-            .bind(name_key(username))
-            .execute(&self.pool)
-            .await?;
+    pub async fn set_user_status(
+        &self,
+        username: &str,
+        status: UserStatus,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        let done =
+            sqlx::query("UPDATE users SET status = $1, updated_at = $2 WHERE username_key = $3")
+                .bind(status.as_str())
+                .bind(now)
+                .bind(name_key(username))
+                .execute(&self.pool)
+                .await?;
         if done.rows_affected() == 0 {
             return Err(not_found(username));
         }
@@ -222,7 +252,9 @@ impl Store {
         .bind(user_id)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter().map(|r| r.try_get("name").map_err(StoreError::from)).collect()
+        rows.iter()
+            .map(|r| r.try_get("name").map_err(StoreError::from))
+            .collect()
     }
 }
 
@@ -239,7 +271,10 @@ pub(crate) async fn add_member_tx(
         .fetch_optional(&mut **tx)
         .await?;
     if exists.is_none() {
-        return Err(StoreError::NotFound { kind: "group", name: group.to_owned() });
+        return Err(StoreError::NotFound {
+            kind: "group",
+            name: group.to_owned(),
+        });
     }
     let done = sqlx::query(
         "INSERT INTO group_members (user_id, group_key, created_at) VALUES ($1, $2, $3)

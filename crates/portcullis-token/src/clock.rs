@@ -18,7 +18,9 @@ impl Clock {
 
     /// A clock that stands still at `unix_seconds` until [`Clock::advance`] or [`Clock::set`].
     pub fn manual(unix_seconds: i64) -> Self {
-        Clock { manual: Some(Arc::new(AtomicI64::new(unix_seconds))) }
+        Clock {
+            manual: Some(Arc::new(AtomicI64::new(unix_seconds))),
+        }
     }
 
     /// Now, in Unix seconds.

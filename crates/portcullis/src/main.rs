@@ -1,1 +1,247 @@
-fn main() {}
+//! The `portcullis` binary: command line, configuration and wiring. Everything it does is
+//! implemented in the library crates; this crate only connects them.
+
+mod app;
+mod commands;
+mod config;
+mod demo;
+mod failure;
+mod serve;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::failure::Failure;
+
+/// Identity provider and authorizing gateway in one binary.
+#[derive(Debug, Parser)]
+#[command(name = "portcullis", version, about, propagate_version = true)]
+struct Cli {
+    /// Configuration file (TOML). Default: ./portcullis.toml if it exists.
+    #[arg(
+        long,
+        short,
+        global = true,
+        env = "PORTCULLIS_CONFIG",
+        value_name = "FILE"
+    )]
+    config: Option<PathBuf>,
+
+    /// Print results as JSON for scripts.
+    #[arg(long, global = true)]
+    json: bool,
+
+    /// Log filter, e.g. `info` or `portcullis=debug,sqlx=warn`.
+    #[arg(long, global = true, env = "PORTCULLIS_LOG", value_name = "FILTER")]
+    log_level: Option<String>,
+
+    /// Log format.
+    #[arg(long, global = true, env = "PORTCULLIS_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the server.
+    Serve(ServeArgs),
+    /// Run a demo instance with seeded users in a local directory.
+    Demo(DemoArgs),
+    /// Validate configuration.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Manage users.
+    #[command(subcommand)]
+    User(UserCommand),
+    /// Manage groups and memberships.
+    #[command(subcommand)]
+    Group(GroupCommand),
+    /// Inspect the store.
+    #[command(subcommand)]
+    Store(StoreCommand),
+}
+
+#[derive(Debug, Args)]
+struct ServeArgs {
+    /// Listen address, overriding `server.listen` (port 0 picks a free port).
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<std::net::SocketAddr>,
+}
+
+#[derive(Debug, Args)]
+struct DemoArgs {
+    /// Listen address.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
+    listen: std::net::SocketAddr,
+    /// Directory for the demo's database and credentials.
+    #[arg(long, value_name = "DIR", default_value = "./portcullis-demo")]
+    data_dir: PathBuf,
+    /// Delete the demo directory first and start fresh.
+    #[arg(long)]
+    reset: bool,
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Check a configuration file and the environment; report every error.
+    Check {
+        /// The file to check (default: --config or ./portcullis.toml).
+        file: Option<PathBuf>,
+    },
+    /// Print the reference of every key (Markdown), as in docs/configuration.md.
+    Reference,
+}
+
+#[derive(Debug, Subcommand)]
+enum UserCommand {
+    /// Add a user. Without --password-stdin a strong password is generated and printed once.
+    Add {
+        username: String,
+        #[arg(long)]
+        email: Option<String>,
+        /// Mark the email address as verified.
+        #[arg(long)]
+        email_verified: bool,
+        /// An attribute, `name=value` (repeatable).
+        #[arg(long = "attr", value_name = "NAME=VALUE")]
+        attributes: Vec<String>,
+        /// A group to join (repeatable).
+        #[arg(long = "group", value_name = "GROUP")]
+        groups: Vec<String>,
+        /// Read the password from standard input.
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// List users.
+    List,
+    /// Show one user.
+    Show { username: String },
+    /// Delete a user.
+    Delete { username: String },
+    /// Set a new password (generated and printed once unless --password-stdin).
+    SetPassword {
+        username: String,
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// Stop a user from signing in.
+    Disable { username: String },
+    /// Allow a disabled user to sign in again.
+    Enable { username: String },
+}
+
+#[derive(Debug, Subcommand)]
+enum GroupCommand {
+    /// Add a group.
+    Add {
+        name: String,
+        #[arg(long, default_value = "")]
+        description: String,
+        /// Lower wins when one group must be chosen (0 and up).
+        #[arg(long)]
+        precedence: Option<i64>,
+    },
+    /// List groups.
+    List,
+    /// Delete a group (its members stay, without it).
+    Delete { name: String },
+    /// Add a user to a group.
+    AddMember { group: String, username: String },
+    /// Remove a user from a group.
+    RemoveMember { group: String, username: String },
+}
+
+#[derive(Debug, Subcommand)]
+enum StoreCommand {
+    /// Open the store, apply migrations and check its integrity.
+    Check,
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // --help and --version print to stdout and succeed; a usage mistake is the user's
+            // to fix, so it exits 1 like every other user error (clap's own default is 2).
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    let default_level = match cli.command {
+        Command::Serve(_) | Command::Demo(_) => "info",
+        _ => "warn",
+    };
+    init_logging(
+        cli.log_level.as_deref().unwrap_or(default_level),
+        cli.log_format,
+    );
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            return Failure::internal(format!("cannot start the async runtime: {e}")).report();
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failure) => failure.report(),
+    }
+}
+
+async fn run(cli: Cli) -> Result<(), Failure> {
+    let json = cli.json;
+    match cli.command {
+        Command::Serve(args) => {
+            let config = app::load_config(cli.config.as_deref())?;
+            serve::run(config, args.listen).await
+        }
+        Command::Demo(args) => demo::run(args.data_dir, args.listen, args.reset).await,
+        Command::Config(ConfigCommand::Check { file }) => {
+            commands::config_check(file.as_deref().or(cli.config.as_deref()), json)
+        }
+        Command::Config(ConfigCommand::Reference) => {
+            print!("{}", config::reference());
+            Ok(())
+        }
+        Command::User(cmd) => {
+            let app = app::App::open(app::load_config(cli.config.as_deref())?).await?;
+            commands::user(&app, cmd, json).await
+        }
+        Command::Group(cmd) => {
+            let app = app::App::open(app::load_config(cli.config.as_deref())?).await?;
+            commands::group(&app, cmd, json).await
+        }
+        Command::Store(StoreCommand::Check) => {
+            let app = app::App::open(app::load_config(cli.config.as_deref())?).await?;
+            commands::store_check(&app, json).await
+        }
+    }
+}
+
+fn init_logging(filter: &str, format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}

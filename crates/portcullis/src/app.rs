@@ -1,0 +1,101 @@
+//! Wiring: configuration → store → user pool. `serve`, `demo` and every CLI command start here,
+//! so they share one code path.
+
+use std::path::{Path, PathBuf};
+
+use portcullis_idp::{PasswordHasher, UserPool, resolve_instance_secret};
+use portcullis_store::Store;
+use portcullis_token::{Clock, Secret};
+
+use crate::config::{self, Config, Env};
+use crate::failure::Failure;
+
+/// Reads the configuration file (explicit, or ./portcullis.toml if present) and the environment.
+pub fn load_config(explicit: Option<&Path>) -> Result<Config, Failure> {
+    let path = match explicit {
+        Some(p) => Some(p.to_path_buf()),
+        None => Some(PathBuf::from("portcullis.toml")).filter(|p| p.is_file()),
+    };
+    let text = match &path {
+        Some(p) => Some(std::fs::read_to_string(p).map_err(|e| {
+            Failure::user(format!(
+                "cannot read the configuration file {}: {e}",
+                p.display()
+            ))
+        })?),
+        None => None,
+    };
+    Ok(config::load(
+        path.as_deref(),
+        text.as_deref(),
+        &Env::process(),
+    )?)
+}
+
+/// An opened instance: the store and the services built on it.
+#[derive(Debug, Clone)]
+pub struct App {
+    pub config: Config,
+    pub store: Store,
+    pub pool: UserPool,
+}
+
+impl App {
+    pub async fn open(config: Config) -> Result<App, Failure> {
+        let clock = Clock::system();
+        create_private_dir(&config.data_dir).map_err(|e| {
+            Failure::user(format!(
+                "cannot create the data directory {}: {e}. Set data_dir (or PORTCULLIS_DATA_DIR) to a writable directory",
+                config.data_dir.display()
+            ))
+        })?;
+        let store = Store::open(&config.store).await?;
+        let provided = match (&config.instance_secret, &config.instance_secret_file) {
+            (Some(s), _) => Some(s.clone()),
+            (None, Some(path)) => Some(read_secret_file(path)?),
+            (None, None) => None,
+        };
+        // Settled at every start so a node with the wrong secret stops here. Signing keys (the
+        // identity-provider issue) are encrypted with it.
+        let _instance_secret = resolve_instance_secret(&store, provided, clock.now()).await?;
+        let hasher = PasswordHasher::new(config.hash_concurrency)
+            .map_err(|e| Failure::internal(e.to_string()))?;
+        let pool = UserPool::new(
+            store.clone(),
+            hasher,
+            config.password_policy.clone(),
+            clock.clone(),
+        );
+        Ok(App {
+            config,
+            store,
+            pool,
+        })
+    }
+}
+
+/// Creates the data directory (and parents) accessible to its owner only.
+fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(dir)
+}
+
+fn read_secret_file(path: &Path) -> Result<Secret<String>, Failure> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        Failure::user(format!(
+            "cannot read secrets.instance_secret_file {}: {e}",
+            path.display()
+        ))
+    })?;
+    let secret = Secret::new(text.trim().to_owned());
+    if secret.expose().len() < 32 {
+        return Err(Failure::user(format!(
+            "the instance secret in {} is shorter than 32 bytes; generate one with `openssl rand -base64 48`",
+            path.display()
+        )));
+    }
+    Ok(secret)
+}

@@ -1,0 +1,397 @@
+//! The administrative commands: users, groups, configuration and store checks.
+//! Human-readable output by default, one JSON document with `--json`.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::Path;
+
+use portcullis_idp::AddUser;
+use portcullis_store::{Group, User};
+use portcullis_token::Secret;
+use serde_json::json;
+
+use crate::app::App;
+use crate::failure::Failure;
+use crate::{GroupCommand, UserCommand, config};
+
+/// Reads a password from standard input: everything up to EOF, minus one trailing newline.
+fn password_from_stdin() -> Result<Secret<String>, Failure> {
+    let mut raw = Vec::new();
+    // Bounded: a password longer than this is refused by any policy anyway.
+    std::io::stdin()
+        .take(64 * 1024)
+        .read_to_end(&mut raw)
+        .map_err(|e| Failure::user(format!("cannot read the password from standard input: {e}")))?;
+    let mut text = String::from_utf8(raw)
+        .map_err(|_| Failure::user("the password on standard input is not valid UTF-8"))?;
+    if text.ends_with('\n') {
+        text.pop();
+        if text.ends_with('\r') {
+            text.pop();
+        }
+    }
+    if text.is_empty() {
+        return Err(Failure::user(
+            "--password-stdin was given but standard input was empty; pipe the password in, e.g. `printf '%s' \"$PW\" | portcullis user add NAME --password-stdin`",
+        ));
+    }
+    Ok(Secret::new(text))
+}
+
+fn parse_attributes(pairs: &[String]) -> Result<BTreeMap<String, String>, Failure> {
+    let mut map = BTreeMap::new();
+    for pair in pairs {
+        let Some((k, v)) = pair.split_once('=') else {
+            return Err(Failure::user(format!(
+                "--attr {pair:?}: expected NAME=VALUE"
+            )));
+        };
+        if map.insert(k.to_owned(), v.to_owned()).is_some() {
+            return Err(Failure::user(format!("--attr {k:?} is given twice")));
+        }
+    }
+    Ok(map)
+}
+
+fn print_json(value: &serde_json::Value) {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(value).unwrap_or_default()
+    );
+}
+
+fn user_json(user: &User) -> serde_json::Value {
+    json!({
+        "id": user.id,
+        "username": user.username,
+        "email": user.email,
+        "email_verified": user.email_verified,
+        "status": user.status,
+        "groups": user.groups,
+        "attributes": user.attributes,
+        "created_at": rfc3339(user.created_at),
+        "updated_at": rfc3339(user.updated_at),
+    })
+}
+
+fn group_json(group: &Group) -> serde_json::Value {
+    json!({
+        "name": group.name,
+        "description": group.description,
+        "precedence": group.precedence,
+        "members": group.members,
+        "created_at": rfc3339(group.created_at),
+    })
+}
+
+fn rfc3339(unix: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(unix)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| unix.to_string())
+}
+
+fn print_user(user: &User) {
+    println!("username:       {}", user.username);
+    println!("id:             {}", user.id);
+    println!("email:          {}", user.email.as_deref().unwrap_or("-"));
+    println!(
+        "email verified: {}",
+        if user.email_verified { "yes" } else { "no" }
+    );
+    println!(
+        "status:         {}",
+        if user.status == portcullis_store::UserStatus::Enabled {
+            "enabled"
+        } else {
+            "disabled"
+        }
+    );
+    println!(
+        "groups:         {}",
+        if user.groups.is_empty() {
+            "-".to_owned()
+        } else {
+            user.groups.join(", ")
+        }
+    );
+    for (k, v) in &user.attributes {
+        println!("attribute:      {k}={v}");
+    }
+    println!("created:        {}", rfc3339(user.created_at));
+    println!("updated:        {}", rfc3339(user.updated_at));
+}
+
+fn announce_password(username: &str, password: &Secret<String>) {
+    println!(
+        "password for {username} (shown once; it is stored only as a hash): {}",
+        password.expose()
+    );
+}
+
+pub async fn user(app: &App, cmd: UserCommand, json: bool) -> Result<(), Failure> {
+    let pool = &app.pool;
+    match cmd {
+        UserCommand::Add {
+            username,
+            email,
+            email_verified,
+            attributes,
+            groups,
+            password_stdin,
+        } => {
+            let password = if password_stdin {
+                Some(password_from_stdin()?)
+            } else {
+                None
+            };
+            let req = AddUser {
+                username,
+                email,
+                email_verified,
+                attributes: parse_attributes(&attributes)?,
+                groups,
+                password,
+            };
+            let (user, generated) = pool.add_user(req).await?;
+            if json {
+                let mut doc = user_json(&user);
+                if let Some(pw) = &generated {
+                    doc["password"] = json!(pw.expose());
+                }
+                print_json(&doc);
+            } else {
+                println!("added user {}", user.username);
+                if let Some(pw) = &generated {
+                    announce_password(&user.username, pw);
+                }
+            }
+        }
+        UserCommand::List => {
+            let users = pool.list_users().await?;
+            if json {
+                print_json(&json!(users.iter().map(user_json).collect::<Vec<_>>()));
+            } else if users.is_empty() {
+                println!("no users yet; add one with `portcullis user add NAME`");
+            } else {
+                println!("{:<32} {:<9} {:<32} GROUPS", "USERNAME", "STATUS", "EMAIL");
+                for u in &users {
+                    let status = if u.status == portcullis_store::UserStatus::Enabled {
+                        "enabled"
+                    } else {
+                        "disabled"
+                    };
+                    println!(
+                        "{:<32} {:<9} {:<32} {}",
+                        u.username,
+                        status,
+                        u.email.as_deref().unwrap_or("-"),
+                        u.groups.join(",")
+                    );
+                }
+            }
+        }
+        UserCommand::Show { username } => {
+            let user = pool.user(&username).await?;
+            if json {
+                print_json(&user_json(&user))
+            } else {
+                print_user(&user)
+            }
+        }
+        UserCommand::Delete { username } => {
+            pool.delete_user(&username).await?;
+            done(json, &format!("deleted user {username}"));
+        }
+        UserCommand::SetPassword {
+            username,
+            password_stdin,
+        } => {
+            let password = if password_stdin {
+                Some(password_from_stdin()?)
+            } else {
+                None
+            };
+            let generated = pool.set_password(&username, password).await?;
+            if json {
+                print_json(
+                    &json!({ "ok": true, "password": generated.as_ref().map(|p| p.expose().clone()) }),
+                );
+            } else {
+                println!("password changed for {username}");
+                if let Some(pw) = &generated {
+                    announce_password(&username, pw);
+                }
+            }
+        }
+        UserCommand::Disable { username } => {
+            pool.set_enabled(&username, false).await?;
+            done(json, &format!("disabled user {username}"));
+        }
+        UserCommand::Enable { username } => {
+            pool.set_enabled(&username, true).await?;
+            done(json, &format!("enabled user {username}"));
+        }
+    }
+    Ok(())
+}
+
+pub async fn group(app: &App, cmd: GroupCommand, json: bool) -> Result<(), Failure> {
+    let pool = &app.pool;
+    match cmd {
+        GroupCommand::Add {
+            name,
+            description,
+            precedence,
+        } => {
+            let group = pool.add_group(&name, &description, precedence).await?;
+            if json {
+                print_json(&group_json(&group))
+            } else {
+                println!("added group {}", group.name)
+            }
+        }
+        GroupCommand::List => {
+            let groups = pool.list_groups().await?;
+            if json {
+                print_json(&json!(groups.iter().map(group_json).collect::<Vec<_>>()));
+            } else if groups.is_empty() {
+                println!("no groups yet; add one with `portcullis group add NAME`");
+            } else {
+                println!(
+                    "{:<24} {:>10} {:>8}  DESCRIPTION",
+                    "NAME", "PRECEDENCE", "MEMBERS"
+                );
+                for g in &groups {
+                    let p = g
+                        .precedence
+                        .map_or_else(|| "-".to_owned(), |p| p.to_string());
+                    println!(
+                        "{:<24} {:>10} {:>8}  {}",
+                        g.name, p, g.members, g.description
+                    );
+                }
+            }
+        }
+        GroupCommand::Delete { name } => {
+            pool.delete_group(&name).await?;
+            done(json, &format!("deleted group {name}"));
+        }
+        GroupCommand::AddMember { group, username } => {
+            let added = pool.add_member(&group, &username).await?;
+            let msg = if added {
+                format!("added {username} to {group}")
+            } else {
+                format!("{username} was already in {group}")
+            };
+            if json {
+                print_json(&json!({ "ok": true, "changed": added }))
+            } else {
+                println!("{msg}")
+            }
+        }
+        GroupCommand::RemoveMember { group, username } => {
+            let removed = pool.remove_member(&group, &username).await?;
+            let msg = if removed {
+                format!("removed {username} from {group}")
+            } else {
+                format!("{username} was not in {group}")
+            };
+            if json {
+                print_json(&json!({ "ok": true, "changed": removed }))
+            } else {
+                println!("{msg}")
+            }
+        }
+    }
+    Ok(())
+}
+
+fn done(json: bool, message: &str) {
+    if json {
+        print_json(&json!({ "ok": true }));
+    } else {
+        println!("{message}");
+    }
+}
+
+/// `config check`: exit 0 and a summary, or exit 1 and every error.
+pub fn config_check(file: Option<&Path>, json: bool) -> Result<(), Failure> {
+    let path = file
+        .map(Path::to_path_buf)
+        .or_else(|| Some("portcullis.toml".into()).filter(|p: &std::path::PathBuf| p.is_file()));
+    let text = match &path {
+        Some(p) => Some(
+            std::fs::read_to_string(p)
+                .map_err(|e| Failure::user(format!("cannot read {}: {e}", p.display())))?,
+        ),
+        None => None,
+    };
+    match config::load(path.as_deref(), text.as_deref(), &config::Env::process()) {
+        Ok(c) => {
+            let source = c.source.as_ref().map_or_else(
+                || "defaults and environment".to_owned(),
+                |p| p.display().to_string(),
+            );
+            if json {
+                print_json(&json!({ "ok": true, "source": source, "errors": [] }));
+            } else {
+                println!("{source}: configuration is valid");
+                println!("  store:  {}", redact_url(&c.store.url));
+                println!("  listen: {}", c.listen);
+            }
+            Ok(())
+        }
+        Err(errors) => {
+            if json {
+                let list: Vec<_> = errors
+                    .0
+                    .iter()
+                    .map(|e| json!({ "location": e.location, "key": e.key, "message": e.message }))
+                    .collect();
+                print_json(&json!({ "ok": false, "errors": list }));
+                Err(Failure::user(format!(
+                    "{} configuration error(s)",
+                    errors.0.len()
+                )))
+            } else {
+                Err(errors.into())
+            }
+        }
+    }
+}
+
+/// A store URL without its password.
+fn redact_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("<redacted>"));
+            u.to_string()
+        }
+        _ => url.to_owned(),
+    }
+}
+
+pub async fn store_check(app: &App, json: bool) -> Result<(), Failure> {
+    app.store.integrity_check().await?;
+    let counts = (
+        app.pool.list_users().await?.len(),
+        app.pool.list_groups().await?.len(),
+    );
+    if json {
+        print_json(
+            &json!({ "ok": true, "location": app.store.location(), "users": counts.0, "groups": counts.1 }),
+        );
+    } else {
+        println!(
+            "{}: ok ({} users, {} groups)",
+            app.store.location(),
+            counts.0,
+            counts.1
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,647 @@
+//! Configuration: a TOML file plus `PORTCULLIS_*` environment overrides.
+//!
+//! Raw → validated: the file is read into a spanned TOML tree, every key is checked against the
+//! schema in [`KEYS`] (unknown keys, wrong types and out-of-range values are all collected, each
+//! with its line and column), environment overrides are applied, and only then is a typed
+//! [`Config`] built. `portcullis config check` prints every error at once.
+//!
+//! The process environment is read in exactly one place ([`Env::process`]); tests pass their
+//! own [`Env`].
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use portcullis_idp::PasswordPolicy;
+use portcullis_store::{SqliteSync, StoreOptions};
+use portcullis_token::Secret;
+use toml::de::{DeTable, DeValue};
+
+/// The type a key's value must have.
+#[derive(Clone, Copy, Debug)]
+pub enum Kind {
+    Str,
+    Path,
+    Addr,
+    Duration { min: Duration, max: Duration },
+    Int { min: i64, max: i64 },
+    Enum(&'static [&'static str]),
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Kind::Str => f.write_str("a string"),
+            Kind::Path => f.write_str("a file path (string)"),
+            Kind::Addr => f.write_str("an IP address and port such as \"127.0.0.1:8080\""),
+            Kind::Duration { .. } => f.write_str("a duration such as \"5s\" or \"250ms\""),
+            Kind::Int { min, max } => write!(f, "an integer from {min} to {max}"),
+            Kind::Enum(options) => write!(f, "one of {}", options.join(", ")),
+        }
+    }
+}
+
+/// One configuration key: where it lives, its type, its environment variable and its default.
+#[derive(Debug)]
+pub struct KeySpec {
+    pub path: &'static str,
+    pub kind: Kind,
+    pub env: &'static str,
+    pub default: &'static str,
+    pub doc: &'static str,
+}
+
+/// Every key portcullis reads. `docs/configuration.md` and `portcullis.example.toml` list the
+/// same keys; a test keeps them in step.
+pub const KEYS: &[KeySpec] = &[
+    KeySpec {
+        path: "data_dir",
+        kind: Kind::Path,
+        env: "PORTCULLIS_DATA_DIR",
+        default: "./portcullis-data",
+        doc: "Directory for the SQLite database and other local state; created if missing.",
+    },
+    KeySpec {
+        path: "server.listen",
+        kind: Kind::Addr,
+        env: "PORTCULLIS_SERVER_LISTEN",
+        default: "127.0.0.1:8080",
+        doc: "Address and port the server listens on (`serve --listen` overrides it).",
+    },
+    KeySpec {
+        path: "server.shutdown_grace",
+        kind: Kind::Duration {
+            min: Duration::ZERO,
+            max: Duration::from_secs(300),
+        },
+        env: "PORTCULLIS_SERVER_SHUTDOWN_GRACE",
+        default: "10s",
+        doc: "On SIGTERM or Ctrl-C, how long in-flight requests may take to finish.",
+    },
+    KeySpec {
+        path: "store.url",
+        kind: Kind::Str,
+        env: "PORTCULLIS_STORE_URL",
+        default: "sqlite://<data_dir>/portcullis.db",
+        doc: "`sqlite:///path/file.db` or `postgres://user:password@host:5432/db`. Prefer the environment variable when the URL holds a password.",
+    },
+    KeySpec {
+        path: "store.max_connections",
+        kind: Kind::Int { min: 1, max: 1000 },
+        env: "PORTCULLIS_STORE_MAX_CONNECTIONS",
+        default: "8",
+        doc: "Upper bound on pooled database connections per process.",
+    },
+    KeySpec {
+        path: "store.connect_timeout",
+        kind: Kind::Duration {
+            min: Duration::from_millis(100),
+            max: Duration::from_secs(120),
+        },
+        env: "PORTCULLIS_STORE_CONNECT_TIMEOUT",
+        default: "5s",
+        doc: "How long to wait for the database before reporting it unreachable.",
+    },
+    KeySpec {
+        path: "store.sqlite_synchronous",
+        kind: Kind::Enum(&["normal", "full"]),
+        env: "PORTCULLIS_STORE_SQLITE_SYNCHRONOUS",
+        default: "normal",
+        doc: "`normal`: commits survive a process crash. `full`: they also survive power loss, at one fsync per commit.",
+    },
+    KeySpec {
+        path: "passwords.min_length",
+        kind: Kind::Int { min: 8, max: 256 },
+        env: "PORTCULLIS_PASSWORDS_MIN_LENGTH",
+        default: "12",
+        doc: "Minimum password length in characters.",
+    },
+    KeySpec {
+        path: "passwords.max_bytes",
+        kind: Kind::Int { min: 16, max: 1024 },
+        env: "PORTCULLIS_PASSWORDS_MAX_BYTES",
+        default: "256",
+        doc: "Maximum password length in bytes (bounds hashing work).",
+    },
+    KeySpec {
+        path: "passwords.min_strength",
+        kind: Kind::Int { min: 0, max: 4 },
+        env: "PORTCULLIS_PASSWORDS_MIN_STRENGTH",
+        default: "2",
+        doc: "Minimum zxcvbn score (0–4). 2 rejects common and dictionary passwords; 0 turns the check off.",
+    },
+    KeySpec {
+        path: "passwords.hash_concurrency",
+        kind: Kind::Int { min: 0, max: 256 },
+        env: "PORTCULLIS_PASSWORDS_HASH_CONCURRENCY",
+        default: "0",
+        doc: "Argon2 hashes computed at once (19 MiB each); 0 means one per CPU.",
+    },
+    KeySpec {
+        path: "secrets.instance_secret_file",
+        kind: Kind::Path,
+        env: "PORTCULLIS_SECRETS_INSTANCE_SECRET_FILE",
+        default: "(none: generated and kept in the store)",
+        doc: "File holding the instance secret (at least 32 bytes) that encrypts signing keys at rest. `PORTCULLIS_INSTANCE_SECRET` may hold it instead.",
+    },
+];
+
+/// The environment variable that may carry the instance secret itself (never a config key, so it
+/// cannot end up in a file that is committed).
+pub const INSTANCE_SECRET_ENV: &str = "PORTCULLIS_INSTANCE_SECRET";
+
+/// Where environment overrides come from.
+#[derive(Clone, Debug, Default)]
+pub struct Env(BTreeMap<String, String>);
+
+impl Env {
+    /// The process environment's `PORTCULLIS_*` variables.
+    pub fn process() -> Self {
+        Env(std::env::vars()
+            .filter(|(k, _)| k.starts_with("PORTCULLIS_"))
+            .collect())
+    }
+
+    fn get(&self, name: &str) -> Option<&str> {
+        self.0.get(name).map(String::as_str)
+    }
+
+    /// Sets a variable in this view of the environment (not the process's).
+    pub fn set(&mut self, name: &str, value: &str) {
+        self.0.insert(name.to_owned(), value.to_owned());
+    }
+}
+
+impl<const N: usize> From<[(&str, &str); N]> for Env {
+    fn from(pairs: [(&str, &str); N]) -> Self {
+        Env(pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect())
+    }
+}
+
+/// One problem in the configuration, with where it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// `file:line:column`, an environment variable, or the key alone.
+    pub location: String,
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.key.is_empty() {
+            write!(f, "{}: {}", self.location, self.message)
+        } else {
+            write!(f, "{}: `{}`: {}", self.location, self.key, self.message)
+        }
+    }
+}
+
+/// Every problem found, in file order.
+#[derive(Debug)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.0.len();
+        writeln!(
+            f,
+            "the configuration has {n} error{}:",
+            if n == 1 { "" } else { "s" }
+        )?;
+        for e in &self.0 {
+            writeln!(f, "  {e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file it was read from, if any.
+    pub source: Option<PathBuf>,
+    pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+    pub shutdown_grace: Duration,
+    pub store: StoreOptions,
+    pub password_policy: PasswordPolicy,
+    pub hash_concurrency: usize,
+    pub instance_secret: Option<Secret<String>>,
+    pub instance_secret_file: Option<PathBuf>,
+}
+
+/// A typed value read from the file or the environment.
+#[derive(Debug, Clone)]
+enum Value {
+    Str(String),
+    Int(i64),
+    Duration(Duration),
+    Addr(SocketAddr),
+}
+
+/// The Markdown table of every key: what `config reference` prints and what
+/// `docs/configuration.md` contains.
+pub fn reference() -> String {
+    let mut out = String::from(
+        "| key | type | default | environment | description |\n|---|---|---|---|---|\n",
+    );
+    for k in KEYS {
+        out.push_str(&format!(
+            "| `{}` | {} | `{}` | `{}` | {} |\n",
+            k.path, k.kind, k.default, k.env, k.doc
+        ));
+    }
+    out
+}
+
+/// Reads and validates configuration. `text` is the file's content (`None`: no file).
+pub fn load(source: Option<&Path>, text: Option<&str>, env: &Env) -> Result<Config, ConfigErrors> {
+    let file_label = source.map_or_else(|| "<config>".to_owned(), |p| p.display().to_string());
+    let mut errors = Vec::new();
+    let mut values: BTreeMap<&'static str, Value> = BTreeMap::new();
+
+    if let Some(text) = text {
+        let (doc, syntax) = DeTable::parse_recoverable(text);
+        for e in syntax {
+            let location = e
+                .span()
+                .map_or_else(|| file_label.clone(), |s| at(&file_label, text, s.start));
+            errors.push(ConfigError {
+                location,
+                key: String::new(),
+                message: first_line(e.message()),
+            });
+        }
+        walk(
+            doc.get_ref(),
+            "",
+            text,
+            &file_label,
+            &mut values,
+            &mut errors,
+        );
+    }
+
+    for spec in KEYS {
+        if let Some(raw) = env.get(spec.env) {
+            match parse_str(spec, raw) {
+                Ok(v) => {
+                    values.insert(spec.path, v);
+                }
+                Err(message) => errors.push(ConfigError {
+                    location: format!("environment variable {}", spec.env),
+                    key: spec.path.to_owned(),
+                    message,
+                }),
+            }
+        }
+    }
+    if !errors.is_empty() {
+        return Err(ConfigErrors(errors));
+    }
+    build(source, values, env)
+}
+
+fn build(
+    source: Option<&Path>,
+    values: BTreeMap<&'static str, Value>,
+    env: &Env,
+) -> Result<Config, ConfigErrors> {
+    let value = |path: &str| -> Value {
+        if let Some(v) = values.get(path) {
+            return v.clone();
+        }
+        let spec = KEYS.iter().find(|k| k.path == path);
+        // Defaults are written in the same syntax as the file, so they go through the same parser.
+        spec.and_then(|s| parse_str(s, s.default).ok())
+            .unwrap_or(Value::Str(String::new()))
+    };
+    let string = |path: &str| match value(path) {
+        Value::Str(s) => s,
+        _ => String::new(),
+    };
+    let int = |path: &str| match value(path) {
+        Value::Int(i) => i,
+        _ => 0,
+    };
+    let duration = |path: &str| match value(path) {
+        Value::Duration(d) => d,
+        _ => Duration::ZERO,
+    };
+    let mut errors = Vec::new();
+
+    let data_dir = PathBuf::from(string("data_dir"));
+    let listen = match value("server.listen") {
+        Value::Addr(a) => a,
+        _ => SocketAddr::from(([127, 0, 0, 1], 8080)),
+    };
+    let url = match values.get("store.url") {
+        Some(Value::Str(u)) if !u.is_empty() => u.clone(),
+        _ => format!("sqlite://{}", data_dir.join("portcullis.db").display()),
+    };
+    let store = StoreOptions {
+        url,
+        max_connections: u32::try_from(int("store.max_connections")).unwrap_or(8),
+        connect_timeout: duration("store.connect_timeout"),
+        sqlite_sync: if string("store.sqlite_synchronous") == "full" {
+            SqliteSync::Full
+        } else {
+            SqliteSync::Normal
+        },
+    };
+    let password_policy = PasswordPolicy {
+        min_chars: usize::try_from(int("passwords.min_length")).unwrap_or(12),
+        max_bytes: usize::try_from(int("passwords.max_bytes")).unwrap_or(256),
+        min_strength: u8::try_from(int("passwords.min_strength")).unwrap_or(2),
+    };
+    if password_policy.min_chars > password_policy.max_bytes {
+        errors.push(ConfigError {
+            location: "passwords".into(),
+            key: "passwords.min_length".into(),
+            message: format!(
+                "is {} but passwords.max_bytes is {}: no password could satisfy both",
+                password_policy.min_chars, password_policy.max_bytes
+            ),
+        });
+    }
+    let instance_secret = env
+        .get(INSTANCE_SECRET_ENV)
+        .map(|s| Secret::new(s.to_owned()));
+    if let Some(secret) = &instance_secret
+        && secret.expose().len() < 32
+    {
+        errors.push(ConfigError {
+            location: format!("environment variable {INSTANCE_SECRET_ENV}"),
+            key: String::new(),
+            message: "the instance secret must be at least 32 bytes; generate one with `openssl rand -base64 48`".into(),
+        });
+    }
+    let instance_secret_file = match values.get("secrets.instance_secret_file") {
+        Some(Value::Str(p)) if !p.is_empty() => Some(PathBuf::from(p)),
+        _ => None,
+    };
+    if instance_secret.is_some() && instance_secret_file.is_some() {
+        errors.push(ConfigError {
+            location: format!("environment variable {INSTANCE_SECRET_ENV}"),
+            key: "secrets.instance_secret_file".into(),
+            message: "both are set; keep one source for the instance secret".into(),
+        });
+    }
+    if !errors.is_empty() {
+        return Err(ConfigErrors(errors));
+    }
+    Ok(Config {
+        source: source.map(Path::to_path_buf),
+        data_dir,
+        listen,
+        shutdown_grace: duration("server.shutdown_grace"),
+        store,
+        password_policy,
+        hash_concurrency: usize::try_from(int("passwords.hash_concurrency")).unwrap_or(0),
+        instance_secret,
+        instance_secret_file,
+    })
+}
+
+/// Checks every entry of a (sub)table against the schema.
+fn walk(
+    table: &DeTable<'_>,
+    prefix: &str,
+    text: &str,
+    file: &str,
+    values: &mut BTreeMap<&'static str, Value>,
+    errors: &mut Vec<ConfigError>,
+) {
+    for (key, value) in table {
+        let path = if prefix.is_empty() {
+            key.get_ref().to_string()
+        } else {
+            format!("{prefix}.{}", key.get_ref())
+        };
+        let location = at(file, text, key.span().start);
+        if let Some(spec) = KEYS.iter().find(|k| k.path == path) {
+            match parse_toml(spec, value.get_ref()) {
+                Ok(v) => {
+                    values.insert(spec.path, v);
+                }
+                Err(message) => errors.push(ConfigError {
+                    location: at(file, text, value.span().start),
+                    key: path,
+                    message,
+                }),
+            }
+            continue;
+        }
+        let is_section = KEYS.iter().any(|k| k.path.starts_with(&format!("{path}.")));
+        match value.get_ref() {
+            DeValue::Table(sub) if is_section => walk(sub, &path, text, file, values, errors),
+            _ if is_section => errors.push(ConfigError {
+                location,
+                key: path,
+                message: "must be a table (a [section])".into(),
+            }),
+            _ => errors.push(ConfigError {
+                location,
+                key: path.clone(),
+                message: unknown_key_message(&path),
+            }),
+        }
+    }
+}
+
+fn unknown_key_message(path: &str) -> String {
+    let section = path.rsplit_once('.').map_or("", |(s, _)| s);
+    let siblings: Vec<&str> = KEYS
+        .iter()
+        .filter(|k| k.path.rsplit_once('.').map_or("", |(s, _)| s) == section)
+        .map(|k| k.path)
+        .collect();
+    format!("unknown key; the keys here are: {}", siblings.join(", "))
+}
+
+fn parse_toml(spec: &KeySpec, value: &DeValue<'_>) -> Result<Value, String> {
+    let wrong = |found: &str| format!("expected {}, found {found}", spec.kind);
+    match (spec.kind, value) {
+        (Kind::Int { .. }, DeValue::Integer(i)) => {
+            let digits = i.as_str().replace('_', "");
+            let n = i64::from_str_radix(&digits, i.radix())
+                .map_err(|e| format!("invalid integer: {e}"))?;
+            check_int(spec, n)
+        }
+        (Kind::Int { .. }, other) => Err(wrong(type_name(other))),
+        (_, DeValue::String(s)) => parse_str(spec, s),
+        (_, other) => Err(wrong(type_name(other))),
+    }
+}
+
+fn type_name(value: &DeValue<'_>) -> &'static str {
+    match value {
+        DeValue::String(_) => "a string",
+        DeValue::Integer(_) => "an integer",
+        DeValue::Float(_) => "a float",
+        DeValue::Boolean(_) => "a boolean",
+        DeValue::Datetime(_) => "a date-time",
+        DeValue::Array(_) => "an array",
+        DeValue::Table(_) => "a table",
+    }
+}
+
+fn check_int(spec: &KeySpec, n: i64) -> Result<Value, String> {
+    match spec.kind {
+        Kind::Int { min, max } if !(min..=max).contains(&n) => {
+            Err(format!("{n} is out of range: expected {}", spec.kind))
+        }
+        _ => Ok(Value::Int(n)),
+    }
+}
+
+/// Parses a value given as a string (an environment variable, a default, or a TOML string).
+fn parse_str(spec: &KeySpec, raw: &str) -> Result<Value, String> {
+    match spec.kind {
+        Kind::Str | Kind::Path => {
+            if raw.contains('\0') {
+                return Err("must not contain NUL".into());
+            }
+            Ok(Value::Str(raw.to_owned()))
+        }
+        Kind::Enum(options) => {
+            if options.contains(&raw) {
+                Ok(Value::Str(raw.to_owned()))
+            } else {
+                Err(format!("{raw:?} is not {}", spec.kind))
+            }
+        }
+        Kind::Addr => raw
+            .parse::<SocketAddr>()
+            .map(Value::Addr)
+            .map_err(|_| format!("{raw:?} is not {}", spec.kind)),
+        Kind::Int { .. } => {
+            let n = raw
+                .trim()
+                .parse::<i64>()
+                .map_err(|_| format!("{raw:?} is not {}", spec.kind))?;
+            check_int(spec, n)
+        }
+        Kind::Duration { min, max } => {
+            let d = humantime::parse_duration(raw)
+                .map_err(|_| format!("{raw:?} is not {}", spec.kind))?;
+            if d < min || d > max {
+                return Err(format!(
+                    "{raw} is out of range: expected between {} and {}",
+                    humantime::format_duration(min),
+                    humantime::format_duration(max)
+                ));
+            }
+            Ok(Value::Duration(d))
+        }
+    }
+}
+
+/// `file:line:column` for a byte offset.
+fn at(file: &str, text: &str, offset: usize) -> String {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    format!("{file}:{line}:{column}")
+}
+
+fn first_line(message: &str) -> String {
+    message.lines().next().unwrap_or(message).trim().to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load_str(text: &str) -> Result<Config, ConfigErrors> {
+        load(Some(Path::new("p.toml")), Some(text), &Env::default())
+    }
+
+    #[test]
+    fn defaults() {
+        let c = load(None, None, &Env::default()).expect("defaults load");
+        assert_eq!(c.listen, "127.0.0.1:8080".parse().expect("addr"));
+        assert_eq!(c.store.url, "sqlite://./portcullis-data/portcullis.db");
+        assert_eq!(c.store.connect_timeout, Duration::from_secs(5));
+        assert_eq!(c.password_policy, PasswordPolicy::default());
+    }
+
+    #[test]
+    fn every_error_is_reported_with_key_and_line() {
+        let text = "data_dir = 7\n[store]\nurll = \"x\"\nmax_connections = \"ten\"\n[passwords]\nmin_length = 3\n";
+        let errs = load_str(text).expect_err("invalid").0;
+        let shown: Vec<String> = errs.iter().map(ToString::to_string).collect();
+        assert_eq!(errs.len(), 4, "{shown:#?}");
+        assert!(
+            shown[0].starts_with("p.toml:1:12: `data_dir`: expected a file path"),
+            "{}",
+            shown[0]
+        );
+        assert!(
+            shown
+                .iter()
+                .any(|s| s.starts_with("p.toml:3:1: `store.urll`: unknown key")),
+            "{shown:#?}"
+        );
+        assert!(shown.iter().any(|s| s.contains("p.toml:4:")
+            && s.contains("`store.max_connections`: expected an integer")));
+        assert!(
+            shown
+                .iter()
+                .any(|s| s.contains("p.toml:6:") && s.contains("3 is out of range"))
+        );
+    }
+
+    #[test]
+    fn unknown_section_and_syntax_errors() {
+        let errs = load_str("[nope]\nx = 1\n").expect_err("unknown").0;
+        assert_eq!(errs[0].key, "nope");
+        let errs = load_str("[store\nurl = 1").expect_err("syntax").0;
+        assert!(errs[0].location.starts_with("p.toml:1:"), "{:?}", errs[0]);
+    }
+
+    #[test]
+    fn environment_overrides_the_file_and_names_itself_in_errors() {
+        let env = Env::from([
+            ("PORTCULLIS_STORE_URL", "postgres://db/x"),
+            ("PORTCULLIS_SERVER_LISTEN", "0.0.0.0:9000"),
+        ]);
+        let c = load(None, Some("[store]\nurl = \"sqlite:///a.db\"\n"), &env).expect("loads");
+        assert_eq!(c.store.url, "postgres://db/x");
+        assert_eq!(c.listen.port(), 9000);
+        let env = Env::from([("PORTCULLIS_STORE_CONNECT_TIMEOUT", "soon")]);
+        let errs = load(None, None, &env).expect_err("bad duration").0;
+        assert_eq!(
+            errs[0].location,
+            "environment variable PORTCULLIS_STORE_CONNECT_TIMEOUT"
+        );
+    }
+
+    #[test]
+    fn instance_secret_rules() {
+        let env = Env::from([(INSTANCE_SECRET_ENV, "short")]);
+        assert!(load(None, None, &env).is_err());
+        let env = Env::from([(INSTANCE_SECRET_ENV, "0123456789abcdef0123456789abcdef")]);
+        let c = load(None, None, &env).expect("ok");
+        assert_eq!(format!("{:?}", c.instance_secret), "Some(<redacted>)");
+    }
+
+    #[test]
+    fn defaults_parse_and_match_kinds() {
+        for spec in KEYS {
+            if spec.default.starts_with('(') || spec.default.contains('<') {
+                continue;
+            }
+            parse_str(spec, spec.default)
+                .unwrap_or_else(|e| panic!("default of {}: {e}", spec.path));
+        }
+    }
+}

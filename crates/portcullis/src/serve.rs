@@ -1,0 +1,138 @@
+//! The HTTP server. For now it answers `/healthz` (the process is up) and `/readyz` (the store
+//! answers); the identity-provider and gateway issues mount their routes here.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde_json::json;
+use tokio::sync::Notify;
+
+use crate::app::App;
+use crate::config::Config;
+use crate::failure::Failure;
+
+/// How long `/readyz` waits for the store before answering 503.
+const READY_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// `portcullis serve`.
+pub async fn run(config: Config, listen: Option<SocketAddr>) -> Result<(), Failure> {
+    let app = App::open(config).await?;
+    run_app(app, listen).await
+}
+
+/// Serves an opened instance until SIGTERM or Ctrl-C.
+pub async fn run_app(app: App, listen: Option<SocketAddr>) -> Result<(), Failure> {
+    let addr = listen.unwrap_or(app.config.listen);
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+        Failure::user(format!(
+            "cannot listen on {addr}: {e}. Choose another address with --listen or server.listen"
+        ))
+    })?;
+    let local = listener
+        .local_addr()
+        .map_err(|e| Failure::internal(e.to_string()))?;
+    // The first line on stdout, so scripts and tests started with port 0 learn the port.
+    println!("listening on http://{local}");
+    let _ = std::io::stdout().flush();
+    tracing::info!(address = %local, store = app.store.location(), "portcullis is serving");
+
+    let grace = app.config.shutdown_grace;
+    let router = router(app);
+    let stopping = Arc::new(Notify::new());
+    let signal = {
+        let stopping = stopping.clone();
+        async move {
+            shutdown_signal().await;
+            tracing::info!("shutting down; finishing in-flight requests");
+            stopping.notify_waiters();
+        }
+    };
+    let server = axum::serve(listener, router).with_graceful_shutdown(signal);
+    let deadline = async {
+        stopping.notified().await;
+        tokio::time::sleep(grace).await;
+    };
+    tokio::select! {
+        result = server => result.map_err(|e| Failure::internal(format!("server failed: {e}")))?,
+        () = deadline => tracing::warn!("shutdown grace of {} expired; closing remaining connections", humantime::format_duration(grace)),
+    }
+    Ok(())
+}
+
+fn router(app: App) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .fallback(not_found)
+        .with_state(app)
+}
+
+async fn healthz() -> Response {
+    no_store((StatusCode::OK, axum::Json(json!({ "status": "ok" }))))
+}
+
+async fn readyz(State(app): State<App>) -> Response {
+    match tokio::time::timeout(READY_TIMEOUT, app.store.ping()).await {
+        Ok(Ok(())) => no_store((StatusCode::OK, axum::Json(json!({ "status": "ready" })))),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "readiness check failed: store error");
+            no_store((
+                StatusCode::SERVICE_UNAVAILABLE,
+                axum::Json(json!({ "status": "unavailable", "reason": "store" })),
+            ))
+        }
+        Err(_) => {
+            tracing::warn!("readiness check failed: store did not answer in time");
+            no_store((
+                StatusCode::SERVICE_UNAVAILABLE,
+                axum::Json(json!({ "status": "unavailable", "reason": "store timeout" })),
+            ))
+        }
+    }
+}
+
+async fn not_found() -> Response {
+    no_store((
+        StatusCode::NOT_FOUND,
+        axum::Json(json!({ "error": "not_found" })),
+    ))
+}
+
+fn no_store(response: impl IntoResponse) -> Response {
+    let mut response = response.into_response();
+    response.headers_mut().insert(
+        header::CACHE_CONTROL,
+        header::HeaderValue::from_static("no-store"),
+    );
+    response
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}

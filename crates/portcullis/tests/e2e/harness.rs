@@ -1,0 +1,264 @@
+//! Starting the binary: commands, servers, temporary instances.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_portcullis");
+
+/// A portcullis instance: a temporary directory with a config file and a data directory.
+pub struct Instance {
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+    env: Vec<(String, String)>,
+}
+
+impl Instance {
+    /// A fresh SQLite-backed instance.
+    pub fn new() -> Self {
+        Self::with_config("")
+    }
+
+    /// A fresh instance whose config file has `extra` appended.
+    pub fn with_config(extra: &str) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let config = dir.path().join("portcullis.toml");
+        let data = dir.path().join("data");
+        std::fs::write(
+            &config,
+            format!("data_dir = {:?}\n{extra}", data.display().to_string()),
+        )
+        .expect("write config");
+        Instance {
+            dir,
+            config,
+            env: Vec::new(),
+        }
+    }
+
+    /// A fresh instance on its own PostgreSQL database, if the test cluster is available.
+    pub async fn postgres() -> Option<Self> {
+        let base = match std::env::var("PORTCULLIS_TEST_POSTGRES_URL") {
+            Ok(url) => url,
+            Err(_) if std::env::var("PORTCULLIS_REQUIRE_POSTGRES").is_ok_and(|v| v == "1") => {
+                panic!("PORTCULLIS_REQUIRE_POSTGRES=1 but PORTCULLIS_TEST_POSTGRES_URL is not set")
+            }
+            Err(_) => {
+                eprintln!(
+                    "skipping: PORTCULLIS_TEST_POSTGRES_URL is not set (scripts/test sets it)"
+                );
+                return None;
+            }
+        };
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let name = format!("e2e_{}_{n}", std::process::id());
+        let status = Command::new("psql")
+            .args([
+                base.as_str(),
+                "-q",
+                "-c",
+                &format!("CREATE DATABASE {name}"),
+            ])
+            .status()
+            .expect("psql is installed with PostgreSQL");
+        assert!(status.success(), "create database {name}");
+        let (prefix, _) = base.rsplit_once('/').expect("URL has a database path");
+        let mut instance = Instance::new();
+        instance
+            .env
+            .push(("PORTCULLIS_STORE_URL".into(), format!("{prefix}/{name}")));
+        Some(instance)
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// Sets an environment variable for every command this instance runs.
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.env.push((key.into(), value.into()));
+        self
+    }
+
+    /// A command for the binary with this instance's config and environment.
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(BIN);
+        cmd.arg("--config").arg(&self.config).args(args);
+        cmd.env_remove("PORTCULLIS_STORE_URL")
+            .env_remove("PORTCULLIS_INSTANCE_SECRET");
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        cmd.stdin(Stdio::null());
+        cmd
+    }
+
+    /// Runs a command to completion.
+    pub fn run(&self, args: &[&str]) -> Run {
+        Run(self.command(args).output().expect("run portcullis"))
+    }
+
+    /// Runs a command with `input` on standard input.
+    pub fn run_with_stdin(&self, args: &[&str], input: &str) -> Run {
+        let mut child = self
+            .command(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(input.as_bytes())
+            .expect("write stdin");
+        Run(child.wait_with_output().expect("wait"))
+    }
+
+    /// Starts `serve` on a free loopback port.
+    pub fn serve(&self) -> Server {
+        Server::start(self.command(&["serve", "--listen", "127.0.0.1:0"]))
+    }
+
+    /// The usernames in the store.
+    pub fn usernames(&self) -> Vec<String> {
+        let out = self.run(&["--json", "user", "list"]).ok();
+        let users: serde_json::Value =
+            serde_json::from_str(&out).expect("user list --json is JSON");
+        users
+            .as_array()
+            .expect("array")
+            .iter()
+            .map(|u| u["username"].as_str().expect("username").to_owned())
+            .collect()
+    }
+}
+
+/// A finished command.
+pub struct Run(pub Output);
+
+impl Run {
+    pub fn code(&self) -> i32 {
+        self.0.status.code().unwrap_or(-1)
+    }
+    pub fn stdout(&self) -> String {
+        String::from_utf8_lossy(&self.0.stdout).into_owned()
+    }
+    pub fn stderr(&self) -> String {
+        String::from_utf8_lossy(&self.0.stderr).into_owned()
+    }
+    /// Asserts success and returns stdout.
+    #[track_caller]
+    pub fn ok(&self) -> String {
+        assert_eq!(
+            self.code(),
+            0,
+            "expected success\nstdout: {}\nstderr: {}",
+            self.stdout(),
+            self.stderr()
+        );
+        self.stdout()
+    }
+    /// Asserts exit code 1 (the user's mistake) and returns stderr.
+    #[track_caller]
+    pub fn user_error(&self) -> String {
+        assert_eq!(
+            self.code(),
+            1,
+            "expected exit 1\nstdout: {}\nstderr: {}",
+            self.stdout(),
+            self.stderr()
+        );
+        self.stderr()
+    }
+}
+
+/// A running server, killed when dropped.
+pub struct Server {
+    child: Child,
+    pub base: String,
+    /// Lines the server printed on stdout after the "listening" line.
+    pub banner: Vec<String>,
+}
+
+impl Server {
+    pub fn start(mut cmd: Command) -> Server {
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn server");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut banner = Vec::new();
+        loop {
+            match rx.recv_timeout(Duration::from_secs(60)) {
+                Ok(line) => {
+                    if let Some(addr) = line.strip_prefix("listening on ") {
+                        return Server {
+                            child,
+                            base: addr.trim().to_owned(),
+                            banner,
+                        };
+                    }
+                    banner.push(line);
+                }
+                Err(e) => {
+                    let _ = child.kill();
+                    let status = child.wait().ok();
+                    panic!(
+                        "server did not report its address ({e}); exit status {status:?}; output so far: {banner:?}"
+                    );
+                }
+            }
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// Sends SIGTERM and waits for the process to exit.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill");
+        self.child.wait().expect("wait")
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Whether this process runs as root (then file permissions do not stop it).
+pub fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| o.stdout.starts_with(b"0\n"))
+        .unwrap_or(false)
+}
+
+/// Makes a path and its parents traversable by other users (for tests that run as `nobody`).
+pub fn open_up(path: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+}
