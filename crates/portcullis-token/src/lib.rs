@@ -1,12 +1,19 @@
 //! Tokens and the secrets behind them: JWT signing and verification, keys and JWKS documents
-//! (the identity-provider and gateway issues grow this crate), plus the two primitives every
-//! other crate needs from it today: a [`Secret`] that cannot be logged by accident and a
-//! [`Clock`] that tests can drive.
+//! (see [`jwt`]), the encryption of private keys at rest ([`KeyEncryptionKey`]), a [`Secret`]
+//! that cannot be logged by accident and a [`Clock`] that tests can drive.
 //!
 //! Pure library: no I/O and no global state.
 
 mod clock;
+pub mod jwt;
+mod keys;
+mod sealed;
 mod secret;
 
+#[cfg(test)]
+mod jwt_tests;
+
 pub use clock::Clock;
+pub use keys::{Algorithm, KeyError, SigningKey, VerifyingKey, jwks};
+pub use sealed::{KeyEncryptionKey, SealError};
 pub use secret::{Secret, constant_time_eq};
