@@ -7,19 +7,25 @@
 //! share, and runs through sqlx's `Any` driver; backend-specific set-up (SQLite pragmas, the
 //! migration lock) lives in [`open`](Store::open) only.
 
+mod clients;
 mod error;
 mod groups;
+mod keys;
 mod migrate;
 mod open;
+mod sessions;
 mod settings;
 mod users;
 
 #[cfg(test)]
 mod tests;
 
+pub use clients::{Client, ResourceServer};
 pub use error::StoreError;
 pub use groups::{Group, NewGroup};
+pub use keys::StoredKey;
 pub use open::{Backend, SqliteSync, StoreOptions};
+pub use sessions::{AuthCode, CodeUse, RefreshToken, Rotation, Session};
 pub use users::{NewUser, User, UserStatus};
 
 use sqlx::AnyPool;

@@ -6,11 +6,18 @@ use sqlx::migrate::{MigrateError, Migration, MigrationType, Migrator};
 use crate::{Store, StoreError};
 
 /// Every migration, in order. Each file is portable SQL that runs on SQLite and PostgreSQL.
-const MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "user pool",
-    include_str!("../migrations/0001_user_pool.sql"),
-)];
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "user pool",
+        include_str!("../migrations/0001_user_pool.sql"),
+    ),
+    (
+        2,
+        "identity provider",
+        include_str!("../migrations/0002_identity_provider.sql"),
+    ),
+];
 
 pub(crate) async fn run(store: &Store) -> Result<(), StoreError> {
     let migrations = MIGRATIONS

@@ -10,7 +10,10 @@ use std::time::Duration;
 
 use sqlx::Executor;
 
-use crate::{NewGroup, NewUser, Store, StoreError, StoreOptions, UserStatus};
+use crate::{
+    AuthCode, Client, CodeUse, NewGroup, NewUser, RefreshToken, ResourceServer, Rotation, Session,
+    Store, StoreError, StoreOptions, StoredKey, UserStatus,
+};
 
 /// Keeps a test's database alive for the length of the test.
 struct Fixture {
@@ -85,6 +88,12 @@ both_backends!(
     concurrent_creates_of_one_name_admit_exactly_one,
     first_setting_wins_a_race,
     reopening_keeps_data_and_is_idempotent,
+    clients_and_resource_servers,
+    codes_are_single_use_even_when_raced,
+    refresh_rotation_grace_and_reuse,
+    revoking_a_user_ends_every_session,
+    login_failures_lock_with_doubling_delay,
+    signing_keys_publish_and_retire,
 );
 
 fn new_user(name: &str, groups: &[&str]) -> NewUser {
@@ -485,4 +494,318 @@ async fn unreachable_postgres_fails_fast_naming_the_host() {
         err.to_string().contains(&format!("127.0.0.1:{port}")),
         "{err}"
     );
+}
+
+fn client(id: &str, secret: Option<&str>) -> Client {
+    Client {
+        client_id: id.to_owned(),
+        name: format!("{id} app"),
+        secret_hash: secret.map(str::to_owned),
+        redirect_uris: vec!["https://app.example.com/cb".into()],
+        logout_uris: vec![],
+        grants: vec!["authorization_code".into(), "refresh_token".into()],
+        scopes: vec!["openid".into()],
+        access_ttl: 300,
+        id_ttl: 300,
+        refresh_ttl: 86400,
+        id_token_alg: "RS256".into(),
+        created_at: 1,
+        updated_at: 1,
+    }
+}
+
+async fn clients_and_resource_servers(store: Store) {
+    store
+        .create_client(&client("spa", None))
+        .await
+        .expect("create");
+    store
+        .create_client(&client("backend", Some("abc")))
+        .await
+        .expect("create");
+    let err = store
+        .create_client(&client("spa", None))
+        .await
+        .expect_err("duplicate");
+    assert!(matches!(err, StoreError::AlreadyExists { .. }), "{err}");
+    assert_eq!(
+        store.client("spa").await.expect("read"),
+        Some(client("spa", None))
+    );
+    assert!(
+        store.set_client_secret("spa", "x", 2).await.is_err(),
+        "a public client has no secret to rotate"
+    );
+    store
+        .set_client_secret("backend", "def", 2)
+        .await
+        .expect("rotate");
+    assert_eq!(
+        store
+            .client("backend")
+            .await
+            .expect("read")
+            .expect("client")
+            .secret_hash
+            .as_deref(),
+        Some("def")
+    );
+    assert_eq!(store.list_clients().await.expect("list").len(), 2);
+    store.delete_client("spa").await.expect("delete");
+    assert!(store.delete_client("spa").await.is_err());
+    let rs = ResourceServer {
+        identifier: "orders".into(),
+        name: "Orders".into(),
+        scopes: vec!["read".into(), "admin".into()],
+        created_at: 1,
+    };
+    store.create_resource_server(&rs).await.expect("rs");
+    assert!(store.create_resource_server(&rs).await.is_err());
+    assert_eq!(store.list_resource_servers().await.expect("list"), vec![rs]);
+    store
+        .delete_resource_server("orders")
+        .await
+        .expect("delete");
+}
+
+async fn session_for(store: &Store, username: &str) -> (String, Session) {
+    let user = store
+        .create_user(&new_user(username, &[]))
+        .await
+        .expect("user");
+    let session = Session {
+        sid: format!("sid-{username}"),
+        user_id: user.id.clone(),
+        auth_time: 100,
+        created_at: 100,
+        expires_at: 100_000,
+        revoked_at: None,
+    };
+    store
+        .create_session(&session, &format!("secret-{username}"))
+        .await
+        .expect("session");
+    (user.id, session)
+}
+
+async fn codes_are_single_use_even_when_raced(store: Store) {
+    let (user_id, session) = session_for(&store, "kate").await;
+    let code = AuthCode {
+        code_hash: "c1".into(),
+        client_id: "spa".into(),
+        user_id,
+        sid: session.sid.clone(),
+        redirect_uri: "https://app.example.com/cb".into(),
+        scope: "openid".into(),
+        nonce: Some("n".into()),
+        code_challenge: Some("ch".into()),
+        auth_time: 100,
+        expires_at: 160,
+    };
+    store.insert_code(&code).await.expect("insert");
+    let tasks: Vec<_> = (0..6)
+        .map(|_| {
+            let store = store.clone();
+            tokio::spawn(async move { store.consume_code("c1", 110).await })
+        })
+        .collect();
+    let mut fresh = 0;
+    for t in tasks {
+        match t.await.expect("task").expect("consume") {
+            CodeUse::Fresh(c) => {
+                assert_eq!(c, code);
+                fresh += 1;
+            }
+            CodeUse::Replayed(_) => {}
+            CodeUse::Unknown => panic!("the code exists"),
+        }
+    }
+    assert_eq!(fresh, 1, "exactly one redemption wins");
+    assert_eq!(
+        store.consume_code("nope", 110).await.expect("consume"),
+        CodeUse::Unknown
+    );
+}
+
+async fn refresh_rotation_grace_and_reuse(store: Store) {
+    let (user_id, session) = session_for(&store, "liam").await;
+    let first = RefreshToken {
+        token_hash: "r1".into(),
+        family: "f1".into(),
+        client_id: "spa".into(),
+        user_id,
+        sid: session.sid.clone(),
+        scope: "openid".into(),
+        auth_time: 100,
+        created_at: 100,
+        expires_at: 10_000,
+    };
+    store.insert_refresh_token(&first).await.expect("insert");
+    let next = |hash: &'static str| {
+        move |old: &RefreshToken| RefreshToken {
+            token_hash: hash.into(),
+            ..old.clone()
+        }
+    };
+    assert!(
+        matches!(
+            store
+                .rotate_refresh_token("r1", "other", next("x"), 200, 30)
+                .await
+                .expect("rotate"),
+            Rotation::Invalid
+        ),
+        "another client's token"
+    );
+    assert!(matches!(
+        store
+            .rotate_refresh_token("r1", "spa", next("r2"), 200, 30)
+            .await
+            .expect("rotate"),
+        Rotation::Rotated(_)
+    ));
+    assert!(
+        matches!(
+            store
+                .rotate_refresh_token("r1", "spa", next("r2b"), 220, 30)
+                .await
+                .expect("rotate"),
+            Rotation::Grace(_)
+        ),
+        "parallel use within the grace window"
+    );
+    assert!(matches!(
+        store
+            .rotate_refresh_token("r2", "spa", next("r3"), 240, 30)
+            .await
+            .expect("rotate"),
+        Rotation::Rotated(_)
+    ));
+    // The first token again, long after: theft. The whole family and the session end.
+    assert!(matches!(
+        store
+            .rotate_refresh_token("r1", "spa", next("x"), 400, 30)
+            .await
+            .expect("rotate"),
+        Rotation::Reused(_)
+    ));
+    assert!(matches!(
+        store
+            .rotate_refresh_token("r3", "spa", next("r4"), 401, 30)
+            .await
+            .expect("rotate"),
+        Rotation::Invalid
+    ));
+    assert!(
+        store
+            .is_revoked("sid", &session.sid, 402)
+            .await
+            .expect("read")
+    );
+    assert!(
+        store
+            .session_by_secret("secret-liam", 402)
+            .await
+            .expect("read")
+            .is_none()
+    );
+    assert!(matches!(
+        store
+            .rotate_refresh_token("zzz", "spa", next("x"), 401, 30)
+            .await
+            .expect("rotate"),
+        Rotation::Unknown
+    ));
+    let revs = store.revocations_since(0, 402).await.expect("read");
+    assert!(
+        revs.iter()
+            .any(|(k, v, _, _)| k == "sid" && v == &session.sid)
+    );
+}
+
+async fn revoking_a_user_ends_every_session(store: Store) {
+    let (user_id, session) = session_for(&store, "mia").await;
+    let second = Session {
+        sid: "sid-mia-2".into(),
+        ..session.clone()
+    };
+    store
+        .create_session(&second, "secret-mia-2")
+        .await
+        .expect("session");
+    assert_eq!(
+        store
+            .revoke_user_sessions(&user_id, 500)
+            .await
+            .expect("revoke"),
+        2
+    );
+    assert!(store.is_revoked("sid", "sid-mia", 501).await.expect("read"));
+    assert!(
+        store
+            .is_revoked("sid", "sid-mia-2", 501)
+            .await
+            .expect("read")
+    );
+    assert_eq!(
+        store
+            .revoke_user_sessions(&user_id, 502)
+            .await
+            .expect("again"),
+        0
+    );
+    store.revoke_jti("jti-1", 600, 500).await.expect("jti");
+    assert!(store.is_revoked("jti", "jti-1", 599).await.expect("read"));
+    assert!(
+        !store.is_revoked("jti", "jti-1", 600).await.expect("read"),
+        "forgotten once the token has expired"
+    );
+}
+
+async fn login_failures_lock_with_doubling_delay(store: Store) {
+    let mut locks = Vec::new();
+    for _ in 0..8 {
+        locks.push(
+            store
+                .record_login_failure("nina", 1000, 5, 1, 900)
+                .await
+                .expect("record"),
+        );
+    }
+    assert_eq!(locks, [0, 0, 0, 0, 1001, 1002, 1004, 1008]);
+    assert_eq!(store.login_locked_until("nina").await.expect("read"), 1008);
+    store.clear_login_failures("nina").await.expect("clear");
+    assert_eq!(store.login_locked_until("nina").await.expect("read"), 0);
+}
+
+async fn signing_keys_publish_and_retire(store: Store) {
+    let key = |kid: &str, activate_at| StoredKey {
+        kid: kid.into(),
+        alg: "ES256".into(),
+        purpose: "access".into(),
+        sealed: "v1.x.y.z".into(),
+        public_jwk: "{}".into(),
+        created_at: 1,
+        activate_at,
+        retire_at: None,
+    };
+    let v0 = store.signing_keys_version().await.expect("version");
+    store
+        .insert_signing_key(&key("a", 10))
+        .await
+        .expect("insert");
+    store
+        .insert_signing_key(&key("b", 20))
+        .await
+        .expect("insert");
+    let v1 = store.signing_keys_version().await.expect("version");
+    assert_ne!(v0, v1);
+    store.retire_signing_key("a", 50).await.expect("retire");
+    assert_ne!(store.signing_keys_version().await.expect("version"), v1);
+    let kids = |keys: Vec<StoredKey>| keys.into_iter().map(|k| k.kid).collect::<Vec<_>>();
+    assert_eq!(
+        kids(store.signing_keys(49).await.expect("read")),
+        ["a", "b"]
+    );
+    assert_eq!(kids(store.signing_keys(50).await.expect("read")), ["b"]);
 }
