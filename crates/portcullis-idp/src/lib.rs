@@ -5,12 +5,26 @@
 //! Every rule about what a valid username, email, group name or password is lives here, so the
 //! CLI, the admin API and the hosted sign-up page cannot drift apart.
 
+mod crypto;
 mod instance;
+mod keyring;
 mod names;
 mod password;
 mod pool;
+mod provider;
+mod settings;
+mod templates;
+mod web;
 
 pub use instance::{InstanceError, resolve_instance_secret};
+pub use keyring::{KeyRing, KeyRingError, Purpose};
 pub use names::{NameError, validate_email, validate_group_name, validate_username};
 pub use password::{HashError, PasswordError, PasswordHasher, PasswordPolicy, generate_password};
 pub use pool::{AddUser, PoolError, UserPool};
+pub use provider::{
+    AuthorizeError, AuthorizeRequest, ClientError, NewClient, OAuthError, Provider, TokenResponse,
+    validate_registered_uri,
+};
+pub use settings::{Branding, IdpSettings, is_localhost};
+pub use templates::Templates;
+pub use web::router;

@@ -139,8 +139,23 @@ impl UserPool {
         Ok(self.store.list_users().await?)
     }
 
+    /// Deletes a user, first ending their sessions (so the gateway rejects their tokens).
     pub async fn delete_user(&self, username: &str) -> Result<(), PoolError> {
+        let user = self.user(username).await?;
+        self.store
+            .revoke_user_sessions(&user.id, self.clock.now())
+            .await?;
         Ok(self.store.delete_user(username).await?)
+    }
+
+    /// Ends every session of a user; their refresh tokens stop working and their access tokens
+    /// are listed as revoked.
+    pub async fn end_sessions(&self, username: &str) -> Result<usize, PoolError> {
+        let user = self.user(username).await?;
+        Ok(self
+            .store
+            .revoke_user_sessions(&user.id, self.clock.now())
+            .await?)
     }
 
     /// Sets a new password (generated when `None`, and returned).
@@ -244,7 +259,11 @@ impl UserPool {
 
     /// Removes a member; returns false when the user was not one.
     pub async fn remove_member(&self, group: &str, username: &str) -> Result<bool, PoolError> {
-        Ok(self.store.remove_member(group, username).await?)
+        let removed = self.store.remove_member(group, username).await?;
+        if removed {
+            self.end_sessions(username).await?;
+        }
+        Ok(removed)
     }
 
     pub async fn group_members(&self, group: &str) -> Result<Vec<String>, PoolError> {

@@ -161,6 +161,23 @@ impl Store {
         }
     }
 
+    /// Looks a user up by id.
+    pub async fn user_by_id(&self, id: &str) -> Result<Option<User>, StoreError> {
+        let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE id = $1");
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        match row {
+            None => Ok(None),
+            Some(row) => {
+                let mut user = user_from_row(&row)?;
+                user.groups = self.groups_of(&user.id).await?;
+                Ok(Some(user))
+            }
+        }
+    }
+
     /// Every user, ordered by username, with their groups.
     pub async fn list_users(&self) -> Result<Vec<User>, StoreError> {
         let sql = format!("SELECT {USER_COLUMNS} FROM users ORDER BY username_key");

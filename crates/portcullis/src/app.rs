@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use portcullis_idp::{PasswordHasher, UserPool, resolve_instance_secret};
+use portcullis_idp::{PasswordHasher, Provider, UserPool, resolve_instance_secret};
 use portcullis_store::Store;
 use portcullis_token::{Clock, Secret};
 
@@ -38,6 +38,7 @@ pub struct App {
     pub config: Config,
     pub store: Store,
     pub pool: UserPool,
+    pub provider: Provider,
 }
 
 impl App {
@@ -55,9 +56,8 @@ impl App {
             (None, Some(path)) => Some(read_secret_file(path)?),
             (None, None) => None,
         };
-        // Settled at every start so a node with the wrong secret stops here. Signing keys (the
-        // identity-provider issue) are encrypted with it.
-        let _instance_secret = resolve_instance_secret(&store, provided, clock.now()).await?;
+        // Settled at every start so a node with the wrong secret stops here; it seals the signing keys.
+        let instance_secret = resolve_instance_secret(&store, provided, clock.now()).await?;
         let hasher = PasswordHasher::new(config.hash_concurrency)
             .map_err(|e| Failure::internal(e.to_string()))?;
         let pool = UserPool::new(
@@ -66,10 +66,20 @@ impl App {
             config.password_policy.clone(),
             clock.clone(),
         );
+        let provider = Provider::open(
+            store.clone(),
+            pool.clone(),
+            config.idp.clone(),
+            &instance_secret,
+            clock.clone(),
+        )
+        .await
+        .map_err(|e| Failure::internal(format!("cannot load the signing keys: {e}")))?;
         Ok(App {
             config,
             store,
             pool,
+            provider,
         })
     }
 }

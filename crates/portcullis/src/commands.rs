@@ -12,7 +12,7 @@ use serde_json::json;
 
 use crate::app::App;
 use crate::failure::Failure;
-use crate::{GroupCommand, UserCommand, config};
+use crate::{ClientCommand, GroupCommand, KeysCommand, ResourceServerCommand, UserCommand, config};
 
 /// Reads a password from standard input: everything up to EOF, minus one trailing newline.
 fn password_from_stdin() -> Result<Secret<String>, Failure> {
@@ -392,6 +392,270 @@ pub async fn store_check(app: &App, json: bool) -> Result<(), Failure> {
             counts.0,
             counts.1
         );
+    }
+    Ok(())
+}
+
+fn client_json(c: &portcullis_store::Client) -> serde_json::Value {
+    json!({
+        "client_id": c.client_id,
+        "name": c.name,
+        "type": if c.is_confidential() { "confidential" } else { "public" },
+        "redirect_uris": c.redirect_uris,
+        "logout_uris": c.logout_uris,
+        "grants": c.grants,
+        "scopes": c.scopes,
+        "access_ttl": c.access_ttl,
+        "id_ttl": c.id_ttl,
+        "refresh_ttl": c.refresh_ttl,
+        "id_token_alg": c.id_token_alg,
+        "created_at": rfc3339(c.created_at),
+    })
+}
+
+fn client_error(e: portcullis_idp::ClientError) -> Failure {
+    if e.is_user_error() {
+        Failure::user(e.to_string())
+    } else {
+        Failure::internal(e.to_string())
+    }
+}
+
+pub async fn client(app: &App, cmd: ClientCommand, json: bool) -> Result<(), Failure> {
+    let store = &app.store;
+    match cmd {
+        ClientCommand::Add {
+            name,
+            id,
+            confidential,
+            redirect_uris,
+            logout_uris,
+            grants,
+            scopes,
+            access_ttl,
+            id_ttl,
+            refresh_ttl,
+            id_token_alg,
+        } => {
+            let req = portcullis_idp::NewClient {
+                client_id: id,
+                name,
+                confidential,
+                redirect_uris,
+                logout_uris,
+                grants,
+                scopes,
+                access_ttl,
+                id_ttl,
+                refresh_ttl,
+                id_token_alg,
+            };
+            let (client, secret) = app
+                .provider
+                .create_client(req)
+                .await
+                .map_err(client_error)?;
+            if json {
+                let mut doc = client_json(&client);
+                if let Some(s) = &secret {
+                    doc["client_secret"] = json!(s.expose());
+                }
+                print_json(&doc);
+            } else {
+                println!("added client {} ({})", client.client_id, client.name);
+                if let Some(s) = &secret {
+                    println!(
+                        "client secret (shown once; it is stored only as a digest): {}",
+                        s.expose()
+                    );
+                }
+            }
+        }
+        ClientCommand::List => {
+            let clients = store.list_clients().await?;
+            if json {
+                print_json(&json!(clients.iter().map(client_json).collect::<Vec<_>>()));
+            } else if clients.is_empty() {
+                println!(
+                    "no clients yet; add one with `portcullis client add NAME --redirect-uri URI`"
+                );
+            } else {
+                println!("{:<28} {:<13} {:<28} GRANTS", "CLIENT ID", "TYPE", "NAME");
+                for c in &clients {
+                    let kind = if c.is_confidential() {
+                        "confidential"
+                    } else {
+                        "public"
+                    };
+                    println!(
+                        "{:<28} {:<13} {:<28} {}",
+                        c.client_id,
+                        kind,
+                        c.name,
+                        c.grants.join(",")
+                    );
+                }
+            }
+        }
+        ClientCommand::Show { client_id } => {
+            let c = store
+                .client(&client_id)
+                .await?
+                .ok_or_else(|| Failure::user(format!("client {client_id:?} does not exist")))?;
+            print_json(&client_json(&c));
+        }
+        ClientCommand::Delete { client_id } => {
+            store.delete_client(&client_id).await?;
+            done(json, &format!("deleted client {client_id}"));
+        }
+        ClientCommand::RotateSecret { client_id } => {
+            let secret = app
+                .provider
+                .rotate_client_secret(&client_id)
+                .await
+                .map_err(client_error)?;
+            if json {
+                print_json(&json!({ "client_id": client_id, "client_secret": secret.expose() }));
+            } else {
+                println!(
+                    "new client secret for {client_id} (shown once): {}",
+                    secret.expose()
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+fn valid_scope_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._:".contains(&b))
+}
+
+pub async fn resource_server(
+    app: &App,
+    cmd: ResourceServerCommand,
+    json: bool,
+) -> Result<(), Failure> {
+    let store = &app.store;
+    match cmd {
+        ResourceServerCommand::Add {
+            identifier,
+            name,
+            scopes,
+        } => {
+            if !valid_scope_name(&identifier) {
+                return Err(Failure::user(
+                    "a resource-server identifier is 1-64 ASCII letters, digits or `- . _ :`",
+                ));
+            }
+            if let Some(bad) = scopes.iter().find(|s| !valid_scope_name(s)) {
+                return Err(Failure::user(format!(
+                    "scope {bad:?}: a scope name is 1-64 ASCII letters, digits or `- . _ :`"
+                )));
+            }
+            let rs = portcullis_store::ResourceServer {
+                identifier,
+                name,
+                scopes,
+                created_at: app.provider.now(),
+            };
+            store.create_resource_server(&rs).await?;
+            let full: Vec<String> = rs
+                .scopes
+                .iter()
+                .map(|s| format!("{}/{s}", rs.identifier))
+                .collect();
+            if json {
+                print_json(&json!({ "identifier": rs.identifier, "scopes": full }))
+            } else {
+                println!(
+                    "added resource server {} with scopes {}",
+                    rs.identifier,
+                    full.join(" ")
+                )
+            }
+        }
+        ResourceServerCommand::List => {
+            let list = store.list_resource_servers().await?;
+            if json {
+                print_json(&json!(list));
+            } else {
+                for rs in &list {
+                    println!(
+                        "{:<24} {}",
+                        rs.identifier,
+                        rs.scopes
+                            .iter()
+                            .map(|s| format!("{}/{s}", rs.identifier))
+                            .collect::<Vec<_>>()
+                            .join(" ")
+                    );
+                }
+            }
+        }
+        ResourceServerCommand::Delete { identifier } => {
+            store.delete_resource_server(&identifier).await?;
+            done(json, &format!("deleted resource server {identifier}"));
+        }
+    }
+    Ok(())
+}
+
+pub async fn keys(app: &App, cmd: KeysCommand, json: bool) -> Result<(), Failure> {
+    let now = app.provider.now();
+    let ring = app.provider.keys();
+    if let KeysCommand::Rotate = cmd {
+        let new = ring
+            .rotate(now)
+            .await
+            .map_err(|e| Failure::internal(e.to_string()))?;
+        if !json {
+            println!(
+                "published new keys {}; they start signing in {}",
+                new.join(", "),
+                humantime::format_duration(std::time::Duration::from_secs(
+                    app.config.idp.key_rotation_delay.max(0) as u64
+                ))
+            );
+        }
+    }
+    let keys = ring
+        .list(now)
+        .await
+        .map_err(|e| Failure::internal(e.to_string()))?;
+    let state = |k: &portcullis_store::StoredKey| match (k.activate_at <= now, k.retire_at) {
+        (false, _) => "next",
+        (true, Some(_)) => "retiring",
+        (true, None) => "active",
+    };
+    if json {
+        print_json(&json!(
+            keys.iter()
+                .map(|k| json!({
+                    "kid": k.kid, "alg": k.alg, "purpose": k.purpose, "state": state(k),
+                    "activate_at": rfc3339(k.activate_at), "retire_at": k.retire_at.map(rfc3339),
+                }))
+                .collect::<Vec<_>>()
+        ));
+    } else {
+        println!(
+            "{:<18} {:<6} {:<7} {:<9} {:<22} RETIRES",
+            "KID", "ALG", "FOR", "STATE", "SIGNS FROM"
+        );
+        for k in &keys {
+            println!(
+                "{:<18} {:<6} {:<7} {:<9} {:<22} {}",
+                k.kid,
+                k.alg,
+                k.purpose,
+                state(k),
+                rfc3339(k.activate_at),
+                k.retire_at.map(rfc3339).unwrap_or_else(|| "-".into())
+            );
+        }
     }
     Ok(())
 }

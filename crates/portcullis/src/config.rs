@@ -14,8 +14,9 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use portcullis_idp::PasswordPolicy;
+use portcullis_idp::{Branding, IdpSettings, PasswordPolicy};
 use portcullis_store::{SqliteSync, StoreOptions};
+use portcullis_token::Algorithm;
 use portcullis_token::Secret;
 use toml::de::{DeTable, DeValue};
 
@@ -25,9 +26,22 @@ pub enum Kind {
     Str,
     Path,
     Addr,
-    Duration { min: Duration, max: Duration },
-    Int { min: i64, max: i64 },
+    Duration {
+        min: Duration,
+        max: Duration,
+    },
+    Int {
+        min: i64,
+        max: i64,
+    },
     Enum(&'static [&'static str]),
+    Bool,
+    /// A table of string arrays, such as `admin = ["orders/admin"]`.
+    ListMap,
+    /// A URL (http or https).
+    Url,
+    /// A CSS hex colour such as "#1d4ed8".
+    Colour,
 }
 
 impl fmt::Display for Kind {
@@ -39,6 +53,10 @@ impl fmt::Display for Kind {
             Kind::Duration { .. } => f.write_str("a duration such as \"5s\" or \"250ms\""),
             Kind::Int { min, max } => write!(f, "an integer from {min} to {max}"),
             Kind::Enum(options) => write!(f, "one of {}", options.join(", ")),
+            Kind::Bool => f.write_str("true or false"),
+            Kind::ListMap => f.write_str("a table of string arrays"),
+            Kind::Url => f.write_str("an http(s) URL"),
+            Kind::Colour => f.write_str("a hex colour such as \"#1d4ed8\""),
         }
     }
 }
@@ -146,6 +164,106 @@ pub const KEYS: &[KeySpec] = &[
         default: "(none: generated and kept in the store)",
         doc: "File holding the instance secret (at least 32 bytes) that encrypts signing keys at rest. `PORTCULLIS_INSTANCE_SECRET` may hold it instead.",
     },
+    KeySpec {
+        path: "idp.issuer",
+        kind: Kind::Url,
+        env: "PORTCULLIS_IDP_ISSUER",
+        default: "http://localhost:<port of server.listen>",
+        doc: "The issuer URL: the public address of this server as clients reach it, without a trailing slash. Tokens carry it in `iss`.",
+    },
+    KeySpec {
+        path: "idp.groups_claim",
+        kind: Kind::Str,
+        env: "PORTCULLIS_IDP_GROUPS_CLAIM",
+        default: "groups",
+        doc: "Name of the claim that lists the user's groups (`cognito:groups` for Cognito compatibility).",
+    },
+    KeySpec {
+        path: "idp.cognito_compat",
+        kind: Kind::Bool,
+        env: "PORTCULLIS_IDP_COGNITO_COMPAT",
+        default: "false",
+        doc: "Also emit Cognito's claim names (`cognito:groups`, `cognito:username`) so code written for Cognito works unchanged.",
+    },
+    KeySpec {
+        path: "idp.access_token_alg",
+        kind: Kind::Enum(&["ES256", "RS256", "EdDSA"]),
+        env: "PORTCULLIS_IDP_ACCESS_TOKEN_ALG",
+        default: "ES256",
+        doc: "Signature algorithm of access tokens. ES256 signs ~40x faster than RS256.",
+    },
+    KeySpec {
+        path: "idp.id_token_alg",
+        kind: Kind::Enum(&["RS256", "ES256"]),
+        env: "PORTCULLIS_IDP_ID_TOKEN_ALG",
+        default: "RS256",
+        doc: "Default signature algorithm of ID tokens (OIDC's default is RS256; a client may choose ES256).",
+    },
+    KeySpec {
+        path: "idp.key_rotation_delay",
+        kind: Kind::Duration {
+            min: Duration::ZERO,
+            max: Duration::from_secs(30 * 86400),
+        },
+        env: "PORTCULLIS_IDP_KEY_ROTATION_DELAY",
+        default: "1h",
+        doc: "`keys rotate` publishes new keys at once and signs with them after this delay, so verifiers' caches learn them first.",
+    },
+    KeySpec {
+        path: "idp.session_ttl",
+        kind: Kind::Duration {
+            min: Duration::from_secs(60),
+            max: Duration::from_secs(90 * 86400),
+        },
+        env: "PORTCULLIS_IDP_SESSION_TTL",
+        default: "12h",
+        doc: "How long a sign-in at the hosted page lasts (a second application signs in without the password meanwhile).",
+    },
+    KeySpec {
+        path: "idp.refresh_grace",
+        kind: Kind::Duration {
+            min: Duration::ZERO,
+            max: Duration::from_secs(300),
+        },
+        env: "PORTCULLIS_IDP_REFRESH_GRACE",
+        default: "30s",
+        doc: "After a refresh token is rotated it still works this long (parallel requests); used later, its whole family is revoked.",
+    },
+    KeySpec {
+        path: "idp.group_scopes",
+        kind: Kind::ListMap,
+        env: "PORTCULLIS_IDP_GROUP_SCOPES",
+        default: "{}",
+        doc: "Scopes a group grants its members, e.g. `admin = [\"orders/admin\"]`. In the environment: JSON, `{\"admin\":[\"orders/admin\"]}`.",
+    },
+    KeySpec {
+        path: "branding.app_name",
+        kind: Kind::Str,
+        env: "PORTCULLIS_BRANDING_APP_NAME",
+        default: "portcullis",
+        doc: "Name shown on the hosted pages.",
+    },
+    KeySpec {
+        path: "branding.logo_url",
+        kind: Kind::Str,
+        env: "PORTCULLIS_BRANDING_LOGO_URL",
+        default: "",
+        doc: "Logo image shown on the hosted pages (https URL or a path on this server).",
+    },
+    KeySpec {
+        path: "branding.primary_colour",
+        kind: Kind::Colour,
+        env: "PORTCULLIS_BRANDING_PRIMARY_COLOUR",
+        default: "#1d4ed8",
+        doc: "Colour of buttons, links and focus rings.",
+    },
+    KeySpec {
+        path: "branding.templates_dir",
+        kind: Kind::Path,
+        env: "PORTCULLIS_BRANDING_TEMPLATES_DIR",
+        default: "",
+        doc: "Directory whose `base.html`, `login.html`, `error.html` or `signed_out.html` replace the embedded templates (minijinja syntax).",
+    },
 ];
 
 /// The environment variable that may carry the instance secret itself (never a config key, so it
@@ -236,6 +354,10 @@ pub struct Config {
     pub hash_concurrency: usize,
     pub instance_secret: Option<Secret<String>>,
     pub instance_secret_file: Option<PathBuf>,
+    /// The identity provider's settings. When `idp.issuer` is not set, the issuer is derived
+    /// from the address the server listens on (see `issuer_configured`).
+    pub idp: IdpSettings,
+    pub issuer_configured: bool,
 }
 
 /// A typed value read from the file or the environment.
@@ -245,6 +367,8 @@ enum Value {
     Int(i64),
     Duration(Duration),
     Addr(SocketAddr),
+    Bool(bool),
+    ListMap(BTreeMap<String, Vec<String>>),
 }
 
 /// The Markdown table of every key: what `config reference` prints and what
@@ -395,10 +519,44 @@ fn build(
             message: "both are set; keep one source for the instance secret".into(),
         });
     }
+    let boolean = |path: &str| matches!(value(path), Value::Bool(true));
+    let issuer = match values.get("idp.issuer") {
+        Some(Value::Str(i)) if !i.is_empty() => Some(i.clone()),
+        _ => None,
+    };
+    let mut idp = IdpSettings::new(issuer.clone().unwrap_or_else(|| issuer_for(listen)));
+    idp.groups_claim = string("idp.groups_claim");
+    if idp.groups_claim.is_empty() {
+        errors.push(ConfigError {
+            location: "idp".into(),
+            key: "idp.groups_claim".into(),
+            message: "must not be empty".into(),
+        });
+    }
+    idp.cognito_compat = boolean("idp.cognito_compat");
+    idp.access_alg = Algorithm::parse(&string("idp.access_token_alg")).unwrap_or(Algorithm::ES256);
+    idp.id_alg = Algorithm::parse(&string("idp.id_token_alg")).unwrap_or(Algorithm::RS256);
+    let secs = |d: Duration| i64::try_from(d.as_secs()).unwrap_or(i64::MAX);
+    idp.key_rotation_delay = secs(duration("idp.key_rotation_delay"));
+    idp.session_ttl = secs(duration("idp.session_ttl"));
+    idp.refresh_grace = secs(duration("idp.refresh_grace"));
+    if let Value::ListMap(m) = value("idp.group_scopes") {
+        idp.group_scopes = m;
+    }
+    idp.branding = Branding {
+        app_name: string("branding.app_name"),
+        logo_url: Some(string("branding.logo_url")).filter(|s| !s.is_empty()),
+        primary_colour: string("branding.primary_colour"),
+    };
+    idp.templates_dir = Some(string("branding.templates_dir"))
+        .filter(|s| !s.is_empty())
+        .map(PathBuf::from);
     if !errors.is_empty() {
         return Err(ConfigErrors(errors));
     }
     Ok(Config {
+        idp,
+        issuer_configured: issuer.is_some(),
         source: source.map(Path::to_path_buf),
         data_dir,
         listen,
@@ -409,6 +567,16 @@ fn build(
         instance_secret,
         instance_secret_file,
     })
+}
+
+/// The issuer a server listening on `addr` has when none is configured: `http://localhost:PORT`
+/// for loopback and wildcard addresses, else `http://ADDR`.
+pub fn issuer_for(addr: SocketAddr) -> String {
+    if addr.ip().is_loopback() || addr.ip().is_unspecified() {
+        format!("http://localhost:{}", addr.port())
+    } else {
+        format!("http://{addr}")
+    }
 }
 
 /// Checks every entry of a (sub)table against the schema.
@@ -477,6 +645,32 @@ fn parse_toml(spec: &KeySpec, value: &DeValue<'_>) -> Result<Value, String> {
             check_int(spec, n)
         }
         (Kind::Int { .. }, other) => Err(wrong(type_name(other))),
+        (Kind::Bool, DeValue::Boolean(b)) => Ok(Value::Bool(*b)),
+        (Kind::Bool, other) => Err(wrong(type_name(other))),
+        (Kind::ListMap, DeValue::Table(t)) => {
+            let mut map = BTreeMap::new();
+            for (k, v) in t {
+                let DeValue::Array(items) = v.get_ref() else {
+                    return Err(format!("`{}` must be an array of strings", k.get_ref()));
+                };
+                let mut list = Vec::new();
+                for item in items {
+                    match item.get_ref() {
+                        DeValue::String(s) => list.push(s.to_string()),
+                        other => {
+                            return Err(format!(
+                                "`{}` must hold strings, found {}",
+                                k.get_ref(),
+                                type_name(other)
+                            ));
+                        }
+                    }
+                }
+                map.insert(k.get_ref().to_string(), list);
+            }
+            Ok(Value::ListMap(map))
+        }
+        (Kind::ListMap, other) => Err(wrong(type_name(other))),
         (_, DeValue::String(s)) => parse_str(spec, s),
         (_, other) => Err(wrong(type_name(other))),
     }
@@ -529,6 +723,37 @@ fn parse_str(spec: &KeySpec, raw: &str) -> Result<Value, String> {
                 .parse::<i64>()
                 .map_err(|_| format!("{raw:?} is not {}", spec.kind))?;
             check_int(spec, n)
+        }
+        Kind::Bool => match raw {
+            "true" | "1" | "yes" => Ok(Value::Bool(true)),
+            "false" | "0" | "no" => Ok(Value::Bool(false)),
+            _ => Err(format!("{raw:?} is not {}", spec.kind)),
+        },
+        Kind::ListMap => serde_json::from_str::<BTreeMap<String, Vec<String>>>(raw)
+            .map(Value::ListMap)
+            .map_err(|e| format!("expected a JSON object of string arrays: {e}")),
+        Kind::Url => match url::Url::parse(raw) {
+            _ if raw.is_empty() => Ok(Value::Str(String::new())),
+            Ok(u)
+                if matches!(u.scheme(), "http" | "https")
+                    && u.host_str().is_some()
+                    && u.query().is_none()
+                    && u.fragment().is_none() =>
+            {
+                Ok(Value::Str(raw.trim_end_matches('/').to_owned()))
+            }
+            _ => Err(format!(
+                "{raw:?} is not {} (no query or fragment)",
+                spec.kind
+            )),
+        },
+        Kind::Colour => {
+            let hex = raw.strip_prefix('#').unwrap_or("");
+            if matches!(hex.len(), 3 | 4 | 6 | 8) && hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+                Ok(Value::Str(raw.to_owned()))
+            } else {
+                Err(format!("{raw:?} is not {}", spec.kind))
+            }
         }
         Kind::Duration { min, max } => {
             let d = humantime::parse_duration(raw)

@@ -30,10 +30,14 @@ pub async fn run(data_dir: PathBuf, listen: SocketAddr, reset: bool) -> Result<(
     env.set("PORTCULLIS_SERVER_LISTEN", &listen.to_string());
     let source = Path::new("examples/demo/portcullis.toml (embedded)");
     let config = config::load(Some(source), Some(DEMO_CONFIG), &env)?;
-    let app = App::open(config).await?;
-    let credentials = seed(&app, &data_dir).await?;
-    print_banner(listen, &data_dir, &credentials);
-    crate::serve::run_app(app, Some(listen)).await
+    crate::serve::run_config(config, Some(listen), |app| {
+        Box::pin(async move {
+            let credentials = seed(app, &app.config.data_dir).await?;
+            print_banner(app, &credentials);
+            Ok(())
+        })
+    })
+    .await
 }
 
 /// Refuses to delete a directory that does not look like a demo directory.
@@ -138,12 +142,9 @@ fn write_credentials(file: &Path, credentials: &Credentials) -> Result<(), Failu
     write().map_err(|e| Failure::user(format!("cannot write {}: {e}", file.display())))
 }
 
-fn print_banner(listen: SocketAddr, data_dir: &Path, credentials: &Credentials) {
-    let url = if listen.ip().is_loopback() || listen.ip().is_unspecified() {
-        format!("http://localhost:{}", listen.port())
-    } else {
-        format!("http://{listen}")
-    };
+fn print_banner(app: &App, credentials: &Credentials) {
+    let url = &app.config.idp.issuer;
+    let data_dir = &app.config.data_dir;
     println!(
         "portcullis demo at {url}   (data in {})",
         data_dir.display()

@@ -69,6 +69,88 @@ enum Command {
     /// Inspect the store.
     #[command(subcommand)]
     Store(StoreCommand),
+    /// Manage OAuth clients (applications).
+    #[command(subcommand)]
+    Client(ClientCommand),
+    /// Manage resource servers and their custom scopes.
+    #[command(subcommand, name = "resource-server")]
+    ResourceServer(ResourceServerCommand),
+    /// Inspect and rotate the signing keys.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum ClientCommand {
+    /// Register a client. A confidential client's secret is printed once.
+    Add {
+        /// Display name.
+        name: String,
+        /// Client id (default: random).
+        #[arg(long)]
+        id: Option<String>,
+        /// A confidential client (a server that can keep a secret).
+        #[arg(long)]
+        confidential: bool,
+        /// An exact redirect URI (repeatable).
+        #[arg(long = "redirect-uri", value_name = "URI")]
+        redirect_uris: Vec<String>,
+        /// An exact sign-out URI (repeatable).
+        #[arg(long = "logout-uri", value_name = "URI")]
+        logout_uris: Vec<String>,
+        /// Allowed grant (repeatable): authorization_code, refresh_token, client_credentials.
+        #[arg(long = "grant", value_name = "GRANT")]
+        grants: Vec<String>,
+        /// Allowed scope (repeatable): openid, email, profile, or a resource-server scope.
+        #[arg(long = "scope", value_name = "SCOPE")]
+        scopes: Vec<String>,
+        /// Access token lifetime in seconds (default 3600).
+        #[arg(long)]
+        access_ttl: Option<i64>,
+        /// ID token lifetime in seconds (default 3600).
+        #[arg(long)]
+        id_ttl: Option<i64>,
+        /// Refresh token absolute lifetime in seconds (default 30 days).
+        #[arg(long)]
+        refresh_ttl: Option<i64>,
+        /// ID token algorithm: RS256 (default) or ES256.
+        #[arg(long)]
+        id_token_alg: Option<String>,
+    },
+    /// List clients.
+    List,
+    /// Show one client.
+    Show { client_id: String },
+    /// Delete a client.
+    Delete { client_id: String },
+    /// Give a confidential client a new secret (printed once); the old one stops working.
+    RotateSecret { client_id: String },
+}
+
+#[derive(Debug, Subcommand)]
+enum ResourceServerCommand {
+    /// Define a resource server and its scopes (`IDENTIFIER/SCOPE` in tokens).
+    Add {
+        identifier: String,
+        #[arg(long, default_value = "")]
+        name: String,
+        /// A scope name (repeatable).
+        #[arg(long = "scope", value_name = "SCOPE", required = true)]
+        scopes: Vec<String>,
+    },
+    /// List resource servers.
+    List,
+    /// Delete a resource server.
+    Delete { identifier: String },
+}
+
+#[derive(Debug, Subcommand)]
+enum KeysCommand {
+    /// List the published signing keys and their schedule.
+    List,
+    /// Publish new keys now; they sign after `idp.key_rotation_delay`, and the old keys stay
+    /// published until every token they signed has expired.
+    Rotate,
 }
 
 #[derive(Debug, Args)]
@@ -226,6 +308,18 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Group(cmd) => {
             let app = app::App::open(app::load_config(cli.config.as_deref())?).await?;
             commands::group(&app, cmd, json).await
+        }
+        Command::Client(cmd) => {
+            let app = app::App::open(app::load_config(cli.config.as_deref())?).await?;
+            commands::client(&app, cmd, json).await
+        }
+        Command::ResourceServer(cmd) => {
+            let app = app::App::open(app::load_config(cli.config.as_deref())?).await?;
+            commands::resource_server(&app, cmd, json).await
+        }
+        Command::Keys(cmd) => {
+            let app = app::App::open(app::load_config(cli.config.as_deref())?).await?;
+            commands::keys(&app, cmd, json).await
         }
         Command::Store(StoreCommand::Check) => {
             let app = app::App::open(app::load_config(cli.config.as_deref())?).await?;

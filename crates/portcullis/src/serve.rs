@@ -23,13 +23,24 @@ const READY_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// `portcullis serve`.
 pub async fn run(config: Config, listen: Option<SocketAddr>) -> Result<(), Failure> {
-    let app = App::open(config).await?;
-    run_app(app, listen).await
+    run_config(config, listen, |_| Box::pin(async { Ok(()) })).await
 }
 
-/// Serves an opened instance until SIGTERM or Ctrl-C.
-pub async fn run_app(app: App, listen: Option<SocketAddr>) -> Result<(), Failure> {
-    let addr = listen.unwrap_or(app.config.listen);
+/// Something to do once the instance is open and before it serves (the demo seeds users).
+pub type BeforeServe = fn(
+    &App,
+) -> std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<(), Failure>> + Send + '_>,
+>;
+
+/// Binds the listener, opens the instance (the issuer defaults to the bound address), runs
+/// `before`, and serves until SIGTERM or Ctrl-C.
+pub async fn run_config(
+    mut config: Config,
+    listen: Option<SocketAddr>,
+    before: BeforeServe,
+) -> Result<(), Failure> {
+    let addr = listen.unwrap_or(config.listen);
     let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
         Failure::user(format!(
             "cannot listen on {addr}: {e}. Choose another address with --listen or server.listen"
@@ -38,13 +49,20 @@ pub async fn run_app(app: App, listen: Option<SocketAddr>) -> Result<(), Failure
     let local = listener
         .local_addr()
         .map_err(|e| Failure::internal(e.to_string()))?;
+    if !config.issuer_configured {
+        let issuer = crate::config::issuer_for(local);
+        config.idp.secure_cookies = portcullis_idp::is_localhost(&issuer);
+        config.idp.issuer = issuer;
+    }
+    let app = App::open(config).await?;
+    before(&app).await?;
     // The first line on stdout, so scripts and tests started with port 0 learn the port.
     println!("listening on http://{local}");
     let _ = std::io::stdout().flush();
-    tracing::info!(address = %local, store = app.store.location(), "portcullis is serving");
+    tracing::info!(address = %local, store = app.store.location(), issuer = %app.config.idp.issuer, "portcullis is serving");
 
     let grace = app.config.shutdown_grace;
-    let router = router(app);
+    let router = router(app)?;
     let stopping = Arc::new(Notify::new());
     let signal = {
         let stopping = stopping.clone();
@@ -54,7 +72,11 @@ pub async fn run_app(app: App, listen: Option<SocketAddr>) -> Result<(), Failure
             stopping.notify_waiters();
         }
     };
-    let server = axum::serve(listener, router).with_graceful_shutdown(signal);
+    let server = axum::serve(
+        listener,
+        router.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(signal);
     let deadline = async {
         stopping.notified().await;
         tokio::time::sleep(grace).await;
@@ -66,12 +88,16 @@ pub async fn run_app(app: App, listen: Option<SocketAddr>) -> Result<(), Failure
     Ok(())
 }
 
-fn router(app: App) -> Router {
-    Router::new()
+fn router(app: App) -> Result<Router, Failure> {
+    let templates = portcullis_idp::Templates::load(app.config.idp.templates_dir.as_deref())
+        .map_err(|e| Failure::user(format!("branding.templates_dir: {e}")))?;
+    let idp = portcullis_idp::router(app.provider.clone(), templates);
+    Ok(Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .fallback(not_found)
         .with_state(app)
+        .merge(idp)
+        .fallback(not_found))
 }
 
 async fn healthz() -> Response {

@@ -5,5 +5,6 @@ mod cli;
 mod config_file;
 mod durability;
 mod harness;
+mod interop;
 mod serve;
 mod store_errors;

@@ -1,0 +1,1106 @@
+//! The OAuth 2.0 / OpenID Connect logic: clients, authorization requests, codes, tokens,
+//! refresh rotation, revocation. HTTP framing lives in `web`; this module decides.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use portcullis_store::{
+    AuthCode, Client, CodeUse, RefreshToken, Rotation, Session, Store, StoreError, User, UserStatus,
+};
+use portcullis_token::jwt::{self, ACCESS_TOKEN_TYP, Expect, TokenUse};
+use portcullis_token::{Algorithm, Clock, KeyEncryptionKey, Secret, constant_time_eq};
+use serde_json::{Map, Value, json};
+
+use crate::crypto::{
+    Signer, at_hash, is_pkce_value, pkce_s256, random_id, random_token, sha256_hex,
+};
+use crate::keyring::{KeyPolicy, KeyRing, KeyRingError, Purpose};
+use crate::pool::UserPool;
+use crate::settings::IdpSettings;
+
+/// Grants a client may be allowed.
+pub const GRANTS: &[&str] = &["authorization_code", "refresh_token", "client_credentials"];
+/// Standard scopes every client may ask for.
+pub const STANDARD_SCOPES: &[&str] = &["openid", "email", "profile"];
+/// Longest accepted authorization or token parameter, in bytes.
+pub const MAX_PARAM: usize = 2048;
+
+/// An OAuth error, with its RFC 6749 code.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OAuthError {
+    #[error("invalid_request: {0}")]
+    InvalidRequest(String),
+    #[error("invalid_client")]
+    InvalidClient,
+    #[error("invalid_grant: {0}")]
+    InvalidGrant(String),
+    #[error("unauthorized_client: {0}")]
+    UnauthorizedClient(String),
+    #[error("unsupported_grant_type")]
+    UnsupportedGrantType,
+    #[error("invalid_scope: {0}")]
+    InvalidScope(String),
+    #[error("server_error")]
+    ServerError,
+}
+
+impl OAuthError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            OAuthError::InvalidRequest(_) => "invalid_request",
+            OAuthError::InvalidClient => "invalid_client",
+            OAuthError::InvalidGrant(_) => "invalid_grant",
+            OAuthError::UnauthorizedClient(_) => "unauthorized_client",
+            OAuthError::UnsupportedGrantType => "unsupported_grant_type",
+            OAuthError::InvalidScope(_) => "invalid_scope",
+            OAuthError::ServerError => "server_error",
+        }
+    }
+
+    /// A description safe to show the client.
+    pub fn description(&self) -> String {
+        match self {
+            OAuthError::InvalidRequest(d)
+            | OAuthError::InvalidGrant(d)
+            | OAuthError::UnauthorizedClient(d)
+            | OAuthError::InvalidScope(d) => d.clone(),
+            OAuthError::InvalidClient => "client authentication failed".into(),
+            OAuthError::UnsupportedGrantType => "the grant type is not supported".into(),
+            OAuthError::ServerError => "the server could not complete the request".into(),
+        }
+    }
+}
+
+impl From<StoreError> for OAuthError {
+    fn from(e: StoreError) -> Self {
+        tracing::error!(error = %e, "store error in the identity provider");
+        OAuthError::ServerError
+    }
+}
+
+impl From<KeyRingError> for OAuthError {
+    fn from(e: KeyRingError) -> Self {
+        tracing::error!(error = %e, "signing key error");
+        OAuthError::ServerError
+    }
+}
+
+/// A validated authorization request.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct AuthorizeRequest {
+    pub client_id: String,
+    pub redirect_uri: String,
+    pub scope: Vec<String>,
+    pub state: Option<String>,
+    pub nonce: Option<String>,
+    pub code_challenge: Option<String>,
+    pub prompt: Option<String>,
+    pub max_age: Option<i64>,
+    pub login_hint: Option<String>,
+    /// When this pending request stops being accepted by the sign-in form.
+    pub expires_at: i64,
+}
+
+/// Why an authorization request failed, and where the answer goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuthorizeError {
+    /// The client or redirect URI cannot be trusted: show an error page, never redirect.
+    Page(String),
+    /// Tell the client, at its registered redirect URI.
+    Redirect {
+        redirect_uri: String,
+        error: &'static str,
+        description: String,
+        state: Option<String>,
+    },
+}
+
+/// A successful token response.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TokenResponse {
+    pub access_token: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id_token: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refresh_token: Option<String>,
+    pub token_type: &'static str,
+    pub expires_in: i64,
+    pub scope: String,
+}
+
+/// A client to register.
+#[derive(Debug, Clone, Default)]
+pub struct NewClient {
+    pub client_id: Option<String>,
+    pub name: String,
+    pub confidential: bool,
+    pub redirect_uris: Vec<String>,
+    pub logout_uris: Vec<String>,
+    pub grants: Vec<String>,
+    pub scopes: Vec<String>,
+    pub access_ttl: Option<i64>,
+    pub id_ttl: Option<i64>,
+    pub refresh_ttl: Option<i64>,
+    pub id_token_alg: Option<String>,
+}
+
+/// Why a client could not be registered.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl ClientError {
+    pub fn is_user_error(&self) -> bool {
+        match self {
+            ClientError::Invalid(_) => true,
+            ClientError::Store(e) => e.is_user_error(),
+        }
+    }
+}
+
+struct Inner {
+    store: Store,
+    pool: UserPool,
+    keys: KeyRing,
+    settings: IdpSettings,
+    clock: Clock,
+    request_signer: Signer,
+}
+
+/// The identity provider. Cheap to clone.
+#[derive(Clone)]
+pub struct Provider {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Provider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Provider")
+            .field("issuer", &self.inner.settings.issuer)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Validates a redirect or sign-out URI for registration: absolute http(s) without fragment or
+/// userinfo; plain http only for loopback hosts (RFC 8252 §7.3).
+pub fn validate_registered_uri(uri: &str) -> Result<(), String> {
+    let u = url::Url::parse(uri).map_err(|e| format!("{uri:?} is not an absolute URL: {e}"))?;
+    if u.fragment().is_some() {
+        return Err(format!("{uri:?} must not contain a fragment"));
+    }
+    if !u.username().is_empty() || u.password().is_some() {
+        return Err(format!("{uri:?} must not contain user information"));
+    }
+    match u.scheme() {
+        "https" => Ok(()),
+        "http" if crate::settings::is_localhost(uri) => Ok(()),
+        "http" => Err(format!("{uri:?}: plain http is allowed only for localhost")),
+        other => Err(format!("{uri:?}: scheme {other} is not allowed")),
+    }
+}
+
+impl Provider {
+    pub async fn open(
+        store: Store,
+        pool: UserPool,
+        settings: IdpSettings,
+        instance_secret: &Secret<String>,
+        clock: Clock,
+    ) -> Result<Provider, KeyRingError> {
+        let kek = KeyEncryptionKey::derive(instance_secret).map_err(|e| KeyRingError::Key {
+            kid: "-".into(),
+            reason: e.to_string(),
+        })?;
+        let policy = KeyPolicy {
+            access_alg: settings.access_alg,
+            id_alg: settings.id_alg,
+            rotation_delay: settings.key_rotation_delay,
+            retire_after: settings.max_token_lifetime(),
+        };
+        let keys = KeyRing::open(store.clone(), kek, policy, clock.now()).await?;
+        let request_signer = Signer::derive(instance_secret, "authorization request");
+        Ok(Provider {
+            inner: Arc::new(Inner {
+                store,
+                pool,
+                keys,
+                settings,
+                clock,
+                request_signer,
+            }),
+        })
+    }
+
+    pub fn settings(&self) -> &IdpSettings {
+        &self.inner.settings
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    pub fn pool(&self) -> &UserPool {
+        &self.inner.pool
+    }
+
+    pub fn keys(&self) -> &KeyRing {
+        &self.inner.keys
+    }
+
+    pub fn now(&self) -> i64 {
+        self.inner.clock.now()
+    }
+
+    // ---- clients -------------------------------------------------------------------------
+
+    /// Registers a client. Confidential clients get a random secret, returned once and stored
+    /// as a SHA-256 digest.
+    pub async fn create_client(
+        &self,
+        req: NewClient,
+    ) -> Result<(Client, Option<Secret<String>>), ClientError> {
+        let invalid = |m: String| ClientError::Invalid(m);
+        let client_id = req.client_id.unwrap_or_else(random_id);
+        if client_id.is_empty()
+            || client_id.len() > 128
+            || !client_id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b))
+        {
+            return Err(invalid(
+                "a client id is 1-128 ASCII letters, digits or `- . _`".into(),
+            ));
+        }
+        let grants = match (
+            req.grants.is_empty(),
+            req.redirect_uris.is_empty() && req.confidential,
+        ) {
+            (false, _) => req.grants,
+            // A confidential client with no redirect URI is a machine client.
+            (true, true) => vec!["client_credentials".into()],
+            (true, false) => vec!["authorization_code".into(), "refresh_token".into()],
+        };
+        for g in &grants {
+            if !GRANTS.contains(&g.as_str()) {
+                return Err(invalid(format!(
+                    "unknown grant {g:?}; use {}",
+                    GRANTS.join(", ")
+                )));
+            }
+        }
+        if grants.iter().any(|g| g == "client_credentials") && !req.confidential {
+            return Err(invalid(
+                "client_credentials needs a confidential client (--confidential)".into(),
+            ));
+        }
+        if grants.iter().any(|g| g == "authorization_code") && req.redirect_uris.is_empty() {
+            return Err(invalid(
+                "the authorization_code grant needs at least one --redirect-uri".into(),
+            ));
+        }
+        for uri in req.redirect_uris.iter().chain(&req.logout_uris) {
+            validate_registered_uri(uri).map_err(invalid)?;
+        }
+        let custom: BTreeSet<String> = self.custom_scopes().await?;
+        for s in &req.scopes {
+            if !STANDARD_SCOPES.contains(&s.as_str()) && !custom.contains(s) {
+                return Err(invalid(format!(
+                    "unknown scope {s:?}: define it with `resource-server add` first"
+                )));
+            }
+        }
+        let scopes = if req.scopes.is_empty() {
+            STANDARD_SCOPES.iter().map(|s| (*s).to_owned()).collect()
+        } else {
+            req.scopes
+        };
+        let ttl =
+            |v: Option<i64>, default: i64, max: i64, what: &str| -> Result<i64, ClientError> {
+                let v = v.unwrap_or(default);
+                if !(60..=max).contains(&v) {
+                    return Err(ClientError::Invalid(format!(
+                        "{what} must be between 60 and {max} seconds"
+                    )));
+                }
+                Ok(v)
+            };
+        let id_token_alg = req
+            .id_token_alg
+            .unwrap_or_else(|| self.inner.settings.id_alg.as_str().to_owned());
+        if !matches!(id_token_alg.as_str(), "RS256" | "ES256") {
+            return Err(invalid("the ID token algorithm is RS256 or ES256".into()));
+        }
+        let secret = req.confidential.then(random_token);
+        let now = self.now();
+        let client = Client {
+            client_id,
+            name: if req.name.is_empty() {
+                "unnamed client".into()
+            } else {
+                req.name
+            },
+            secret_hash: secret.as_ref().map(|s| sha256_hex(s.expose())),
+            redirect_uris: req.redirect_uris,
+            logout_uris: req.logout_uris,
+            grants,
+            scopes,
+            access_ttl: ttl(req.access_ttl, 3600, 86400, "the access token lifetime")?,
+            id_ttl: ttl(req.id_ttl, 3600, 86400, "the ID token lifetime")?,
+            refresh_ttl: ttl(
+                req.refresh_ttl,
+                30 * 86400,
+                3650 * 86400,
+                "the refresh token lifetime",
+            )?,
+            id_token_alg,
+            created_at: now,
+            updated_at: now,
+        };
+        self.inner.store.create_client(&client).await?;
+        Ok((client, secret))
+    }
+
+    /// Gives a confidential client a new secret; the old one stops working at once.
+    pub async fn rotate_client_secret(
+        &self,
+        client_id: &str,
+    ) -> Result<Secret<String>, ClientError> {
+        let secret = random_token();
+        self.inner
+            .store
+            .set_client_secret(client_id, &sha256_hex(secret.expose()), self.now())
+            .await?;
+        Ok(secret)
+    }
+
+    async fn custom_scopes(&self) -> Result<BTreeSet<String>, StoreError> {
+        Ok(self
+            .inner
+            .store
+            .list_resource_servers()
+            .await?
+            .into_iter()
+            .flat_map(|rs| {
+                rs.scopes
+                    .into_iter()
+                    .map(move |s| format!("{}/{s}", rs.identifier))
+            })
+            .collect())
+    }
+
+    /// Authenticates a client at the token or revocation endpoint.
+    pub async fn authenticate_client(
+        &self,
+        client_id: &str,
+        secret: Option<&str>,
+    ) -> Result<Client, OAuthError> {
+        let client = self.inner.store.client(client_id).await?;
+        // Compare against a digest even for an unknown client, so timing does not reveal which
+        // client ids exist.
+        let presented = secret.map(sha256_hex).unwrap_or_default();
+        let stored = client
+            .as_ref()
+            .and_then(|c| c.secret_hash.clone())
+            .unwrap_or_else(|| sha256_hex("portcullis: no secret"));
+        let matches = constant_time_eq(presented.as_bytes(), stored.as_bytes());
+        match client {
+            Some(c) if c.is_confidential() && secret.is_some() && matches => Ok(c),
+            Some(c) if !c.is_confidential() && secret.is_none() => Ok(c),
+            _ => Err(OAuthError::InvalidClient),
+        }
+    }
+
+    // ---- authorization --------------------------------------------------------------------
+
+    /// Validates `/oauth2/authorize` parameters (already checked for duplicates and size).
+    pub async fn validate_authorize(
+        &self,
+        params: &BTreeMap<String, String>,
+    ) -> Result<AuthorizeRequest, AuthorizeError> {
+        let get = |k: &str| params.get(k).filter(|v| !v.is_empty()).cloned();
+        let client_id = get("client_id")
+            .ok_or_else(|| AuthorizeError::Page("The request has no client_id.".into()))?;
+        let client = self
+            .inner
+            .store
+            .client(&client_id)
+            .await
+            .map_err(|_| {
+                AuthorizeError::Page(
+                    "The sign-in service is unavailable. Try again shortly.".into(),
+                )
+            })?
+            .ok_or_else(|| {
+                AuthorizeError::Page("The application that sent you here is not registered.".into())
+            })?;
+        let redirect_uri = get("redirect_uri")
+            .ok_or_else(|| AuthorizeError::Page("The request has no redirect_uri.".into()))?;
+        // Exact string comparison (RFC 9700 §4.1.3): no normalization, no prefix or case folding.
+        if !client.redirect_uris.iter().any(|r| r == &redirect_uri) {
+            return Err(AuthorizeError::Page(
+                "The address to return to is not registered for this application.".into(),
+            ));
+        }
+        let state = get("state");
+        let fail = |error: &'static str, description: &str| AuthorizeError::Redirect {
+            redirect_uri: redirect_uri.clone(),
+            error,
+            description: description.to_owned(),
+            state: state.clone(),
+        };
+        match get("response_type").as_deref() {
+            Some("code") => {}
+            Some(_) => {
+                return Err(fail(
+                    "unsupported_response_type",
+                    "only response_type=code is supported",
+                ));
+            }
+            None => return Err(fail("invalid_request", "response_type is required")),
+        }
+        if !client.allows_grant("authorization_code") {
+            return Err(fail(
+                "unauthorized_client",
+                "this client may not use the authorization code grant",
+            ));
+        }
+        if let Some(mode) = get("response_mode")
+            && mode != "query"
+        {
+            return Err(fail(
+                "invalid_request",
+                "only response_mode=query is supported",
+            ));
+        }
+        let scope: Vec<String> = get("scope")
+            .unwrap_or_default()
+            .split(' ')
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect();
+        if let Some(bad) = scope.iter().find(|s| !client.scopes.contains(s)) {
+            return Err(fail(
+                "invalid_scope",
+                &format!("scope {bad} is not allowed for this client"),
+            ));
+        }
+        let code_challenge = get("code_challenge");
+        match (get("code_challenge_method").as_deref(), &code_challenge) {
+            (_, None) if !client.is_confidential() => {
+                return Err(fail(
+                    "invalid_request",
+                    "PKCE (code_challenge with S256) is required",
+                ));
+            }
+            (Some("S256"), Some(c)) if is_pkce_value(c) => {}
+            (Some("S256"), Some(_)) => {
+                return Err(fail("invalid_request", "code_challenge is malformed"));
+            }
+            (None, Some(_)) | (Some("plain"), _) => {
+                return Err(fail(
+                    "invalid_request",
+                    "code_challenge_method must be S256",
+                ));
+            }
+            (Some(_), _) => {
+                return Err(fail(
+                    "invalid_request",
+                    "code_challenge_method must be S256",
+                ));
+            }
+            (None, None) => {}
+        }
+        let prompt = get("prompt");
+        if let Some(p) = &prompt
+            && !matches!(p.as_str(), "none" | "login" | "consent" | "select_account")
+        {
+            return Err(fail("invalid_request", "prompt must be none or login"));
+        }
+        let max_age = match get("max_age") {
+            Some(v) => Some(v.parse::<i64>().ok().filter(|n| *n >= 0).ok_or_else(|| {
+                fail("invalid_request", "max_age must be a non-negative integer")
+            })?),
+            None => None,
+        };
+        Ok(AuthorizeRequest {
+            client_id,
+            redirect_uri,
+            scope,
+            state,
+            nonce: get("nonce"),
+            code_challenge,
+            prompt,
+            max_age,
+            login_hint: get("login_hint"),
+            expires_at: self.now() + 15 * 60,
+        })
+    }
+
+    /// Whether an existing session may answer this request without a password.
+    pub fn session_satisfies(&self, req: &AuthorizeRequest, session: &Session) -> bool {
+        if req.prompt.as_deref() == Some("login") {
+            return false;
+        }
+        match req.max_age {
+            Some(max) => self.now() - session.auth_time <= max,
+            None => true,
+        }
+    }
+
+    /// Signs a pending request so the sign-in form can carry it through the browser.
+    pub fn seal_request(&self, req: &AuthorizeRequest) -> String {
+        self.inner
+            .request_signer
+            .sign(&serde_json::to_vec(req).unwrap_or_default())
+    }
+
+    /// The pending request, if untampered and not expired.
+    pub fn open_request(&self, sealed: &str) -> Option<AuthorizeRequest> {
+        let bytes = self.inner.request_signer.open(sealed)?;
+        let req: AuthorizeRequest = serde_json::from_slice(&bytes).ok()?;
+        (req.expires_at > self.now()).then_some(req)
+    }
+
+    /// Starts a session for a user who just proved their password. Returns the cookie secret.
+    pub async fn start_session(
+        &self,
+        user: &User,
+    ) -> Result<(Session, Secret<String>), OAuthError> {
+        let now = self.now();
+        let secret = random_token();
+        let session = Session {
+            sid: random_id(),
+            user_id: user.id.clone(),
+            auth_time: now,
+            created_at: now,
+            expires_at: now + self.inner.settings.session_ttl,
+            revoked_at: None,
+        };
+        self.inner
+            .store
+            .create_session(&session, &sha256_hex(secret.expose()))
+            .await?;
+        Ok((session, secret))
+    }
+
+    /// The live session behind a session cookie, with its user if still enabled.
+    pub async fn session_from_cookie(
+        &self,
+        secret: &str,
+    ) -> Result<Option<(Session, User)>, OAuthError> {
+        let Some(session) = self
+            .inner
+            .store
+            .session_by_secret(&sha256_hex(secret), self.now())
+            .await?
+        else {
+            return Ok(None);
+        };
+        let user = self.inner.store.user_by_id(&session.user_id).await?;
+        Ok(user
+            .filter(|u| u.status == UserStatus::Enabled)
+            .map(|u| (session, u)))
+    }
+
+    /// Issues a code for a signed-in user and returns the redirect URL.
+    pub async fn issue_code(
+        &self,
+        req: &AuthorizeRequest,
+        session: &Session,
+    ) -> Result<String, OAuthError> {
+        let code = random_token();
+        self.inner
+            .store
+            .insert_code(&AuthCode {
+                code_hash: sha256_hex(code.expose()),
+                client_id: req.client_id.clone(),
+                user_id: session.user_id.clone(),
+                sid: session.sid.clone(),
+                redirect_uri: req.redirect_uri.clone(),
+                scope: req.scope.join(" "),
+                nonce: req.nonce.clone(),
+                code_challenge: req.code_challenge.clone(),
+                auth_time: session.auth_time,
+                expires_at: self.now() + self.inner.settings.code_ttl,
+            })
+            .await?;
+        Ok(self.redirect_with(
+            &req.redirect_uri,
+            &[("code", code.expose())],
+            req.state.as_deref(),
+        ))
+    }
+
+    /// `redirect_uri` with response parameters, `state` and the RFC 9207 `iss`.
+    pub fn redirect_with(
+        &self,
+        redirect_uri: &str,
+        params: &[(&str, &str)],
+        state: Option<&str>,
+    ) -> String {
+        let mut url = match url::Url::parse(redirect_uri) {
+            Ok(u) => u,
+            Err(_) => return redirect_uri.to_owned(),
+        };
+        {
+            let mut q = url.query_pairs_mut();
+            for (k, v) in params {
+                q.append_pair(k, v);
+            }
+            if let Some(s) = state {
+                q.append_pair("state", s);
+            }
+            q.append_pair("iss", &self.inner.settings.issuer);
+        }
+        url.to_string()
+    }
+
+    // ---- tokens -----------------------------------------------------------------------------
+
+    /// `/oauth2/token` for an authenticated client.
+    pub async fn token(
+        &self,
+        client: &Client,
+        params: &BTreeMap<String, String>,
+    ) -> Result<TokenResponse, OAuthError> {
+        let grant = params
+            .get("grant_type")
+            .map(String::as_str)
+            .unwrap_or_default();
+        if grant.is_empty() {
+            return Err(OAuthError::InvalidRequest("grant_type is required".into()));
+        }
+        if !GRANTS.contains(&grant) {
+            return Err(OAuthError::UnsupportedGrantType);
+        }
+        if !client.allows_grant(grant) {
+            return Err(OAuthError::UnauthorizedClient(format!(
+                "this client may not use the {grant} grant"
+            )));
+        }
+        self.inner.keys.refresh(self.now()).await?;
+        match grant {
+            "authorization_code" => self.code_grant(client, params).await,
+            "refresh_token" => self.refresh_grant(client, params).await,
+            _ => self.client_credentials_grant(client, params).await,
+        }
+    }
+
+    async fn code_grant(
+        &self,
+        client: &Client,
+        params: &BTreeMap<String, String>,
+    ) -> Result<TokenResponse, OAuthError> {
+        let code = params
+            .get("code")
+            .ok_or_else(|| OAuthError::InvalidRequest("code is required".into()))?;
+        let now = self.now();
+        let grant = match self
+            .inner
+            .store
+            .consume_code(&sha256_hex(code), now)
+            .await?
+        {
+            CodeUse::Unknown => return Err(OAuthError::InvalidGrant("the code is invalid".into())),
+            CodeUse::Replayed(first) => {
+                // RFC 6749 §10.5: a code used twice was stolen; revoke what the first use issued.
+                tracing::warn!(client_id = %first.client_id, "authorization code replayed; revoking its session");
+                self.inner.store.revoke_session(&first.sid, now).await?;
+                return Err(OAuthError::InvalidGrant("the code was already used".into()));
+            }
+            CodeUse::Fresh(g) => g,
+        };
+        if grant.client_id != client.client_id {
+            return Err(OAuthError::InvalidGrant(
+                "the code was issued to another client".into(),
+            ));
+        }
+        if grant.expires_at < now {
+            return Err(OAuthError::InvalidGrant("the code has expired".into()));
+        }
+        if params.get("redirect_uri") != Some(&grant.redirect_uri) {
+            return Err(OAuthError::InvalidGrant(
+                "redirect_uri does not match the authorization request".into(),
+            ));
+        }
+        match (&grant.code_challenge, params.get("code_verifier")) {
+            (Some(challenge), Some(verifier))
+                if is_pkce_value(verifier)
+                    && constant_time_eq(pkce_s256(verifier).as_bytes(), challenge.as_bytes()) => {}
+            (Some(_), _) => {
+                return Err(OAuthError::InvalidGrant(
+                    "code_verifier does not match the code challenge".into(),
+                ));
+            }
+            // A verifier without a challenge is a downgrade attempt (RFC 9700 §2.1.1).
+            (None, Some(_)) => {
+                return Err(OAuthError::InvalidGrant(
+                    "no code challenge was sent for this code".into(),
+                ));
+            }
+            (None, None) => {}
+        }
+        let user = self.live_user(&grant.user_id, &grant.sid).await?;
+        let refresh = if client.allows_grant("refresh_token") {
+            let token = random_token();
+            self.inner
+                .store
+                .insert_refresh_token(&RefreshToken {
+                    token_hash: sha256_hex(token.expose()),
+                    family: random_id(),
+                    client_id: client.client_id.clone(),
+                    user_id: user.id.clone(),
+                    sid: grant.sid.clone(),
+                    scope: grant.scope.clone(),
+                    auth_time: grant.auth_time,
+                    created_at: now,
+                    expires_at: now + client.refresh_ttl,
+                })
+                .await?;
+            Some(token)
+        } else {
+            None
+        };
+        let scope: Vec<String> = grant
+            .scope
+            .split(' ')
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect();
+        self.user_tokens(
+            client,
+            &user,
+            &grant.sid,
+            grant.auth_time,
+            &scope,
+            grant.nonce.as_deref(),
+            refresh,
+        )
+    }
+
+    async fn refresh_grant(
+        &self,
+        client: &Client,
+        params: &BTreeMap<String, String>,
+    ) -> Result<TokenResponse, OAuthError> {
+        let presented = params
+            .get("refresh_token")
+            .ok_or_else(|| OAuthError::InvalidRequest("refresh_token is required".into()))?;
+        let now = self.now();
+        let next = random_token();
+        let next_hash = sha256_hex(next.expose());
+        let outcome = self
+            .inner
+            .store
+            .rotate_refresh_token(
+                &sha256_hex(presented),
+                &client.client_id,
+                |old| RefreshToken {
+                    token_hash: next_hash.clone(),
+                    created_at: now,
+                    ..old.clone()
+                },
+                now,
+                self.inner.settings.refresh_grace,
+            )
+            .await?;
+        let old = match outcome {
+            Rotation::Rotated(old) | Rotation::Grace(old) => old,
+            Rotation::Reused(old) => {
+                tracing::warn!(client_id = %old.client_id, "rotated refresh token reused; revoked its family and session");
+                return Err(OAuthError::InvalidGrant(
+                    "the refresh token was already used".into(),
+                ));
+            }
+            Rotation::Invalid | Rotation::Unknown => {
+                return Err(OAuthError::InvalidGrant(
+                    "the refresh token is invalid, expired or revoked".into(),
+                ));
+            }
+        };
+        let granted: Vec<String> = old
+            .scope
+            .split(' ')
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect();
+        let scope = match params.get("scope") {
+            Some(requested) => {
+                let requested: Vec<String> = requested
+                    .split(' ')
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_owned)
+                    .collect();
+                if let Some(extra) = requested.iter().find(|s| !granted.contains(s)) {
+                    return Err(OAuthError::InvalidScope(format!(
+                        "scope {extra} was not granted"
+                    )));
+                }
+                requested
+            }
+            None => granted,
+        };
+        let user = self.live_user(&old.user_id, &old.sid).await?;
+        self.user_tokens(
+            client,
+            &user,
+            &old.sid,
+            old.auth_time,
+            &scope,
+            None,
+            Some(next),
+        )
+    }
+
+    async fn client_credentials_grant(
+        &self,
+        client: &Client,
+        params: &BTreeMap<String, String>,
+    ) -> Result<TokenResponse, OAuthError> {
+        let allowed: Vec<&String> = client.scopes.iter().filter(|s| s.contains('/')).collect();
+        let scope: Vec<String> = match params.get("scope") {
+            Some(s) => {
+                let requested: Vec<String> = s
+                    .split(' ')
+                    .filter(|x| !x.is_empty())
+                    .map(str::to_owned)
+                    .collect();
+                if let Some(bad) = requested.iter().find(|r| !allowed.contains(r)) {
+                    return Err(OAuthError::InvalidScope(format!(
+                        "scope {bad} is not a custom scope allowed for this client"
+                    )));
+                }
+                requested
+            }
+            None => allowed.into_iter().cloned().collect(),
+        };
+        if scope.is_empty() {
+            return Err(OAuthError::InvalidScope(
+                "client_credentials needs a custom scope (resource-server/scope)".into(),
+            ));
+        }
+        let now = self.now();
+        let mut claims = Map::new();
+        claims.insert("iss".into(), json!(self.inner.settings.issuer));
+        claims.insert("sub".into(), json!(client.client_id));
+        claims.insert("aud".into(), json!(client.client_id));
+        claims.insert("client_id".into(), json!(client.client_id));
+        claims.insert("token_use".into(), json!("access"));
+        claims.insert("scope".into(), json!(scope.join(" ")));
+        claims.insert("iat".into(), json!(now));
+        claims.insert("exp".into(), json!(now + client.access_ttl));
+        claims.insert("jti".into(), json!(random_id()));
+        let key = self.inner.keys.signing_key(Purpose::Access, None, now)?;
+        let access_token =
+            jwt::sign(&key, ACCESS_TOKEN_TYP, &claims).map_err(|_| OAuthError::ServerError)?;
+        Ok(TokenResponse {
+            access_token,
+            id_token: None,
+            refresh_token: None,
+            token_type: "Bearer",
+            expires_in: client.access_ttl,
+            scope: scope.join(" "),
+        })
+    }
+
+    async fn live_user(&self, user_id: &str, sid: &str) -> Result<User, OAuthError> {
+        let revoked = || OAuthError::InvalidGrant("the session has ended".into());
+        let session = self.inner.store.session(sid).await?.ok_or_else(revoked)?;
+        if session.revoked_at.is_some() {
+            return Err(revoked());
+        }
+        let user = self.inner.store.user_by_id(user_id).await?;
+        user.filter(|u| u.status == UserStatus::Enabled)
+            .ok_or_else(|| OAuthError::InvalidGrant("the user is disabled or deleted".into()))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn user_tokens(
+        &self,
+        client: &Client,
+        user: &User,
+        sid: &str,
+        auth_time: i64,
+        scope: &[String],
+        nonce: Option<&str>,
+        refresh: Option<Secret<String>>,
+    ) -> Result<TokenResponse, OAuthError> {
+        let s = &self.inner.settings;
+        let now = self.now();
+        let mut scopes: Vec<String> = scope.to_vec();
+        for group in &user.groups {
+            for granted in s.group_scopes.get(group).into_iter().flatten() {
+                if !scopes.contains(granted) {
+                    scopes.push(granted.clone());
+                }
+            }
+        }
+        let mut access = Map::new();
+        access.insert("iss".into(), json!(s.issuer));
+        access.insert("sub".into(), json!(user.id));
+        access.insert("aud".into(), json!(client.client_id));
+        access.insert("client_id".into(), json!(client.client_id));
+        access.insert("token_use".into(), json!("access"));
+        access.insert("scope".into(), json!(scopes.join(" ")));
+        access.insert(s.groups_claim.clone(), json!(user.groups));
+        access.insert("username".into(), json!(user.username));
+        access.insert("iat".into(), json!(now));
+        access.insert("exp".into(), json!(now + client.access_ttl));
+        access.insert("jti".into(), json!(random_id()));
+        access.insert("sid".into(), json!(sid));
+        access.insert("auth_time".into(), json!(auth_time));
+        if s.cognito_compat {
+            access.insert("cognito:groups".into(), json!(user.groups));
+        }
+        let key = self.inner.keys.signing_key(Purpose::Access, None, now)?;
+        let access_token =
+            jwt::sign(&key, ACCESS_TOKEN_TYP, &access).map_err(|_| OAuthError::ServerError)?;
+
+        let id_token = if scope.iter().any(|x| x == "openid") {
+            let mut id = Map::new();
+            id.insert("iss".into(), json!(s.issuer));
+            id.insert("sub".into(), json!(user.id));
+            id.insert("aud".into(), json!(client.client_id));
+            id.insert("azp".into(), json!(client.client_id));
+            id.insert("token_use".into(), json!("id"));
+            id.insert("auth_time".into(), json!(auth_time));
+            id.insert("iat".into(), json!(now));
+            id.insert("exp".into(), json!(now + client.id_ttl));
+            id.insert("sid".into(), json!(sid));
+            id.insert("at_hash".into(), json!(at_hash(&access_token)));
+            id.insert(s.groups_claim.clone(), json!(user.groups));
+            id.insert("username".into(), json!(user.username));
+            if let Some(n) = nonce {
+                id.insert("nonce".into(), json!(n));
+            }
+            if scope.iter().any(|x| x == "email") || s.cognito_compat {
+                id.insert("email".into(), json!(user.email));
+                id.insert("email_verified".into(), json!(user.email_verified));
+            }
+            if scope.iter().any(|x| x == "profile") {
+                id.insert("preferred_username".into(), json!(user.username));
+            }
+            if s.cognito_compat {
+                id.insert("cognito:groups".into(), json!(user.groups));
+                id.insert("cognito:username".into(), json!(user.username));
+            }
+            let alg = Algorithm::parse(&client.id_token_alg);
+            let key = self.inner.keys.signing_key(Purpose::Id, alg, now)?;
+            Some(jwt::sign(&key, "JWT", &id).map_err(|_| OAuthError::ServerError)?)
+        } else {
+            None
+        };
+        Ok(TokenResponse {
+            access_token,
+            id_token,
+            refresh_token: refresh.map(|r| r.expose().clone()),
+            token_type: "Bearer",
+            expires_in: client.access_ttl,
+            scope: scopes.join(" "),
+        })
+    }
+
+    /// Verifies one of our own access tokens (userinfo, revocation) including revocation state.
+    pub async fn verify_access_token(&self, token: &str) -> Result<jwt::Claims, OAuthError> {
+        let now = self.now();
+        self.inner.keys.refresh(now).await?;
+        let keys = self.inner.keys.verification_keys();
+        let expect = Expect {
+            issuer: &self.inner.settings.issuer,
+            audiences: &[],
+            token_use: Some(TokenUse::Access),
+            leeway: 30,
+            now,
+        };
+        let claims = jwt::verify(token, &keys, &expect)
+            .map_err(|e| OAuthError::InvalidGrant(e.to_string()))?;
+        if let Some(jti) = &claims.jti
+            && self.inner.store.is_revoked("jti", jti, now).await?
+        {
+            return Err(OAuthError::InvalidGrant("the token was revoked".into()));
+        }
+        if let Some(sid) = &claims.sid
+            && self.inner.store.is_revoked("sid", sid, now).await?
+        {
+            return Err(OAuthError::InvalidGrant("the session has ended".into()));
+        }
+        Ok(claims)
+    }
+
+    /// `/oauth2/userInfo`.
+    pub async fn userinfo(&self, token: &str) -> Result<Value, OAuthError> {
+        let claims = self.verify_access_token(token).await?;
+        let sub = claims.sub.clone().unwrap_or_default();
+        let user = self.inner.store.user_by_id(&sub).await?;
+        let user = user
+            .filter(|u| u.status == UserStatus::Enabled)
+            .ok_or_else(|| OAuthError::InvalidGrant("the user no longer exists".into()))?;
+        let mut info = json!({ "sub": user.id, "username": user.username, "groups": user.groups });
+        if claims.scopes.iter().any(|s| s == "email") {
+            info["email"] = json!(user.email);
+            info["email_verified"] = json!(user.email_verified);
+        }
+        if claims.scopes.iter().any(|s| s == "profile") {
+            info["preferred_username"] = json!(user.username);
+        }
+        Ok(info)
+    }
+
+    /// `/oauth2/revoke` (RFC 7009). Unknown tokens succeed silently.
+    pub async fn revoke(&self, client: &Client, token: &str) -> Result<(), OAuthError> {
+        let now = self.now();
+        if let Some(refresh) = self.inner.store.refresh_token(&sha256_hex(token)).await? {
+            if refresh.client_id != client.client_id {
+                return Err(OAuthError::UnauthorizedClient(
+                    "the token was issued to another client".into(),
+                ));
+            }
+            self.inner.store.revoke_session(&refresh.sid, now).await?;
+            return Ok(());
+        }
+        let keys = self.inner.keys.verification_keys();
+        // An expired access token needs no revocation; any other verified one is listed by jti.
+        let expect = Expect {
+            issuer: &self.inner.settings.issuer,
+            audiences: &[],
+            token_use: Some(TokenUse::Access),
+            leeway: 0,
+            now,
+        };
+        if let Ok(claims) = jwt::verify(token, &keys, &expect) {
+            if claims.client_id.as_deref() != Some(client.client_id.as_str()) {
+                return Err(OAuthError::UnauthorizedClient(
+                    "the token was issued to another client".into(),
+                ));
+            }
+            if let Some(jti) = claims.jti {
+                self.inner.store.revoke_jti(&jti, claims.exp, now).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Ends a session (sign-out).
+    pub async fn end_session(&self, sid: &str) -> Result<(), OAuthError> {
+        Ok(self.inner.store.revoke_session(sid, self.now()).await?)
+    }
+
+    /// The subject and client of an ID token we issued, for `id_token_hint` (expiry ignored).
+    pub fn id_token_hint(&self, token: &str) -> Option<(String, String)> {
+        let keys = self.inner.keys.verification_keys();
+        let expect = Expect {
+            issuer: &self.inner.settings.issuer,
+            audiences: &[],
+            token_use: Some(TokenUse::Id),
+            leeway: i64::MAX / 4,
+            now: self.now(),
+        };
+        let claims = jwt::verify(token, &keys, &expect).ok()?;
+        let aud = claims.string("aud")?.to_owned();
+        Some((claims.sub?, aud))
+    }
+}

@@ -1,0 +1,99 @@
+//! The identity provider's settings, validated by the binary from configuration.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use portcullis_token::Algorithm;
+
+/// Look and feel of the hosted pages.
+#[derive(Clone, Debug)]
+pub struct Branding {
+    pub app_name: String,
+    pub logo_url: Option<String>,
+    /// A CSS colour for buttons and links.
+    pub primary_colour: String,
+}
+
+impl Default for Branding {
+    fn default() -> Self {
+        Branding {
+            app_name: "portcullis".into(),
+            logo_url: None,
+            primary_colour: "#1d4ed8".into(),
+        }
+    }
+}
+
+/// Everything the provider needs to know that is not in the store.
+#[derive(Clone, Debug)]
+pub struct IdpSettings {
+    /// The exact issuer URL, without a trailing slash: `https://id.example.com`.
+    pub issuer: String,
+    /// Name of the groups claim (`groups`, or `cognito:groups` for compatibility).
+    pub groups_claim: String,
+    /// Also emit Cognito's claim names (`cognito:groups`, `cognito:username`).
+    pub cognito_compat: bool,
+    /// Scopes a group grants to its members' tokens.
+    pub group_scopes: BTreeMap<String, Vec<String>>,
+    pub access_alg: Algorithm,
+    pub id_alg: Algorithm,
+    /// Seconds a new signing key is published before it signs.
+    pub key_rotation_delay: i64,
+    /// Seconds a sign-in session at the provider lasts.
+    pub session_ttl: i64,
+    /// Seconds after a refresh token's rotation during which it still works (parallel requests).
+    pub refresh_grace: i64,
+    /// Seconds an authorization code lives.
+    pub code_ttl: i64,
+    /// Cookies with `Secure` and the `__Host-` prefix (false only for plain-http development).
+    pub secure_cookies: bool,
+    pub branding: Branding,
+    /// Directory whose `*.html` files replace the embedded templates.
+    pub templates_dir: Option<PathBuf>,
+    /// Failed sign-ins before an account is slowed down, the first delay, the longest delay.
+    pub lockout_threshold: i64,
+    pub lockout_base_delay: i64,
+    pub lockout_max_delay: i64,
+}
+
+impl IdpSettings {
+    /// Defaults for an issuer URL.
+    pub fn new(issuer: impl Into<String>) -> Self {
+        let issuer: String = issuer.into();
+        let secure_cookies = issuer.starts_with("https://") || is_localhost(&issuer);
+        IdpSettings {
+            issuer: issuer.trim_end_matches('/').to_owned(),
+            groups_claim: "groups".into(),
+            cognito_compat: false,
+            group_scopes: BTreeMap::new(),
+            access_alg: Algorithm::ES256,
+            id_alg: Algorithm::RS256,
+            key_rotation_delay: 3600,
+            session_ttl: 12 * 3600,
+            refresh_grace: 30,
+            code_ttl: 60,
+            secure_cookies,
+            branding: Branding::default(),
+            templates_dir: None,
+            lockout_threshold: 5,
+            lockout_base_delay: 1,
+            lockout_max_delay: 15 * 60,
+        }
+    }
+
+    /// The longest lifetime any token may have (keys stay published this long after rotation).
+    pub fn max_token_lifetime(&self) -> i64 {
+        24 * 3600
+    }
+}
+
+/// Whether a URL's host is `localhost` or a loopback address (browsers treat these as secure
+/// contexts even over plain http, so `Secure` cookies work there).
+pub fn is_localhost(url: &str) -> bool {
+    url::Url::parse(url)
+        .ok()
+        .and_then(|u| u.host_str().map(str::to_owned))
+        .is_some_and(|h| {
+            h == "localhost" || h == "127.0.0.1" || h == "[::1]" || h.ends_with(".localhost")
+        })
+}

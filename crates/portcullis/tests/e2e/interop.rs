@@ -1,0 +1,104 @@
+//! openid-client (npm), a certified relying-party library, against the real binary.
+
+use std::process::Command;
+
+use crate::harness::Instance;
+
+#[test]
+fn openid_client_runs_every_flow() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/interop");
+    if !dir.join("node_modules/openid-client").is_dir() {
+        if std::env::var("PORTCULLIS_REQUIRE_INTEROP").is_ok_and(|v| v == "1") {
+            panic!("tests/interop/node_modules is missing: run `npm ci` there (scripts/test does)");
+        }
+        eprintln!(
+            "skipping: run `npm ci` in tests/interop to enable the openid-client interop test"
+        );
+        return;
+    }
+    let i = Instance::with_config("[idp]\nrefresh_grace = \"1s\"\n");
+    i.run(&["group", "add", "user"]).ok();
+    i.run_with_stdin(
+        &[
+            "user",
+            "add",
+            "olivia",
+            "--group",
+            "user",
+            "--email",
+            "olivia@example.com",
+            "--email-verified",
+            "--password-stdin",
+        ],
+        "interop-passphrase-4711\n",
+    )
+    .ok();
+    i.run(&[
+        "resource-server",
+        "add",
+        "orders",
+        "--scope",
+        "read",
+        "--scope",
+        "admin",
+    ])
+    .ok();
+    i.run(&[
+        "client",
+        "add",
+        "Interop SPA",
+        "--id",
+        "spa",
+        "--redirect-uri",
+        "http://localhost:3000/callback",
+        "--logout-uri",
+        "http://localhost:3000/",
+        "--scope",
+        "openid",
+        "--scope",
+        "email",
+        "--scope",
+        "profile",
+    ])
+    .ok();
+    let backend: serde_json::Value = serde_json::from_str(
+        &i.run(&[
+            "--json",
+            "client",
+            "add",
+            "Interop backend",
+            "--id",
+            "backend",
+            "--confidential",
+            "--scope",
+            "orders/read",
+        ])
+        .ok(),
+    )
+    .expect("json");
+    let server = i.serve();
+    let out = Command::new("node")
+        .arg("interop.mjs")
+        .current_dir(&dir)
+        .env("ISSUER", server.base.replace("127.0.0.1", "localhost"))
+        .env("USERNAME", "olivia")
+        .env("PASSWORD", "interop-passphrase-4711")
+        .env("EMAIL", "olivia@example.com")
+        .env("SPA_CLIENT_ID", "spa")
+        .env("REDIRECT_URI", "http://localhost:3000/callback")
+        .env("LOGOUT_URI", "http://localhost:3000/")
+        .env("BACKEND_CLIENT_ID", "backend")
+        .env(
+            "BACKEND_SECRET",
+            backend["client_secret"].as_str().expect("secret"),
+        )
+        .output()
+        .expect("node is installed");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "interop failed\nstdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    assert!(stdout.contains("interop: all flows passed"), "{stdout}");
+}
