@@ -54,6 +54,8 @@ pub struct IdpSettings {
     pub lockout_threshold: i64,
     pub lockout_base_delay: i64,
     pub lockout_max_delay: i64,
+    /// Sign-in attempts accepted per client address per minute (per node).
+    pub signin_rate_per_address: u32,
 }
 
 impl IdpSettings {
@@ -78,6 +80,7 @@ impl IdpSettings {
             lockout_threshold: 5,
             lockout_base_delay: 1,
             lockout_max_delay: 15 * 60,
+            signin_rate_per_address: 60,
         }
     }
 

@@ -23,8 +23,6 @@ use crate::templates::Templates;
 
 /// Largest form body accepted by the token, revoke and sign-in endpoints.
 const MAX_FORM: usize = 16 * 1024;
-/// Sign-in attempts per client address per minute.
-const ATTEMPTS_PER_ADDRESS: u32 = 30;
 
 #[derive(Clone)]
 struct Web {
@@ -164,7 +162,7 @@ impl Web {
             *entry = (now, 0);
         }
         entry.1 += 1;
-        entry.1 <= ATTEMPTS_PER_ADDRESS
+        entry.1 <= self.provider.settings().signin_rate_per_address
     }
 }
 

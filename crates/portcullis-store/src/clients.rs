@@ -76,6 +76,7 @@ fn client_from_row(row: &AnyRow) -> Result<Client, StoreError> {
 impl Store {
     /// Registers a client; fails if the id is taken.
     pub async fn create_client(&self, c: &Client) -> Result<(), StoreError> {
+        let _turn = self.write_turn().await;
         let done = sqlx::query(
             "INSERT INTO clients (client_id, name, secret_hash, redirect_uris, logout_uris, grants, scopes,
                 access_ttl, id_ttl, refresh_ttl, id_token_alg, created_at, updated_at)
@@ -122,6 +123,7 @@ impl Store {
     }
 
     pub async fn delete_client(&self, client_id: &str) -> Result<(), StoreError> {
+        let _turn = self.write_turn().await;
         let done = sqlx::query("DELETE FROM clients WHERE client_id = $1")
             .bind(client_id)
             .execute(&self.pool)
@@ -142,6 +144,7 @@ impl Store {
         secret_hash: &str,
         now: i64,
     ) -> Result<(), StoreError> {
+        let _turn = self.write_turn().await;
         let done = sqlx::query(
             "UPDATE clients SET secret_hash = $1, updated_at = $2 WHERE client_id = $3 AND secret_hash IS NOT NULL",
         )
@@ -160,6 +163,7 @@ impl Store {
     }
 
     pub async fn create_resource_server(&self, rs: &ResourceServer) -> Result<(), StoreError> {
+        let _turn = self.write_turn().await;
         let done = sqlx::query(
             "INSERT INTO resource_servers (identifier, name, scopes, created_at) VALUES ($1, $2, $3, $4)",
         )
@@ -196,6 +200,7 @@ impl Store {
     }
 
     pub async fn delete_resource_server(&self, identifier: &str) -> Result<(), StoreError> {
+        let _turn = self.write_turn().await;
         let done = sqlx::query("DELETE FROM resource_servers WHERE identifier = $1")
             .bind(identifier)
             .execute(&self.pool)

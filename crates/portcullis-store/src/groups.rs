@@ -47,6 +47,7 @@ const GROUP_SELECT: &str = "SELECT g.name, g.description, g.precedence, g.create
 impl Store {
     /// Creates a group; fails with [`StoreError::AlreadyExists`] if the name is taken in any case.
     pub async fn create_group(&self, new: &NewGroup) -> Result<Group, StoreError> {
+        let _turn = self.write_turn().await;
         let inserted = sqlx::query(
             "INSERT INTO user_groups (name_key, name, description, precedence, created_at, updated_at)
              VALUES ($1, $2, $3, $4, $5, $5)",
@@ -95,6 +96,7 @@ impl Store {
 
     /// Deletes a group and its memberships (not its members).
     pub async fn delete_group(&self, name: &str) -> Result<(), StoreError> {
+        let _turn = self.write_turn().await;
         let done = sqlx::query("DELETE FROM user_groups WHERE name_key = $1")
             .bind(name_key(name))
             .execute(&self.pool)
@@ -166,10 +168,7 @@ impl Store {
     }
 }
 
-async fn user_id_tx(
-    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
-    username: &str,
-) -> Result<String, StoreError> {
+async fn user_id_tx(tx: &mut crate::WriteTx, username: &str) -> Result<String, StoreError> {
     let row = sqlx::query("SELECT id FROM users WHERE username_key = $1")
         .bind(name_key(username))
         .fetch_optional(&mut **tx)

@@ -21,6 +21,7 @@ pub struct StoredKey {
 
 impl Store {
     pub async fn insert_signing_key(&self, k: &StoredKey) -> Result<(), StoreError> {
+        let _turn = self.write_turn().await;
         sqlx::query(
             "INSERT INTO signing_keys (kid, alg, purpose, sealed, public_jwk, created_at, activate_at, retire_at)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
@@ -64,6 +65,7 @@ impl Store {
 
     /// Schedules a key's retirement (it stays published until then).
     pub async fn retire_signing_key(&self, kid: &str, at: i64) -> Result<(), StoreError> {
+        let _turn = self.write_turn().await;
         sqlx::query("UPDATE signing_keys SET retire_at = $1 WHERE kid = $2 AND (retire_at IS NULL OR retire_at > $1)")
             .bind(at)
             .bind(kid)

@@ -162,6 +162,7 @@ async fn open_sqlite(options: &StoreOptions, path: PathBuf) -> Result<Store, Sto
         pool,
         backend: super::Backend::Sqlite,
         location: path.display().to_string(),
+        write_lock: Default::default(),
     };
     // Two processes starting on one new file must not both create the schema: an exclusive
     // lock on a file beside the database serializes migrations (SQLite has no advisory locks).
@@ -288,6 +289,7 @@ async fn open_postgres(
         pool,
         backend: Backend::Postgres,
         location,
+        write_lock: Default::default(),
     };
     migrate::run(&store).await?;
     store.probe_write().await?;

@@ -115,7 +115,7 @@ fn refresh_from_row(r: &AnyRow) -> Result<RefreshToken, StoreError> {
 /// the session may live a little past it.
 const REVOCATION_MARGIN: i64 = 24 * 3600;
 
-type Tx = sqlx::Transaction<'static, sqlx::Any>;
+type Tx = crate::WriteTx;
 
 async fn revoke_session_tx(tx: &mut Tx, sid: &str, now: i64) -> Result<(), StoreError> {
     let row = sqlx::query("SELECT expires_at FROM sessions WHERE sid = $1")
@@ -161,6 +161,7 @@ async fn insert_revocation_tx(
 
 impl Store {
     pub async fn create_session(&self, s: &Session, secret_hash: &str) -> Result<(), StoreError> {
+        let _turn = self.write_turn().await;
         sqlx::query(
             "INSERT INTO sessions (sid, secret_hash, user_id, auth_time, created_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6)",
         )
@@ -224,6 +225,7 @@ impl Store {
     }
 
     pub async fn insert_code(&self, c: &AuthCode) -> Result<(), StoreError> {
+        let _turn = self.write_turn().await;
         sqlx::query(
             "INSERT INTO auth_codes (code_hash, client_id, user_id, sid, redirect_uri, scope, nonce, code_challenge, auth_time, expires_at)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
@@ -448,6 +450,7 @@ impl Store {
     }
 
     pub async fn clear_login_failures(&self, username_key: &str) -> Result<(), StoreError> {
+        let _turn = self.write_turn().await;
         sqlx::query("DELETE FROM login_failures WHERE username_key = $1")
             .bind(username_key)
             .execute(&self.pool)

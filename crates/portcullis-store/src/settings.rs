@@ -15,6 +15,7 @@ impl Store {
         candidate: &str,
         now: i64,
     ) -> Result<String, StoreError> {
+        let _turn = self.write_turn().await;
         sqlx::query(
             "INSERT INTO instance_settings (name, value, created_at) VALUES ($1, $2, $3)
              ON CONFLICT (name) DO NOTHING",

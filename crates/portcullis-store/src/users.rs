@@ -209,6 +209,7 @@ impl Store {
 
     /// Deletes a user and its memberships.
     pub async fn delete_user(&self, username: &str) -> Result<(), StoreError> {
+        let _turn = self.write_turn().await;
         let done = sqlx::query("DELETE FROM users WHERE username_key = $1")
             .bind(name_key(username))
             .execute(&self.pool)
@@ -226,6 +227,7 @@ impl Store {
         hash: &str,
         now: i64,
     ) -> Result<(), StoreError> {
+        let _turn = self.write_turn().await;
         let done = sqlx::query(
             "UPDATE users SET password_hash = $1, updated_at = $2 WHERE username_key = $3",
         )
@@ -247,6 +249,7 @@ impl Store {
         status: UserStatus,
         now: i64,
     ) -> Result<(), StoreError> {
+        let _turn = self.write_turn().await;
         let done =
             sqlx::query("UPDATE users SET status = $1, updated_at = $2 WHERE username_key = $3")
                 .bind(status.as_str())
@@ -278,7 +281,7 @@ impl Store {
 /// Adds a membership inside a transaction; both the user id and the group must exist.
 /// Returns whether a membership was added (false: it already existed).
 pub(crate) async fn add_member_tx(
-    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    tx: &mut crate::WriteTx,
     user_id: &str,
     group: &str,
     now: i64,

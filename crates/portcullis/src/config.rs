@@ -237,6 +237,16 @@ pub const KEYS: &[KeySpec] = &[
         doc: "Scopes a group grants its members, e.g. `admin = [\"orders/admin\"]`. In the environment: JSON, `{\"admin\":[\"orders/admin\"]}`.",
     },
     KeySpec {
+        path: "idp.signin_rate_per_address",
+        kind: Kind::Int {
+            min: 1,
+            max: 1_000_000,
+        },
+        env: "PORTCULLIS_IDP_SIGNIN_RATE_PER_ADDRESS",
+        default: "60",
+        doc: "Sign-in attempts accepted per client address per minute on each node; more get \"try again in a minute\". Accounts are throttled separately: after 5 failures a delay that doubles, from 1 s up to 15 min.",
+    },
+    KeySpec {
         path: "branding.app_name",
         kind: Kind::Str,
         env: "PORTCULLIS_BRANDING_APP_NAME",
@@ -540,6 +550,7 @@ fn build(
     idp.key_rotation_delay = secs(duration("idp.key_rotation_delay"));
     idp.session_ttl = secs(duration("idp.session_ttl"));
     idp.refresh_grace = secs(duration("idp.refresh_grace"));
+    idp.signin_rate_per_address = u32::try_from(int("idp.signin_rate_per_address")).unwrap_or(60);
     if let Value::ListMap(m) = value("idp.group_scopes") {
         idp.group_scopes = m;
     }
