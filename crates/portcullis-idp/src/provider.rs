@@ -744,7 +744,7 @@ impl Provider {
             }
             (None, None) => {}
         }
-        let user = self.live_user(&grant.user_id, &grant.sid).await?;
+        let user = self.live_user(&grant.user_id, Some(&grant.sid)).await?;
         let refresh = if client.allows_grant("refresh_token") {
             let token = random_token();
             self.inner
@@ -844,7 +844,7 @@ impl Provider {
             }
             None => granted,
         };
-        let user = self.live_user(&old.user_id, &old.sid).await?;
+        let user = self.live_user(&old.user_id, None).await?;
         self.user_tokens(
             client,
             &user,
@@ -907,11 +907,16 @@ impl Provider {
         })
     }
 
-    async fn live_user(&self, user_id: &str, sid: &str) -> Result<User, OAuthError> {
-        let revoked = || OAuthError::InvalidGrant("the session has ended".into());
-        let session = self.inner.store.session(sid).await?.ok_or_else(revoked)?;
-        if session.revoked_at.is_some() {
-            return Err(revoked());
+    /// The user behind a grant, if their session (when `sid` is given) is live and they are
+    /// enabled. The refresh path passes no `sid`: its rotation already checked the session in
+    /// the same transaction.
+    async fn live_user(&self, user_id: &str, sid: Option<&str>) -> Result<User, OAuthError> {
+        if let Some(sid) = sid {
+            let revoked = || OAuthError::InvalidGrant("the session has ended".into());
+            let session = self.inner.store.session(sid).await?.ok_or_else(revoked)?;
+            if session.revoked_at.is_some() {
+                return Err(revoked());
+            }
         }
         let user = self.inner.store.user_by_id(user_id).await?;
         user.filter(|u| u.status == UserStatus::Enabled)
