@@ -142,6 +142,9 @@ pub struct NewClient {
     pub id_ttl: Option<i64>,
     pub refresh_ttl: Option<i64>,
     pub id_token_alg: Option<String>,
+    /// A confidential client's secret, when the operator supplies it (declared clients);
+    /// otherwise one is generated.
+    pub secret: Option<Secret<String>>,
 }
 
 /// Why a client could not be registered.
@@ -263,6 +266,26 @@ impl Provider {
         &self,
         req: NewClient,
     ) -> Result<(Client, Option<Secret<String>>), ClientError> {
+        let (client, secret) = self.build_client(req).await?;
+        self.inner.store.create_client(&client).await?;
+        Ok((client, secret))
+    }
+
+    /// Creates or updates a client declared in the configuration (the file wins over earlier
+    /// state, so editing it and restarting applies the change).
+    pub async fn declare_client(&self, req: NewClient) -> Result<Client, ClientError> {
+        let (mut client, _) = self.build_client(req).await?;
+        if let Some(existing) = self.inner.store.client(&client.client_id).await? {
+            client.created_at = existing.created_at;
+        }
+        self.inner.store.upsert_client(&client).await?;
+        Ok(client)
+    }
+
+    async fn build_client(
+        &self,
+        req: NewClient,
+    ) -> Result<(Client, Option<Secret<String>>), ClientError> {
         let invalid = |m: String| ClientError::Invalid(m);
         let client_id = req.client_id.unwrap_or_else(random_id);
         if client_id.is_empty()
@@ -334,7 +357,17 @@ impl Provider {
         if !matches!(id_token_alg.as_str(), "RS256" | "ES256") {
             return Err(invalid("the ID token algorithm is RS256 or ES256".into()));
         }
-        let secret = req.confidential.then(random_token);
+        let secret = match (req.confidential, req.secret) {
+            (true, Some(given)) if given.expose().len() < 32 => {
+                return Err(invalid(
+                    "a client secret must be at least 32 characters".into(),
+                ));
+            }
+            (true, Some(given)) => Some(given),
+            (true, None) => Some(random_token()),
+            (false, Some(_)) => return Err(invalid("a public client has no secret".into())),
+            (false, None) => None,
+        };
         let now = self.now();
         let client = Client {
             client_id,
@@ -360,7 +393,6 @@ impl Provider {
             created_at: now,
             updated_at: now,
         };
-        self.inner.store.create_client(&client).await?;
         Ok((client, secret))
     }
 

@@ -107,6 +107,52 @@ impl Store {
         }
     }
 
+    /// Creates or replaces a client (clients declared in the configuration file).
+    pub async fn upsert_client(&self, c: &Client) -> Result<(), StoreError> {
+        let _turn = self.write_turn().await;
+        sqlx::query(
+            "INSERT INTO clients (client_id, name, secret_hash, redirect_uris, logout_uris, grants, scopes,
+                access_ttl, id_ttl, refresh_ttl, id_token_alg, created_at, updated_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
+             ON CONFLICT (client_id) DO UPDATE SET name = excluded.name, secret_hash = excluded.secret_hash,
+                redirect_uris = excluded.redirect_uris, logout_uris = excluded.logout_uris, grants = excluded.grants,
+                scopes = excluded.scopes, access_ttl = excluded.access_ttl, id_ttl = excluded.id_ttl,
+                refresh_ttl = excluded.refresh_ttl, id_token_alg = excluded.id_token_alg, updated_at = excluded.updated_at",
+        )
+        .bind(&c.client_id)
+        .bind(&c.name)
+        .bind(&c.secret_hash)
+        .bind(to_json(&c.redirect_uris))
+        .bind(to_json(&c.logout_uris))
+        .bind(to_json(&c.grants))
+        .bind(to_json(&c.scopes))
+        .bind(c.access_ttl)
+        .bind(c.id_ttl)
+        .bind(c.refresh_ttl)
+        .bind(&c.id_token_alg)
+        .bind(c.created_at)
+        .bind(c.updated_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Creates or replaces a resource server.
+    pub async fn upsert_resource_server(&self, rs: &ResourceServer) -> Result<(), StoreError> {
+        let _turn = self.write_turn().await;
+        sqlx::query(
+            "INSERT INTO resource_servers (identifier, name, scopes, created_at) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (identifier) DO UPDATE SET name = excluded.name, scopes = excluded.scopes",
+        )
+        .bind(&rs.identifier)
+        .bind(&rs.name)
+        .bind(to_json(&rs.scopes))
+        .bind(rs.created_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
     pub async fn client(&self, client_id: &str) -> Result<Option<Client>, StoreError> {
         let row = sqlx::query("SELECT * FROM clients WHERE client_id = $1")
             .bind(client_id)

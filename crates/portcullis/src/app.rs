@@ -75,6 +75,7 @@ impl App {
         )
         .await
         .map_err(|e| Failure::internal(format!("cannot load the signing keys: {e}")))?;
+        apply_declared(&provider, &config).await?;
         Ok(App {
             config,
             store,
@@ -82,6 +83,67 @@ impl App {
             provider,
         })
     }
+}
+
+/// Creates or updates the resource servers and clients declared in the configuration file.
+async fn apply_declared(provider: &Provider, config: &Config) -> Result<(), Failure> {
+    for rs in &config.resource_servers {
+        let stored = portcullis_store::ResourceServer {
+            identifier: rs.identifier.clone(),
+            name: rs.name.clone(),
+            scopes: rs.scopes.clone(),
+            created_at: provider.now(),
+        };
+        provider.store().upsert_resource_server(&stored).await?;
+    }
+    let secs = |v: &Option<String>| {
+        v.as_deref()
+            .and_then(|d| humantime::parse_duration(d).ok())
+            .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+    };
+    for c in &config.clients {
+        let secret = match (&c.secret, &c.secret_file) {
+            (Some(s), _) => Some(s.clone()),
+            (None, Some(path)) => Some(Secret::new(
+                std::fs::read_to_string(path)
+                    .map_err(|e| {
+                        Failure::user(format!(
+                            "client {}: cannot read secret_file {}: {e}",
+                            c.id,
+                            path.display()
+                        ))
+                    })?
+                    .trim()
+                    .to_owned(),
+            )),
+            (None, None) => None,
+        };
+        let req = portcullis_idp::NewClient {
+            client_id: Some(c.id.clone()),
+            name: if c.name.is_empty() {
+                c.id.clone()
+            } else {
+                c.name.clone()
+            },
+            confidential: c.confidential,
+            redirect_uris: c.redirect_uris.clone(),
+            logout_uris: c.logout_uris.clone(),
+            grants: c.grants.clone(),
+            scopes: c.scopes.clone(),
+            access_ttl: secs(&c.access_ttl),
+            id_ttl: secs(&c.id_ttl),
+            refresh_ttl: secs(&c.refresh_ttl),
+            id_token_alg: c.id_token_alg.clone(),
+            secret,
+        };
+        provider.declare_client(req).await.map_err(|e| match e {
+            portcullis_idp::ClientError::Invalid(m) => {
+                Failure::user(format!("client {} in the configuration: {m}", c.id))
+            }
+            portcullis_idp::ClientError::Store(s) => s.into(),
+        })?;
+    }
+    Ok(())
 }
 
 /// Creates the data directory (and parents) accessible to its owner only.

@@ -449,6 +449,7 @@ pub async fn client(app: &App, cmd: ClientCommand, json: bool) -> Result<(), Fai
                 id_ttl,
                 refresh_ttl,
                 id_token_alg,
+                secret: None,
             };
             let (client, secret) = app
                 .provider

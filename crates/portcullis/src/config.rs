@@ -276,6 +276,57 @@ pub const KEYS: &[KeySpec] = &[
     },
 ];
 
+/// Top-level arrays of tables, checked by serde rather than by the key schema.
+const TABLE_ARRAYS: &[&str] = &["clients", "resource_servers"];
+
+/// A client declared in the configuration file (`[[clients]]`), created or updated at every start.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeclaredClient {
+    pub id: String,
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub confidential: bool,
+    #[serde(default)]
+    pub redirect_uris: Vec<String>,
+    #[serde(default)]
+    pub logout_uris: Vec<String>,
+    #[serde(default)]
+    pub grants: Vec<String>,
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    pub access_ttl: Option<String>,
+    pub id_ttl: Option<String>,
+    pub refresh_ttl: Option<String>,
+    pub id_token_alg: Option<String>,
+    /// Name of an environment variable holding the secret of a confidential client.
+    pub secret_env: Option<String>,
+    /// A file holding the secret of a confidential client.
+    pub secret_file: Option<PathBuf>,
+    /// The secret read from `secret_env`, filled in by [`load`].
+    #[serde(skip)]
+    pub secret: Option<Secret<String>>,
+}
+
+/// A resource server declared in the configuration file (`[[resource_servers]]`).
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeclaredResourceServer {
+    pub identifier: String,
+    #[serde(default)]
+    pub name: String,
+    pub scopes: Vec<String>,
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+struct Declared {
+    #[serde(default)]
+    clients: Vec<DeclaredClient>,
+    #[serde(default)]
+    resource_servers: Vec<DeclaredResourceServer>,
+}
+
 /// The environment variable that may carry the instance secret itself (never a config key, so it
 /// cannot end up in a file that is committed).
 pub const INSTANCE_SECRET_ENV: &str = "PORTCULLIS_INSTANCE_SECRET";
@@ -285,10 +336,11 @@ pub const INSTANCE_SECRET_ENV: &str = "PORTCULLIS_INSTANCE_SECRET";
 pub struct Env(BTreeMap<String, String>);
 
 impl Env {
-    /// The process environment's `PORTCULLIS_*` variables.
+    /// The process environment.
     pub fn process() -> Self {
-        Env(std::env::vars()
-            .filter(|(k, _)| k.starts_with("PORTCULLIS_"))
+        // All variables, not only PORTCULLIS_*: a declared client's `secret_env` may name any.
+        Env(std::env::vars_os()
+            .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
             .collect())
     }
 
@@ -368,6 +420,8 @@ pub struct Config {
     /// from the address the server listens on (see `issuer_configured`).
     pub idp: IdpSettings,
     pub issuer_configured: bool,
+    pub clients: Vec<DeclaredClient>,
+    pub resource_servers: Vec<DeclaredResourceServer>,
 }
 
 /// A typed value read from the file or the environment.
@@ -423,6 +477,50 @@ pub fn load(source: Option<&Path>, text: Option<&str>, env: &Env) -> Result<Conf
             &mut errors,
         );
     }
+    let mut declared = Declared::default();
+    if let Some(text) = text.filter(|_| errors.is_empty()) {
+        match toml::from_str::<Declared>(text) {
+            Ok(d) => declared = d,
+            Err(e) => {
+                let location = e
+                    .span()
+                    .map_or_else(|| file_label.clone(), |s| at(&file_label, text, s.start));
+                errors.push(ConfigError {
+                    location,
+                    key: "clients / resource_servers".into(),
+                    message: first_line(e.message()),
+                });
+            }
+        }
+        for (n, c) in declared.clients.iter_mut().enumerate() {
+            let key = format!("clients[{n}] ({})", c.id);
+            for (field, value) in [
+                ("access_ttl", &c.access_ttl),
+                ("id_ttl", &c.id_ttl),
+                ("refresh_ttl", &c.refresh_ttl),
+            ] {
+                if let Some(v) = value
+                    && humantime::parse_duration(v).is_err()
+                {
+                    errors.push(ConfigError {
+                        location: file_label.clone(),
+                        key: format!("{key}.{field}"),
+                        message: format!("{v:?} is not a duration such as \"1h\""),
+                    });
+                }
+            }
+            match (c.confidential, &c.secret_env, &c.secret_file) {
+                (true, Some(_), Some(_)) => errors.push(ConfigError { location: file_label.clone(), key: key.clone(), message: "give secret_env or secret_file, not both".into() }),
+                (true, None, None) => errors.push(ConfigError { location: file_label.clone(), key: key.clone(), message: "a confidential client needs secret_env (an environment variable holding the secret) or secret_file".into() }),
+                (true, Some(var), None) => match env.get(var) {
+                    Some(secret) => c.secret = Some(Secret::new(secret.to_owned())),
+                    None => errors.push(ConfigError { location: format!("environment variable {var}"), key: format!("{key}.secret_env"), message: "is not set".into() }),
+                },
+                (false, Some(_), _) | (false, _, Some(_)) => errors.push(ConfigError { location: file_label.clone(), key: key.clone(), message: "a public client has no secret; remove secret_env/secret_file or set confidential = true".into() }),
+                _ => {}
+            }
+        }
+    }
 
     for spec in KEYS {
         if let Some(raw) = env.get(spec.env) {
@@ -441,7 +539,10 @@ pub fn load(source: Option<&Path>, text: Option<&str>, env: &Env) -> Result<Conf
     if !errors.is_empty() {
         return Err(ConfigErrors(errors));
     }
-    build(source, values, env)
+    let mut config = build(source, values, env)?;
+    config.clients = declared.clients;
+    config.resource_servers = declared.resource_servers;
+    Ok(config)
 }
 
 fn build(
@@ -568,6 +669,8 @@ fn build(
     Ok(Config {
         idp,
         issuer_configured: issuer.is_some(),
+        clients: Vec::new(),
+        resource_servers: Vec::new(),
         source: source.map(Path::to_path_buf),
         data_dir,
         listen,
@@ -606,6 +709,16 @@ fn walk(
             format!("{prefix}.{}", key.get_ref())
         };
         let location = at(file, text, key.span().start);
+        if prefix.is_empty() && TABLE_ARRAYS.contains(&path.as_str()) {
+            if !matches!(value.get_ref(), DeValue::Array(_)) {
+                errors.push(ConfigError {
+                    location,
+                    key: path,
+                    message: "must be an array of tables ([[...]])".into(),
+                });
+            }
+            continue;
+        }
         if let Some(spec) = KEYS.iter().find(|k| k.path == path) {
             match parse_toml(spec, value.get_ref()) {
                 Ok(v) => {

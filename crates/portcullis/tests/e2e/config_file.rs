@@ -86,3 +86,86 @@ fn the_example_config_is_valid_and_documents_every_key() {
         assert!(present, "portcullis.example.toml lacks {key}");
     }
 }
+
+const DECLARED: &str = r#"
+[[resource_servers]]
+identifier = "orders"
+name = "Orders"
+scopes = ["read", "admin"]
+
+[[clients]]
+id = "web"
+name = "Web app"
+redirect_uris = ["https://app.example.com/auth/callback"]
+scopes = ["openid", "email"]
+access_ttl = "15m"
+
+[[clients]]
+id = "billing"
+confidential = true
+secret_env = "BILLING_SECRET"
+scopes = ["orders/read"]
+"#;
+
+#[tokio::test]
+async fn clients_and_resource_servers_declared_in_the_config_file_are_applied() {
+    let secret = "declared-billing-secret-0123456789abcdef";
+    let i = Instance::with_config(DECLARED).env("BILLING_SECRET", secret);
+    let web: serde_json::Value =
+        serde_json::from_str(&i.run(&["--json", "client", "show", "web"]).ok()).expect("json");
+    assert_eq!(web["access_ttl"], 900);
+    assert_eq!(web["type"], "public");
+    let server = i.serve();
+    let resp = reqwest::Client::new()
+        .post(server.url("/oauth2/token"))
+        .basic_auth("billing", Some(secret))
+        .form(&[
+            ("grant_type", "client_credentials"),
+            ("scope", "orders/read"),
+        ])
+        .send()
+        .await
+        .expect("token");
+    assert_eq!(resp.status(), 200, "the secret from the environment works");
+    drop(server);
+    // Editing the file and restarting applies the change.
+    let edited = DECLARED.replace("access_ttl = \"15m\"", "access_ttl = \"30m\"");
+    std::fs::write(
+        &i.config,
+        format!(
+            "data_dir = {:?}\n{edited}",
+            i.data_dir().display().to_string()
+        ),
+    )
+    .expect("write");
+    let web: serde_json::Value =
+        serde_json::from_str(&i.run(&["--json", "client", "show", "web"]).ok()).expect("json");
+    assert_eq!(web["access_ttl"], 1800);
+}
+
+#[test]
+fn declared_client_errors_name_the_client_and_the_problem() {
+    let i = Instance::with_config(DECLARED);
+    let err = i.run(&["config", "check"]).user_error();
+    assert!(
+        err.contains(
+            "environment variable BILLING_SECRET: `clients[1] (billing).secret_env`: is not set"
+        ),
+        "{err}"
+    );
+    let i =
+        Instance::with_config("[[clients]]\nid = \"x\"\nredirect_uri = \"https://a.example/cb\"\n");
+    let err = i.run(&["config", "check"]).user_error();
+    assert!(
+        err.contains("unknown field `redirect_uri`") && err.contains("portcullis.toml:4:"),
+        "{err}"
+    );
+    let i = Instance::with_config(
+        "[[clients]]\nid = \"x\"\nredirect_uris = [\"http://evil.example/cb\"]\n",
+    );
+    let err = i.run(&["user", "list"]).user_error();
+    assert!(
+        err.contains("client x in the configuration") && err.contains("plain http"),
+        "{err}"
+    );
+}
