@@ -260,14 +260,20 @@ impl Store {
         let outcome = if used.is_some() {
             CodeUse::Replayed(code)
         } else {
-            sqlx::query(
+            let marked = sqlx::query(
                 "UPDATE auth_codes SET used_at = $1 WHERE code_hash = $2 AND used_at IS NULL",
             )
             .bind(now)
             .bind(code_hash)
             .execute(&mut *tx)
             .await?;
-            CodeUse::Fresh(code)
+            // On PostgreSQL two redemptions can both read "unused"; the conditional update lets
+            // exactly one of them mark it. The loser is a replay.
+            if marked.rows_affected() == 1 {
+                CodeUse::Fresh(code)
+            } else {
+                CodeUse::Replayed(code)
+            }
         };
         tx.commit().await?;
         Ok(outcome)
@@ -328,13 +334,21 @@ impl Store {
                 Rotation::Grace(old)
             }
             None => {
-                sqlx::query("UPDATE refresh_tokens SET rotated_at = $1 WHERE token_hash = $2")
-                    .bind(now)
-                    .bind(presented_hash)
-                    .execute(&mut *tx)
-                    .await?;
+                let marked = sqlx::query(
+                    "UPDATE refresh_tokens SET rotated_at = $1 WHERE token_hash = $2 AND rotated_at IS NULL",
+                )
+                .bind(now)
+                .bind(presented_hash)
+                .execute(&mut *tx)
+                .await?;
                 insert_refresh_tx(&mut tx, &next(&old)).await?;
-                Rotation::Rotated(old)
+                // Lost a race with a parallel rotation (PostgreSQL): that one just happened, so
+                // this is the grace case.
+                if marked.rows_affected() == 1 {
+                    Rotation::Rotated(old)
+                } else {
+                    Rotation::Grace(old)
+                }
             }
         };
         tx.commit().await?;
