@@ -184,8 +184,15 @@ impl KeyRing {
     /// Publishes new keys that start signing after the rotation delay, and schedules the
     /// retirement of the keys they replace. Returns the new key ids.
     pub async fn rotate(&self, now: i64) -> Result<Vec<String>, KeyRingError> {
-        let activate_at = now + self.policy.rotation_delay;
         let current = self.current();
+        // Strictly after every existing key, so "the newest active key signs" is never a tie.
+        let latest = current
+            .keys
+            .iter()
+            .map(|(_, at, _)| *at)
+            .max()
+            .unwrap_or(i64::MIN);
+        let activate_at = (now + self.policy.rotation_delay).max(latest.saturating_add(1));
         let mut new = Vec::new();
         for (purpose, alg) in [
             (Purpose::Access, self.policy.access_alg),

@@ -709,6 +709,27 @@ async fn refresh_rotation_grace_and_reuse(store: Store) {
             .expect("read")
             .is_none()
     );
+    // A token past its family's absolute lifetime is refused and changes nothing.
+    let (_, other) = session_for(&store, "liam2").await;
+    let old_family = RefreshToken {
+        token_hash: "old".into(),
+        family: "f2".into(),
+        sid: other.sid.clone(),
+        expires_at: 1_000,
+        ..first.clone()
+    };
+    store
+        .insert_refresh_token(&old_family)
+        .await
+        .expect("insert");
+    assert!(matches!(
+        store
+            .rotate_refresh_token("old", "spa", next("x2"), 1_000, 30)
+            .await
+            .expect("rotate"),
+        Rotation::Invalid
+    ));
+    assert!(store.refresh_token("x2").await.expect("read").is_none());
     assert!(matches!(
         store
             .rotate_refresh_token("zzz", "spa", next("x"), 401, 30)

@@ -834,3 +834,72 @@ async fn key_rotation_publishes_first_and_old_tokens_keep_working() {
         "tokens signed by the old key still verify"
     );
 }
+
+#[tokio::test]
+async fn cognito_style_logout_redirects_only_to_a_registered_uri() {
+    let i = Instance::new();
+    i.run(&["group", "add", "user"]).ok();
+    i.run_with_stdin(
+        &["user", "add", "ada", "--group", "user", "--password-stdin"],
+        PASSWORD,
+    )
+    .ok();
+    i.run(&[
+        "client",
+        "add",
+        "spa",
+        "--id",
+        "spa",
+        "--redirect-uri",
+        REDIRECT,
+        "--logout-uri",
+        "http://localhost:3000/bye",
+    ])
+    .ok();
+    let server = i.serve();
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client");
+    let ok = http
+        .get(server.url("/logout?client_id=spa&logout_uri=http%3A%2F%2Flocalhost%3A3000%2Fbye"))
+        .send()
+        .await
+        .expect("logout");
+    assert_eq!(ok.status(), StatusCode::SEE_OTHER);
+    assert_eq!(location(ok.headers()), "http://localhost:3000/bye");
+    let cleared = ok
+        .headers()
+        .get("set-cookie")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        cleared.contains("Max-Age=0"),
+        "the session cookie is cleared: {cleared}"
+    );
+    for bad in [
+        "https%3A%2F%2Fevil.example%2F",
+        "http%3A%2F%2Flocalhost%3A3000%2Fbye%2F",
+    ] {
+        let resp = http
+            .get(server.url(&format!("/logout?client_id=spa&logout_uri={bad}")))
+            .send()
+            .await
+            .expect("logout");
+        assert_eq!(resp.status(), StatusCode::BAD_REQUEST, "{bad}");
+        assert!(resp.headers().get(LOCATION).is_none());
+    }
+    let page = http
+        .get(server.url("/logout"))
+        .send()
+        .await
+        .expect("logout");
+    assert_eq!(page.status(), StatusCode::OK);
+    assert!(
+        page.text()
+            .await
+            .expect("html")
+            .contains("You are signed out")
+    );
+}
