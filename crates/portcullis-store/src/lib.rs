@@ -13,6 +13,7 @@ mod groups;
 mod keys;
 mod migrate;
 mod open;
+mod policies;
 mod sessions;
 mod settings;
 mod users;
@@ -25,6 +26,7 @@ pub use error::StoreError;
 pub use groups::{Group, NewGroup};
 pub use keys::StoredKey;
 pub use open::{Backend, SqliteSync, StoreOptions};
+pub use policies::PolicyVersion;
 pub use sessions::{AuthCode, CodeUse, RefreshToken, Rotation, Session};
 pub use users::{NewUser, User, UserStatus};
 

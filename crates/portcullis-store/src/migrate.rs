@@ -17,6 +17,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "identity provider",
         include_str!("../migrations/0002_identity_provider.sql"),
     ),
+    (
+        3,
+        "policies",
+        include_str!("../migrations/0003_policies.sql"),
+    ),
 ];
 
 pub(crate) async fn run(store: &Store) -> Result<(), StoreError> {

@@ -94,6 +94,7 @@ both_backends!(
     revoking_a_user_ends_every_session,
     login_failures_lock_with_doubling_delay,
     signing_keys_publish_and_retire,
+    policy_versions,
 );
 
 fn new_user(name: &str, groups: &[&str]) -> NewUser {
@@ -829,4 +830,49 @@ async fn signing_keys_publish_and_retire(store: Store) {
         ["a", "b"]
     );
     assert_eq!(kids(store.signing_keys(50).await.expect("read")), ["b"]);
+}
+
+async fn policy_versions(store: Store) {
+    assert_eq!(store.policy_version().await.expect("v"), 0);
+    assert_eq!(
+        store
+            .add_policy_version("a", "seed", 1, true)
+            .await
+            .expect("seed"),
+        Some(1)
+    );
+    assert_eq!(
+        store
+            .add_policy_version("ignored", "seed", 2, true)
+            .await
+            .expect("seed"),
+        None,
+        "seeded only once"
+    );
+    assert_eq!(
+        store
+            .add_policy_version("b", "edit", 3, false)
+            .await
+            .expect("edit"),
+        Some(2)
+    );
+    let current = store.current_policy().await.expect("read").expect("some");
+    assert_eq!((current.version, current.document.as_str()), (2, "b"));
+    assert_eq!(
+        store
+            .policy_at(1)
+            .await
+            .expect("read")
+            .expect("v1")
+            .document,
+        "a"
+    );
+    let history: Vec<i64> = store
+        .policy_history()
+        .await
+        .expect("history")
+        .iter()
+        .map(|v| v.version)
+        .collect();
+    assert_eq!(history, [2, 1]);
 }
