@@ -1,5 +1,412 @@
-//! The gateway's request path (DESIGN.md §2): canonicalize → route → authenticate → authorize →
-//! CSRF → respond or forward. The hot path reads no database: keys, routes, policies and
-//! revocations live in memory and are refreshed from the store when they change.
+//! The gateway's request path (DESIGN.md §2), top to bottom in [`Gateway::handle`]:
+//! canonicalize → route → authenticate → authorize → CSRF → respond or forward.
+//!
+//! The hot path reads no database: keys (from the identity provider's key ring), routes, policies
+//! and revocations live in memory; [`Gateway::spawn_refresh`] re-reads policies and revocations
+//! from the store twice a second, so a change reaches every node within a second.
 
+pub mod authn;
 pub mod canonical;
+pub mod proxy;
+pub mod route;
+pub mod settings;
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use axum::body::Body;
+use axum::http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use portcullis_policy::{PolicySet, parse_file};
+use portcullis_store::Store;
+use portcullis_token::Clock;
+use serde_json::json;
+use tower::ServiceExt;
+
+use crate::authn::{AuthError, Authenticator, Identity, KeySource};
+use crate::route::{Route, RouteTable, Target};
+use crate::settings::{GatewaySettings, RouteConfig, RouteKind};
+
+/// The gateway.
+pub struct Gateway {
+    settings: GatewaySettings,
+    routes: RouteTable,
+    auth: Authenticator,
+    policies: ArcSwap<PolicySet>,
+    client: proxy::UpstreamClient,
+    clock: Clock,
+}
+
+impl std::fmt::Debug for Gateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gateway")
+            .field("routes", &self.routes.routes().len())
+            .finish_non_exhaustive()
+    }
+}
+
+fn json_response(status: StatusCode, body: serde_json::Value) -> Response<Body> {
+    let mut r = Response::new(Body::from(body.to_string()));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+fn redirect(location: &str) -> Response<Body> {
+    let mut r = Response::new(Body::empty());
+    *r.status_mut() = StatusCode::FOUND;
+    if let Ok(v) = HeaderValue::from_str(location) {
+        r.headers_mut().insert(header::LOCATION, v);
+    }
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+fn bad_request(message: &str) -> Response<Body> {
+    json_response(
+        StatusCode::BAD_REQUEST,
+        json!({ "error": "bad_request", "message": message }),
+    )
+}
+
+fn is_safe(method: &Method) -> bool {
+    matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS)
+}
+
+impl Gateway {
+    pub fn new(
+        settings: GatewaySettings,
+        routes: &[RouteConfig],
+        keys: Arc<dyn KeySource>,
+        clock: Clock,
+    ) -> Result<Gateway, String> {
+        let routes = RouteTable::new(routes)?;
+        let auth = Authenticator::new(
+            settings.issuer.clone(),
+            settings.groups_claim.clone(),
+            settings.access_cookie.clone(),
+            keys,
+            clock.clone(),
+        );
+        let client = proxy::client(settings.connect_timeout);
+        Ok(Gateway {
+            settings,
+            routes,
+            auth,
+            policies: ArcSwap::from_pointee(PolicySet::default()),
+            client,
+            clock,
+        })
+    }
+
+    /// The policies in force.
+    pub fn policies(&self) -> Arc<PolicySet> {
+        self.policies.load_full()
+    }
+
+    pub fn routes(&self) -> &RouteTable {
+        &self.routes
+    }
+
+    /// Replaces the policies in force.
+    pub fn set_policies(&self, set: PolicySet) {
+        self.policies.store(Arc::new(set));
+    }
+
+    /// Loads policies and revocations now, then keeps them fresh (every 500 ms) in the background.
+    pub async fn spawn_refresh(
+        self: &Arc<Self>,
+        store: Store,
+    ) -> Result<(), portcullis_store::StoreError> {
+        let mut state = RefreshState::default();
+        self.refresh(&store, &mut state).await?;
+        let gw = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(500));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(gw) = gw.upgrade() else { return };
+                if let Err(e) = gw.refresh(&store, &mut state).await {
+                    // Keep serving with what is in memory; revocations are re-read in full next time.
+                    tracing::warn!(error = %e, "gateway could not refresh policies or revocations");
+                    state.revocations_since = None;
+                }
+            }
+        });
+        Ok(())
+    }
+
+    async fn refresh(
+        &self,
+        store: &Store,
+        state: &mut RefreshState,
+    ) -> Result<(), portcullis_store::StoreError> {
+        let version = store.policy_version().await?;
+        if version != state.policy_version {
+            if let Some(current) = store.current_policy().await? {
+                match parse_file(&current.document) {
+                    Ok(docs) => {
+                        self.set_policies(PolicySet::new(docs, current.version));
+                        tracing::info!(version = current.version, "policies in force");
+                    }
+                    Err(e) => {
+                        tracing::error!(version = current.version, error = %e, "stored policy version is invalid; keeping the previous one")
+                    }
+                }
+            }
+            state.policy_version = version;
+        }
+        let now = self.clock.now();
+        // Incremental reads, with a full re-read every minute to forget expired entries.
+        let full = state.revocations_since.is_none() || state.reads % 120 == 0;
+        let since = if full {
+            0
+        } else {
+            state.revocations_since.unwrap_or(0) - 2
+        };
+        let rows = store.revocations_since(since, now).await?;
+        let mut set: HashSet<String> = if full {
+            HashSet::new()
+        } else {
+            (*self.auth.revocations.snapshot()).clone()
+        };
+        let mut latest = state.revocations_since.unwrap_or(0);
+        let before = set.len();
+        for (kind, value, _expires, created) in rows {
+            set.insert(format!("{kind}:{value}"));
+            latest = latest.max(created);
+        }
+        if full || set.len() != before {
+            self.auth.revocations.replace(set);
+        }
+        state.revocations_since = Some(latest.max(now - 5));
+        state.reads += 1;
+        Ok(())
+    }
+
+    /// Handles one request.
+    pub async fn handle(self: Arc<Self>, peer: SocketAddr, req: Request<Body>) -> Response<Body> {
+        // 1. Canonicalize: origin-form only, one meaning for the path.
+        if req.uri().scheme().is_some() || req.uri().authority().is_some() {
+            return bad_request("the request target must be a path");
+        }
+        let canonical = match canonical::canonicalize(req.uri().path()) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::info!(path = %req.uri().path().escape_debug(), reason = %e, "request refused: bad path");
+                return bad_request(&e.to_string());
+            }
+        };
+        // 2. Route.
+        let Some(route) = self.routes.find(req.method().as_str(), &canonical.lower) else {
+            return json_response(StatusCode::NOT_FOUND, json!({ "error": "not_found" }));
+        };
+        // 3–6. Authenticate, authorize, CSRF (not for public routes).
+        let mut identity: Option<Arc<Identity>> = None;
+        if route.kind != RouteKind::Public {
+            let (id, from_cookie) = match self
+                .auth
+                .credential(req.headers(), &route.sources)
+                .and_then(|(t, c)| Ok((self.auth.authenticate(t)?, c)))
+            {
+                Ok(ok) => ok,
+                Err(e) => return self.unauthenticated(&route, &req, e),
+            };
+            let decision = self.policies.load().decide(
+                &id.principals(),
+                req.method().as_str(),
+                &canonical.lower,
+            );
+            if !decision.allowed {
+                tracing::info!(path = %canonical.decoded, sub = %id.sub, decision = %decision, "request denied");
+                return match route.kind {
+                    RouteKind::Page => redirect(&self.settings.forbidden_url),
+                    _ => json_response(StatusCode::FORBIDDEN, json!({ "error": "forbidden" })),
+                };
+            }
+            if from_cookie && !is_safe(req.method()) && !self.same_origin(&req) {
+                tracing::info!(path = %canonical.decoded, sub = %id.sub, "request refused: cross-site request with a cookie credential");
+                return json_response(
+                    StatusCode::FORBIDDEN,
+                    json!({ "error": "forbidden", "message": "cross-site request" }),
+                );
+            }
+            identity = Some(id);
+        }
+        // 7. Forward or serve.
+        match &route.target {
+            Target::Upstream { base } => {
+                self.forward(req, base, &canonical.encoded, peer, identity.as_deref())
+                    .await
+            }
+            Target::Static { dir, spa_fallback } => {
+                serve_static(req, dir, *spa_fallback, &canonical.encoded).await
+            }
+        }
+    }
+
+    fn unauthenticated(&self, route: &Route, req: &Request<Body>, e: AuthError) -> Response<Body> {
+        tracing::info!(path = %req.uri().path(), reason = %e, "request refused: not authenticated");
+        match route.kind {
+            RouteKind::Page => {
+                let target = req
+                    .uri()
+                    .path_and_query()
+                    .map(|p| p.as_str())
+                    .unwrap_or("/");
+                let encoded: String =
+                    url::form_urlencoded::byte_serialize(target.as_bytes()).collect();
+                redirect(&format!("{}?return_to={encoded}", self.settings.login_url))
+            }
+            _ => {
+                let challenge = if e == AuthError::Missing {
+                    "Bearer realm=\"portcullis\""
+                } else {
+                    "Bearer realm=\"portcullis\", error=\"invalid_token\""
+                };
+                let mut r =
+                    json_response(StatusCode::UNAUTHORIZED, json!({ "error": "unauthorized" }));
+                r.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static(challenge),
+                );
+                r
+            }
+        }
+    }
+
+    /// `Origin` equals the public origin, or `Sec-Fetch-Site: same-origin`. A missing or `null`
+    /// origin is not same-origin.
+    fn same_origin(&self, req: &Request<Body>) -> bool {
+        let h = req.headers();
+        if let Some(origin) = h.get(header::ORIGIN) {
+            return origin
+                .to_str()
+                .is_ok_and(|o| o == self.settings.public_origin);
+        }
+        h.get("sec-fetch-site").and_then(|v| v.to_str().ok()) == Some("same-origin")
+    }
+
+    async fn forward(
+        &self,
+        req: Request<Body>,
+        base: &str,
+        encoded: &str,
+        peer: SocketAddr,
+        identity: Option<&Identity>,
+    ) -> Response<Body> {
+        if req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<usize>().ok())
+            .is_some_and(|n| n > self.settings.max_body)
+        {
+            return json_response(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                json!({ "error": "payload_too_large" }),
+            );
+        }
+        let fwd = proxy::Forwarding {
+            client_ip: peer.ip(),
+            proto: if self.settings.public_origin.starts_with("https://") {
+                "https"
+            } else {
+                "http"
+            },
+            host: req.headers().get(header::HOST).cloned(),
+            identity,
+        };
+        let max = self.settings.max_body;
+        let (parts, body) = req.into_parts();
+        let req = Request::from_parts(parts, Body::new(http_body_util::Limited::new(body, max)));
+        let upstream = match proxy::upstream_request(req, base, encoded, &fwd) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(error = %e, "request cannot be forwarded");
+                return json_response(StatusCode::UNAUTHORIZED, json!({ "error": "unauthorized" }));
+            }
+        };
+        match tokio::time::timeout(
+            self.settings.upstream_timeout,
+            self.client.request(upstream),
+        )
+        .await
+        {
+            Ok(Ok(resp)) => {
+                let mut resp = resp.map(Body::new);
+                proxy::clean_response(&mut resp);
+                resp
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(upstream = base, error = %e, "upstream failed");
+                json_response(StatusCode::BAD_GATEWAY, json!({ "error": "bad_gateway" }))
+            }
+            Err(_) => {
+                tracing::warn!(upstream = base, "upstream timed out");
+                json_response(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    json!({ "error": "gateway_timeout" }),
+                )
+            }
+        }
+    }
+}
+
+#[derive(Default)]
+struct RefreshState {
+    policy_version: i64,
+    revocations_since: Option<i64>,
+    reads: u64,
+}
+
+async fn serve_static(
+    req: Request<Body>,
+    dir: &std::path::Path,
+    spa_fallback: bool,
+    encoded: &str,
+) -> Response<Body> {
+    let (mut parts, body) = req.into_parts();
+    let query = parts
+        .uri
+        .query()
+        .map(|q| format!("?{q}"))
+        .unwrap_or_default();
+    parts.uri = match format!("{encoded}{query}").parse() {
+        Ok(u) => u,
+        Err(_) => return bad_request("the path cannot be served"),
+    };
+    let req = Request::from_parts(parts, body);
+    let serve = tower_http::services::ServeDir::new(dir)
+        .append_index_html_on_directories(true)
+        .precompressed_gzip()
+        .precompressed_br();
+    let result = if spa_fallback {
+        serve
+            .fallback(tower_http::services::ServeFile::new(dir.join("index.html")))
+            .oneshot(req)
+            .await
+            .map(|r| r.map(Body::new))
+    } else {
+        serve.oneshot(req).await.map(|r| r.map(Body::new))
+    };
+    match result {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(error = %e, "static file error");
+            json_response(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                json!({ "error": "internal_error" }),
+            )
+        }
+    }
+}

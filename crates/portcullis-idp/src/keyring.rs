@@ -44,7 +44,7 @@ struct Loaded {
     version: String,
     /// (purpose, activate_at, key), oldest first.
     keys: Vec<(Purpose, i64, Arc<SigningKey>)>,
-    verify: KeySet,
+    verify: Arc<KeySet>,
     jwks: Value,
 }
 
@@ -172,7 +172,7 @@ impl KeyRing {
     }
 
     /// Every published public key, for verification.
-    pub fn verification_keys(&self) -> KeySet {
+    pub fn verification_keys(&self) -> Arc<KeySet> {
         self.current().verify.clone()
     }
 
@@ -280,7 +280,7 @@ async fn load(store: &Store, kek: &KeyEncryptionKey, now: i64) -> Result<Loaded,
     Ok(Loaded {
         version,
         jwks: jwks(&public),
-        verify: KeySet::new(public),
+        verify: Arc::new(KeySet::new(public)),
         keys,
     })
 }

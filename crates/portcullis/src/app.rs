@@ -3,6 +3,11 @@
 
 use std::path::{Path, PathBuf};
 
+use std::sync::Arc;
+
+use portcullis_gateway::Gateway;
+use portcullis_gateway::authn::KeySource;
+use portcullis_gateway::settings::GatewaySettings;
 use portcullis_idp::{PasswordHasher, Provider, UserPool, resolve_instance_secret};
 use portcullis_store::Store;
 use portcullis_token::{Clock, Secret};
@@ -39,6 +44,16 @@ pub struct App {
     pub store: Store,
     pub pool: UserPool,
     pub provider: Provider,
+    pub gateway: Arc<Gateway>,
+}
+
+/// The gateway verifies our own tokens with the identity provider's key ring, in memory.
+struct ProviderKeys(Provider);
+
+impl KeySource for ProviderKeys {
+    fn keys(&self) -> Arc<portcullis_token::jwt::KeySet> {
+        self.0.keys().verification_keys()
+    }
 }
 
 impl App {
@@ -76,12 +91,53 @@ impl App {
         .await
         .map_err(|e| Failure::internal(format!("cannot load the signing keys: {e}")))?;
         apply_declared(&provider, &config).await?;
+        if let Some(seed) = &config.policy_seed
+            && let Some(v) = store
+                .add_policy_version(
+                    seed,
+                    "seeded from the configuration file",
+                    clock.now(),
+                    true,
+                )
+                .await?
+        {
+            tracing::info!(version = v, "policies seeded from the configuration file");
+        }
+        let gateway = Gateway::new(
+            gateway_settings(&config),
+            &config.routes,
+            Arc::new(ProviderKeys(provider.clone())),
+            clock.clone(),
+        )
+        .map_err(|e| Failure::user(format!("routes: {e}")))?;
         Ok(App {
             config,
             store,
             pool,
             provider,
+            gateway: Arc::new(gateway),
         })
+    }
+}
+
+/// The gateway's settings from the configuration and the identity provider's.
+fn gateway_settings(config: &Config) -> GatewaySettings {
+    let g = &config.gateway;
+    let origin = g.public_origin.clone().unwrap_or_else(|| {
+        url::Url::parse(&config.idp.issuer)
+            .map(|u| u.origin().ascii_serialization())
+            .unwrap_or_default()
+    });
+    GatewaySettings {
+        issuer: config.idp.issuer.clone(),
+        groups_claim: config.idp.groups_claim.clone(),
+        login_url: g.login_url.clone(),
+        forbidden_url: g.forbidden_url.clone(),
+        access_cookie: g.access_cookie.clone(),
+        public_origin: origin,
+        connect_timeout: g.connect_timeout,
+        upstream_timeout: g.upstream_timeout,
+        max_body: g.max_body,
     }
 }
 

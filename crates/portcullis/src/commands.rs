@@ -12,7 +12,10 @@ use serde_json::json;
 
 use crate::app::App;
 use crate::failure::Failure;
-use crate::{ClientCommand, GroupCommand, KeysCommand, ResourceServerCommand, UserCommand, config};
+use crate::{
+    ClientCommand, GroupCommand, KeysCommand, PolicyCommand, ResourceServerCommand, UserCommand,
+    config,
+};
 
 /// Reads a password from standard input: everything up to EOF, minus one trailing newline.
 fn password_from_stdin() -> Result<Secret<String>, Failure> {
@@ -656,6 +659,228 @@ pub async fn keys(app: &App, cmd: KeysCommand, json: bool) -> Result<(), Failure
                 rfc3339(k.activate_at),
                 k.retire_at.map(rfc3339).unwrap_or_else(|| "-".into())
             );
+        }
+    }
+    Ok(())
+}
+
+async fn set_policy(app: &App, file: &Path, comment: &str, json: bool) -> Result<(), Failure> {
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| Failure::user(format!("cannot read {}: {e}", file.display())))?;
+    let docs = portcullis_policy::parse_file(&text)
+        .map_err(|e| Failure::user(format!("{}: {e}", file.display())))?;
+    // Stored in the canonical file format, so `show` and `export` print what is in force.
+    let canonical = portcullis_policy::export(&docs);
+    let comment = if comment.is_empty() {
+        format!("set from {}", file.display())
+    } else {
+        comment.to_owned()
+    };
+    let version = app
+        .store
+        .add_policy_version(&canonical, &comment, app.provider.now(), false)
+        .await?
+        .unwrap_or_default();
+    if json {
+        print_json(&json!({ "version": version }))
+    } else {
+        println!(
+            "policy version {version} is in force ({} documents)",
+            docs.len()
+        )
+    }
+    Ok(())
+}
+
+fn principal_row(p: &portcullis_policy::Principal) -> Vec<portcullis_policy::Principal> {
+    vec![p.clone(), portcullis_policy::Principal::Authenticated]
+}
+
+/// A concrete path a route pattern covers, for the matrix: `**` dropped, `*` as `x`.
+fn sample_path(pattern: &str) -> String {
+    let p = pattern.trim_end_matches("/**").replace("/*/", "/x/");
+    let p = p.strip_suffix("/*").map(|s| format!("{s}/x")).unwrap_or(p);
+    if p.is_empty() { "/".into() } else { p }
+}
+
+pub async fn policy(app: &App, cmd: PolicyCommand, json: bool) -> Result<(), Failure> {
+    let store = &app.store;
+    let current = || async {
+        let v = store.current_policy().await?;
+        let docs = match &v {
+            Some(v) => portcullis_policy::parse_file(&v.document).map_err(|e| {
+                Failure::internal(format!(
+                    "stored policy version {} is invalid: {e}",
+                    v.version
+                ))
+            })?,
+            None => Vec::new(),
+        };
+        Ok::<_, Failure>((v.map(|v| v.version).unwrap_or(0), docs))
+    };
+    match cmd {
+        PolicyCommand::Show => {
+            let (version, docs) = current().await?;
+            if json {
+                print_json(
+                    &json!({ "version": version, "document": portcullis_policy::export(&docs) }),
+                );
+            } else if version == 0 {
+                println!(
+                    "# no policies yet: everything behind the gateway is denied. Add some with `portcullis policy set FILE`."
+                );
+            } else {
+                println!(
+                    "# policy version {version}\n{}",
+                    portcullis_policy::export(&docs)
+                );
+            }
+        }
+        PolicyCommand::Set { file, comment } | PolicyCommand::Import { file, comment } => {
+            set_policy(app, &file, &comment, json).await?
+        }
+        PolicyCommand::Export { file } => {
+            let (version, docs) = current().await?;
+            let text = format!(
+                "# exported policy version {version}\n{}",
+                portcullis_policy::export(&docs)
+            );
+            match file {
+                Some(f) => std::fs::write(&f, text)
+                    .map_err(|e| Failure::user(format!("cannot write {}: {e}", f.display())))?,
+                None => print!("{text}"),
+            }
+        }
+        PolicyCommand::History => {
+            let history = store.policy_history().await?;
+            if json {
+                print_json(&json!(history.iter().map(|v| json!({ "version": v.version, "comment": v.comment, "created_at": rfc3339(v.created_at) })).collect::<Vec<_>>()));
+            } else {
+                for v in &history {
+                    println!("{:>5}  {}  {}", v.version, rfc3339(v.created_at), v.comment);
+                }
+            }
+        }
+        PolicyCommand::Rollback { version } => {
+            let old = store.policy_at(version).await?.ok_or_else(|| {
+                Failure::user(format!(
+                    "policy version {version} does not exist; see `portcullis policy history`"
+                ))
+            })?;
+            let new = store
+                .add_policy_version(
+                    &old.document,
+                    &format!("rollback to version {version}"),
+                    app.provider.now(),
+                    false,
+                )
+                .await?
+                .unwrap_or_default();
+            if json {
+                print_json(&json!({ "version": new }))
+            } else {
+                println!("policy version {new} is in force (the documents of version {version})")
+            }
+        }
+        PolicyCommand::Explain {
+            groups,
+            scopes,
+            client,
+            user,
+            method,
+            path,
+        } => {
+            let (version, docs) = current().await?;
+            let set = portcullis_policy::PolicySet::new(docs, version);
+            let mut principals: Vec<portcullis_policy::Principal> = groups
+                .iter()
+                .map(|g| portcullis_policy::Principal::Group(g.to_ascii_lowercase()))
+                .collect();
+            if let Some(u) = &user {
+                let u = app.pool.user(u).await?;
+                principals.extend(
+                    u.groups
+                        .iter()
+                        .map(|g| portcullis_policy::Principal::Group(g.to_ascii_lowercase())),
+                );
+            }
+            principals.extend(
+                scopes
+                    .iter()
+                    .map(|s| portcullis_policy::Principal::Scope(s.clone())),
+            );
+            principals.extend(
+                client
+                    .iter()
+                    .map(|c| portcullis_policy::Principal::Client(c.clone())),
+            );
+            principals.push(portcullis_policy::Principal::Authenticated);
+            let canonical = portcullis_gateway::canonical::canonicalize(&path)
+                .map_err(|e| Failure::user(format!("{path}: {e} (the gateway answers 400)")))?;
+            let decision = set.decide(&principals, &method, &canonical.lower);
+            if json {
+                print_json(
+                    &json!({ "allowed": decision.allowed, "explanation": decision.to_string() }),
+                )
+            } else {
+                println!(
+                    "{} {}: {decision}",
+                    method.to_ascii_uppercase(),
+                    canonical.decoded
+                )
+            }
+        }
+        PolicyCommand::Matrix => {
+            let (version, docs) = current().await?;
+            let set = portcullis_policy::PolicySet::new(docs.clone(), version);
+            let principals: Vec<portcullis_policy::Principal> =
+                docs.iter().map(|d| d.principal.clone()).collect();
+            let routes = app.gateway.routes().routes();
+            let mut rows = Vec::new();
+            for r in routes {
+                let path = sample_path(r.pattern.as_str());
+                let methods = if r.methods.is_empty() {
+                    vec!["GET".to_owned(), "POST".to_owned(), "DELETE".to_owned()]
+                } else {
+                    r.methods.clone()
+                };
+                for m in methods {
+                    let cells: Vec<String> = principals
+                        .iter()
+                        .map(|p| {
+                            if r.kind == portcullis_gateway::settings::RouteKind::Public {
+                                "public".to_owned()
+                            } else if set.decide(&principal_row(p), &m, &path).allowed {
+                                "allow".to_owned()
+                            } else {
+                                "deny".to_owned()
+                            }
+                        })
+                        .collect();
+                    rows.push((format!("{m} {}", r.pattern), cells));
+                }
+            }
+            if json {
+                print_json(
+                    &json!({ "version": version, "principals": principals.iter().map(ToString::to_string).collect::<Vec<_>>(), "rows": rows.iter().map(|(r, c)| json!({ "route": r, "decisions": c })).collect::<Vec<_>>() }),
+                );
+            } else {
+                print!("{:<28}", format!("policy version {version}"));
+                for p in &principals {
+                    print!(" {:>16}", p.to_string());
+                }
+                println!();
+                for (route, cells) in &rows {
+                    print!("{route:<28}");
+                    for c in cells {
+                        print!(" {c:>16}");
+                    }
+                    println!();
+                }
+                println!(
+                    "(each column holds one principal alone, plus `authenticated`; a user in several groups gets the union, and any deny wins)"
+                );
+            }
         }
     }
     Ok(())

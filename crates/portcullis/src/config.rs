@@ -247,6 +247,64 @@ pub const KEYS: &[KeySpec] = &[
         doc: "Sign-in attempts accepted per client address per minute on each node; more get \"try again in a minute\". Accounts are throttled separately: after 5 failures a delay that doubles, from 1 s up to 15 min.",
     },
     KeySpec {
+        path: "gateway.login_url",
+        kind: Kind::Str,
+        env: "PORTCULLIS_GATEWAY_LOGIN_URL",
+        default: "/auth/login",
+        doc: "Where a signed-out visitor of a `page` route is sent, with `?return_to=` the path and query they asked for.",
+    },
+    KeySpec {
+        path: "gateway.forbidden_url",
+        kind: Kind::Str,
+        env: "PORTCULLIS_GATEWAY_FORBIDDEN_URL",
+        default: "/",
+        doc: "Where a signed-in visitor of a `page` route they may not see is sent.",
+    },
+    KeySpec {
+        path: "gateway.access_cookie",
+        kind: Kind::Str,
+        env: "PORTCULLIS_GATEWAY_ACCESS_COOKIE",
+        default: "__Host-portcullis-access",
+        doc: "Name of the httpOnly cookie that carries the access token (a route's `cookie` token source).",
+    },
+    KeySpec {
+        path: "gateway.public_origin",
+        kind: Kind::Url,
+        env: "PORTCULLIS_GATEWAY_PUBLIC_ORIGIN",
+        default: "(the origin of idp.issuer)",
+        doc: "The origin browsers use (`https://app.example.com`): unsafe requests authenticated by cookie must carry it in `Origin`.",
+    },
+    KeySpec {
+        path: "gateway.connect_timeout",
+        kind: Kind::Duration {
+            min: Duration::from_millis(10),
+            max: Duration::from_secs(60),
+        },
+        env: "PORTCULLIS_GATEWAY_CONNECT_TIMEOUT",
+        default: "2s",
+        doc: "Connecting to an upstream; past it the client gets 502.",
+    },
+    KeySpec {
+        path: "gateway.upstream_timeout",
+        kind: Kind::Duration {
+            min: Duration::from_millis(10),
+            max: Duration::from_secs(3600),
+        },
+        env: "PORTCULLIS_GATEWAY_UPSTREAM_TIMEOUT",
+        default: "30s",
+        doc: "From sending a request upstream to the response headers; past it the client gets 504.",
+    },
+    KeySpec {
+        path: "gateway.max_body",
+        kind: Kind::Int {
+            min: 0,
+            max: 1 << 34,
+        },
+        env: "PORTCULLIS_GATEWAY_MAX_BODY",
+        default: "10485760",
+        doc: "Largest request body forwarded, in bytes (413 beyond).",
+    },
+    KeySpec {
         path: "branding.app_name",
         kind: Kind::Str,
         env: "PORTCULLIS_BRANDING_APP_NAME",
@@ -277,7 +335,7 @@ pub const KEYS: &[KeySpec] = &[
 ];
 
 /// Top-level arrays of tables, checked by serde rather than by the key schema.
-const TABLE_ARRAYS: &[&str] = &["clients", "resource_servers"];
+const TABLE_ARRAYS: &[&str] = &["clients", "resource_servers", "routes", "policy"];
 
 /// A client declared in the configuration file (`[[clients]]`), created or updated at every start.
 #[derive(Debug, Clone, serde::Deserialize)]
@@ -325,6 +383,10 @@ struct Declared {
     clients: Vec<DeclaredClient>,
     #[serde(default)]
     resource_servers: Vec<DeclaredResourceServer>,
+    #[serde(default)]
+    routes: Vec<portcullis_gateway::settings::RouteConfig>,
+    #[serde(default)]
+    policy: Vec<toml::Table>,
 }
 
 /// The environment variable that may carry the instance secret itself (never a config key, so it
@@ -422,6 +484,23 @@ pub struct Config {
     pub issuer_configured: bool,
     pub clients: Vec<DeclaredClient>,
     pub resource_servers: Vec<DeclaredResourceServer>,
+    /// `[[routes]]`: the gateway's route table.
+    pub routes: Vec<portcullis_gateway::settings::RouteConfig>,
+    /// `[[policy]]` documents as a policy file, seeded into the store on first start.
+    pub policy_seed: Option<String>,
+    pub gateway: GatewayConfig,
+}
+
+/// `[gateway]` settings (the issuer, groups claim and public origin come from elsewhere).
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    pub login_url: String,
+    pub forbidden_url: String,
+    pub access_cookie: String,
+    pub public_origin: Option<String>,
+    pub connect_timeout: Duration,
+    pub upstream_timeout: Duration,
+    pub max_body: usize,
 }
 
 /// A typed value read from the file or the environment.
@@ -542,6 +621,37 @@ pub fn load(source: Option<&Path>, text: Option<&str>, env: &Env) -> Result<Conf
     let mut config = build(source, values, env)?;
     config.clients = declared.clients;
     config.resource_servers = declared.resource_servers;
+    let file_label = source.map_or_else(|| "<config>".to_owned(), |p| p.display().to_string());
+    if let Err(e) = portcullis_gateway::route::RouteTable::new(&declared.routes) {
+        return Err(ConfigErrors(vec![ConfigError {
+            location: file_label,
+            key: "routes".into(),
+            message: e,
+        }]));
+    }
+    config.routes = declared.routes;
+    if !declared.policy.is_empty() {
+        let mut doc = toml::Table::new();
+        doc.insert(
+            "policy".into(),
+            toml::Value::Array(
+                declared
+                    .policy
+                    .into_iter()
+                    .map(toml::Value::Table)
+                    .collect(),
+            ),
+        );
+        let text = toml::to_string(&doc).unwrap_or_default();
+        if let Err(e) = portcullis_policy::parse_file(&text) {
+            return Err(ConfigErrors(vec![ConfigError {
+                location: file_label,
+                key: "policy".into(),
+                message: e.to_string(),
+            }]));
+        }
+        config.policy_seed = Some(text);
+    }
     Ok(config)
 }
 
@@ -671,6 +781,17 @@ fn build(
         issuer_configured: issuer.is_some(),
         clients: Vec::new(),
         resource_servers: Vec::new(),
+        routes: Vec::new(),
+        policy_seed: None,
+        gateway: GatewayConfig {
+            login_url: string("gateway.login_url"),
+            forbidden_url: string("gateway.forbidden_url"),
+            access_cookie: string("gateway.access_cookie"),
+            public_origin: Some(string("gateway.public_origin")).filter(|s| !s.is_empty()),
+            connect_timeout: duration("gateway.connect_timeout"),
+            upstream_timeout: duration("gateway.upstream_timeout"),
+            max_body: usize::try_from(int("gateway.max_body")).unwrap_or(10 << 20),
+        },
         source: source.map(Path::to_path_buf),
         data_dir,
         listen,

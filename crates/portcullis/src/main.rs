@@ -78,6 +78,53 @@ enum Command {
     /// Inspect and rotate the signing keys.
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// Manage the gateway's policy documents (versioned in the store).
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum PolicyCommand {
+    /// Print the policy documents in force, as a policy file.
+    Show,
+    /// Replace the policies with a file's documents (a new version).
+    Set {
+        file: PathBuf,
+        /// Why (kept in the history).
+        #[arg(long, default_value = "")]
+        comment: String,
+    },
+    /// Same as `set`: import a policy file (for example from git).
+    Import {
+        file: PathBuf,
+        #[arg(long, default_value = "")]
+        comment: String,
+    },
+    /// Write the documents in force to a file (or standard output).
+    Export { file: Option<PathBuf> },
+    /// List every version.
+    History,
+    /// Make an earlier version current again (as a new version).
+    Rollback { version: i64 },
+    /// Explain the decision for a caller, a method and a path.
+    Explain {
+        /// A group the caller is in (repeatable).
+        #[arg(long = "group")]
+        groups: Vec<String>,
+        /// A scope the caller's token carries (repeatable).
+        #[arg(long = "scope")]
+        scopes: Vec<String>,
+        /// The caller's client id.
+        #[arg(long)]
+        client: Option<String>,
+        /// A signed-in user (their groups are read from the store).
+        #[arg(long)]
+        user: Option<String>,
+        method: String,
+        path: String,
+    },
+    /// Print the access matrix: routes × principals.
+    Matrix,
 }
 
 #[derive(Debug, Subcommand)]
@@ -320,6 +367,10 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Keys(cmd) => {
             let app = app::App::open(app::load_config(cli.config.as_deref())?).await?;
             commands::keys(&app, cmd, json).await
+        }
+        Command::Policy(cmd) => {
+            let app = app::App::open(app::load_config(cli.config.as_deref())?).await?;
+            commands::policy(&app, cmd, json).await
         }
         Command::Store(StoreCommand::Check) => {
             let app = app::App::open(app::load_config(cli.config.as_deref())?).await?;

@@ -56,6 +56,8 @@ pub async fn run_config(
     }
     let app = App::open(config).await?;
     before(&app).await?;
+    app.gateway.spawn_refresh(app.store.clone()).await?;
+    spawn_key_refresh(&app);
     // The first line on stdout, so scripts and tests started with port 0 learn the port.
     println!("listening on http://{local}");
     let _ = std::io::stdout().flush();
@@ -95,9 +97,9 @@ fn router(app: App) -> Result<Router, Failure> {
     Ok(Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .fallback(gateway)
         .with_state(app)
-        .merge(idp)
-        .fallback(not_found))
+        .merge(idp))
 }
 
 async fn healthz() -> Response {
@@ -124,11 +126,13 @@ async fn readyz(State(app): State<App>) -> Response {
     }
 }
 
-async fn not_found() -> Response {
-    no_store((
-        StatusCode::NOT_FOUND,
-        axum::Json(json!({ "error": "not_found" })),
-    ))
+/// Everything that is not a portcullis endpoint goes through the gateway.
+async fn gateway(
+    State(app): State<App>,
+    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<SocketAddr>,
+    req: axum::extract::Request,
+) -> Response {
+    app.gateway.clone().handle(peer, req).await
 }
 
 fn no_store(response: impl IntoResponse) -> Response {
@@ -161,4 +165,19 @@ async fn shutdown_signal() {
         () = ctrl_c => {},
         () = term => {},
     }
+}
+
+/// Keeps the in-memory signing keys in step with the store (a rotation on another node), so
+/// the gateway verifies tokens signed by a newly activated key within a second or two.
+fn spawn_key_refresh(app: &App) {
+    let provider = app.provider.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            if let Err(e) = provider.keys().refresh(provider.now()).await {
+                tracing::warn!(error = %e, "could not re-read signing keys");
+            }
+        }
+    });
 }

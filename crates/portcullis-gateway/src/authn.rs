@@ -1,0 +1,233 @@
+//! Authentication: find the one credential a route accepts, verify it, check revocation.
+//!
+//! Verified tokens are cached until they expire (or 5 minutes), so the hot path costs a hash-map
+//! lookup; revocation is checked on every request against an in-memory set refreshed from the
+//! store twice a second, never a database read per request.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use axum::http::{HeaderMap, header};
+use portcullis_policy::Principal;
+use portcullis_token::Clock;
+use portcullis_token::jwt::{self, Expect, KeySet, TokenUse, VerifyError};
+
+use crate::settings::TokenSource;
+
+/// Who made a request.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    pub sub: String,
+    pub username: Option<String>,
+    pub groups: Vec<String>,
+    pub scopes: Vec<String>,
+    pub client_id: Option<String>,
+    pub sid: Option<String>,
+    pub jti: Option<String>,
+    pub exp: i64,
+}
+
+impl Identity {
+    /// The principals policies may name.
+    pub fn principals(&self) -> Vec<Principal> {
+        let mut p: Vec<Principal> = self
+            .groups
+            .iter()
+            .map(|g| Principal::Group(g.to_ascii_lowercase()))
+            .collect();
+        p.extend(self.scopes.iter().map(|s| Principal::Scope(s.clone())));
+        if let Some(c) = &self.client_id {
+            p.push(Principal::Client(c.clone()));
+        }
+        p.push(Principal::Authenticated);
+        p
+    }
+}
+
+/// Why a request has no valid credential. Every variant is a 401 (an API) or a sign-in redirect
+/// (a page); the variant is for logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    #[error("no credential")]
+    Missing,
+    #[error("more than one credential")]
+    Ambiguous,
+    #[error("malformed Authorization header")]
+    MalformedHeader,
+    #[error("{0}")]
+    Invalid(VerifyError),
+    #[error("revoked")]
+    Revoked,
+}
+
+/// Where the keys of our own issuer come from (the identity provider's key ring).
+pub trait KeySource: Send + Sync {
+    fn keys(&self) -> Arc<KeySet>;
+}
+
+/// Revoked sessions and token ids, as `sid:…` and `jti:…`.
+#[derive(Debug, Default)]
+pub struct Revocations {
+    set: ArcSwap<HashSet<String>>,
+}
+
+impl Revocations {
+    pub fn replace(&self, set: HashSet<String>) {
+        self.set.store(Arc::new(set));
+    }
+
+    pub fn snapshot(&self) -> Arc<HashSet<String>> {
+        self.set.load_full()
+    }
+
+    fn is_revoked(&self, id: &Identity) -> bool {
+        let set = self.set.load();
+        id.sid
+            .as_ref()
+            .is_some_and(|s| set.contains(&format!("sid:{s}")))
+            || id
+                .jti
+                .as_ref()
+                .is_some_and(|j| set.contains(&format!("jti:{j}")))
+    }
+}
+
+/// Verifies credentials.
+pub struct Authenticator {
+    issuer: String,
+    groups_claim: String,
+    access_cookie: String,
+    keys: Arc<dyn KeySource>,
+    cache: moka::sync::Cache<String, Arc<Identity>>,
+    pub revocations: Revocations,
+    clock: Clock,
+}
+
+impl std::fmt::Debug for Authenticator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Authenticator")
+            .field("issuer", &self.issuer)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Leeway for `exp`/`nbf`/`iat`, seconds.
+const LEEWAY: i64 = 30;
+
+impl Authenticator {
+    pub fn new(
+        issuer: String,
+        groups_claim: String,
+        access_cookie: String,
+        keys: Arc<dyn KeySource>,
+        clock: Clock,
+    ) -> Self {
+        Authenticator {
+            issuer,
+            groups_claim,
+            access_cookie,
+            keys,
+            cache: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(Duration::from_secs(300))
+                .build(),
+            revocations: Revocations::default(),
+            clock,
+        }
+    }
+
+    pub fn access_cookie(&self) -> &str {
+        &self.access_cookie
+    }
+
+    /// The credential a request carries, from the sources the route allows. Returns the token and
+    /// whether it came from the cookie. Two `Authorization` headers, or two access cookies, are
+    /// refused rather than one picked.
+    pub fn credential<'h>(
+        &self,
+        headers: &'h HeaderMap,
+        sources: &[TokenSource],
+    ) -> Result<(&'h str, bool), AuthError> {
+        if sources.contains(&TokenSource::Header) {
+            let mut values = headers.get_all(header::AUTHORIZATION).iter();
+            if let Some(first) = values.next() {
+                if values.next().is_some() {
+                    return Err(AuthError::Ambiguous);
+                }
+                let v = first.to_str().map_err(|_| AuthError::MalformedHeader)?;
+                let (scheme, token) = v.split_once(' ').ok_or(AuthError::MalformedHeader)?;
+                if !scheme.eq_ignore_ascii_case("bearer") || token.trim().is_empty() {
+                    return Err(AuthError::MalformedHeader);
+                }
+                return Ok((token.trim(), false));
+            }
+        }
+        if sources.contains(&TokenSource::Cookie) {
+            let mut found = None;
+            for v in headers.get_all(header::COOKIE) {
+                let Ok(v) = v.to_str() else { continue };
+                for c in v.split(';') {
+                    if let Some((k, val)) = c.trim().split_once('=')
+                        && k == self.access_cookie
+                    {
+                        if found.is_some() {
+                            return Err(AuthError::Ambiguous);
+                        }
+                        found = Some(val);
+                    }
+                }
+            }
+            if let Some(token) = found {
+                return Ok((token, true));
+            }
+        }
+        Err(AuthError::Missing)
+    }
+
+    /// Verifies an access token (cached) and checks revocation (every time).
+    pub fn authenticate(&self, token: &str) -> Result<Arc<Identity>, AuthError> {
+        let now = self.clock.now();
+        let identity = match self.cache.get(token) {
+            Some(id) if id.exp + LEEWAY >= now => id,
+            _ => {
+                let id = Arc::new(self.verify(token, now)?);
+                self.cache.insert(token.to_owned(), id.clone());
+                id
+            }
+        };
+        if self.revocations.is_revoked(&identity) {
+            return Err(AuthError::Revoked);
+        }
+        Ok(identity)
+    }
+
+    fn verify(&self, token: &str, now: i64) -> Result<Identity, AuthError> {
+        let keys = self.keys.keys();
+        let expect = Expect {
+            issuer: &self.issuer,
+            audiences: &[],
+            token_use: Some(TokenUse::Access),
+            leeway: LEEWAY,
+            now,
+        };
+        let claims = jwt::verify(token, &keys, &expect).map_err(AuthError::Invalid)?;
+        let groups = claims
+            .string_list(&self.groups_claim)
+            .map_err(AuthError::Invalid)?;
+        Ok(Identity {
+            sub: claims
+                .sub
+                .clone()
+                .ok_or(AuthError::Invalid(VerifyError::BadClaim("sub")))?,
+            username: claims.string("username").map(str::to_owned),
+            groups,
+            scopes: claims.scopes.clone(),
+            client_id: claims.client_id.clone(),
+            sid: claims.sid.clone(),
+            jti: claims.jti.clone(),
+            exp: claims.exp,
+        })
+    }
+}

@@ -1,0 +1,229 @@
+//! Forwarding to an upstream: header hygiene, identity headers, a pooled client, timeouts.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Request, Response, Uri, header};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+
+use crate::authn::Identity;
+
+/// The pooled upstream client.
+pub type UpstreamClient = Client<HttpConnector, Body>;
+
+pub fn client(connect_timeout: Duration) -> UpstreamClient {
+    let mut connector = HttpConnector::new();
+    connector.set_connect_timeout(Some(connect_timeout));
+    connector.set_nodelay(true);
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(60))
+        .build(connector)
+}
+
+/// Hop-by-hop headers (RFC 9110 §7.6.1) and proxy credentials: never forwarded.
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "proxy-authorization",
+    "proxy-authenticate",
+];
+
+/// Headers a client could use to make the backend see another path, method, host or address.
+const UNTRUSTED: &[&str] = &[
+    "forwarded",
+    "x-real-ip",
+    "x-original-url",
+    "x-rewrite-url",
+    "x-forwarded-prefix",
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+    "x-original-method",
+    "x-client-ip",
+    "true-client-ip",
+];
+
+/// A header name as a lenient backend may read it: lower case, `_` and `.` as `-`.
+fn normalized(name: &str) -> String {
+    name.chars()
+        .map(|c| match c {
+            '_' | '.' => '-',
+            c => c.to_ascii_lowercase(),
+        })
+        .collect()
+}
+
+/// Whether a client-sent header must be dropped before forwarding.
+fn strip(name: &str, connection_listed: &[String]) -> bool {
+    let n = normalized(name);
+    HOP_BY_HOP.contains(&n.as_str())
+        || UNTRUSTED.contains(&n.as_str())
+        || n.starts_with("x-forwarded-")
+        || n.starts_with("x-auth-")
+        || n == "authorization"
+        || connection_listed.iter().any(|c| *c == n)
+}
+
+/// Removes portcullis' own cookies from a Cookie header value; `None` when nothing is left.
+fn without_our_cookies(value: &str) -> Option<String> {
+    let kept: Vec<&str> = value
+        .split(';')
+        .map(str::trim)
+        .filter(|c| !c.is_empty())
+        .filter(|c| {
+            let name = c.split('=').next().unwrap_or_default();
+            !(name.starts_with("__Host-portcullis") || name.starts_with("portcullis-"))
+        })
+        .collect();
+    (!kept.is_empty()).then(|| kept.join("; "))
+}
+
+/// What the proxy adds about the request.
+#[derive(Debug)]
+pub struct Forwarding<'a> {
+    pub client_ip: IpAddr,
+    pub proto: &'a str,
+    pub host: Option<HeaderValue>,
+    pub identity: Option<&'a Identity>,
+}
+
+/// Builds the upstream request: `base` + canonical encoded path + the query as sent.
+pub fn upstream_request(
+    mut req: Request<Body>,
+    base: &str,
+    encoded_path: &str,
+    fwd: &Forwarding<'_>,
+) -> Result<Request<Body>, String> {
+    let query = req
+        .uri()
+        .query()
+        .map(|q| format!("?{q}"))
+        .unwrap_or_default();
+    let uri: Uri = format!("{base}{encoded_path}{query}")
+        .parse()
+        .map_err(|e| format!("upstream URI: {e}"))?;
+    *req.uri_mut() = uri;
+    let headers = req.headers_mut();
+    let connection_listed: Vec<String> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|t| normalized(t.trim()))
+        .collect();
+    let names: Vec<HeaderName> = headers.keys().cloned().collect();
+    for name in names {
+        if strip(name.as_str(), &connection_listed) {
+            headers.remove(&name);
+        }
+    }
+    let cookies: Vec<String> = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .map(str::to_owned)
+        .collect();
+    headers.remove(header::COOKIE);
+    if let Some(kept) = without_our_cookies(&cookies.join("; "))
+        && let Ok(v) = HeaderValue::from_str(&kept)
+    {
+        headers.insert(header::COOKIE, v);
+    }
+    let set = |headers: &mut HeaderMap, name: &'static str, value: &str| -> Result<(), String> {
+        let v =
+            HeaderValue::from_str(value).map_err(|_| format!("{name} cannot carry {value:?}"))?;
+        headers.insert(HeaderName::from_static(name), v);
+        Ok(())
+    };
+    set(headers, "x-forwarded-for", &fwd.client_ip.to_string())?;
+    set(headers, "x-forwarded-proto", fwd.proto)?;
+    if let Some(host) = &fwd.host {
+        headers.insert(HeaderName::from_static("x-forwarded-host"), host.clone());
+    }
+    if let Some(id) = fwd.identity {
+        set(headers, "x-auth-subject", &id.sub)?;
+        if let Some(u) = &id.username {
+            set(headers, "x-auth-username", u)?;
+        }
+        set(headers, "x-auth-groups", &id.groups.join(","))?;
+        set(headers, "x-auth-scopes", &id.scopes.join(" "))?;
+        if let Some(c) = &id.client_id {
+            set(headers, "x-auth-client-id", c)?;
+        }
+    }
+    Ok(req)
+}
+
+/// Strips hop-by-hop headers from an upstream response.
+pub fn clean_response(resp: &mut Response<Body>) {
+    let headers = resp.headers_mut();
+    let listed: Vec<String> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|t| normalized(t.trim()))
+        .collect();
+    let names: Vec<HeaderName> = headers.keys().cloned().collect();
+    for name in names {
+        let n = name.as_str();
+        if HOP_BY_HOP.contains(&n) || listed.iter().any(|l| l == n) {
+            headers.remove(&name);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identity_headers_are_stripped_in_every_spelling() {
+        for name in [
+            "X-Auth-User",
+            "x_auth_user",
+            "X.Auth.User",
+            "x-auth-groups",
+            "X_AUTH_SUBJECT",
+            "Authorization",
+            "Forwarded",
+            "X-Forwarded-For",
+            "x_forwarded_host",
+            "X-Original-URL",
+            "X-HTTP-Method-Override",
+            "X-Real-IP",
+            "Connection",
+            "Transfer-Encoding",
+        ] {
+            assert!(strip(name, &[]), "{name}");
+        }
+        assert!(
+            strip("x-custom", &["x-custom".into()]),
+            "Connection-listed headers"
+        );
+        for name in ["content-type", "accept", "x-request-id", "user-agent"] {
+            assert!(!strip(name, &[]), "{name}");
+        }
+    }
+
+    #[test]
+    fn our_cookies_are_removed() {
+        assert_eq!(
+            without_our_cookies("a=1; __Host-portcullis-access=tok; b=2").as_deref(),
+            Some("a=1; b=2")
+        );
+        assert_eq!(without_our_cookies("__Host-portcullis-access=tok"), None);
+        assert_eq!(
+            without_our_cookies("portcullis-refresh=x; theme=dark").as_deref(),
+            Some("theme=dark")
+        );
+    }
+}

@@ -1,0 +1,73 @@
+//! Routes and gateway settings, as declared in the configuration file.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// How a route answers a request it refuses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RouteKind {
+    /// JSON 401/403, never a redirect.
+    Api,
+    /// Redirect to sign in (signed out) or to the forbidden page (not allowed).
+    Page,
+    /// No authentication at all.
+    Public,
+}
+
+/// Where a route's credential may come from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TokenSource {
+    /// `Authorization: Bearer`.
+    Header,
+    /// The access-token cookie.
+    Cookie,
+}
+
+fn default_sources() -> Vec<TokenSource> {
+    vec![TokenSource::Header, TokenSource::Cookie]
+}
+
+/// One `[[routes]]` entry.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// Path pattern: `/api/**`, `/admin/**`, `/`, `/assets/*/logo.png`.
+    pub path: String,
+    /// Methods (default: all).
+    #[serde(default)]
+    pub methods: Vec<String>,
+    pub kind: RouteKind,
+    /// An upstream base URL, `http://127.0.0.1:9000` (the canonical path is appended).
+    pub upstream: Option<String>,
+    /// A directory of static files.
+    pub static_dir: Option<PathBuf>,
+    /// For static directories: answer unknown paths with `index.html` (single-page apps).
+    #[serde(default)]
+    pub spa_fallback: bool,
+    #[serde(default = "default_sources")]
+    pub token_sources: Vec<TokenSource>,
+}
+
+/// Gateway-wide settings.
+#[derive(Clone, Debug)]
+pub struct GatewaySettings {
+    /// Our own issuer: tokens it signed are verified with the in-process key ring.
+    pub issuer: String,
+    pub groups_claim: String,
+    /// Where signed-out page visitors go, with `?return_to=`.
+    pub login_url: String,
+    /// Where signed-in visitors without permission go.
+    pub forbidden_url: String,
+    /// Name of the access-token cookie.
+    pub access_cookie: String,
+    /// Scheme + host (+ port) browsers use; unsafe cookie-authenticated requests must come from it.
+    pub public_origin: String,
+    pub connect_timeout: Duration,
+    pub upstream_timeout: Duration,
+    /// Largest request body forwarded.
+    pub max_body: usize,
+}
