@@ -135,6 +135,7 @@ impl Gateway {
             loop {
                 tick.tick().await;
                 let Some(gw) = gw.upgrade() else { return };
+                tracing::trace!("gateway refresh");
                 if let Err(e) = gw.refresh(&store, &mut state).await {
                     // Keep serving with what is in memory; revocations are re-read in full next time.
                     tracing::warn!(error = %e, "gateway could not refresh policies or revocations");
@@ -167,7 +168,7 @@ impl Gateway {
         }
         let now = self.clock.now();
         // Incremental reads, with a full re-read every minute to forget expired entries.
-        let full = state.revocations_since.is_none() || state.reads % 120 == 0;
+        let full = state.revocations_since.is_none() || state.reads.is_multiple_of(120);
         let since = if full {
             0
         } else {
@@ -186,6 +187,7 @@ impl Gateway {
             latest = latest.max(created);
         }
         if full || set.len() != before {
+            tracing::debug!(revoked = set.len(), "revocation set updated");
             self.auth.revocations.replace(set);
         }
         state.revocations_since = Some(latest.max(now - 5));
@@ -195,6 +197,30 @@ impl Gateway {
 
     /// Handles one request.
     pub async fn handle(self: Arc<Self>, peer: SocketAddr, req: Request<Body>) -> Response<Body> {
+        // 0. Framing: hyper already refuses conflicting Content-Length values; a request with
+        //    both Content-Length and Transfer-Encoding, or a coding other than chunked, is how
+        //    requests are smuggled past a proxy (RFC 9112 §6.3): refuse it and close.
+        let te = req
+            .headers()
+            .get_all(header::TRANSFER_ENCODING)
+            .iter()
+            .count();
+        if te > 0 {
+            let only_chunked = te == 1
+                && req
+                    .headers()
+                    .get(header::TRANSFER_ENCODING)
+                    .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"chunked"));
+            if !only_chunked || req.headers().contains_key(header::CONTENT_LENGTH) {
+                tracing::info!("request refused: ambiguous message framing");
+                let mut r = bad_request(
+                    "ambiguous message framing (Content-Length with Transfer-Encoding)",
+                );
+                r.headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                return r;
+            }
+        }
         // 1. Canonicalize: origin-form only, one meaning for the path.
         if req.uri().scheme().is_some() || req.uri().authority().is_some() {
             return bad_request("the request target must be a path");

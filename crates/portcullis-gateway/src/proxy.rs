@@ -69,7 +69,7 @@ fn strip(name: &str, connection_listed: &[String]) -> bool {
         || n.starts_with("x-forwarded-")
         || n.starts_with("x-auth-")
         || n == "authorization"
-        || connection_listed.iter().any(|c| *c == n)
+        || connection_listed.contains(&n)
 }
 
 /// Removes portcullis' own cookies from a Cookie header value; `None` when nothing is left.

@@ -180,6 +180,10 @@ impl UserPool {
         self.store
             .set_password_hash(&user.username, &hash, self.clock.now())
             .await?;
+        // A changed password ends every session: whoever knew the old one is signed out.
+        self.store
+            .revoke_user_sessions(&user.id, self.clock.now())
+            .await?;
         Ok(generated)
     }
 
@@ -190,10 +194,13 @@ impl UserPool {
         } else {
             UserStatus::Disabled
         };
-        Ok(self
-            .store
+        self.store
             .set_user_status(username, status, self.clock.now())
-            .await?)
+            .await?;
+        if !enabled {
+            self.end_sessions(username).await?;
+        }
+        Ok(())
     }
 
     /// Checks a username and password. Unknown users, users without a password and disabled
@@ -250,11 +257,17 @@ impl UserPool {
     }
 
     /// Adds a member; returns false when the user already was one.
+    /// Group changes end the user's sessions: tokens carry groups, so old tokens must not
+    /// outlive a change of permissions.
     pub async fn add_member(&self, group: &str, username: &str) -> Result<bool, PoolError> {
-        Ok(self
+        let added = self
             .store
             .add_member(group, username, self.clock.now())
-            .await?)
+            .await?;
+        if added {
+            self.end_sessions(username).await?;
+        }
+        Ok(added)
     }
 
     /// Removes a member; returns false when the user was not one.

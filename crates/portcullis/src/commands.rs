@@ -761,7 +761,7 @@ pub async fn policy(app: &App, cmd: PolicyCommand, json: bool) -> Result<(), Fai
                 }
             }
         }
-        PolicyCommand::Rollback { version } => {
+        PolicyCommand::Rollback { target: version } => {
             let old = store.policy_at(version).await?.ok_or_else(|| {
                 Failure::user(format!(
                     "policy version {version} does not exist; see `portcullis policy history`"

@@ -105,7 +105,10 @@ enum PolicyCommand {
     /// List every version.
     History,
     /// Make an earlier version current again (as a new version).
-    Rollback { version: i64 },
+    Rollback {
+        #[arg(value_name = "VERSION")]
+        target: i64,
+    },
     /// Explain the decision for a caller, a method and a path.
     Explain {
         /// A group the caller is in (repeatable).

@@ -4,6 +4,7 @@
 mod cli;
 mod config_file;
 mod durability;
+mod gateway;
 mod harness;
 mod interop;
 mod oidc;

@@ -9,23 +9,23 @@ use serde_json::Value;
 
 use crate::harness::{Instance, Server};
 
-const REDIRECT: &str = "http://localhost:3000/callback";
-const PASSWORD: &str = "e2e-passphrase-that-is-long";
+pub(crate) const REDIRECT: &str = "http://localhost:3000/callback";
+pub(crate) const PASSWORD: &str = "e2e-passphrase-that-is-long";
 /// A PKCE verifier and its S256 challenge (computed independently with Python's hashlib).
 const VERIFIER: &str = "dBjftJeZ4CVP-mJ92IZtCKkpY6Q6CXMuhNNEDAWMfsP0";
 const CHALLENGE: &str = "DFXps3i_qlqRZyeNV7RZ_-85sBHFqI1Ce25f8imVr2o";
 
 /// A provider with users `ada` (user) and `root` (user, admin), a public client `spa`, a second
 /// public client `other`, and a confidential client `backend`.
-struct Idp {
-    _instance: Instance,
-    server: Server,
-    http: reqwest::Client,
-    backend_secret: String,
-    cookies: HashMap<String, String>,
+pub(crate) struct Idp {
+    pub(crate) _instance: Instance,
+    pub(crate) server: Server,
+    pub(crate) http: reqwest::Client,
+    pub(crate) backend_secret: String,
+    pub(crate) cookies: HashMap<String, String>,
 }
 
-fn setup(extra_config: &str) -> Idp {
+pub(crate) fn setup(extra_config: &str) -> Idp {
     let i = Instance::with_config(extra_config);
     i.run(&["group", "add", "user"]).ok();
     i.run(&["group", "add", "admin"]).ok();
@@ -145,7 +145,7 @@ fn hidden(html: &str, name: &str) -> String {
 }
 
 impl Idp {
-    fn url(&self, path: &str) -> String {
+    pub(crate) fn url(&self, path: &str) -> String {
         self.server.url(path)
     }
 
@@ -170,7 +170,7 @@ impl Idp {
         }
     }
 
-    async fn get(&mut self, url: &str) -> reqwest::Response {
+    pub(crate) async fn get(&mut self, url: &str) -> reqwest::Response {
         let resp = self
             .http
             .get(url)
@@ -251,7 +251,11 @@ impl Idp {
 
     /// Signs in through the form and returns the callback's query.
     /// (If the provider's session cookie already signs the user in, no form is shown.)
-    async fn sign_in(&mut self, client: &str, username: &str) -> HashMap<String, String> {
+    pub(crate) async fn sign_in(
+        &mut self,
+        client: &str,
+        username: &str,
+    ) -> HashMap<String, String> {
         let resp = self.get(&self.authorize_url(client, &[])).await;
         let next = location(resp.headers());
         if next.starts_with(REDIRECT) {
@@ -267,7 +271,7 @@ impl Idp {
         query(&back)
     }
 
-    async fn token(
+    pub(crate) async fn token(
         &self,
         form: &[(&str, &str)],
         basic: Option<(&str, &str)>,
@@ -286,7 +290,7 @@ impl Idp {
         (resp.status(), resp.json().await.expect("json"))
     }
 
-    async fn exchange(&self, client: &str, code: &str) -> (StatusCode, Value) {
+    pub(crate) async fn exchange(&self, client: &str, code: &str) -> (StatusCode, Value) {
         self.token(
             &[
                 ("grant_type", "authorization_code"),
@@ -300,7 +304,7 @@ impl Idp {
         .await
     }
 
-    async fn refresh(&self, client: &str, token: &str) -> (StatusCode, Value) {
+    pub(crate) async fn refresh(&self, client: &str, token: &str) -> (StatusCode, Value) {
         self.token(
             &[
                 ("grant_type", "refresh_token"),
@@ -312,7 +316,7 @@ impl Idp {
         .await
     }
 
-    async fn userinfo(&self, access: &str) -> StatusCode {
+    pub(crate) async fn userinfo(&self, access: &str) -> StatusCode {
         self.http
             .get(self.url("/oauth2/userInfo"))
             .bearer_auth(access)
@@ -323,7 +327,7 @@ impl Idp {
     }
 }
 
-fn claims(jwt: &str) -> Value {
+pub(crate) fn claims(jwt: &str) -> Value {
     use base64::Engine;
     let payload = jwt.split('.').nth(1).expect("payload");
     serde_json::from_slice(

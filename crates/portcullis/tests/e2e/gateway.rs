@@ -1,0 +1,667 @@
+//! The gateway over real sockets: route rules from group policies, credentials from header or
+//! cookie, responses per route kind, header hygiene, revocation and policy changes within a
+//! second, and the attacks of the gateway issue — each proving nothing reached the upstream.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::extract::Request;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::oidc::{Idp, setup};
+
+/// A trivial upstream that records what reaches it and echoes it back.
+struct Upstream {
+    base: String,
+    seen: Arc<Mutex<Vec<Value>>>,
+}
+
+impl Upstream {
+    async fn start() -> Upstream {
+        let seen: Arc<Mutex<Vec<Value>>> = Arc::default();
+        let log = seen.clone();
+        let app = axum::Router::new().fallback(move |req: Request| {
+            let log = log.clone();
+            async move {
+                if req.uri().path() == "/api/slow" {
+                    tokio::time::sleep(Duration::from_secs(3)).await;
+                }
+                let mut headers: BTreeMap<String, Vec<String>> = BTreeMap::new();
+                for (k, v) in req.headers() {
+                    headers.entry(k.as_str().to_owned()).or_default().push(v.to_str().unwrap_or("?").to_owned());
+                }
+                let method = req.method().to_string();
+                let uri = req.uri().to_string();
+                let body = axum::body::to_bytes(req.into_body(), 1 << 20).await.unwrap_or_default();
+                let record = json!({ "method": method, "uri": uri, "headers": headers, "body": String::from_utf8_lossy(&body) });
+                log.lock().expect("log").push(record.clone());
+                axum::Json(record)
+            }
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let base = format!("http://{}", listener.local_addr().expect("addr"));
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Upstream { base, seen }
+    }
+
+    fn count(&self) -> usize {
+        self.seen.lock().expect("log").len()
+    }
+
+    fn last(&self) -> Value {
+        self.seen
+            .lock()
+            .expect("log")
+            .last()
+            .cloned()
+            .expect("something reached the upstream")
+    }
+}
+
+fn config(upstream: &str) -> String {
+    format!(
+        r#"
+[gateway]
+upstream_timeout = "1s"
+
+[[routes]]
+path = "/api/**"
+kind = "api"
+upstream = "{upstream}"
+
+[[routes]]
+path = "/app/**"
+kind = "page"
+upstream = "{upstream}"
+
+[[routes]]
+path = "/admin/**"
+kind = "page"
+upstream = "{upstream}"
+
+[[routes]]
+path = "/public/**"
+kind = "public"
+upstream = "{upstream}"
+
+[[routes]]
+path = "/down/**"
+kind = "public"
+upstream = "http://127.0.0.1:9"
+
+[[policy]]
+principal = "group:user"
+statements = [{{ effect = "allow", methods = ["GET", "POST"], paths = ["/api/orders/**", "/app/**"] }}]
+
+[[policy]]
+principal = "group:admin"
+statements = [{{ effect = "allow", methods = ["*"], paths = ["/**"] }}]
+
+[[policy]]
+principal = "scope:orders/read"
+statements = [{{ effect = "allow", methods = ["GET"], paths = ["/api/orders/**"] }}]
+"#
+    )
+}
+
+struct Env {
+    idp: Idp,
+    upstream: Upstream,
+    ada: String,
+    root: String,
+}
+
+async fn env() -> Env {
+    let upstream = Upstream::start().await;
+    let mut idp = setup(&config(&upstream.base));
+    let ada = token_for(&mut idp, "ada").await;
+    let root = token_for(&mut idp, "root").await;
+    Env {
+        idp,
+        upstream,
+        ada,
+        root,
+    }
+}
+
+async fn token_for(idp: &mut Idp, user: &str) -> String {
+    idp.cookies.clear();
+    let q = idp.sign_in("spa", user).await;
+    let (status, tokens) = idp.exchange("spa", &q["code"]).await;
+    assert_eq!(status, StatusCode::OK, "{tokens}");
+    tokens["access_token"].as_str().expect("access").to_owned()
+}
+
+impl Env {
+    fn url(&self, path: &str) -> String {
+        self.idp.url(path)
+    }
+
+    async fn get(&self, path: &str, token: Option<&str>) -> reqwest::Response {
+        let mut req = self.idp.http.get(self.url(path));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        req.send().await.expect("request")
+    }
+}
+
+#[tokio::test]
+async fn group_policies_decide_and_the_upstream_gets_a_trusted_identity() {
+    let e = env().await;
+    let resp = e.get("/api/orders/7?x=1", Some(&e.ada)).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let seen = e.upstream.last();
+    assert_eq!(seen["uri"], "/api/orders/7?x=1");
+    assert_eq!(seen["headers"]["x-auth-username"], json!(["ada"]));
+    assert_eq!(seen["headers"]["x-auth-groups"], json!(["user"]));
+    assert!(
+        seen["headers"].get("authorization").is_none(),
+        "the bearer token is not forwarded"
+    );
+    assert_eq!(seen["headers"]["x-forwarded-for"], json!(["127.0.0.1"]));
+
+    let before = e.upstream.count();
+    for path in ["/api/admin/users", "/API/Admin", "/api/admin", "/api/other"] {
+        let resp = e.get(path, Some(&e.ada)).await;
+        assert_eq!(resp.status(), StatusCode::FORBIDDEN, "{path}");
+        assert_eq!(
+            resp.json::<Value>().await.expect("json")["error"],
+            "forbidden"
+        );
+    }
+    let delete = e
+        .idp
+        .http
+        .delete(e.url("/api/orders/7"))
+        .bearer_auth(&e.ada)
+        .send()
+        .await
+        .expect("delete");
+    assert_eq!(
+        delete.status(),
+        StatusCode::FORBIDDEN,
+        "methods are part of the rule"
+    );
+    assert_eq!(
+        e.upstream.count(),
+        before,
+        "nothing denied reached the upstream"
+    );
+    assert_eq!(
+        e.get("/api/admin/users", Some(&e.root)).await.status(),
+        StatusCode::OK
+    );
+}
+
+#[tokio::test]
+async fn apis_answer_401_json_and_pages_redirect() {
+    let e = env().await;
+    let resp = e.get("/api/orders", None).await;
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        resp.headers()["www-authenticate"],
+        "Bearer realm=\"portcullis\""
+    );
+    let resp = e.get("/api/orders", Some("not.a.token")).await;
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    assert!(
+        resp.headers()["www-authenticate"]
+            .to_str()
+            .expect("ascii")
+            .contains("error=\"invalid_token\"")
+    );
+    let body = resp.text().await.expect("body");
+    assert!(!body.contains("not.a.token"), "errors never echo the token");
+
+    let resp = e.get("/admin/settings?tab=2", None).await;
+    assert_eq!(resp.status(), StatusCode::FOUND);
+    assert_eq!(
+        resp.headers()["location"],
+        "/auth/login?return_to=%2Fadmin%2Fsettings%3Ftab%3D2"
+    );
+    let resp = e.get("/admin/settings", Some(&e.ada)).await;
+    assert_eq!(
+        (
+            resp.status(),
+            resp.headers()["location"].to_str().expect("ascii")
+        ),
+        (StatusCode::FOUND, "/")
+    );
+    assert_eq!(
+        e.get("/app/home", Some(&e.ada)).await.status(),
+        StatusCode::OK
+    );
+    assert_eq!(
+        e.get("/public/logo.png", None).await.status(),
+        StatusCode::OK
+    );
+    assert_eq!(
+        e.get("/nowhere", Some(&e.root)).await.status(),
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        e.upstream.count(),
+        2,
+        "only the allowed page and the public file were forwarded"
+    );
+}
+
+#[tokio::test]
+async fn client_sent_identity_and_forwarding_headers_never_reach_the_upstream() {
+    let e = env().await;
+    let resp = e
+        .idp
+        .http
+        .get(e.url("/api/orders"))
+        .bearer_auth(&e.ada)
+        .header("X-Auth-Username", "root")
+        .header("x_auth_groups", "admin")
+        .header("X.Auth.Subject", "someone")
+        .header("X-Auth-Groups", "admin")
+        .header("X-Forwarded-For", "10.0.0.1")
+        .header("Forwarded", "for=10.0.0.1")
+        .header("X-Real-IP", "10.0.0.1")
+        .header("X-Original-URL", "/api/admin")
+        .header("X-HTTP-Method-Override", "DELETE")
+        .header("Connection", "close, X-Custom")
+        .header("X-Custom", "hop")
+        .header("Cookie", "__Host-portcullis-access=stolen; theme=dark")
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(resp.status(), StatusCode::OK);
+    let h = &e.upstream.last()["headers"];
+    assert_eq!(h["x-auth-username"], json!(["ada"]));
+    assert_eq!(h["x-auth-groups"], json!(["user"]));
+    for name in [
+        "x_auth_groups",
+        "x.auth.subject",
+        "forwarded",
+        "x-real-ip",
+        "x-original-url",
+        "x-http-method-override",
+        "x-custom",
+    ] {
+        assert!(h.get(name).is_none(), "{name} was forwarded: {h}");
+    }
+    assert_eq!(
+        h["x-forwarded-for"],
+        json!(["127.0.0.1"]),
+        "set, not appended"
+    );
+    assert_eq!(
+        h["cookie"],
+        json!(["theme=dark"]),
+        "portcullis cookies are not forwarded"
+    );
+    assert_eq!(e.upstream.last()["method"], "GET");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ambiguous_paths_are_400_and_reach_nothing() {
+    let e = env().await;
+    let before = e.upstream.count();
+    for path in [
+        "/api/orders/../admin/x",
+        "/api/orders/%2e%2e/admin",
+        "/api/orders/%2E%2E/admin",
+        "/api/orders%2fadmin",
+        "/api/orders%2Fadmin",
+        "/api//admin",
+        "/api/orders/./x",
+        "/api/orders;x=1/admin",
+        "/api/orders%5cadmin",
+        "/api/orders%00",
+        "/api/admin./x",
+        "/api/admin%20/x",
+        "/api/%252e%252e/admin",
+    ] {
+        let resp = raw_request(
+            &e,
+            &format!(
+                "GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nConnection: close\r\n\r\n",
+                e.root
+            ),
+        );
+        assert!(resp.starts_with("HTTP/1.1 400"), "{path}: {resp}");
+    }
+    for target in ["http://evil.example/api/orders", "*"] {
+        let resp = raw_request(
+            &e,
+            &format!("GET {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"),
+        );
+        assert!(resp.starts_with("HTTP/1.1 400"), "{target}: {resp}");
+    }
+    assert_eq!(e.upstream.count(), before);
+}
+
+// Blocking socket reads in the test: a second worker keeps the in-process upstream running.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_smuggling_is_refused() {
+    let e = env().await;
+    // A plain chunked body is forwarded intact.
+    let ok = raw_request(
+        &e,
+        "POST /public/x HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+    );
+    assert!(ok.starts_with("HTTP/1.1 200"), "{ok}");
+    assert_eq!(e.upstream.last()["body"], "abc");
+    let before = e.upstream.count();
+    for attack in [
+        "POST /public/x HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nContent-Length: 40\r\n\r\nabcd",
+        "POST /public/x HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: xchunked\r\n\r\n0\r\n\r\n",
+        "POST /public/x HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, identity\r\n\r\n0\r\n\r\n",
+        "POST /public/x HTTP/1.1\r\nHost: x\r\nTransfer-Encoding : chunked\r\n\r\n0\r\n\r\n",
+    ] {
+        let resp = raw_request(&e, attack);
+        assert!(
+            resp.is_empty() || resp.starts_with("HTTP/1.1 400") || resp.starts_with("HTTP/1.1 501"),
+            "{attack:?} -> {resp}"
+        );
+        assert_eq!(
+            resp.matches("HTTP/1.1 ").count().min(1),
+            usize::from(!resp.is_empty()),
+            "one answer, then the connection is closed"
+        );
+    }
+    assert_eq!(e.upstream.count(), before, "nothing was forwarded");
+    // Content-Length with Transfer-Encoding: hyper drops the Content-Length (RFC 9112 §6.3),
+    // decodes the chunked body and closes the connection after answering, so the request that
+    // was hidden behind it is never read, let alone forwarded.
+    let resp = raw_request(
+        &e,
+        "POST /public/x HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /api/admin/x HTTP/1.1\r\nHost: x\r\n\r\n",
+    );
+    assert_eq!(
+        resp.matches("HTTP/1.1 ").count(),
+        1,
+        "exactly one response, then close: {resp}"
+    );
+    let seen = e.upstream.seen.lock().expect("log").clone();
+    assert!(
+        seen.iter().all(|r| r["uri"] != "/api/admin/x"),
+        "the smuggled request never reached the upstream"
+    );
+}
+
+fn raw_request(e: &Env, request: &str) -> String {
+    let addr = e.idp.server.base.trim_start_matches("http://").to_owned();
+    let mut s = std::net::TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    s.write_all(request.as_bytes()).expect("write");
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[tokio::test]
+async fn token_attacks_are_401() {
+    let e = env().await;
+    let before = e.upstream.count();
+    // An ID token is not an access token.
+    let mut idp = e.idp;
+    idp.cookies.clear();
+    let q = idp.sign_in("spa", "root").await;
+    let (_, tokens) = idp.exchange("spa", &q["code"]).await;
+    let id_token = tokens["id_token"].as_str().expect("id").to_owned();
+    let e = Env { idp, ..e };
+    assert_eq!(
+        e.get("/api/orders", Some(&id_token)).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+    // alg none, stripped signature, tampered payload.
+    let parts: Vec<&str> = e.root.split('.').collect();
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    for alg in ["none", "NONE", "nOnE"] {
+        let h = b64.encode(format!(r#"{{"alg":"{alg}","kid":"x"}}"#));
+        assert_eq!(
+            e.get("/api/orders", Some(&format!("{h}.{}.", parts[1])))
+                .await
+                .status(),
+            StatusCode::UNAUTHORIZED
+        );
+    }
+    assert_eq!(
+        e.get("/api/orders", Some(&format!("{}.{}.", parts[0], parts[1])))
+            .await
+            .status(),
+        StatusCode::UNAUTHORIZED
+    );
+    let mut claims = crate::oidc::claims(&e.ada);
+    claims["groups"] = json!(["admin"]);
+    let forged = format!(
+        "{}.{}.{}",
+        e.ada.split('.').next().expect("h"),
+        b64.encode(claims.to_string()),
+        e.ada.rsplit('.').next().expect("s")
+    );
+    assert_eq!(
+        e.get("/api/admin/x", Some(&forged)).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+    // Two Authorization headers, or two access cookies: refused, not one picked.
+    let two = e
+        .idp
+        .http
+        .get(e.url("/api/orders"))
+        .header("authorization", format!("Bearer {}", e.ada))
+        .header("authorization", format!("Bearer {}", e.root))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(two.status(), StatusCode::UNAUTHORIZED);
+    let cookies = format!(
+        "__Host-portcullis-access={}; __Host-portcullis-access={}",
+        e.ada, e.root
+    );
+    let two = e
+        .idp
+        .http
+        .get(e.url("/api/orders"))
+        .header("cookie", cookies)
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(two.status(), StatusCode::UNAUTHORIZED);
+    // Oversized token.
+    let huge = e
+        .get("/api/orders", Some(&"a".repeat(20_000)))
+        .await
+        .status();
+    assert!(
+        huge == StatusCode::UNAUTHORIZED || huge == StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+        "{huge}"
+    );
+    assert_eq!(e.upstream.count(), before);
+}
+
+#[tokio::test]
+async fn cookie_credentials_need_a_same_origin_for_unsafe_methods() {
+    let e = env().await;
+    let cookie = format!("__Host-portcullis-access={}", e.ada);
+    let origin = e.idp.server.base.replace("127.0.0.1", "localhost");
+    let before = e.upstream.count();
+    for bad in [Some("https://evil.example"), Some("null"), None] {
+        let mut req = e
+            .idp
+            .http
+            .post(e.url("/api/orders"))
+            .header("cookie", &cookie)
+            .body("{}");
+        if let Some(o) = bad {
+            req = req.header("origin", o);
+        }
+        assert_eq!(
+            req.send().await.expect("send").status(),
+            StatusCode::FORBIDDEN,
+            "{bad:?}"
+        );
+    }
+    assert_eq!(e.upstream.count(), before, "nothing forwarded");
+    let ok = e
+        .idp
+        .http
+        .post(e.url("/api/orders"))
+        .header("cookie", &cookie)
+        .header("origin", &origin)
+        .body("{}")
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(ok.status(), StatusCode::OK);
+    let fetch_meta = e
+        .idp
+        .http
+        .post(e.url("/api/orders"))
+        .header("cookie", &cookie)
+        .header("sec-fetch-site", "same-origin")
+        .body("{}")
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(fetch_meta.status(), StatusCode::OK);
+    let bearer = e
+        .idp
+        .http
+        .post(e.url("/api/orders"))
+        .bearer_auth(&e.ada)
+        .header("origin", "https://evil.example")
+        .body("{}")
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(
+        bearer.status(),
+        StatusCode::OK,
+        "Bearer requests are exempt"
+    );
+    let get = e
+        .idp
+        .http
+        .get(e.url("/api/orders"))
+        .header("cookie", &cookie)
+        .header("origin", "https://evil.example")
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(get.status(), StatusCode::OK, "safe methods are exempt");
+}
+
+#[tokio::test]
+async fn revocation_and_policy_changes_take_effect_within_a_second() {
+    let e = env().await;
+    assert_eq!(
+        e.get("/api/orders", Some(&e.ada)).await.status(),
+        StatusCode::OK
+    );
+    e.idp._instance.run(&["user", "disable", "ada"]).ok();
+    let started = Instant::now();
+    loop {
+        if e.get("/api/orders", Some(&e.ada)).await.status() == StatusCode::UNAUTHORIZED {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_millis(1500),
+            "revocation not enforced within a second"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!("revocation enforced after {:?}", started.elapsed());
+
+    // A new policy version denying root's admin access reaches the running gateway.
+    assert_eq!(
+        e.get("/api/admin/x", Some(&e.root)).await.status(),
+        StatusCode::OK
+    );
+    let file = e.idp._instance.dir.path().join("policy.toml");
+    std::fs::write(&file, "[[policy]]\nprincipal = \"group:admin\"\nstatements = [{ effect = \"deny\", paths = [\"/api/admin/**\"] }]\n").expect("write");
+    e.idp
+        ._instance
+        .run(&["policy", "set", file.to_str().expect("utf-8")])
+        .ok();
+    let started = Instant::now();
+    loop {
+        if e.get("/api/admin/x", Some(&e.root)).await.status() == StatusCode::FORBIDDEN {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_millis(1500),
+            "policy change not applied within a second"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let explain = e
+        .idp
+        ._instance
+        .run(&[
+            "policy",
+            "explain",
+            "--group",
+            "admin",
+            "GET",
+            "/api/admin/x",
+        ])
+        .ok();
+    assert!(
+        explain.contains("denied by statement 1 of group:admin, version 2"),
+        "{explain}"
+    );
+    e.idp._instance.run(&["policy", "rollback", "1"]).ok();
+    let history = e.idp._instance.run(&["policy", "history"]).ok();
+    assert!(history.contains("rollback to version 1"), "{history}");
+}
+
+#[tokio::test]
+async fn upstream_faults_are_502_and_504() {
+    let e = env().await;
+    let resp = e.get("/down/x", None).await;
+    assert_eq!(resp.status(), StatusCode::BAD_GATEWAY);
+    assert_eq!(
+        resp.json::<Value>().await.expect("json")["error"],
+        "bad_gateway"
+    );
+    let resp = e.get("/api/slow", Some(&e.root)).await;
+    assert_eq!(resp.status(), StatusCode::GATEWAY_TIMEOUT);
+}
+
+#[tokio::test]
+async fn client_credentials_tokens_are_authorized_by_scope() {
+    let e = env().await;
+    let secret = e.idp.backend_secret.clone();
+    let (_, body) = e
+        .idp
+        .token(
+            &[
+                ("grant_type", "client_credentials"),
+                ("scope", "orders/read"),
+            ],
+            Some(("backend", &secret)),
+        )
+        .await;
+    let token = body["access_token"].as_str().expect("token").to_owned();
+    assert_eq!(
+        e.get("/api/orders/1", Some(&token)).await.status(),
+        StatusCode::OK
+    );
+    assert_eq!(
+        e.upstream.last()["headers"]["x-auth-client-id"],
+        json!(["backend"])
+    );
+    let post = e
+        .idp
+        .http
+        .post(e.url("/api/orders"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(post.status(), StatusCode::FORBIDDEN);
+}
