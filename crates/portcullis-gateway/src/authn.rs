@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use axum::http::{HeaderMap, header};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, header};
 use portcullis_policy::Principal;
 use portcullis_token::Clock;
 use portcullis_token::jwt::{self, Expect, KeySet, TokenUse, VerifyError};
@@ -27,11 +27,37 @@ pub struct Identity {
     pub sid: Option<String>,
     pub jti: Option<String>,
     pub exp: i64,
+    /// The principals policies may name, computed once when the token is verified.
+    pub principals: Vec<Principal>,
+    /// The identity headers for the upstream, built once when the token is verified.
+    pub headers: Vec<(HeaderName, HeaderValue)>,
 }
 
 impl Identity {
+    fn identity_headers(&self) -> Option<Vec<(HeaderName, HeaderValue)>> {
+        let value = |v: &str| HeaderValue::from_str(v).ok();
+        let mut h = vec![
+            (HeaderName::from_static("x-auth-subject"), value(&self.sub)?),
+            (
+                HeaderName::from_static("x-auth-groups"),
+                value(&self.groups.join(","))?,
+            ),
+            (
+                HeaderName::from_static("x-auth-scopes"),
+                value(&self.scopes.join(" "))?,
+            ),
+        ];
+        if let Some(u) = &self.username {
+            h.push((HeaderName::from_static("x-auth-username"), value(u)?));
+        }
+        if let Some(c) = &self.client_id {
+            h.push((HeaderName::from_static("x-auth-client-id"), value(c)?));
+        }
+        Some(h)
+    }
+
     /// The principals policies may name.
-    pub fn principals(&self) -> Vec<Principal> {
+    fn compute_principals(&self) -> Vec<Principal> {
         let mut p: Vec<Principal> = self
             .groups
             .iter()
@@ -67,30 +93,56 @@ pub trait KeySource: Send + Sync {
     fn keys(&self) -> Arc<KeySet>;
 }
 
-/// Revoked sessions and token ids, as `sid:…` and `jti:…`.
+/// Revoked session ids and token ids.
+#[derive(Debug, Default, Clone)]
+pub struct RevokedSet {
+    pub sids: HashSet<String>,
+    pub jtis: HashSet<String>,
+}
+
+impl RevokedSet {
+    pub fn len(&self) -> usize {
+        self.sids.len() + self.jtis.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Adds a store row (`kind` is `sid` or `jti`).
+    pub fn insert(&mut self, kind: &str, value: String) {
+        match kind {
+            "sid" => {
+                self.sids.insert(value);
+            }
+            "jti" => {
+                self.jtis.insert(value);
+            }
+            _ => {}
+        }
+    }
+}
+
+/// The revocation set in force, swapped whole when it changes (lock-free reads, no allocation
+/// per check).
 #[derive(Debug, Default)]
 pub struct Revocations {
-    set: ArcSwap<HashSet<String>>,
+    set: ArcSwap<RevokedSet>,
 }
 
 impl Revocations {
-    pub fn replace(&self, set: HashSet<String>) {
+    pub fn replace(&self, set: RevokedSet) {
         self.set.store(Arc::new(set));
     }
 
-    pub fn snapshot(&self) -> Arc<HashSet<String>> {
+    pub fn snapshot(&self) -> Arc<RevokedSet> {
         self.set.load_full()
     }
 
     fn is_revoked(&self, id: &Identity) -> bool {
         let set = self.set.load();
-        id.sid
-            .as_ref()
-            .is_some_and(|s| set.contains(&format!("sid:{s}")))
-            || id
-                .jti
-                .as_ref()
-                .is_some_and(|j| set.contains(&format!("jti:{j}")))
+        id.sid.as_deref().is_some_and(|s| set.sids.contains(s))
+            || id.jti.as_deref().is_some_and(|j| set.jtis.contains(j))
     }
 }
 
@@ -216,7 +268,7 @@ impl Authenticator {
         let groups = claims
             .string_list(&self.groups_claim)
             .map_err(AuthError::Invalid)?;
-        Ok(Identity {
+        let mut id = Identity {
             sub: claims
                 .sub
                 .clone()
@@ -228,6 +280,14 @@ impl Authenticator {
             sid: claims.sid.clone(),
             jti: claims.jti.clone(),
             exp: claims.exp,
-        })
+            principals: Vec::new(),
+            headers: Vec::new(),
+        };
+        id.principals = id.compute_principals();
+        // A claim that cannot travel in a header (a newline, say) fails closed here.
+        id.headers = id
+            .identity_headers()
+            .ok_or(AuthError::Invalid(VerifyError::BadClaim("sub")))?;
+        Ok(id)
     }
 }

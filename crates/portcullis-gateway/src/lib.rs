@@ -11,7 +11,6 @@ pub mod proxy;
 pub mod route;
 pub mod settings;
 
-use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,7 +24,7 @@ use portcullis_token::Clock;
 use serde_json::json;
 use tower::ServiceExt;
 
-use crate::authn::{AuthError, Authenticator, Identity, KeySource};
+use crate::authn::{AuthError, Authenticator, Identity, KeySource, RevokedSet};
 use crate::route::{Route, RouteTable, Target};
 use crate::settings::{GatewaySettings, RouteConfig, RouteKind};
 
@@ -175,15 +174,15 @@ impl Gateway {
             state.revocations_since.unwrap_or(0) - 2
         };
         let rows = store.revocations_since(since, now).await?;
-        let mut set: HashSet<String> = if full {
-            HashSet::new()
+        let mut set: RevokedSet = if full {
+            RevokedSet::default()
         } else {
             (*self.auth.revocations.snapshot()).clone()
         };
         let mut latest = state.revocations_since.unwrap_or(0);
         let before = set.len();
         for (kind, value, _expires, created) in rows {
-            set.insert(format!("{kind}:{value}"));
+            set.insert(&kind, value);
             latest = latest.max(created);
         }
         if full || set.len() != before {
@@ -233,7 +232,9 @@ impl Gateway {
             }
         };
         // 2. Route.
-        let Some(route) = self.routes.find(req.method().as_str(), &canonical.lower) else {
+        // Split once: routing and authorization both match these segments.
+        let segments = portcullis_policy::path_segments(&canonical.lower);
+        let Some(route) = self.routes.find_segments(req.method().as_str(), &segments) else {
             return json_response(StatusCode::NOT_FOUND, json!({ "error": "not_found" }));
         };
         // 3–6. Authenticate, authorize, CSRF (not for public routes).
@@ -247,10 +248,10 @@ impl Gateway {
                 Ok(ok) => ok,
                 Err(e) => return self.unauthenticated(&route, &req, e),
             };
-            let decision = self.policies.load().decide(
-                &id.principals(),
+            let decision = self.policies.load().decide_segments(
+                &id.principals,
                 req.method().as_str(),
-                &canonical.lower,
+                &segments,
             );
             if !decision.allowed {
                 tracing::info!(path = %canonical.decoded, sub = %id.sub, decision = %decision, "request denied");

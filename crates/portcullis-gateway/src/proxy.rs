@@ -4,7 +4,7 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::http::{HeaderMap, HeaderName, HeaderValue, Request, Response, Uri, header};
+use axum::http::{HeaderName, HeaderValue, Request, Response, Uri, header};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
@@ -61,15 +61,40 @@ fn normalized(name: &str) -> String {
         .collect()
 }
 
-/// Whether a client-sent header must be dropped before forwarding.
+/// `name` equals `target` (lower case, `-`) as a lenient backend reads it.
+fn same_header(name: &str, target: &str) -> bool {
+    name.len() == target.len()
+        && name
+            .bytes()
+            .zip(target.bytes())
+            .all(|(a, b)| norm_byte(a) == b)
+}
+
+/// `name` starts with `prefix` (lower case, `-`) as a lenient backend reads it.
+fn header_starts_with(name: &str, prefix: &str) -> bool {
+    name.len() >= prefix.len()
+        && name
+            .bytes()
+            .zip(prefix.bytes())
+            .all(|(a, b)| norm_byte(a) == b)
+}
+
+fn norm_byte(b: u8) -> u8 {
+    match b {
+        b'_' | b'.' => b'-',
+        b => b.to_ascii_lowercase(),
+    }
+}
+
+/// Whether a client-sent header must be dropped before forwarding. (No allocation: this runs
+/// for every header of every request.)
 fn strip(name: &str, connection_listed: &[String]) -> bool {
-    let n = normalized(name);
-    HOP_BY_HOP.contains(&n.as_str())
-        || UNTRUSTED.contains(&n.as_str())
-        || n.starts_with("x-forwarded-")
-        || n.starts_with("x-auth-")
-        || n == "authorization"
-        || connection_listed.contains(&n)
+    header_starts_with(name, "x-forwarded-")
+        || header_starts_with(name, "x-auth-")
+        || same_header(name, "authorization")
+        || HOP_BY_HOP.iter().any(|h| same_header(name, h))
+        || UNTRUSTED.iter().any(|h| same_header(name, h))
+        || connection_listed.iter().any(|c| same_header(name, c))
 }
 
 /// Removes portcullis' own cookies from a Cookie header value; `None` when nothing is left.
@@ -119,44 +144,44 @@ pub fn upstream_request(
         .flat_map(|v| v.split(','))
         .map(|t| normalized(t.trim()))
         .collect();
-    let names: Vec<HeaderName> = headers.keys().cloned().collect();
-    for name in names {
-        if strip(name.as_str(), &connection_listed) {
-            headers.remove(&name);
+    let doomed: Vec<HeaderName> = headers
+        .keys()
+        .filter(|n| strip(n.as_str(), &connection_listed))
+        .cloned()
+        .collect();
+    for name in doomed {
+        headers.remove(&name);
+    }
+    if headers.contains_key(header::COOKIE) {
+        let cookies: Vec<String> = headers
+            .get_all(header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .map(str::to_owned)
+            .collect();
+        headers.remove(header::COOKIE);
+        if let Some(kept) = without_our_cookies(&cookies.join("; "))
+            && let Ok(v) = HeaderValue::from_str(&kept)
+        {
+            headers.insert(header::COOKIE, v);
         }
     }
-    let cookies: Vec<String> = headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .map(str::to_owned)
-        .collect();
-    headers.remove(header::COOKIE);
-    if let Some(kept) = without_our_cookies(&cookies.join("; "))
-        && let Ok(v) = HeaderValue::from_str(&kept)
-    {
-        headers.insert(header::COOKIE, v);
-    }
-    let set = |headers: &mut HeaderMap, name: &'static str, value: &str| -> Result<(), String> {
-        let v =
-            HeaderValue::from_str(value).map_err(|_| format!("{name} cannot carry {value:?}"))?;
-        headers.insert(HeaderName::from_static(name), v);
-        Ok(())
-    };
-    set(headers, "x-forwarded-for", &fwd.client_ip.to_string())?;
-    set(headers, "x-forwarded-proto", fwd.proto)?;
+    let ip = HeaderValue::from_str(&fwd.client_ip.to_string()).map_err(|e| e.to_string())?;
+    headers.insert(HeaderName::from_static("x-forwarded-for"), ip);
+    headers.insert(
+        HeaderName::from_static("x-forwarded-proto"),
+        HeaderValue::from_static(if fwd.proto == "https" {
+            "https"
+        } else {
+            "http"
+        }),
+    );
     if let Some(host) = &fwd.host {
         headers.insert(HeaderName::from_static("x-forwarded-host"), host.clone());
     }
     if let Some(id) = fwd.identity {
-        set(headers, "x-auth-subject", &id.sub)?;
-        if let Some(u) = &id.username {
-            set(headers, "x-auth-username", u)?;
-        }
-        set(headers, "x-auth-groups", &id.groups.join(","))?;
-        set(headers, "x-auth-scopes", &id.scopes.join(" "))?;
-        if let Some(c) = &id.client_id {
-            set(headers, "x-auth-client-id", c)?;
+        for (name, value) in &id.headers {
+            headers.insert(name.clone(), value.clone());
         }
     }
     Ok(req)

@@ -103,10 +103,14 @@ impl RouteTable {
 
     /// The route for a request (`lower`: the canonical path in lower case).
     pub fn find(&self, method: &str, lower: &str) -> Option<Arc<Route>> {
-        let segments = path_segments(lower);
+        self.find_segments(method, &path_segments(lower))
+    }
+
+    /// [`find`](Self::find) for a path already split by `path_segments`.
+    pub fn find_segments(&self, method: &str, segments: &[String]) -> Option<Arc<Route>> {
         self.routes
             .iter()
-            .find(|r| r.pattern.matches(&segments) && r.covers(method))
+            .find(|r| r.pattern.matches(segments) && r.covers(method))
             .cloned()
     }
 

@@ -92,19 +92,36 @@ impl PolicySet {
     /// Decides `method` on the canonical `path` for a caller holding `principals`. Explicit deny
     /// wins over allow; no match is a deny.
     pub fn decide(&self, principals: &[Principal], method: &str, path: &str) -> Decision {
-        let segments = path_segments(path);
-        let method = method.to_ascii_uppercase();
-        let mut allowed_by = None;
-        for principal in principals {
-            let key = match principal {
+        let principals: Vec<Principal> = principals
+            .iter()
+            .map(|p| match p {
                 Principal::Group(g) => Principal::Group(g.to_ascii_lowercase()),
                 other => other.clone(),
-            };
-            let Some(&i) = self.by_principal.get(&key) else {
+            })
+            .collect();
+        self.decide_segments(
+            &principals,
+            &method.to_ascii_uppercase(),
+            &path_segments(path),
+        )
+    }
+
+    /// [`decide`](Self::decide) on the hot path: the path already split by [`path_segments`]
+    /// (the gateway splits once for routing and authorization), `method` upper case, group
+    /// principals lower case. Allocates nothing unless it denies with a reason.
+    pub fn decide_segments(
+        &self,
+        principals: &[Principal],
+        method: &str,
+        segments: &[String],
+    ) -> Decision {
+        let mut allowed_by: Option<(&Principal, usize)> = None;
+        for principal in principals {
+            let Some(&i) = self.by_principal.get(principal) else {
                 continue;
             };
             for (n, st) in self.documents[i].statements.iter().enumerate() {
-                if !st.covers_method(&method) || !st.paths.iter().any(|p| p.matches(&segments)) {
+                if !st.covers_method(method) || !st.paths.iter().any(|p| p.matches(segments)) {
                     continue;
                 }
                 match st.effect {
@@ -112,14 +129,14 @@ impl PolicySet {
                         return Decision {
                             allowed: false,
                             reason: Reason::Denied {
-                                principal: key,
+                                principal: principal.clone(),
                                 statement: n + 1,
                             },
                             version: self.version,
                         };
                     }
                     Effect::Allow => {
-                        allowed_by.get_or_insert((key.clone(), n + 1));
+                        allowed_by.get_or_insert((principal, n + 1));
                     }
                 }
             }
@@ -128,7 +145,7 @@ impl PolicySet {
             Some((principal, statement)) => Decision {
                 allowed: true,
                 reason: Reason::Allowed {
-                    principal,
+                    principal: principal.clone(),
                     statement,
                 },
                 version: self.version,

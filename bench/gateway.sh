@@ -1,0 +1,109 @@
+#!/usr/bin/env bash
+# Gateway benchmark: the same request, side by side in one run, through
+#   direct            wrk → upstream
+#   nginx             wrk → nginx (plain reverse proxy, no auth) → upstream      [if installed]
+#   portcullis-public wrk → portcullis, public route (no auth) → upstream
+#   portcullis-bearer wrk → portcullis, api route, ES256 Bearer token, policy check → upstream
+#   portcullis-cookie the same with the token in the access cookie
+#
+#   bench/gateway.sh                # 10 s per target;  DURATION=30s for steadier numbers
+#   bench/gateway.sh --install      # also apt-get install nginx first
+#
+# The upstream is `examples/upstream.rs` (hyper, "200 ok"). Loopback only, bounded in time.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DURATION=${DURATION:-10s}
+CONNS=${CONNS:-32}
+if [[ "${1:-}" == "--install" ]]; then
+    apt-get install -y -qq nginx wrk >/dev/null
+fi
+command -v wrk >/dev/null || { echo "install wrk: apt-get install wrk" >&2; exit 1; }
+target=${CARGO_TARGET_DIR:-target}
+cargo build --release --quiet
+cargo build --release --quiet -p portcullis-gateway --example upstream
+BIN="$target/release/portcullis"
+
+tmp=$(mktemp -d /tmp/portcullis-gwbench.XXXXXX)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null; rm -rf "$tmp"; }
+trap cleanup EXIT
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+
+up_port=$(free_port)
+"$target/release/examples/upstream" "127.0.0.1:$up_port" & pids+=($!)
+
+cat > "$tmp/p.toml" <<TOML
+data_dir = "$tmp/data"
+[[routes]]
+path = "/api/**"
+kind = "api"
+upstream = "http://127.0.0.1:$up_port"
+[[routes]]
+path = "/public/**"
+kind = "public"
+upstream = "http://127.0.0.1:$up_port"
+[[policy]]
+principal = "scope:bench/admin"
+statements = [{ effect = "allow", methods = ["GET"], paths = ["/api/admin/**"] }]
+TOML
+P() { "$BIN" --config "$tmp/p.toml" "$@"; }
+P resource-server add bench --scope admin >/dev/null
+secret=$(P --json client add Bench --id bench --confidential --scope bench/admin | python3 -c 'import json,sys; print(json.load(sys.stdin)["client_secret"])')
+pc_port=$(free_port)
+"$BIN" --config "$tmp/p.toml" --log-level warn serve --listen "127.0.0.1:$pc_port" > "$tmp/serve.out" 2>&1 & pids+=($!)
+base="http://localhost:$pc_port"
+for _ in $(seq 50); do curl -fs "$base/readyz" >/dev/null && break; sleep 0.1; done
+token=$(curl -fs -u "bench:$secret" -d grant_type=client_credentials -d scope=bench/admin "$base/oauth2/token" | python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])')
+[[ $(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $token" "$base/api/admin/x") == 200 ]] || { echo "setup failed: the token is not accepted" >&2; exit 1; }
+
+targets=("direct|http://127.0.0.1:$up_port/api/admin/x|")
+if command -v nginx >/dev/null; then
+    ng_port=$(free_port)
+    mkdir -p "$tmp/nginx"
+    cat > "$tmp/nginx/nginx.conf" <<NGINX
+worker_processes 1;
+pid $tmp/nginx/nginx.pid;
+error_log $tmp/nginx/error.log;
+events { worker_connections 1024; }
+http {
+    access_log off;
+    upstream up { server 127.0.0.1:$up_port; keepalive 64; }
+    server {
+        listen 127.0.0.1:$ng_port;
+        location / { proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection ""; }
+    }
+}
+NGINX
+    nginx -c "$tmp/nginx/nginx.conf" -p "$tmp/nginx" -g 'daemon off;' & pids+=($!)
+    sleep 0.5
+    targets+=("nginx (plain proxy, 1 worker)|http://127.0.0.1:$ng_port/api/admin/x|")
+fi
+targets+=("portcullis public route (no auth)|http://127.0.0.1:$pc_port/public/x|")
+targets+=("portcullis Bearer ES256 + policy|http://127.0.0.1:$pc_port/api/admin/x|bearer")
+targets+=("portcullis cookie ES256 + policy|http://127.0.0.1:$pc_port/api/admin/x|cookie")
+
+echo "gateway benchmark, $(date -u +%Y-%m-%d), $(nproc) cores, wrk -t1 -c$CONNS -d$DURATION, GET /api/admin/x"
+echo
+echo "| target | req/s | p50 | p99 | non-2xx |"
+echo "|---|---:|---:|---:|---:|"
+declare -A rate
+for t in "${targets[@]}"; do
+    IFS='|' read -r name url auth <<<"$t"
+    hdr=()
+    [[ "$auth" == bearer ]] && hdr=(-H "Authorization: Bearer $token")
+    [[ "$auth" == cookie ]] && hdr=(-H "Cookie: __Host-portcullis-access=$token")
+    wrk -t1 -c"$CONNS" -d"$DURATION" --latency "${hdr[@]}" "$url" > "$tmp/wrk.out"
+    r=$(grep -oP 'Requests/sec:\s+\K[0-9.]+' "$tmp/wrk.out")
+    p50=$(grep -oP '^\s+50%\s+\K\S+' "$tmp/wrk.out")
+    p99=$(grep -oP '^\s+99%\s+\K\S+' "$tmp/wrk.out")
+    bad=$(grep -oP 'Non-2xx or 3xx responses: \K[0-9]+' "$tmp/wrk.out" || echo 0)
+    rate[$name]=$r
+    printf '| %s | %.0f | %s | %s | %s |\n' "$name" "$r" "$p50" "$p99" "$bad"
+done
+echo
+ratio() { awk -v a="${rate[$1]}" -v b="${rate[$2]}" 'BEGIN { printf "%.2f", a / b }'; }
+echo "full auth (Bearer) / no-auth route: $(ratio 'portcullis Bearer ES256 + policy' 'portcullis public route (no auth)')"
+echo "cookie / Bearer: $(ratio 'portcullis cookie ES256 + policy' 'portcullis Bearer ES256 + policy')"
+if [[ -n "${rate['nginx (plain proxy, 1 worker)']:-}" ]]; then
+    echo "full auth (Bearer) / nginx plain proxy: $(ratio 'portcullis Bearer ES256 + policy' 'nginx (plain proxy, 1 worker)')"
+fi
