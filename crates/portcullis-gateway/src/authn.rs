@@ -91,6 +91,8 @@ pub enum AuthError {
 /// Where the keys of our own issuer come from (the identity provider's key ring).
 pub trait KeySource: Send + Sync {
     fn keys(&self) -> Arc<KeySet>;
+    /// The key that signs `X-Auth-Assertion` tokens (the access-token key), if any.
+    fn assertion_key(&self) -> Option<Arc<portcullis_token::SigningKey>>;
 }
 
 /// Revoked session ids and token ids.
@@ -148,10 +150,10 @@ impl Revocations {
 
 /// Verifies credentials.
 pub struct Authenticator {
-    issuer: String,
+    pub(crate) issuer: String,
     groups_claim: String,
     access_cookie: String,
-    keys: Arc<dyn KeySource>,
+    pub(crate) keys: Arc<dyn KeySource>,
     cache: moka::sync::Cache<String, Arc<Identity>>,
     pub revocations: Revocations,
     clock: Clock,

@@ -36,6 +36,8 @@ pub struct Gateway {
     policies: ArcSwap<PolicySet>,
     client: proxy::UpstreamClient,
     clock: Clock,
+    /// Signed assertions per (token, audience), reused for 30 of their 60 seconds.
+    assertions: moka::sync::Cache<String, HeaderValue>,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -103,6 +105,10 @@ impl Gateway {
             policies: ArcSwap::from_pointee(PolicySet::default()),
             client,
             clock,
+            assertions: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(Duration::from_secs(30))
+                .build(),
         })
     }
 
@@ -272,11 +278,35 @@ impl Gateway {
         // 7. Forward or serve.
         match &route.target {
             Target::Upstream { base } => {
-                self.forward(req, base, &canonical.encoded, peer, identity.as_deref())
-                    .await
+                let assertion = match (&route.assertion, identity.as_deref()) {
+                    (Some(aud), Some(id)) => match self.assertion(id, aud) {
+                        Some(a) => Some(a),
+                        None => {
+                            return json_response(
+                                StatusCode::INTERNAL_SERVER_ERROR,
+                                json!({ "error": "internal_error" }),
+                            );
+                        }
+                    },
+                    _ => None,
+                };
+                self.forward(
+                    req,
+                    base,
+                    &canonical.encoded,
+                    peer,
+                    identity.as_deref(),
+                    assertion,
+                )
+                .await
             }
             Target::Static { dir, spa_fallback } => {
-                serve_static(req, dir, *spa_fallback, &canonical.encoded).await
+                // The route's literal prefix maps to the directory: `/static/**` serves
+                // `/static/app.js` from `DIR/app.js`.
+                let skip = route.pattern.literal_prefix_len();
+                let rest: Vec<&str> = canonical.encoded.split('/').skip(1 + skip).collect();
+                let local = format!("/{}", rest.join("/"));
+                serve_static(req, dir, *spa_fallback, &local).await
             }
         }
     }
@@ -323,6 +353,41 @@ impl Gateway {
         h.get("sec-fetch-site").and_then(|v| v.to_str().ok()) == Some("same-origin")
     }
 
+    /// A short JWT about the caller for the upstream (audience `aud`, 60 s), signed with the
+    /// access-token key and cached for 30 s per token and audience, so signing is not per request.
+    fn assertion(&self, id: &Identity, aud: &str) -> Option<HeaderValue> {
+        let key = format!(
+            "{}\u{0}{}\u{0}{}",
+            id.jti.as_deref().unwrap_or(&id.sub),
+            id.exp,
+            aud
+        );
+        if let Some(v) = self.assertions.get(&key) {
+            return Some(v);
+        }
+        let signing = self.auth.keys.assertion_key()?;
+        let now = self.clock.now();
+        let mut claims = serde_json::Map::new();
+        claims.insert("iss".into(), json!(self.auth.issuer));
+        claims.insert("aud".into(), json!(aud));
+        claims.insert("sub".into(), json!(id.sub));
+        claims.insert("token_use".into(), json!("assertion"));
+        claims.insert("groups".into(), json!(id.groups));
+        claims.insert("scope".into(), json!(id.scopes.join(" ")));
+        if let Some(u) = &id.username {
+            claims.insert("username".into(), json!(u));
+        }
+        if let Some(c) = &id.client_id {
+            claims.insert("client_id".into(), json!(c));
+        }
+        claims.insert("iat".into(), json!(now));
+        claims.insert("exp".into(), json!(now + 60));
+        let token = portcullis_token::jwt::sign(&signing, "JWT", &claims).ok()?;
+        let value = HeaderValue::from_str(&token).ok()?;
+        self.assertions.insert(key, value.clone());
+        Some(value)
+    }
+
     async fn forward(
         &self,
         req: Request<Body>,
@@ -330,6 +395,7 @@ impl Gateway {
         encoded: &str,
         peer: SocketAddr,
         identity: Option<&Identity>,
+        assertion: Option<HeaderValue>,
     ) -> Response<Body> {
         if req
             .headers()
@@ -357,7 +423,13 @@ impl Gateway {
         let (parts, body) = req.into_parts();
         let req = Request::from_parts(parts, Body::new(http_body_util::Limited::new(body, max)));
         let upstream = match proxy::upstream_request(req, base, encoded, &fwd) {
-            Ok(r) => r,
+            Ok(mut r) => {
+                if let Some(a) = assertion {
+                    r.headers_mut()
+                        .insert(header::HeaderName::from_static("x-auth-assertion"), a);
+                }
+                r
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "request cannot be forwarded");
                 return json_response(StatusCode::UNAUTHORIZED, json!({ "error": "unauthorized" }));

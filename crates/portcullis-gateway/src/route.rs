@@ -26,6 +26,8 @@ pub struct Route {
     pub kind: RouteKind,
     pub target: Target,
     pub sources: Vec<TokenSource>,
+    /// `Some(audience)` when the upstream gets an `X-Auth-Assertion`.
+    pub assertion: Option<String>,
 }
 
 impl Route {
@@ -89,12 +91,20 @@ impl RouteTable {
             if c.token_sources.is_empty() && c.kind != RouteKind::Public {
                 return Err(at("token_sources must name header, cookie or both".into()));
             }
+            let assertion = match (&target, c.assertion) {
+                (Target::Upstream { base }, true) => {
+                    Some(c.audience.clone().unwrap_or_else(|| base.clone()))
+                }
+                (_, true) => return Err(at("assertion needs an upstream".into())),
+                (_, false) => None,
+            };
             routes.push(Arc::new(Route {
                 pattern,
                 methods,
                 kind: c.kind,
                 target,
                 sources: c.token_sources.clone(),
+                assertion,
             }));
         }
         routes.sort_by_key(|r| std::cmp::Reverse(r.pattern.specificity()));
@@ -132,6 +142,8 @@ mod tests {
             static_dir: None,
             spa_fallback: false,
             token_sources: vec![TokenSource::Header],
+            assertion: false,
+            audience: None,
         }
     }
 

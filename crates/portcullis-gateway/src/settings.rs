@@ -50,6 +50,12 @@ pub struct RouteConfig {
     pub spa_fallback: bool,
     #[serde(default = "default_sources")]
     pub token_sources: Vec<TokenSource>,
+    /// Add `X-Auth-Assertion`: a 60-second JWT signed by portcullis that the upstream can verify
+    /// with the JWKS, so it need not trust headers alone.
+    #[serde(default)]
+    pub assertion: bool,
+    /// The assertion's audience (default: the upstream URL).
+    pub audience: Option<String>,
 }
 
 /// Gateway-wide settings.

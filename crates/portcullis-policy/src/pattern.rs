@@ -107,6 +107,15 @@ impl PathPattern {
         (literals, self.segments.len(), !rest)
     }
 
+    /// How many leading segments are literal (`/static/**` → 1): what a static-file route
+    /// strips from the path before looking in its directory.
+    pub fn literal_prefix_len(&self) -> usize {
+        self.segments
+            .iter()
+            .take_while(|s| matches!(s, Segment::Literal(_)))
+            .count()
+    }
+
     pub fn as_str(&self) -> &str {
         &self.raw
     }

@@ -54,6 +54,13 @@ impl KeySource for ProviderKeys {
     fn keys(&self) -> Arc<portcullis_token::jwt::KeySet> {
         self.0.keys().verification_keys()
     }
+
+    fn assertion_key(&self) -> Option<Arc<portcullis_token::SigningKey>> {
+        self.0
+            .keys()
+            .signing_key(portcullis_idp::Purpose::Access, None, self.0.now())
+            .ok()
+    }
 }
 
 impl App {

@@ -63,11 +63,30 @@ impl Upstream {
     }
 }
 
-fn config(upstream: &str) -> String {
+fn config(upstream: &str, files: &std::path::Path) -> String {
+    let files = files.display();
     format!(
         r#"
 [gateway]
 upstream_timeout = "1s"
+
+[[routes]]
+path = "/verified/**"
+kind = "api"
+upstream = "{upstream}"
+assertion = true
+audience = "orders-api"
+
+[[routes]]
+path = "/static/**"
+kind = "public"
+static_dir = "{files}/static"
+
+[[routes]]
+path = "/spa/**"
+kind = "page"
+static_dir = "{files}"
+spa_fallback = true
 
 [[routes]]
 path = "/api/**"
@@ -96,7 +115,7 @@ upstream = "http://127.0.0.1:9"
 
 [[policy]]
 principal = "group:user"
-statements = [{{ effect = "allow", methods = ["GET", "POST"], paths = ["/api/orders/**", "/app/**"] }}]
+statements = [{{ effect = "allow", methods = ["GET", "POST"], paths = ["/api/orders/**", "/app/**", "/verified/**", "/spa/**"] }}]
 
 [[policy]]
 principal = "group:admin"
@@ -110,6 +129,7 @@ statements = [{{ effect = "allow", methods = ["GET"], paths = ["/api/orders/**"]
 }
 
 struct Env {
+    _files: tempfile::TempDir,
     idp: Idp,
     upstream: Upstream,
     ada: String,
@@ -118,10 +138,28 @@ struct Env {
 
 async fn env() -> Env {
     let upstream = Upstream::start().await;
-    let mut idp = setup(&config(&upstream.base));
+    let files = tempfile::tempdir().expect("dir");
+    let dir = files.path().join("static");
+    std::fs::create_dir(&dir).expect("mkdir");
+    std::fs::write(dir.join("app.js"), "console.log('hello');\n".repeat(50)).expect("write");
+    let gz = std::process::Command::new("gzip")
+        .args(["-k", "-9"])
+        .arg(dir.join("app.js"))
+        .status();
+    assert!(
+        gz.map(|s| s.success()).unwrap_or(false),
+        "gzip is needed for the precompressed-file test"
+    );
+    std::fs::write(
+        files.path().join("index.html"),
+        "<!doctype html><title>spa</title>",
+    )
+    .expect("write");
+    let mut idp = setup(&config(&upstream.base, files.path()));
     let ada = token_for(&mut idp, "ada").await;
     let root = token_for(&mut idp, "root").await;
     Env {
+        _files: files,
         idp,
         upstream,
         ada,
@@ -664,4 +702,139 @@ async fn client_credentials_tokens_are_authorized_by_scope() {
         .await
         .expect("send");
     assert_eq!(post.status(), StatusCode::FORBIDDEN);
+}
+
+#[tokio::test]
+async fn the_upstream_can_verify_a_signed_assertion() {
+    let e = env().await;
+    let forged = e
+        .idp
+        .http
+        .get(e.url("/verified/x"))
+        .bearer_auth(&e.ada)
+        .header("X-Auth-Assertion", "forged")
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(forged.status(), StatusCode::OK);
+    let assertion = e.upstream.last()["headers"]["x-auth-assertion"][0]
+        .as_str()
+        .expect("assertion")
+        .to_owned();
+    assert_ne!(assertion, "forged", "a client-sent assertion is replaced");
+    let jwks: Value = e
+        .idp
+        .http
+        .get(e.url("/.well-known/jwks.json"))
+        .send()
+        .await
+        .expect("jwks")
+        .json()
+        .await
+        .expect("json");
+    let keys = portcullis_token::jwt::KeySet::new(
+        jwks["keys"]
+            .as_array()
+            .expect("keys")
+            .iter()
+            .map(|k| portcullis_token::VerifyingKey::from_jwk(k).expect("jwk")),
+    );
+    let issuer = e.idp.server.base.replace("127.0.0.1", "localhost");
+    let now =
+        i64::try_from(std::time::UNIX_EPOCH.elapsed().expect("clock").as_secs()).expect("i64");
+    let aud = ["orders-api".to_owned()];
+    let expect = portcullis_token::jwt::Expect {
+        issuer: &issuer,
+        audiences: &aud,
+        token_use: None,
+        leeway: 5,
+        now,
+    };
+    let claims = portcullis_token::jwt::verify(&assertion, &keys, &expect)
+        .expect("the upstream can verify it");
+    assert_eq!(claims.string("token_use"), Some("assertion"));
+    assert_eq!(claims.string("username"), Some("ada"));
+    assert!(claims.exp - now <= 60);
+    // And an assertion is not an access token.
+    assert_eq!(
+        e.get("/api/orders", Some(&assertion)).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn static_files_with_caching_headers_precompression_and_spa_fallback() {
+    let e = env().await;
+    let resp = e.get("/static/app.js", None).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let modified = resp.headers()["last-modified"]
+        .to_str()
+        .expect("ascii")
+        .to_owned();
+    let again = e
+        .idp
+        .http
+        .get(e.url("/static/app.js"))
+        .header("if-modified-since", &modified)
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(again.status(), StatusCode::NOT_MODIFIED);
+    let gz = e
+        .idp
+        .http
+        .get(e.url("/static/app.js"))
+        .header("accept-encoding", "gzip")
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(
+        gz.headers()
+            .get("content-encoding")
+            .map(|v| v.to_str().unwrap_or("")),
+        Some("gzip")
+    );
+    assert_eq!(
+        e.get("/static/missing.js", None).await.status(),
+        StatusCode::NOT_FOUND
+    );
+    for escape in [
+        "/static/../index.html",
+        "/static/%2e%2e/index.html",
+        "/static/..%2findex.html",
+    ] {
+        let resp = raw_get(&e, escape).await;
+        assert!(resp.starts_with("HTTP/1.1 400"), "{escape}: {resp}");
+    }
+    let spa = e.get("/spa/orders/42", Some(&e.ada)).await;
+    assert_eq!(spa.status(), StatusCode::OK);
+    assert!(
+        spa.text()
+            .await
+            .expect("html")
+            .contains("<title>spa</title>"),
+        "unknown paths get index.html"
+    );
+    let signed_out = e.get("/spa/orders/42", None).await;
+    assert_eq!(
+        signed_out.status(),
+        StatusCode::FOUND,
+        "a page route still asks to sign in first"
+    );
+}
+
+async fn raw_get(e: &Env, path: &str) -> String {
+    let addr = e.idp.server.base.trim_start_matches("http://").to_owned();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    tokio::task::spawn_blocking(move || {
+        let mut s = std::net::TcpStream::connect(addr).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        s.write_all(request.as_bytes()).expect("write");
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out);
+        String::from_utf8_lossy(&out).into_owned()
+    })
+    .await
+    .expect("join")
 }
