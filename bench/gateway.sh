@@ -34,6 +34,8 @@ up_port=$(free_port)
 
 cat > "$tmp/p.toml" <<TOML
 data_dir = "$tmp/data"
+[gateway]
+access_log = false          # nginx runs with access_log off too
 [[routes]]
 path = "/api/**"
 kind = "api"

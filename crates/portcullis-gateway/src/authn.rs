@@ -244,8 +244,14 @@ impl Authenticator {
     pub fn authenticate(&self, token: &str) -> Result<Arc<Identity>, AuthError> {
         let now = self.clock.now();
         let identity = match self.cache.get(token) {
-            Some(id) if id.exp + LEEWAY >= now => id,
+            Some(id) if id.exp + LEEWAY >= now => {
+                metrics::counter!("portcullis_gateway_token_cache_total", "result" => "hit")
+                    .increment(1);
+                id
+            }
             _ => {
+                metrics::counter!("portcullis_gateway_token_cache_total", "result" => "miss")
+                    .increment(1);
                 let id = Arc::new(self.verify(token, now)?);
                 self.cache.insert(token.to_owned(), id.clone());
                 id

@@ -202,6 +202,38 @@ impl Gateway {
 
     /// Handles one request.
     pub async fn handle(self: Arc<Self>, peer: SocketAddr, req: Request<Body>) -> Response<Body> {
+        let started = std::time::Instant::now();
+        let method = req.method().clone();
+        let mut outcome = Outcome::default();
+        let response = self.handle_inner(peer, req, &mut outcome).await;
+        let status = response.status().as_u16();
+        let route = outcome.route.as_deref().unwrap_or("-");
+        metrics::counter!("portcullis_gateway_requests_total", "route" => route.to_owned(), "status" => status.to_string(), "decision" => outcome.decision).increment(1);
+        metrics::histogram!("portcullis_gateway_request_duration_seconds", "decision" => outcome.decision).record(started.elapsed().as_secs_f64());
+        if self.settings.access_log {
+            // The canonical path only (never the query, which may carry secrets), never a token.
+            tracing::info!(
+                target: "portcullis::access",
+                method = %method,
+                path = outcome.path.as_deref().unwrap_or("-"),
+                route,
+                principal = outcome.principal.as_deref().unwrap_or("-"),
+                decision = outcome.decision,
+                status,
+                micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
+                "request"
+            );
+        }
+        response
+    }
+
+    async fn handle_inner(
+        &self,
+        peer: SocketAddr,
+        req: Request<Body>,
+        outcome: &mut Outcome,
+    ) -> Response<Body> {
+        outcome.decision = "bad_request";
         // 0. Framing: hyper already refuses conflicting Content-Length values; a request with
         //    both Content-Length and Transfer-Encoding, or a coding other than chunked, is how
         //    requests are smuggled past a proxy (RFC 9112 §6.3): refuse it and close.
@@ -237,12 +269,16 @@ impl Gateway {
                 return bad_request(&e.to_string());
             }
         };
+        outcome.path = Some(canonical.decoded.clone());
         // 2. Route.
         // Split once: routing and authorization both match these segments.
         let segments = portcullis_policy::path_segments(&canonical.lower);
         let Some(route) = self.routes.find_segments(req.method().as_str(), &segments) else {
+            outcome.decision = "no_route";
             return json_response(StatusCode::NOT_FOUND, json!({ "error": "not_found" }));
         };
+        outcome.route = Some(route.pattern.as_str().to_owned());
+        outcome.decision = "public";
         // 3–6. Authenticate, authorize, CSRF (not for public routes).
         let mut identity: Option<Arc<Identity>> = None;
         if route.kind != RouteKind::Public {
@@ -252,14 +288,20 @@ impl Gateway {
                 .and_then(|(t, c)| Ok((self.auth.authenticate(t)?, c)))
             {
                 Ok(ok) => ok,
-                Err(e) => return self.unauthenticated(&route, &req, e),
+                Err(e) => {
+                    outcome.decision = "unauthenticated";
+                    metrics::counter!("portcullis_gateway_auth_failures_total", "reason" => auth_reason(e)).increment(1);
+                    return self.unauthenticated(&route, &req, e);
+                }
             };
+            outcome.principal = Some(id.sub.clone());
             let decision = self.policies.load().decide_segments(
                 &id.principals,
                 req.method().as_str(),
                 &segments,
             );
             if !decision.allowed {
+                outcome.decision = "denied";
                 tracing::info!(path = %canonical.decoded, sub = %id.sub, decision = %decision, "request denied");
                 return match route.kind {
                     RouteKind::Page => redirect(&self.settings.forbidden_url),
@@ -267,12 +309,14 @@ impl Gateway {
                 };
             }
             if from_cookie && !is_safe(req.method()) && !self.same_origin(&req) {
+                outcome.decision = "cross_site";
                 tracing::info!(path = %canonical.decoded, sub = %id.sub, "request refused: cross-site request with a cookie credential");
                 return json_response(
                     StatusCode::FORBIDDEN,
                     json!({ "error": "forbidden", "message": "cross-site request" }),
                 );
             }
+            outcome.decision = "allowed";
             identity = Some(id);
         }
         // 7. Forward or serve.
@@ -435,12 +479,15 @@ impl Gateway {
                 return json_response(StatusCode::UNAUTHORIZED, json!({ "error": "unauthorized" }));
             }
         };
-        match tokio::time::timeout(
+        let sent = std::time::Instant::now();
+        let result = tokio::time::timeout(
             self.settings.upstream_timeout,
             self.client.request(upstream),
         )
-        .await
-        {
+        .await;
+        metrics::histogram!("portcullis_gateway_upstream_seconds")
+            .record(sent.elapsed().as_secs_f64());
+        match result {
             Ok(Ok(resp)) => {
                 let mut resp = resp.map(Body::new);
                 proxy::clean_response(&mut resp);
@@ -458,6 +505,25 @@ impl Gateway {
                 )
             }
         }
+    }
+}
+
+/// What one request came to, for the access log and metrics (bounded label values only).
+#[derive(Default)]
+struct Outcome {
+    path: Option<String>,
+    route: Option<String>,
+    principal: Option<String>,
+    decision: &'static str,
+}
+
+fn auth_reason(e: AuthError) -> &'static str {
+    match e {
+        AuthError::Missing => "missing",
+        AuthError::Ambiguous => "ambiguous",
+        AuthError::MalformedHeader => "malformed",
+        AuthError::Invalid(_) => "invalid",
+        AuthError::Revoked => "revoked",
     }
 }
 

@@ -76,4 +76,6 @@ pub struct GatewaySettings {
     pub upstream_timeout: Duration,
     /// Largest request body forwarded.
     pub max_body: usize,
+    /// One log line per request (target `portcullis::access`).
+    pub access_log: bool,
 }

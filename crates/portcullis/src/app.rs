@@ -145,6 +145,7 @@ fn gateway_settings(config: &Config) -> GatewaySettings {
         connect_timeout: g.connect_timeout,
         upstream_timeout: g.upstream_timeout,
         max_body: g.max_body,
+        access_log: g.access_log,
     }
 }
 

@@ -89,6 +89,13 @@ pub const KEYS: &[KeySpec] = &[
         doc: "Address and port the server listens on (`serve --listen` overrides it).",
     },
     KeySpec {
+        path: "server.admin_listen",
+        kind: Kind::Str,
+        env: "PORTCULLIS_SERVER_ADMIN_LISTEN",
+        default: "",
+        doc: "Address of the admin listener that serves Prometheus `/metrics` (empty: no admin listener). Keep it off the public network.",
+    },
+    KeySpec {
         path: "server.shutdown_grace",
         kind: Kind::Duration {
             min: Duration::ZERO,
@@ -295,6 +302,13 @@ pub const KEYS: &[KeySpec] = &[
         doc: "From sending a request upstream to the response headers; past it the client gets 504.",
     },
     KeySpec {
+        path: "gateway.access_log",
+        kind: Kind::Bool,
+        env: "PORTCULLIS_GATEWAY_ACCESS_LOG",
+        default: "true",
+        doc: "One log line per gateway request (target `portcullis::access`; JSON with `--log-format json`): method, canonical path, route, principal, decision, status, duration. Never the query or a token.",
+    },
+    KeySpec {
         path: "gateway.max_body",
         kind: Kind::Int {
             min: 0,
@@ -472,6 +486,8 @@ pub struct Config {
     pub source: Option<PathBuf>,
     pub data_dir: PathBuf,
     pub listen: SocketAddr,
+    /// The admin listener (`/metrics`), if any.
+    pub admin_listen: Option<SocketAddr>,
     pub shutdown_grace: Duration,
     pub store: StoreOptions,
     pub password_policy: PasswordPolicy,
@@ -501,6 +517,7 @@ pub struct GatewayConfig {
     pub connect_timeout: Duration,
     pub upstream_timeout: Duration,
     pub max_body: usize,
+    pub access_log: bool,
 }
 
 /// A typed value read from the file or the environment.
@@ -741,6 +758,22 @@ fn build(
         });
     }
     let boolean = |path: &str| matches!(value(path), Value::Bool(true));
+    let admin_listen = match string("server.admin_listen").as_str() {
+        "" => None,
+        a => match a.parse::<SocketAddr>() {
+            Ok(addr) => Some(addr),
+            Err(_) => {
+                errors.push(ConfigError {
+                    location: "server".into(),
+                    key: "server.admin_listen".into(),
+                    message: format!(
+                        "{a:?} is not an IP address and port such as \"127.0.0.1:9464\""
+                    ),
+                });
+                None
+            }
+        },
+    };
     let issuer = match values.get("idp.issuer") {
         Some(Value::Str(i)) if !i.is_empty() => Some(i.clone()),
         _ => None,
@@ -791,10 +824,12 @@ fn build(
             connect_timeout: duration("gateway.connect_timeout"),
             upstream_timeout: duration("gateway.upstream_timeout"),
             max_body: usize::try_from(int("gateway.max_body")).unwrap_or(10 << 20),
+            access_log: boolean("gateway.access_log"),
         },
         source: source.map(Path::to_path_buf),
         data_dir,
         listen,
+        admin_listen,
         shutdown_grace: duration("server.shutdown_grace"),
         store,
         password_policy,

@@ -54,11 +54,30 @@ pub async fn run_config(
         config.idp.secure_cookies = portcullis_idp::is_localhost(&issuer);
         config.idp.issuer = issuer;
     }
+    let admin = match config.admin_listen {
+        Some(addr) => Some(admin_listener(addr).await?),
+        None => None,
+    };
     let app = App::open(config).await?;
     before(&app).await?;
     app.gateway.spawn_refresh(app.store.clone()).await?;
     spawn_key_refresh(&app);
-    // The first line on stdout, so scripts and tests started with port 0 learn the port.
+    if let Some((listener, handle)) = admin {
+        let addr = listener
+            .local_addr()
+            .map_err(|e| Failure::internal(e.to_string()))?;
+        println!("admin listening on http://{addr}");
+        let metrics = Router::new().route(
+            "/metrics",
+            get(move || {
+                let handle = handle.clone();
+                async move { handle.render() }
+            }),
+        );
+        tokio::spawn(async move { axum::serve(listener, metrics).await });
+    }
+    // The last line of the start-up banner on stdout, so scripts and tests started with port 0
+    // learn the port.
     println!("listening on http://{local}");
     let _ = std::io::stdout().flush();
     tracing::info!(address = %local, store = app.store.location(), issuer = %app.config.idp.issuer, "portcullis is serving");
@@ -180,4 +199,25 @@ fn spawn_key_refresh(app: &App) {
             }
         }
     });
+}
+
+/// Binds the admin listener and installs the Prometheus recorder it renders.
+async fn admin_listener(
+    addr: SocketAddr,
+) -> Result<
+    (
+        tokio::net::TcpListener,
+        metrics_exporter_prometheus::PrometheusHandle,
+    ),
+    Failure,
+> {
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+        Failure::user(format!(
+            "cannot listen on {addr} (server.admin_listen): {e}"
+        ))
+    })?;
+    let handle = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .install_recorder()
+        .map_err(|e| Failure::internal(format!("cannot install the metrics recorder: {e}")))?;
+    Ok((listener, handle))
 }

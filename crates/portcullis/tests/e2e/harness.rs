@@ -186,10 +186,15 @@ pub struct Server {
 }
 
 impl Server {
-    pub fn start(mut cmd: Command) -> Server {
+    pub fn start(cmd: Command) -> Server {
+        Self::start_with_stderr(cmd, Stdio::inherit())
+    }
+
+    /// Starts a server whose standard error goes to `stderr` (a file, to read its logs).
+    pub fn start_with_stderr(mut cmd: Command, stderr: Stdio) -> Server {
         let mut child = cmd
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .expect("spawn server");
         let stdout = child.stdout.take().expect("stdout");
