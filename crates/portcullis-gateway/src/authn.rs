@@ -151,6 +151,7 @@ impl Revocations {
 /// Verifies credentials.
 pub struct Authenticator {
     pub(crate) issuer: String,
+    pub(crate) external: std::collections::HashMap<String, Arc<crate::issuers::ExternalIssuer>>,
     groups_claim: String,
     access_cookie: String,
     pub(crate) keys: Arc<dyn KeySource>,
@@ -176,10 +177,15 @@ impl Authenticator {
         groups_claim: String,
         access_cookie: String,
         keys: Arc<dyn KeySource>,
+        external: Vec<crate::issuers::ExternalIssuer>,
         clock: Clock,
     ) -> Self {
         Authenticator {
             issuer,
+            external: external
+                .into_iter()
+                .map(|e| (e.issuer.clone(), Arc::new(e)))
+                .collect(),
             groups_claim,
             access_cookie,
             keys,
@@ -241,7 +247,7 @@ impl Authenticator {
     }
 
     /// Verifies an access token (cached) and checks revocation (every time).
-    pub fn authenticate(&self, token: &str) -> Result<Arc<Identity>, AuthError> {
+    pub async fn authenticate(&self, token: &str) -> Result<Arc<Identity>, AuthError> {
         let now = self.clock.now();
         let identity = match self.cache.get(token) {
             Some(id) if id.exp + LEEWAY >= now => {
@@ -252,7 +258,7 @@ impl Authenticator {
             _ => {
                 metrics::counter!("portcullis_gateway_token_cache_total", "result" => "miss")
                     .increment(1);
-                let id = Arc::new(self.verify(token, now)?);
+                let id = Arc::new(self.verify(token, now).await?);
                 self.cache.insert(token.to_owned(), id.clone());
                 id
             }
@@ -263,18 +269,46 @@ impl Authenticator {
         Ok(identity)
     }
 
-    fn verify(&self, token: &str, now: i64) -> Result<Identity, AuthError> {
-        let keys = self.keys.keys();
-        let expect = Expect {
-            issuer: &self.issuer,
-            audiences: &[],
-            token_use: Some(TokenUse::Access),
-            leeway: LEEWAY,
-            now,
+    async fn verify(&self, token: &str, now: i64) -> Result<Identity, AuthError> {
+        // The issuer picks the keys and the rules; the signature is checked with that issuer's
+        // keys only, so a forged `iss` gains nothing.
+        let iss =
+            peek_issuer(token).ok_or(AuthError::Invalid(VerifyError::Malformed("payload")))?;
+        let (claims, groups_claim) = if iss == self.issuer {
+            let keys = self.keys.keys();
+            let expect = Expect {
+                issuer: &self.issuer,
+                audiences: &[],
+                token_use: Some(TokenUse::Access),
+                leeway: LEEWAY,
+                now,
+            };
+            (
+                jwt::verify(token, &keys, &expect).map_err(AuthError::Invalid)?,
+                self.groups_claim.as_str(),
+            )
+        } else if let Some(ext) = self.external.get(&iss) {
+            let expect = Expect {
+                issuer: &ext.issuer,
+                audiences: &ext.audiences,
+                token_use: ext.token_use,
+                leeway: LEEWAY,
+                now,
+            };
+            let claims = match jwt::verify(token, &ext.keys(), &expect) {
+                // A key we have not seen: the issuer may have rotated. Refetch (rate-limited).
+                Err(VerifyError::UnknownKey) if ext.refresh().await => {
+                    jwt::verify(token, &ext.keys(), &expect)
+                }
+                other => other,
+            }
+            .map_err(AuthError::Invalid)?;
+            (claims, ext.groups_claim.as_str())
+        } else {
+            return Err(AuthError::Invalid(VerifyError::WrongIssuer));
         };
-        let claims = jwt::verify(token, &keys, &expect).map_err(AuthError::Invalid)?;
         let groups = claims
-            .string_list(&self.groups_claim)
+            .string_list(groups_claim)
             .map_err(AuthError::Invalid)?;
         let mut id = Identity {
             sub: claims
@@ -298,4 +332,18 @@ impl Authenticator {
             .ok_or(AuthError::Invalid(VerifyError::BadClaim("sub")))?;
         Ok(id)
     }
+}
+
+/// The `iss` of a compact JWS, unverified (only to choose the keys to verify it with).
+fn peek_issuer(token: &str) -> Option<String> {
+    use base64::Engine;
+    if token.len() > jwt::MAX_TOKEN_BYTES {
+        return None;
+    }
+    let payload = token.split('.').nth(1)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .ok()?;
+    let v: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    v.get("iss")?.as_str().map(str::to_owned)
 }

@@ -7,6 +7,7 @@
 
 pub mod authn;
 pub mod canonical;
+pub mod issuers;
 pub mod proxy;
 pub mod route;
 pub mod settings;
@@ -86,15 +87,21 @@ impl Gateway {
     pub fn new(
         settings: GatewaySettings,
         routes: &[RouteConfig],
+        issuers: &[issuers::IssuerConfig],
         keys: Arc<dyn KeySource>,
         clock: Clock,
     ) -> Result<Gateway, String> {
         let routes = RouteTable::new(routes)?;
+        let external = issuers
+            .iter()
+            .map(issuers::external)
+            .collect::<Result<Vec<_>, _>>()?;
         let auth = Authenticator::new(
             settings.issuer.clone(),
             settings.groups_claim.clone(),
             settings.access_cookie.clone(),
             keys,
+            external,
             clock.clone(),
         );
         let client = proxy::client(settings.connect_timeout);
@@ -133,6 +140,10 @@ impl Gateway {
     ) -> Result<(), portcullis_store::StoreError> {
         let mut state = RefreshState::default();
         self.refresh(&store, &mut state).await?;
+        // External issuers' keys: fetched now if they answer; otherwise on first use.
+        for ext in self.auth.external.values() {
+            ext.refresh().await;
+        }
         let gw = Arc::downgrade(self);
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_millis(500));
@@ -282,11 +293,16 @@ impl Gateway {
         // 3–6. Authenticate, authorize, CSRF (not for public routes).
         let mut identity: Option<Arc<Identity>> = None;
         if route.kind != RouteKind::Public {
-            let (id, from_cookie) = match self
-                .auth
-                .credential(req.headers(), &route.sources)
-                .and_then(|(t, c)| Ok((self.auth.authenticate(t)?, c)))
-            {
+            let credential = self.auth.credential(req.headers(), &route.sources);
+            let verified = match credential {
+                Ok((token, from_cookie)) => self
+                    .auth
+                    .authenticate(token)
+                    .await
+                    .map(|id| (id, from_cookie)),
+                Err(e) => Err(e),
+            };
+            let (id, from_cookie) = match verified {
                 Ok(ok) => ok,
                 Err(e) => {
                     outcome.decision = "unauthenticated";

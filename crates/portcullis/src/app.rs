@@ -113,6 +113,7 @@ impl App {
         let gateway = Gateway::new(
             gateway_settings(&config),
             &config.routes,
+            &config.issuers,
             Arc::new(ProviderKeys(provider.clone())),
             clock.clone(),
         )

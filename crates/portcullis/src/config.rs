@@ -349,7 +349,13 @@ pub const KEYS: &[KeySpec] = &[
 ];
 
 /// Top-level arrays of tables, checked by serde rather than by the key schema.
-const TABLE_ARRAYS: &[&str] = &["clients", "resource_servers", "routes", "policy"];
+const TABLE_ARRAYS: &[&str] = &[
+    "clients",
+    "resource_servers",
+    "routes",
+    "policy",
+    "gateway.issuers",
+];
 
 /// A client declared in the configuration file (`[[clients]]`), created or updated at every start.
 #[derive(Debug, Clone, serde::Deserialize)]
@@ -401,6 +407,15 @@ struct Declared {
     routes: Vec<portcullis_gateway::settings::RouteConfig>,
     #[serde(default)]
     policy: Vec<toml::Table>,
+    #[serde(default)]
+    gateway: DeclaredGateway,
+}
+
+/// The part of `[gateway]` serde reads (its scalar keys go through the key schema).
+#[derive(Debug, Default, serde::Deserialize)]
+struct DeclaredGateway {
+    #[serde(default)]
+    issuers: Vec<portcullis_gateway::issuers::IssuerConfig>,
 }
 
 /// The environment variable that may carry the instance secret itself (never a config key, so it
@@ -500,6 +515,8 @@ pub struct Config {
     pub issuer_configured: bool,
     pub clients: Vec<DeclaredClient>,
     pub resource_servers: Vec<DeclaredResourceServer>,
+    /// `[[gateway.issuers]]`: trusted external issuers.
+    pub issuers: Vec<portcullis_gateway::issuers::IssuerConfig>,
     /// `[[routes]]`: the gateway's route table.
     pub routes: Vec<portcullis_gateway::settings::RouteConfig>,
     /// `[[policy]]` documents as a policy file, seeded into the store on first start.
@@ -647,6 +664,16 @@ pub fn load(source: Option<&Path>, text: Option<&str>, env: &Env) -> Result<Conf
         }]));
     }
     config.routes = declared.routes;
+    for issuer in &declared.gateway.issuers {
+        if let Err(e) = portcullis_gateway::issuers::external(issuer) {
+            return Err(ConfigErrors(vec![ConfigError {
+                location: file_label.clone(),
+                key: "gateway.issuers".into(),
+                message: e,
+            }]));
+        }
+    }
+    config.issuers = declared.gateway.issuers;
     if !declared.policy.is_empty() {
         let mut doc = toml::Table::new();
         doc.insert(
@@ -815,6 +842,7 @@ fn build(
         clients: Vec::new(),
         resource_servers: Vec::new(),
         routes: Vec::new(),
+        issuers: Vec::new(),
         policy_seed: None,
         gateway: GatewayConfig {
             login_url: string("gateway.login_url"),
@@ -865,7 +893,7 @@ fn walk(
             format!("{prefix}.{}", key.get_ref())
         };
         let location = at(file, text, key.span().start);
-        if prefix.is_empty() && TABLE_ARRAYS.contains(&path.as_str()) {
+        if TABLE_ARRAYS.contains(&path.as_str()) {
             if !matches!(value.get_ref(), DeValue::Array(_)) {
                 errors.push(ConfigError {
                     location,

@@ -923,3 +923,90 @@ async fn one_json_access_log_line_per_request_without_tokens_or_queries() {
         "no query or token in logs:\n{text}"
     );
 }
+
+#[tokio::test]
+async fn tokens_of_a_trusted_external_issuer_are_verified_with_its_jwks() {
+    // B: another portcullis acting as the external identity provider (as a Cognito pool would).
+    let mut b = setup("");
+    let issuer = b.server.base.replace("127.0.0.1", "localhost");
+    let upstream = Upstream::start().await;
+    // A: a gateway that trusts B for client `spa`, with B's groups claim.
+    let a = crate::harness::Instance::with_config(&format!(
+        r#"
+[[gateway.issuers]]
+issuer = "{issuer}"
+audiences = ["spa"]
+groups_claim = "groups"
+
+[[routes]]
+path = "/api/**"
+kind = "api"
+upstream = "{upstream}"
+
+[[policy]]
+principal = "group:user"
+statements = [{{ effect = "allow", methods = ["GET"], paths = ["/api/orders/**"] }}]
+"#,
+        upstream = upstream.base
+    ));
+    let gateway = a.serve();
+    let http = reqwest::Client::new();
+    let first = token_for(&mut b, "ada").await;
+    let second = token_for(&mut b, "ada").await;
+    let resp = http
+        .get(gateway.url("/api/orders/1"))
+        .bearer_auth(&first)
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(
+        upstream.last()["headers"]["x-auth-username"],
+        json!(["ada"])
+    );
+    let denied = http
+        .get(gateway.url("/api/admin/x"))
+        .bearer_auth(&first)
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(
+        denied.status(),
+        StatusCode::FORBIDDEN,
+        "policies apply to external identities too"
+    );
+
+    // A token B issued to another client is not for us.
+    let secret = b.backend_secret.clone();
+    let (_, cc) = b
+        .token(
+            &[
+                ("grant_type", "client_credentials"),
+                ("scope", "orders/read"),
+            ],
+            Some(("backend", &secret)),
+        )
+        .await;
+    let other = cc["access_token"].as_str().expect("token").to_owned();
+    let resp = http
+        .get(gateway.url("/api/orders/1"))
+        .bearer_auth(&other)
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED, "wrong audience");
+
+    // B goes away: A keeps verifying with the keys it has.
+    drop(b);
+    let resp = http
+        .get(gateway.url("/api/orders/2"))
+        .bearer_auth(&second)
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(
+        resp.status(),
+        StatusCode::OK,
+        "cached keys keep working while the issuer is unreachable"
+    );
+}
