@@ -480,6 +480,13 @@ impl Gateway {
             identity,
         };
         let max = self.settings.max_body;
+        // An upgrade (WebSocket and the like) on an authorized route: the Upgrade and Connection
+        // headers are hop-by-hop and get stripped, so note them and put them back.
+        let mut req = req;
+        let upgrade = proxy::upgrade_request(&req).then(|| {
+            let protocol = req.headers().get(header::UPGRADE).cloned();
+            (protocol, hyper::upgrade::on(&mut req))
+        });
         let (parts, body) = req.into_parts();
         let req = Request::from_parts(parts, Body::new(http_body_util::Limited::new(body, max)));
         let upstream = match proxy::upstream_request(req, base, encoded, &fwd) {
@@ -487,6 +494,11 @@ impl Gateway {
                 if let Some(a) = assertion {
                     r.headers_mut()
                         .insert(header::HeaderName::from_static("x-auth-assertion"), a);
+                }
+                if let Some((Some(protocol), _)) = &upgrade {
+                    r.headers_mut().insert(header::UPGRADE, protocol.clone());
+                    r.headers_mut()
+                        .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
                 }
                 r
             }
@@ -504,7 +516,29 @@ impl Gateway {
         metrics::histogram!("portcullis_gateway_upstream_seconds")
             .record(sent.elapsed().as_secs_f64());
         match result {
-            Ok(Ok(resp)) => {
+            Ok(Ok(mut resp)) => {
+                if resp.status() == StatusCode::SWITCHING_PROTOCOLS
+                    && let Some((_, client_side)) = upgrade
+                {
+                    let upstream_side = hyper::upgrade::on(&mut resp);
+                    tokio::spawn(async move {
+                        match (client_side.await, upstream_side.await) {
+                            (Ok(client), Ok(server)) => {
+                                let mut client = hyper_util::rt::TokioIo::new(client);
+                                let mut server = hyper_util::rt::TokioIo::new(server);
+                                let _ =
+                                    tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                            }
+                            (c, u) => tracing::warn!(
+                                client = c.is_ok(),
+                                upstream = u.is_ok(),
+                                "upgrade failed"
+                            ),
+                        }
+                    });
+                    // 101 keeps its Upgrade/Connection headers: they are the answer.
+                    return resp.map(Body::new);
+                }
                 let mut resp = resp.map(Body::new);
                 proxy::clean_response(&mut resp);
                 resp

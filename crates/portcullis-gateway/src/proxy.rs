@@ -187,6 +187,18 @@ pub fn upstream_request(
     Ok(req)
 }
 
+/// Whether a request asks for a protocol upgrade (`Connection: upgrade` plus `Upgrade`).
+pub fn upgrade_request<B>(req: &Request<B>) -> bool {
+    req.headers().contains_key(header::UPGRADE)
+        && req
+            .headers()
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+}
+
 /// Strips hop-by-hop headers from an upstream response.
 pub fn clean_response(resp: &mut Response<Body>) {
     let headers = resp.headers_mut();

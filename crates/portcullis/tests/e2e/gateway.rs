@@ -1010,3 +1010,83 @@ statements = [{{ effect = "allow", methods = ["GET"], paths = ["/api/orders/**"]
         "cached keys keep working while the issuer is unreachable"
     );
 }
+
+/// An upstream that switches protocols (as a WebSocket server does) and then echoes bytes.
+async fn upgrading_upstream() -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let base = format!("http://{}", listener.local_addr().expect("addr"));
+    tokio::spawn(async move {
+        while let Ok((mut sock, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    if sock.read(&mut byte).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                    head.push(byte[0]);
+                }
+                let head = String::from_utf8_lossy(&head).to_lowercase();
+                if !head.contains("upgrade: echo") || !head.contains("x-auth-username: ada") {
+                    let _ = sock
+                        .write_all(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n")
+                        .await;
+                    return;
+                }
+                let _ = sock.write_all(b"HTTP/1.1 101 Switching Protocols\r\nupgrade: echo\r\nconnection: upgrade\r\n\r\n").await;
+                let mut buf = [0u8; 64];
+                while let Ok(n) = sock.read(&mut buf).await {
+                    if n == 0 || sock.write_all(&buf[..n]).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    base
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upgrades_pass_through_on_authorized_routes_only() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let upstream = upgrading_upstream().await;
+    let mut idp = setup(&format!(
+        "[[routes]]\npath = \"/ws/**\"\nkind = \"api\"\nupstream = \"{upstream}\"\n\
+         [[policy]]\nprincipal = \"group:user\"\nstatements = [{{ effect = \"allow\", methods = [\"GET\"], paths = [\"/ws/**\"] }}]\n"
+    ));
+    let ada = token_for(&mut idp, "ada").await;
+    let addr = idp.server.base.trim_start_matches("http://").to_owned();
+    let open = |token: Option<String>| {
+        let addr = addr.clone();
+        async move {
+            let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+            let auth = token
+                .map(|t| format!("Authorization: Bearer {t}\r\n"))
+                .unwrap_or_default();
+            s.write_all(format!("GET /ws/chat HTTP/1.1\r\nHost: x\r\nUpgrade: echo\r\nConnection: Upgrade\r\n{auth}\r\n").as_bytes()).await.expect("write");
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") {
+                if s.read(&mut byte).await.unwrap_or(0) == 0 {
+                    break;
+                }
+                head.push(byte[0]);
+            }
+            (s, String::from_utf8_lossy(&head).into_owned())
+        }
+    };
+    let (_, refused) = open(None).await;
+    assert!(refused.starts_with("HTTP/1.1 401"), "{refused}");
+    let (mut s, head) = open(Some(ada)).await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    s.write_all(b"ping").await.expect("write");
+    let mut buf = [0u8; 4];
+    tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut buf))
+        .await
+        .expect("echo in time")
+        .expect("read");
+    assert_eq!(&buf, b"ping");
+}
