@@ -14,6 +14,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION=${DURATION:-10s}
 CONNS=${CONNS:-32}
+ROUNDS=${ROUNDS:-3}   # targets run interleaved, ROUNDS times; the table shows each one's median
 if [[ "${1:-}" == "--install" ]]; then
     apt-get install -y -qq nginx wrk >/dev/null
 fi
@@ -84,23 +85,31 @@ targets+=("portcullis public route (no auth)|http://127.0.0.1:$pc_port/public/x|
 targets+=("portcullis Bearer ES256 + policy|http://127.0.0.1:$pc_port/api/admin/x|bearer")
 targets+=("portcullis cookie ES256 + policy|http://127.0.0.1:$pc_port/api/admin/x|cookie")
 
-echo "gateway benchmark, $(date -u +%Y-%m-%d), $(nproc) cores, wrk -t1 -c$CONNS -d$DURATION, GET /api/admin/x"
+echo "gateway benchmark, $(date -u +%Y-%m-%d), $(nproc) cores, wrk -t1 -c$CONNS -d$DURATION, GET /api/admin/x, median of $ROUNDS interleaved rounds"
 echo
-echo "| target | req/s | p50 | p99 | non-2xx |"
-echo "|---|---:|---:|---:|---:|"
+declare -A rates p50s p99s bads
+for round in $(seq "$ROUNDS"); do
+    for t in "${targets[@]}"; do
+        IFS='|' read -r name url auth <<<"$t"
+        hdr=()
+        [[ "$auth" == bearer ]] && hdr=(-H "Authorization: Bearer $token")
+        [[ "$auth" == cookie ]] && hdr=(-H "Cookie: __Host-portcullis-access=$token")
+        wrk -t1 -c"$CONNS" -d"$DURATION" --latency "${hdr[@]}" "$url" > "$tmp/wrk.out"
+        rates[$name]+="$(grep -oP 'Requests/sec:\s+\K[0-9.]+' "$tmp/wrk.out") "
+        p50s[$name]+="$(grep -oP '^\s+50%\s+\K\S+' "$tmp/wrk.out") "
+        p99s[$name]+="$(grep -oP '^\s+99%\s+\K\S+' "$tmp/wrk.out") "
+        bads[$name]=$(( ${bads[$name]:-0} + $(grep -oP 'Non-2xx or 3xx responses: \K[0-9]+' "$tmp/wrk.out" || echo 0) ))
+    done
+done
+median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }'; }
+echo "| target | req/s (median) | all rounds | p99 (median) | non-2xx |"
+echo "|---|---:|---|---:|---:|"
 declare -A rate
 for t in "${targets[@]}"; do
-    IFS='|' read -r name url auth <<<"$t"
-    hdr=()
-    [[ "$auth" == bearer ]] && hdr=(-H "Authorization: Bearer $token")
-    [[ "$auth" == cookie ]] && hdr=(-H "Cookie: __Host-portcullis-access=$token")
-    wrk -t1 -c"$CONNS" -d"$DURATION" --latency "${hdr[@]}" "$url" > "$tmp/wrk.out"
-    r=$(grep -oP 'Requests/sec:\s+\K[0-9.]+' "$tmp/wrk.out")
-    p50=$(grep -oP '^\s+50%\s+\K\S+' "$tmp/wrk.out")
-    p99=$(grep -oP '^\s+99%\s+\K\S+' "$tmp/wrk.out")
-    bad=$(grep -oP 'Non-2xx or 3xx responses: \K[0-9]+' "$tmp/wrk.out" || echo 0)
-    rate[$name]=$r
-    printf '| %s | %.0f | %s | %s | %s |\n' "$name" "$r" "$p50" "$p99" "$bad"
+    IFS='|' read -r name _ _ <<<"$t"
+    rate[$name]=$(echo "${rates[$name]}" | median)
+    p99=$(echo "${p99s[$name]}" | sed 's/ms/e-3/g; s/us/e-6/g' | median)
+    printf '| %s | %.0f | %s | %.2fms | %s |\n' "$name" "${rate[$name]}" "$(echo ${rates[$name]} | tr ' ' '/')" "$(awk -v x="$p99" 'BEGIN { print x * 1000 }')" "${bads[$name]}"
 done
 echo
 ratio() { awk -v a="${rate[$1]}" -v b="${rate[$2]}" 'BEGIN { printf "%.2f", a / b }'; }
