@@ -40,7 +40,8 @@ pub fn load_config(explicit: Option<&Path>) -> Result<Config, Failure> {
 /// An opened instance: the store and the services built on it.
 #[derive(Debug, Clone)]
 pub struct App {
-    pub config: Config,
+    /// Shared: the axum state is cloned for every request.
+    pub config: Arc<Config>,
     pub store: Store,
     pub pool: UserPool,
     pub provider: Provider,
@@ -119,7 +120,7 @@ impl App {
         )
         .map_err(|e| Failure::user(format!("routes: {e}")))?;
         Ok(App {
-            config,
+            config: Arc::new(config),
             store,
             pool,
             provider,
