@@ -12,6 +12,23 @@ pub mod proxy;
 pub mod route;
 pub mod settings;
 
+/// New tokens for a browser session whose access token expired.
+#[derive(Debug, Clone)]
+pub struct Refreshed {
+    pub access: String,
+    pub refresh: String,
+    /// Cookie lifetime, seconds.
+    pub max_age: i64,
+}
+
+/// Refreshes a browser session (the identity provider's refresh grant, in process).
+pub trait Refresher: Send + Sync {
+    fn refresh(
+        &self,
+        refresh_token: String,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Option<Refreshed>> + Send + '_>>;
+}
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -39,6 +56,9 @@ pub struct Gateway {
     clock: Clock,
     /// Signed assertions per (token, audience), reused for 30 of their 60 seconds.
     assertions: moka::sync::Cache<String, HeaderValue>,
+    refresher: std::sync::OnceLock<Arc<dyn Refresher>>,
+    /// One refresh per refresh token at a time: parallel requests of a burst share its result.
+    flights: moka::sync::Cache<String, Arc<tokio::sync::OnceCell<Option<Refreshed>>>>,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -112,11 +132,90 @@ impl Gateway {
             policies: ArcSwap::from_pointee(PolicySet::default()),
             client,
             clock,
+            refresher: std::sync::OnceLock::new(),
+            flights: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(Duration::from_secs(30))
+                .build(),
             assertions: moka::sync::Cache::builder()
                 .max_capacity(100_000)
                 .time_to_live(Duration::from_secs(30))
                 .build(),
         })
+    }
+
+    pub fn settings(&self) -> &GatewaySettings {
+        &self.settings
+    }
+
+    /// Enables transparent refresh of browser sessions.
+    pub fn set_refresher(&self, refresher: Arc<dyn Refresher>) {
+        let _ = self.refresher.set(refresher);
+    }
+
+    fn cookie(&self, name: &str, value: &str, max_age: i64) -> Option<HeaderValue> {
+        let secure = if self.settings.cookie_secure {
+            "; Secure"
+        } else {
+            ""
+        };
+        HeaderValue::from_str(&format!(
+            "{name}={value}; Path=/; HttpOnly; SameSite=Lax{secure}; Max-Age={max_age}"
+        ))
+        .ok()
+    }
+
+    /// The refresh cookie's value, if exactly one is present.
+    fn refresh_cookie<'h>(&self, headers: &'h axum::http::HeaderMap) -> Option<&'h str> {
+        let mut found = None;
+        for v in headers.get_all(header::COOKIE) {
+            for c in v.to_str().ok()?.split(';') {
+                if let Some((k, val)) = c.trim().split_once('=')
+                    && k == self.settings.refresh_cookie
+                {
+                    if found.is_some() {
+                        return None;
+                    }
+                    found = Some(val);
+                }
+            }
+        }
+        found
+    }
+
+    /// Refreshes an expired cookie session once for a burst of parallel requests, and returns
+    /// the identity of the new access token plus the cookies to set.
+    async fn refresh_session(
+        &self,
+        headers: &axum::http::HeaderMap,
+        outcome: &mut Outcome,
+    ) -> Result<(Arc<Identity>, bool), AuthError> {
+        let refresher = self.refresher.get().ok_or(AuthError::Missing)?;
+        let refresh = self
+            .refresh_cookie(headers)
+            .ok_or(AuthError::Missing)?
+            .to_owned();
+        let flight = self
+            .flights
+            .get_with(refresh.clone(), || Arc::new(tokio::sync::OnceCell::new()));
+        let refreshed = flight
+            .get_or_init(|| refresher.refresh(refresh))
+            .await
+            .clone()
+            .ok_or(AuthError::Revoked)?;
+        let id = self.auth.authenticate(&refreshed.access).await?;
+        outcome.set_cookies.extend(self.cookie(
+            &self.settings.access_cookie,
+            &refreshed.access,
+            refreshed.max_age,
+        ));
+        outcome.set_cookies.extend(self.cookie(
+            &self.settings.refresh_cookie,
+            &refreshed.refresh,
+            refreshed.max_age,
+        ));
+        metrics::counter!("portcullis_gateway_session_refreshes_total").increment(1);
+        Ok((id, true))
     }
 
     /// The policies in force.
@@ -216,7 +315,10 @@ impl Gateway {
         let started = std::time::Instant::now();
         let method = req.method().clone();
         let mut outcome = Outcome::default();
-        let response = self.handle_inner(peer, req, &mut outcome).await;
+        let mut response = self.handle_inner(peer, req, &mut outcome).await;
+        for c in outcome.set_cookies.drain(..) {
+            response.headers_mut().append(header::SET_COOKIE, c);
+        }
         let status = response.status().as_u16();
         let route = outcome.route.as_deref().unwrap_or("-");
         metrics::counter!("portcullis_gateway_requests_total", "route" => route.to_owned(), "status" => status.to_string(), "decision" => outcome.decision).increment(1);
@@ -294,12 +396,23 @@ impl Gateway {
         let mut identity: Option<Arc<Identity>> = None;
         if route.kind != RouteKind::Public {
             let credential = self.auth.credential(req.headers(), &route.sources);
+            let cookie_allowed = route.sources.contains(&settings::TokenSource::Cookie);
             let verified = match credential {
-                Ok((token, from_cookie)) => self
-                    .auth
-                    .authenticate(token)
-                    .await
-                    .map(|id| (id, from_cookie)),
+                Ok((token, from_cookie)) => match self.auth.authenticate(token).await {
+                    // An expired access cookie with a live refresh cookie: refresh in line, so
+                    // the browser never sees an expiry while its session is alive.
+                    Err(AuthError::Invalid(portcullis_token::jwt::VerifyError::Expired))
+                        if from_cookie =>
+                    {
+                        self.refresh_session(req.headers(), outcome).await
+                    }
+                    other => other.map(|id| (id, from_cookie)),
+                },
+                Err(AuthError::Missing)
+                    if cookie_allowed && self.refresh_cookie(req.headers()).is_some() =>
+                {
+                    self.refresh_session(req.headers(), outcome).await
+                }
                 Err(e) => Err(e),
             };
             let (id, from_cookie) = match verified {
@@ -561,6 +674,8 @@ impl Gateway {
 /// What one request came to, for the access log and metrics (bounded label values only).
 #[derive(Default)]
 struct Outcome {
+    /// Cookies to set on the response (a session refreshed in line).
+    set_cookies: Vec<HeaderValue>,
     path: Option<String>,
     route: Option<String>,
     principal: Option<String>,

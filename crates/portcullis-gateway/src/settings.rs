@@ -70,6 +70,10 @@ pub struct GatewaySettings {
     pub forbidden_url: String,
     /// Name of the access-token cookie.
     pub access_cookie: String,
+    /// Name of the refresh-token cookie.
+    pub refresh_cookie: String,
+    /// Cookies carry `Secure` (false only in plain-http development mode).
+    pub cookie_secure: bool,
     /// Scheme + host (+ port) browsers use; unsafe cookie-authenticated requests must come from it.
     pub public_origin: String,
     pub connect_timeout: Duration,

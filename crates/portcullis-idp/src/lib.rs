@@ -16,6 +16,7 @@ mod settings;
 mod templates;
 mod web;
 
+pub use crypto::{pkce_s256, random_token, sha256_hex};
 pub use instance::{InstanceError, resolve_instance_secret};
 pub use keyring::{KeyRing, KeyRingError, Purpose};
 pub use names::{NameError, validate_email, validate_group_name, validate_username};

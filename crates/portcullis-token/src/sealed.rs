@@ -45,12 +45,17 @@ impl hkdf::KeyType for Len32 {
 }
 
 impl KeyEncryptionKey {
-    /// Derives the key from the instance secret.
+    /// Derives the key that seals private keys from the instance secret.
     pub fn derive(instance_secret: &Secret<String>) -> Result<Self, SealError> {
+        Self::derive_for(instance_secret, "signing-key-encryption v1")
+    }
+
+    /// Derives a key for another purpose (each purpose gets its own key).
+    pub fn derive_for(instance_secret: &Secret<String>, purpose: &str) -> Result<Self, SealError> {
         let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, b"portcullis")
             .extract(instance_secret.expose().as_bytes());
         let mut raw = [0u8; 32];
-        prk.expand(&[b"signing-key-encryption v1"], Len32)
+        prk.expand(&[purpose.as_bytes()], Len32)
             .and_then(|okm| okm.fill(&mut raw))
             .map_err(|_| SealError::Encrypt)?;
         let id_digest = digest::digest(&digest::SHA256, &[b"kek-id v1:".as_slice(), &raw].concat());

@@ -46,6 +46,8 @@ pub struct App {
     pub pool: UserPool,
     pub provider: Provider,
     pub gateway: Arc<Gateway>,
+    /// Seals browser sign-in flows (`serve` builds the sessions with it).
+    pub instance_secret: Secret<String>,
 }
 
 /// The gateway verifies our own tokens with the identity provider's key ring, in memory.
@@ -125,6 +127,7 @@ impl App {
             pool,
             provider,
             gateway: Arc::new(gateway),
+            instance_secret,
         })
     }
 }
@@ -143,6 +146,12 @@ fn gateway_settings(config: &Config) -> GatewaySettings {
         login_url: g.login_url.clone(),
         forbidden_url: g.forbidden_url.clone(),
         access_cookie: g.access_cookie.clone(),
+        refresh_cookie: if g.access_cookie.starts_with("__Host-") {
+            "__Host-portcullis-refresh".into()
+        } else {
+            "portcullis-refresh".into()
+        },
+        cookie_secure: config.idp.secure_cookies,
         public_origin: origin,
         connect_timeout: g.connect_timeout,
         upstream_timeout: g.upstream_timeout,

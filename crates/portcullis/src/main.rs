@@ -7,6 +7,7 @@ mod config;
 mod demo;
 mod failure;
 mod serve;
+mod sessions;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

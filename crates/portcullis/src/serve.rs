@@ -60,6 +60,17 @@ pub async fn run_config(
     };
     let app = App::open(config).await?;
     before(&app).await?;
+    let g = app.gateway.settings();
+    let sessions = crate::sessions::Sessions::new(
+        app.provider.clone(),
+        &g.public_origin,
+        &g.access_cookie,
+        &g.refresh_cookie,
+        &app.instance_secret,
+    )
+    .await
+    .map_err(Failure::internal)?;
+    app.gateway.set_refresher(Arc::new(sessions.clone()));
     app.gateway.spawn_refresh(app.store.clone()).await?;
     spawn_key_refresh(&app);
     if let Some((listener, handle)) = admin {
@@ -83,7 +94,7 @@ pub async fn run_config(
     tracing::info!(address = %local, store = app.store.location(), issuer = %app.config.idp.issuer, "portcullis is serving");
 
     let grace = app.config.shutdown_grace;
-    let router = router(app)?;
+    let router = router(app)?.merge(sessions.router());
     let stopping = Arc::new(Notify::new());
     let signal = {
         let stopping = stopping.clone();

@@ -2,66 +2,16 @@
 //! cookie, responses per route kind, header hygiene, revocation and policy changes within a
 //! second, and the attacks of the gateway issue — each proving nothing reached the upstream.
 
-use std::collections::BTreeMap;
 use std::io::{Read, Write};
-use std::sync::{Arc, Mutex};
+
 use std::time::{Duration, Instant};
 
-use axum::extract::Request;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 use crate::oidc::{Idp, setup};
 
-/// A trivial upstream that records what reaches it and echoes it back.
-struct Upstream {
-    base: String,
-    seen: Arc<Mutex<Vec<Value>>>,
-}
-
-impl Upstream {
-    async fn start() -> Upstream {
-        let seen: Arc<Mutex<Vec<Value>>> = Arc::default();
-        let log = seen.clone();
-        let app = axum::Router::new().fallback(move |req: Request| {
-            let log = log.clone();
-            async move {
-                if req.uri().path() == "/api/slow" {
-                    tokio::time::sleep(Duration::from_secs(3)).await;
-                }
-                let mut headers: BTreeMap<String, Vec<String>> = BTreeMap::new();
-                for (k, v) in req.headers() {
-                    headers.entry(k.as_str().to_owned()).or_default().push(v.to_str().unwrap_or("?").to_owned());
-                }
-                let method = req.method().to_string();
-                let uri = req.uri().to_string();
-                let body = axum::body::to_bytes(req.into_body(), 1 << 20).await.unwrap_or_default();
-                let record = json!({ "method": method, "uri": uri, "headers": headers, "body": String::from_utf8_lossy(&body) });
-                log.lock().expect("log").push(record.clone());
-                axum::Json(record)
-            }
-        });
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let base = format!("http://{}", listener.local_addr().expect("addr"));
-        tokio::spawn(async move { axum::serve(listener, app).await });
-        Upstream { base, seen }
-    }
-
-    fn count(&self) -> usize {
-        self.seen.lock().expect("log").len()
-    }
-
-    fn last(&self) -> Value {
-        self.seen
-            .lock()
-            .expect("log")
-            .last()
-            .cloned()
-            .expect("something reached the upstream")
-    }
-}
+use crate::gateway_upstream::Upstream;
 
 fn config(upstream: &str, files: &std::path::Path) -> String {
     let files = files.display();

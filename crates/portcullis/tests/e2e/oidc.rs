@@ -149,7 +149,7 @@ impl Idp {
         self.server.url(path)
     }
 
-    fn cookie_header(&self) -> String {
+    pub(crate) fn cookie_header(&self) -> String {
         self.cookies
             .iter()
             .map(|(k, v)| format!("{k}={v}"))
@@ -210,7 +210,7 @@ impl Idp {
     }
 
     /// Opens the sign-in form for an authorization URL; returns (request, csrf).
-    async fn open_form(&mut self, authorize: &str) -> (String, String) {
+    pub(crate) async fn open_form(&mut self, authorize: &str) -> (String, String) {
         let resp = self.get(authorize).await;
         assert_eq!(
             resp.status(),
@@ -225,7 +225,7 @@ impl Idp {
         (hidden(&html, "request"), hidden(&html, "csrf"))
     }
 
-    async fn post_form(
+    pub(crate) async fn post_form(
         &mut self,
         request: &str,
         csrf: &str,

@@ -1,0 +1,499 @@
+//! Browser sessions (the backend-for-frontend, DESIGN.md §5): `/auth/login`, `/auth/callback`,
+//! `/auth/logout` and `/auth/me`. Tokens live in httpOnly cookies the gateway reads; JavaScript
+//! never sees them. This instance's own identity provider is the provider (in process: the code
+//! exchange and refresh do not go over the network).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use portcullis_gateway::{Refreshed, Refresher};
+use portcullis_idp::{NewClient, Provider, pkce_s256, random_token};
+use portcullis_token::jwt::{self, Expect, TokenUse};
+use portcullis_token::{KeyEncryptionKey, Secret};
+use serde_json::json;
+
+/// The client the browser sessions use at our own provider.
+pub const BFF_CLIENT: &str = "portcullis-browser";
+/// Flow cookies kept at most (parallel sign-ins in several tabs); older ones are dropped.
+const MAX_FLOWS: usize = 5;
+/// How long a sign-in may take, seconds.
+const FLOW_TTL: i64 = 600;
+
+#[derive(Clone)]
+pub struct Sessions {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    provider: Provider,
+    origin: String,
+    redirect_uri: String,
+    secure: bool,
+    access_cookie: String,
+    refresh_cookie: String,
+    flow_prefix: &'static str,
+    sealer: KeyEncryptionKey,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Flow {
+    state: String,
+    nonce: String,
+    verifier: String,
+    return_to: String,
+    exp: i64,
+}
+
+impl Sessions {
+    /// Registers (or updates) the browser-session client and prepares the endpoints.
+    pub async fn new(
+        provider: Provider,
+        origin: &str,
+        access_cookie: &str,
+        refresh_cookie: &str,
+        instance_secret: &Secret<String>,
+    ) -> Result<Sessions, String> {
+        let redirect_uri = format!("{origin}/auth/callback");
+        provider
+            .declare_client(NewClient {
+                client_id: Some(BFF_CLIENT.into()),
+                name: "Browser sessions (portcullis)".into(),
+                redirect_uris: vec![redirect_uri.clone()],
+                logout_uris: vec![format!("{origin}/")],
+                grants: vec!["authorization_code".into(), "refresh_token".into()],
+                scopes: vec!["openid".into(), "email".into(), "profile".into()],
+                ..NewClient::default()
+            })
+            .await
+            .map_err(|e| format!("cannot register the browser-session client: {e}"))?;
+        let sealer = KeyEncryptionKey::derive_for(instance_secret, "browser sign-in flow v1")
+            .map_err(|e| e.to_string())?;
+        let secure = provider.settings().secure_cookies;
+        Ok(Sessions {
+            inner: Arc::new(Inner {
+                provider,
+                origin: origin.to_owned(),
+                redirect_uri,
+                secure,
+                access_cookie: access_cookie.to_owned(),
+                refresh_cookie: refresh_cookie.to_owned(),
+                flow_prefix: if secure {
+                    "__Host-portcullis-flow-"
+                } else {
+                    "portcullis-flow-"
+                },
+                sealer,
+            }),
+        })
+    }
+
+    pub fn router(&self) -> Router {
+        Router::new()
+            .route("/auth/login", get(login))
+            .route("/auth/callback", get(callback))
+            .route("/auth/logout", get(logout_page).post(logout))
+            .route("/auth/me", get(me))
+            .with_state(self.clone())
+    }
+
+    fn cookie(&self, name: &str, value: &str, max_age: i64) -> HeaderValue {
+        let secure = if self.inner.secure { "; Secure" } else { "" };
+        HeaderValue::from_str(&format!(
+            "{name}={value}; Path=/; HttpOnly; SameSite=Lax{secure}; Max-Age={max_age}"
+        ))
+        .unwrap_or_else(|_| HeaderValue::from_static("portcullis-invalid=; Max-Age=0"))
+    }
+
+    async fn client(&self) -> Option<portcullis_store::Client> {
+        self.inner
+            .provider
+            .store()
+            .client(BFF_CLIENT)
+            .await
+            .ok()
+            .flatten()
+    }
+}
+
+impl Refresher for Sessions {
+    fn refresh(
+        &self,
+        refresh_token: String,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Option<Refreshed>> + Send + '_>> {
+        Box::pin(async move {
+            let client = self.client().await?;
+            let params = BTreeMap::from([
+                ("grant_type".to_owned(), "refresh_token".to_owned()),
+                ("refresh_token".to_owned(), refresh_token),
+            ]);
+            match self.inner.provider.token(&client, &params).await {
+                Ok(t) => Some(Refreshed {
+                    access: t.access_token,
+                    refresh: t.refresh_token?,
+                    max_age: client.refresh_ttl,
+                }),
+                Err(e) => {
+                    tracing::info!(error = e.code(), "browser session could not be refreshed");
+                    None
+                }
+            }
+        })
+    }
+}
+
+fn cookies(headers: &HeaderMap) -> Vec<(&str, &str)> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|c| c.trim().split_once('='))
+        .collect()
+}
+
+fn query(uri: &Uri) -> BTreeMap<String, String> {
+    url::form_urlencoded::parse(uri.query().unwrap_or_default().as_bytes())
+        .into_owned()
+        .collect()
+}
+
+/// Only a same-origin path may be returned to: anything else (`//host`, `/\host`, `https:…`,
+/// control characters, encoded tricks) becomes `/`.
+pub fn safe_return_to(raw: Option<&str>) -> String {
+    let Some(p) = raw else { return "/".into() };
+    let ok = p.starts_with('/')
+        && !p.starts_with("//")
+        && !p.starts_with("/\\")
+        && !p
+            .chars()
+            .any(|c| c.is_control() || c == '\\' || c.is_whitespace())
+        && portcullis_gateway::canonical::canonicalize(p.split(['?', '#']).next().unwrap_or("/"))
+            .is_ok();
+    if ok { p.to_owned() } else { "/".into() }
+}
+
+fn found(location: &str) -> Response {
+    let mut r = StatusCode::FOUND.into_response();
+    if let Ok(v) = HeaderValue::from_str(location) {
+        r.headers_mut().insert(header::LOCATION, v);
+    }
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+async fn login(State(s): State<Sessions>, uri: Uri, headers: HeaderMap) -> Response {
+    let q = query(&uri);
+    let return_to = safe_return_to(q.get("return_to").map(String::as_str));
+    let now = s.inner.provider.now();
+    let id: String = random_token().expose().chars().take(12).collect();
+    let flow = Flow {
+        state: random_token().expose().clone(),
+        nonce: random_token().expose().clone(),
+        verifier: random_token().expose().clone(),
+        return_to,
+        exp: now + FLOW_TTL,
+    };
+    let Ok(sealed) = s.inner.sealer.seal(
+        &format!("flow:{id}"),
+        &serde_json::to_vec(&flow).unwrap_or_default(),
+    ) else {
+        return (StatusCode::INTERNAL_SERVER_ERROR, "sign-in is unavailable").into_response();
+    };
+    let mut authorize = url::Url::parse(&format!("{}/oauth2/authorize", s.inner.origin))
+        .unwrap_or_else(|_| url::Url::parse("http://invalid/").unwrap_or_else(|_| unreachable!()));
+    authorize
+        .query_pairs_mut()
+        .append_pair("response_type", "code")
+        .append_pair("client_id", BFF_CLIENT)
+        .append_pair("redirect_uri", &s.inner.redirect_uri)
+        .append_pair("scope", "openid email profile")
+        .append_pair("state", &format!("{id}.{}", flow.state))
+        .append_pair("nonce", &flow.nonce)
+        .append_pair("code_challenge", &pkce_s256(&flow.verifier))
+        .append_pair("code_challenge_method", "S256");
+    let mut r = found(&format!(
+        "{}{}",
+        authorize.path(),
+        authorize
+            .query()
+            .map(|q| format!("?{q}"))
+            .unwrap_or_default()
+    ));
+    // Keep at most MAX_FLOWS - 1 older flows: drop the ones closest to expiry.
+    let mut older: Vec<(i64, String)> = cookies(&headers)
+        .into_iter()
+        .filter_map(|(k, v)| {
+            let fid = k.strip_prefix(s.inner.flow_prefix)?;
+            let exp = s
+                .inner
+                .sealer
+                .open(&format!("flow:{fid}"), v)
+                .ok()
+                .and_then(|b| serde_json::from_slice::<Flow>(b.expose()).ok())
+                .map(|f| f.exp)
+                .unwrap_or(0);
+            Some((exp, k.to_owned()))
+        })
+        .collect();
+    older.sort();
+    let excess = older.len().saturating_sub(MAX_FLOWS - 1);
+    for (_, name) in older.into_iter().take(excess) {
+        r.headers_mut()
+            .append(header::SET_COOKIE, s.cookie(&name, "", 0));
+    }
+    r.headers_mut().append(
+        header::SET_COOKIE,
+        s.cookie(&format!("{}{id}", s.inner.flow_prefix), &sealed, FLOW_TTL),
+    );
+    r
+}
+
+fn problem(status: StatusCode, message: &str) -> Response {
+    let body = format!(
+        "<!doctype html><html lang=\"en\"><meta charset=\"utf-8\"><title>Sign-in problem</title><body style=\"font-family:system-ui;max-width:32rem;margin:4rem auto\"><h1>Sign-in did not complete</h1><p>{}</p><p><a href=\"/auth/login\">Try again</a></p></body></html>",
+        message
+    );
+    let mut r = (status, body).into_response();
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+async fn callback(State(s): State<Sessions>, uri: Uri, headers: HeaderMap) -> Response {
+    let q = query(&uri);
+    let Some((id, state)) = q.get("state").and_then(|st| st.split_once('.')) else {
+        return problem(
+            StatusCode::BAD_REQUEST,
+            "The sign-in response is missing its state.",
+        );
+    };
+    let cookie_name = format!("{}{id}", s.inner.flow_prefix);
+    let flow = cookies(&headers)
+        .into_iter()
+        .find(|(k, _)| *k == cookie_name)
+        .and_then(|(_, v)| s.inner.sealer.open(&format!("flow:{id}"), v).ok())
+        .and_then(|b| serde_json::from_slice::<Flow>(b.expose()).ok());
+    let now = s.inner.provider.now();
+    let Some(flow) = flow.filter(|f| {
+        f.exp > now && portcullis_token::constant_time_eq(f.state.as_bytes(), state.as_bytes())
+    }) else {
+        return problem(
+            StatusCode::BAD_REQUEST,
+            "This sign-in attempt expired or belongs to another browser.",
+        );
+    };
+    let clear_flow = s.cookie(&cookie_name, "", 0);
+    if q.get("iss")
+        .is_some_and(|iss| iss != &s.inner.provider.settings().issuer)
+    {
+        return problem(
+            StatusCode::BAD_REQUEST,
+            "The sign-in response came from an unexpected issuer.",
+        );
+    }
+    if let Some(error) = q.get("error") {
+        tracing::info!(error = %error, "sign-in was not completed at the identity provider");
+        let mut r = found("/");
+        r.headers_mut().append(header::SET_COOKIE, clear_flow);
+        return r;
+    }
+    let (Some(code), Some(client)) = (q.get("code"), s.client().await) else {
+        return problem(StatusCode::BAD_REQUEST, "The sign-in response has no code.");
+    };
+    let params = BTreeMap::from([
+        ("grant_type".to_owned(), "authorization_code".to_owned()),
+        ("code".to_owned(), code.clone()),
+        ("redirect_uri".to_owned(), s.inner.redirect_uri.clone()),
+        ("code_verifier".to_owned(), flow.verifier.clone()),
+    ]);
+    let tokens = match s.inner.provider.token(&client, &params).await {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::info!(error = e.code(), "browser sign-in: code exchange refused");
+            return problem(
+                StatusCode::BAD_REQUEST,
+                "The sign-in could not be completed. Please try again.",
+            );
+        }
+    };
+    // The ID token must carry the nonce of this flow (a code injected from another flow fails).
+    let keys = s.inner.provider.keys().verification_keys();
+    let aud = [BFF_CLIENT.to_owned()];
+    let expect = Expect {
+        issuer: &s.inner.provider.settings().issuer,
+        audiences: &aud,
+        token_use: Some(TokenUse::Id),
+        leeway: 30,
+        now,
+    };
+    let nonce_ok = tokens
+        .id_token
+        .as_deref()
+        .and_then(|t| jwt::verify(t, &keys, &expect).ok())
+        .is_some_and(|c| {
+            c.string("nonce").is_some_and(|n| {
+                portcullis_token::constant_time_eq(n.as_bytes(), flow.nonce.as_bytes())
+            })
+        });
+    let Some(refresh) = tokens.refresh_token.as_deref().filter(|_| nonce_ok) else {
+        return problem(
+            StatusCode::BAD_REQUEST,
+            "The sign-in response did not match this attempt.",
+        );
+    };
+    let mut r = found(&flow.return_to);
+    let h = r.headers_mut();
+    h.append(header::SET_COOKIE, clear_flow);
+    h.append(
+        header::SET_COOKIE,
+        s.cookie(
+            &s.inner.access_cookie,
+            &tokens.access_token,
+            client.refresh_ttl,
+        ),
+    );
+    h.append(
+        header::SET_COOKIE,
+        s.cookie(&s.inner.refresh_cookie, refresh, client.refresh_ttl),
+    );
+    r
+}
+
+/// A GET never signs out (a link or an image could trigger it): it shows a form that POSTs.
+async fn logout_page() -> Response {
+    let body = "<!doctype html><html lang=\"en\"><meta charset=\"utf-8\"><title>Sign out</title><body style=\"font-family:system-ui;max-width:32rem;margin:4rem auto\"><h1>Sign out?</h1><form method=\"post\" action=\"/auth/logout\"><button type=\"submit\">Sign out</button></form></body></html>";
+    let mut r = (StatusCode::OK, body).into_response();
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+fn same_origin(s: &Sessions, headers: &HeaderMap) -> bool {
+    match headers.get(header::ORIGIN) {
+        Some(o) => o.to_str().is_ok_and(|o| o == s.inner.origin),
+        None => headers.get("sec-fetch-site").and_then(|v| v.to_str().ok()) == Some("same-origin"),
+    }
+}
+
+async fn logout(State(s): State<Sessions>, headers: HeaderMap) -> Response {
+    if !same_origin(&s, &headers) {
+        return (
+            StatusCode::FORBIDDEN,
+            axum::Json(json!({ "error": "forbidden", "message": "cross-site request" })),
+        )
+            .into_response();
+    }
+    let jar = cookies(&headers);
+    if let Some(client) = s.client().await {
+        // Revoking the refresh token ends the whole session: its access tokens are rejected by
+        // the gateway within a second, on every node.
+        for (name, value) in &jar {
+            if (*name == s.inner.refresh_cookie || *name == s.inner.access_cookie)
+                && let Err(e) = s.inner.provider.revoke(&client, value).await
+            {
+                tracing::warn!(error = e.code(), "sign-out could not revoke a token");
+            }
+        }
+    }
+    let mut r = StatusCode::SEE_OTHER.into_response();
+    let end_idp = format!(
+        "/logout?client_id={BFF_CLIENT}&logout_uri={}",
+        url::form_urlencoded::byte_serialize(format!("{}/", s.inner.origin).as_bytes())
+            .collect::<String>()
+    );
+    if let Ok(v) = HeaderValue::from_str(&end_idp) {
+        r.headers_mut().insert(header::LOCATION, v);
+    }
+    r.headers_mut()
+        .append(header::SET_COOKIE, s.cookie(&s.inner.access_cookie, "", 0));
+    r.headers_mut()
+        .append(header::SET_COOKIE, s.cookie(&s.inner.refresh_cookie, "", 0));
+    r
+}
+
+async fn me(State(s): State<Sessions>, headers: HeaderMap) -> Response {
+    let jar = cookies(&headers);
+    let access = jar
+        .iter()
+        .find(|(k, _)| *k == s.inner.access_cookie)
+        .map(|(_, v)| (*v).to_owned());
+    let mut set = Vec::new();
+    let mut claims = match &access {
+        Some(a) => s.inner.provider.verify_access_token(a).await.ok(),
+        None => None,
+    };
+    if claims.is_none()
+        && let Some((_, refresh)) = jar.iter().find(|(k, _)| *k == s.inner.refresh_cookie)
+        && let Some(new) = s.refresh((*refresh).to_owned()).await
+    {
+        claims = s.inner.provider.verify_access_token(&new.access).await.ok();
+        set.push(s.cookie(&s.inner.access_cookie, &new.access, new.max_age));
+        set.push(s.cookie(&s.inner.refresh_cookie, &new.refresh, new.max_age));
+    }
+    let Some(claims) = claims else {
+        return (
+            StatusCode::UNAUTHORIZED,
+            [(header::CACHE_CONTROL, "no-store")],
+            axum::Json(json!({ "error": "unauthorized" })),
+        )
+            .into_response();
+    };
+    let groups = claims
+        .string_list(&s.inner.provider.settings().groups_claim)
+        .unwrap_or_default();
+    let mut r = (
+        StatusCode::OK,
+        [(header::CACHE_CONTROL, "no-store")],
+        axum::Json(
+            json!({ "sub": claims.sub, "username": claims.string("username"), "groups": groups }),
+        ),
+    )
+        .into_response();
+    for c in set {
+        r.headers_mut().append(header::SET_COOKIE, c);
+    }
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::safe_return_to;
+
+    #[test]
+    fn open_redirect_payloads_fall_back_to_the_home_page() {
+        for bad in [
+            "//evil.example",
+            "/\\evil.example",
+            "/%09/evil.example",
+            "https:evil.example",
+            "https://evil.example",
+            "evil.example",
+            "/%2F%2Fevil.example",
+            "/\t/evil",
+            "/..//evil",
+            "/%5Cevil.example",
+            " /x",
+            "",
+        ] {
+            assert_eq!(safe_return_to(Some(bad)), "/", "{bad:?}");
+        }
+        for good in ["/admin/", "/orders?id=7", "/", "/a/b#frag"] {
+            assert_eq!(safe_return_to(Some(good)), good, "{good}");
+        }
+        assert_eq!(safe_return_to(None), "/");
+    }
+}

@@ -1,0 +1,317 @@
+//! Browser sessions without a browser: the backend-for-frontend flow over HTTP, cookies,
+//! transparent refresh, sign-out, open redirects. (The Chromium suite is the browser-session
+//! issue's next step.)
+
+use std::time::{Duration, Instant};
+
+use reqwest::StatusCode;
+use serde_json::Value;
+
+use crate::oidc::{Idp, PASSWORD, setup};
+
+const ROUTES: &str = r#"
+[[routes]]
+path = "/admin/**"
+kind = "page"
+upstream = "UPSTREAM"
+
+[[routes]]
+path = "/api/**"
+kind = "api"
+upstream = "UPSTREAM"
+
+[[policy]]
+principal = "group:user"
+statements = [{ effect = "allow", methods = ["GET", "POST"], paths = ["/api/orders/**"] }]
+
+[[policy]]
+principal = "group:admin"
+statements = [{ effect = "allow", methods = ["*"], paths = ["/**"] }]
+"#;
+
+fn location(resp: &reqwest::Response) -> String {
+    resp.headers()
+        .get("location")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// Runs the whole browser sign-in for `user`, starting at `/auth/login?return_to=…`; returns
+/// where it lands.
+async fn browser_sign_in(idp: &mut Idp, user: &str, return_to: &str) -> String {
+    let start = idp
+        .get(&idp.url(&format!(
+            "/auth/login?return_to={}",
+            url::form_urlencoded::byte_serialize(return_to.as_bytes()).collect::<String>()
+        )))
+        .await;
+    assert_eq!(start.status(), StatusCode::FOUND);
+    let set = start
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap_or("").to_owned())
+        .collect::<Vec<_>>();
+    assert!(
+        set.iter().any(|c| c.starts_with("__Host-portcullis-flow-")
+            && c.contains("HttpOnly")
+            && c.contains("Secure")),
+        "{set:?}"
+    );
+    let authorize = idp.get(&idp.url(&location(&start))).await;
+    let mut next = location(&authorize);
+    if next.starts_with("/login") {
+        let html = idp.get(&idp.url(&next)).await.text().await.expect("html");
+        let field = |name: &str| {
+            let marker = format!("name=\"{name}\" value=\"");
+            let i = html.find(&marker).expect("field") + marker.len();
+            html[i..i + html[i..].find('"').expect("quote")].replace("&#x2f;", "/")
+        };
+        let (request, csrf) = (field("request"), field("csrf"));
+        let posted = idp.post_form(&request, &csrf, user, PASSWORD).await;
+        next = location(&posted);
+    }
+    assert!(next.contains("/auth/callback?"), "{next}");
+    let back = idp.get(&next).await;
+    assert_eq!(
+        back.status(),
+        StatusCode::FOUND,
+        "{}",
+        back.text().await.unwrap_or_default()
+    );
+    location(&back)
+}
+
+async fn env() -> (Idp, crate::gateway_upstream::Upstream) {
+    let upstream = crate::gateway_upstream::Upstream::start().await;
+    let idp = setup(&ROUTES.replace("UPSTREAM", &upstream.base));
+    (idp, upstream)
+}
+
+#[tokio::test]
+async fn sign_in_lands_on_the_page_asked_for_with_httponly_cookies() {
+    let (mut idp, upstream) = env().await;
+    let anon = idp
+        .http
+        .get(idp.url("/admin/settings?tab=2"))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(
+        location(&anon),
+        "/auth/login?return_to=%2Fadmin%2Fsettings%3Ftab%3D2"
+    );
+    let landed = browser_sign_in(&mut idp, "root", "/admin/settings?tab=2").await;
+    assert_eq!(landed, "/admin/settings?tab=2");
+    assert!(
+        idp.cookies.contains_key("__Host-portcullis-access")
+            && idp.cookies.contains_key("__Host-portcullis-refresh")
+    );
+    assert!(
+        !idp.cookies
+            .keys()
+            .any(|k| k.starts_with("__Host-portcullis-flow-")),
+        "the flow cookie is cleared"
+    );
+    let page = idp.get(&idp.url("/admin/settings")).await;
+    assert_eq!(page.status(), StatusCode::OK);
+    let h = &upstream.last()["headers"];
+    assert_eq!(h["x-auth-username"], serde_json::json!(["root"]));
+    assert!(
+        h.get("cookie").is_none(),
+        "portcullis cookies are not forwarded: {h}"
+    );
+    let me: Value = idp
+        .get(&idp.url("/auth/me"))
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(me["username"], "root");
+    assert_eq!(me["groups"], serde_json::json!(["admin", "user"]));
+
+    // A customer is sent home from admin pages, and gets 403 from the admin API.
+    idp.cookies.clear();
+    browser_sign_in(&mut idp, "ada", "/admin/").await;
+    let admin = idp.get(&idp.url("/admin/")).await;
+    assert_eq!(
+        (admin.status(), location(&admin).as_str()),
+        (StatusCode::FOUND, "/")
+    );
+    assert_eq!(
+        idp.get(&idp.url("/api/admin/users")).await.status(),
+        StatusCode::FORBIDDEN
+    );
+}
+
+#[tokio::test]
+async fn two_sign_ins_in_parallel_tabs_both_succeed() {
+    let (mut idp, _upstream) = env().await;
+    let a = idp
+        .get(&idp.url("/auth/login?return_to=%2Fapi%2Forders%2F1"))
+        .await;
+    let b = idp
+        .get(&idp.url("/auth/login?return_to=%2Fapi%2Forders%2F2"))
+        .await;
+    let flows = idp
+        .cookies
+        .keys()
+        .filter(|k| k.starts_with("__Host-portcullis-flow-"))
+        .count();
+    assert_eq!(flows, 2, "one flow cookie per attempt");
+    // Finish the second tab first, then the first.
+    let mut ends = Vec::new();
+    for start in [location(&b), location(&a)] {
+        let authorize = idp.get(&idp.url(&start)).await;
+        let mut next = location(&authorize);
+        if next.starts_with("/login") {
+            let html = idp.get(&idp.url(&next)).await.text().await.expect("html");
+            let field = |name: &str| {
+                let marker = format!("name=\"{name}\" value=\"");
+                let i = html.find(&marker).expect("field") + marker.len();
+                html[i..i + html[i..].find('"').expect("quote")].replace("&#x2f;", "/")
+            };
+            next = location(
+                &idp.post_form(&field("request"), &field("csrf"), "ada", PASSWORD)
+                    .await,
+            );
+        }
+        ends.push(location(&idp.get(&next).await));
+    }
+    assert_eq!(ends, ["/api/orders/2", "/api/orders/1"]);
+    for _ in 0..7 {
+        idp.get(&idp.url("/auth/login")).await;
+    }
+    let flows = idp
+        .cookies
+        .keys()
+        .filter(|k| k.starts_with("__Host-portcullis-flow-"))
+        .count();
+    assert!(flows <= 5, "flow cookies are bounded: {flows}");
+}
+
+#[tokio::test]
+async fn an_expired_or_missing_access_cookie_is_refreshed_once_for_a_burst() {
+    let (mut idp, _upstream) = env().await;
+    browser_sign_in(&mut idp, "ada", "/").await;
+    let refresh = idp.cookies["__Host-portcullis-refresh"].clone();
+    // The browser dropped the access cookie (or it expired): ten parallel calls, one refresh.
+    let calls: Vec<_> = (0..10)
+        .map(|n| {
+            let http = idp.http.clone();
+            let url = idp.url(&format!("/api/orders/{n}"));
+            let cookie = format!("__Host-portcullis-refresh={refresh}");
+            tokio::spawn(async move {
+                http.get(url)
+                    .header("cookie", cookie)
+                    .send()
+                    .await
+                    .expect("send")
+            })
+        })
+        .collect();
+    let mut new_access = std::collections::HashSet::new();
+    for c in calls {
+        let resp = c.await.expect("join");
+        assert_eq!(resp.status(), StatusCode::OK);
+        for v in resp.headers().get_all("set-cookie") {
+            let v = v.to_str().expect("ascii");
+            if let Some(rest) = v.strip_prefix("__Host-portcullis-access=") {
+                new_access.insert(rest.split(';').next().expect("value").to_owned());
+            }
+        }
+    }
+    assert_eq!(new_access.len(), 1, "a burst shares one refresh");
+}
+
+#[tokio::test]
+async fn sign_out_revokes_the_old_cookie_within_a_second() {
+    let (mut idp, _upstream) = env().await;
+    browser_sign_in(&mut idp, "ada", "/").await;
+    let old = idp.cookies["__Host-portcullis-access"].clone();
+    assert_eq!(
+        idp.get(&idp.url("/api/orders/1")).await.status(),
+        StatusCode::OK
+    );
+    let origin = idp.server.base.replace("127.0.0.1", "localhost");
+    let forged = idp
+        .http
+        .post(idp.url("/auth/logout"))
+        .header("cookie", idp.cookie_header())
+        .header("origin", "https://evil.example")
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(
+        forged.status(),
+        StatusCode::FORBIDDEN,
+        "sign-out is CSRF-protected"
+    );
+    assert_eq!(
+        idp.http
+            .get(idp.url("/auth/logout"))
+            .send()
+            .await
+            .expect("send")
+            .status(),
+        StatusCode::OK,
+        "GET only shows a form"
+    );
+    let out = idp
+        .http
+        .post(idp.url("/auth/logout"))
+        .header("cookie", idp.cookie_header())
+        .header("origin", &origin)
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(out.status(), StatusCode::SEE_OTHER);
+    assert!(
+        location(&out).starts_with("/logout?client_id=portcullis-browser"),
+        "then the provider's session ends too"
+    );
+    let started = Instant::now();
+    loop {
+        let resp = idp
+            .http
+            .get(idp.url("/api/orders/1"))
+            .header("cookie", format!("__Host-portcullis-access={old}"))
+            .send()
+            .await
+            .expect("send");
+        if resp.status() == StatusCode::UNAUTHORIZED {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_millis(1500),
+            "the old cookie still works"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let me = idp
+        .http
+        .get(idp.url("/auth/me"))
+        .header("cookie", format!("__Host-portcullis-access={old}"))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(me.status(), StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn return_to_never_leaves_the_origin() {
+    let (mut idp, _upstream) = env().await;
+    for bad in [
+        "//evil.example",
+        "/\\evil.example",
+        "/%09/evil.example",
+        "https:evil.example",
+        "https://evil.example/x",
+        "/%2F%2Fevil.example",
+    ] {
+        idp.cookies.clear();
+        let landed = browser_sign_in(&mut idp, "ada", bad).await;
+        assert_eq!(landed, "/", "{bad}");
+    }
+}
