@@ -145,6 +145,8 @@ pub struct NewClient {
     /// A confidential client's secret, when the operator supplies it (declared clients);
     /// otherwise one is generated.
     pub secret: Option<Secret<String>>,
+    /// Accept plain-http redirect URIs beyond localhost (development mode only).
+    pub allow_insecure_http: bool,
 }
 
 /// Why a client could not be registered.
@@ -326,7 +328,11 @@ impl Provider {
             ));
         }
         for uri in req.redirect_uris.iter().chain(&req.logout_uris) {
-            validate_registered_uri(uri).map_err(invalid)?;
+            if let Err(e) = validate_registered_uri(uri)
+                && !(req.allow_insecure_http && uri.starts_with("http://"))
+            {
+                return Err(invalid(e));
+            }
         }
         let custom: BTreeSet<String> = self.custom_scopes().await?;
         for s in &req.scopes {

@@ -145,8 +145,13 @@ fn gateway_settings(config: &Config) -> GatewaySettings {
         groups_claim: config.idp.groups_claim.clone(),
         login_url: g.login_url.clone(),
         forbidden_url: g.forbidden_url.clone(),
-        access_cookie: g.access_cookie.clone(),
-        refresh_cookie: if g.access_cookie.starts_with("__Host-") {
+        // `__Host-` cookies require `Secure`; in plain-http development mode they drop the prefix.
+        access_cookie: if config.idp.secure_cookies {
+            g.access_cookie.clone()
+        } else {
+            g.access_cookie.trim_start_matches("__Host-").to_owned()
+        },
+        refresh_cookie: if config.idp.secure_cookies {
             "__Host-portcullis-refresh".into()
         } else {
             "portcullis-refresh".into()
@@ -210,6 +215,7 @@ async fn apply_declared(provider: &Provider, config: &Config) -> Result<(), Fail
             refresh_ttl: secs(&c.refresh_ttl),
             id_token_alg: c.id_token_alg.clone(),
             secret,
+            allow_insecure_http: false,
         };
         provider.declare_client(req).await.map_err(|e| match e {
             portcullis_idp::ClientError::Invalid(m) => {

@@ -453,6 +453,7 @@ pub async fn client(app: &App, cmd: ClientCommand, json: bool) -> Result<(), Fai
                 refresh_ttl,
                 id_token_alg,
                 secret: None,
+                allow_insecure_http: false,
             };
             let (client, secret) = app
                 .provider

@@ -96,6 +96,13 @@ pub const KEYS: &[KeySpec] = &[
         doc: "Address of the admin listener that serves Prometheus `/metrics` (empty: no admin listener). Keep it off the public network.",
     },
     KeySpec {
+        path: "server.allow_insecure_http",
+        kind: Kind::Bool,
+        env: "PORTCULLIS_SERVER_ALLOW_INSECURE_HTTP",
+        default: "false",
+        doc: "Development mode: allow a plain-http issuer other than localhost (say a LAN address). Cookies then lose `Secure` and the `__Host-` prefix, so anyone on the network can read them. Never in production.",
+    },
+    KeySpec {
         path: "server.shutdown_grace",
         kind: Kind::Duration {
             min: Duration::ZERO,
@@ -501,6 +508,8 @@ pub struct Config {
     pub source: Option<PathBuf>,
     pub data_dir: PathBuf,
     pub listen: SocketAddr,
+    /// Plain-http development mode for origins other than localhost.
+    pub allow_insecure_http: bool,
     /// The admin listener (`/metrics`), if any.
     pub admin_listen: Option<SocketAddr>,
     pub shutdown_grace: Duration,
@@ -858,6 +867,7 @@ fn build(
         data_dir,
         listen,
         admin_listen,
+        allow_insecure_http: boolean("server.allow_insecure_http"),
         shutdown_grace: duration("server.shutdown_grace"),
         store,
         password_policy,

@@ -54,6 +54,13 @@ pub async fn run_config(
         config.idp.secure_cookies = portcullis_idp::is_localhost(&issuer);
         config.idp.issuer = issuer;
     }
+    if !config.idp.secure_cookies && !config.allow_insecure_http {
+        return Err(Failure::user(format!(
+            "the issuer {} is plain http on a host other than localhost, where browsers will not keep secure cookies. \
+             Serve it over https (set idp.issuer to the https address in front of portcullis), or for development only set server.allow_insecure_http = true",
+            config.idp.issuer
+        )));
+    }
     let admin = match config.admin_listen {
         Some(addr) => Some(admin_listener(addr).await?),
         None => None,

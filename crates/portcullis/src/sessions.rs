@@ -67,6 +67,7 @@ impl Sessions {
                 logout_uris: vec![format!("{origin}/")],
                 grants: vec!["authorization_code".into(), "refresh_token".into()],
                 scopes: vec!["openid".into(), "email".into(), "profile".into()],
+                allow_insecure_http: !provider.settings().secure_cookies,
                 ..NewClient::default()
             })
             .await

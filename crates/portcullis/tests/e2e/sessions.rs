@@ -315,3 +315,50 @@ async fn return_to_never_leaves_the_origin() {
         assert_eq!(landed, "/", "{bad}");
     }
 }
+
+#[tokio::test]
+async fn cookies_stay_well_under_four_kilobytes() {
+    let (mut idp, _upstream) = env().await;
+    browser_sign_in(&mut idp, "root", "/").await;
+    for name in ["__Host-portcullis-access", "__Host-portcullis-refresh"] {
+        let size = name.len() + 1 + idp.cookies[name].len();
+        eprintln!("{name}: {size} bytes");
+        assert!(size < 4096, "{name} is {size} bytes");
+    }
+}
+
+#[test]
+fn plain_http_beyond_localhost_needs_the_development_switch() {
+    let i = crate::harness::Instance::with_config("[idp]\nissuer = \"http://10.1.2.3:8080\"\n");
+    let err = i.run(&["serve", "--listen", "127.0.0.1:0"]).user_error();
+    assert!(
+        err.contains("plain http") && err.contains("allow_insecure_http"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn development_mode_uses_plain_cookies() {
+    let i = crate::harness::Instance::with_config(
+        "[server]\nallow_insecure_http = true\n[idp]\nissuer = \"http://10.1.2.3:8080\"\n",
+    );
+    let server = i.serve();
+    let resp = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client")
+        .get(server.url("/auth/login"))
+        .send()
+        .await
+        .expect("send");
+    let cookie = resp
+        .headers()
+        .get("set-cookie")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        cookie.starts_with("portcullis-flow-") && !cookie.contains("Secure"),
+        "{cookie}"
+    );
+}
