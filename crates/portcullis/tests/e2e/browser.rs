@@ -1,0 +1,390 @@
+//! A real browser: Debian's Chromium driven over WebDriver (chromedriver) with fantoccini,
+//! against the real binary. Needs `chromium` and `chromium-driver` (`.ci/run` installs them).
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use fantoccini::{Client, ClientBuilder, Locator};
+use serde_json::{Value, json};
+
+use crate::gateway_upstream::Upstream;
+use crate::harness::{Instance, Server};
+use crate::oidc::PASSWORD;
+
+/// chromedriver on a free port; killed on drop.
+struct Driver {
+    child: Child,
+    url: String,
+    _profile: tempfile::TempDir,
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn driver() -> Option<Driver> {
+    if !std::path::Path::new("/usr/bin/chromedriver").exists() {
+        if std::env::var("PORTCULLIS_REQUIRE_BROWSER").is_ok_and(|v| v == "1") {
+            panic!(
+                "chromedriver is missing: apt-get install chromium chromium-driver (.ci/run does)"
+            );
+        }
+        eprintln!("skipping: install chromium and chromium-driver for the browser tests");
+        return None;
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .ok()?
+        .local_addr()
+        .ok()?
+        .port();
+    let child = Command::new("/usr/bin/chromedriver")
+        .arg(format!("--port={port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()?;
+    let url = format!("http://127.0.0.1:{port}");
+    let started = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "chromedriver did not start"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Some(Driver {
+        child,
+        url,
+        _profile: tempfile::tempdir().ok()?,
+    })
+}
+
+async fn browser(d: &Driver) -> Client {
+    let args = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        "--disable-quic",
+    ];
+    let mut args: Vec<String> = args.iter().map(|s| (*s).to_owned()).collect();
+    args.push(format!("--user-data-dir={}", d._profile.path().display()));
+    let caps = json!({ "goog:chromeOptions": { "binary": "/usr/bin/chromium", "args": args } });
+    let caps = caps.as_object().cloned().unwrap_or_default();
+    ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+        .capabilities(caps)
+        .connect(&d.url)
+        .await
+        .expect("a Chromium session")
+}
+
+/// A site: `/` (home), `/admin/` (admin area), an API behind policies.
+struct Site {
+    _files: tempfile::TempDir,
+    _instance: Instance,
+    server: Server,
+    base: String,
+    _upstream: Upstream,
+}
+
+async fn site() -> Site {
+    let upstream = Upstream::start().await;
+    let files = tempfile::tempdir().expect("dir");
+    std::fs::write(
+        files.path().join("index.html"),
+        "<!doctype html><title>home</title><h1>Home</h1>",
+    )
+    .expect("write");
+    std::fs::create_dir(files.path().join("admin")).expect("mkdir");
+    std::fs::write(
+        files.path().join("admin/index.html"),
+        "<!doctype html><title>admin</title><h1>Admin area</h1>",
+    )
+    .expect("write");
+    let f = files.path().display();
+    let config = format!(
+        r#"
+[[routes]]
+path = "/admin/**"
+kind = "page"
+static_dir = "{f}/admin"
+
+[[routes]]
+path = "/api/**"
+kind = "api"
+upstream = "{up}"
+
+[[routes]]
+path = "/**"
+kind = "public"
+static_dir = "{f}"
+
+[[policy]]
+principal = "group:user"
+statements = [{{ effect = "allow", methods = ["GET", "POST"], paths = ["/api/orders/**"] }}]
+
+[[policy]]
+principal = "group:admin"
+statements = [{{ effect = "allow", methods = ["*"], paths = ["/**"] }}]
+"#,
+        up = upstream.base
+    );
+    let i = Instance::with_config(&config);
+    i.run(&["group", "add", "user"]).ok();
+    i.run(&["group", "add", "admin"]).ok();
+    i.run_with_stdin(
+        &["user", "add", "ada", "--group", "user", "--password-stdin"],
+        PASSWORD,
+    )
+    .ok();
+    i.run_with_stdin(
+        &[
+            "user",
+            "add",
+            "root",
+            "--group",
+            "user",
+            "--group",
+            "admin",
+            "--password-stdin",
+        ],
+        PASSWORD,
+    )
+    .ok();
+    let server = i.serve();
+    // Browsers treat localhost as a secure context, so the __Host- cookies work over http here.
+    let base = server.base.replace("127.0.0.1", "localhost");
+    Site {
+        _files: files,
+        _instance: i,
+        server,
+        base,
+        _upstream: upstream,
+    }
+}
+
+async fn sign_in_on_form(c: &Client, user: &str) {
+    c.wait()
+        .for_element(Locator::Css("input#username"))
+        .await
+        .expect("the sign-in form");
+    c.find(Locator::Css("input#username"))
+        .await
+        .expect("username")
+        .send_keys(user)
+        .await
+        .expect("type");
+    c.find(Locator::Css("input#password"))
+        .await
+        .expect("password")
+        .send_keys(PASSWORD)
+        .await
+        .expect("type");
+    c.find(Locator::Css("button[type=submit]"))
+        .await
+        .expect("button")
+        .click()
+        .await
+        .expect("submit");
+}
+
+async fn path_of(c: &Client) -> String {
+    let u = c.current_url().await.expect("url");
+    format!(
+        "{}{}",
+        u.path(),
+        u.query().map(|q| format!("?{q}")).unwrap_or_default()
+    )
+}
+
+async fn wait_for_path(c: &Client, want: &str) {
+    let started = Instant::now();
+    loop {
+        if path_of(c).await == want {
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "expected {want}, at {}",
+            path_of(c).await
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_pages_sign_in_come_back_and_sign_out_means_out() {
+    let Some(d) = driver() else { return };
+    let s = site().await;
+    let c = browser(&d).await;
+    c.goto(&format!("{}/admin/", s.base)).await.expect("goto");
+    assert!(
+        path_of(&c).await.starts_with("/login?request="),
+        "a signed-out visitor is asked to sign in"
+    );
+    sign_in_on_form(&c, "root").await;
+    wait_for_path(&c, "/admin/").await;
+    assert!(c.source().await.expect("html").contains("Admin area"));
+
+    let visible: Value = c
+        .execute("return document.cookie", vec![])
+        .await
+        .expect("js");
+    assert!(
+        !visible.as_str().unwrap_or_default().contains("portcullis"),
+        "no token is readable by JavaScript: {visible}"
+    );
+    let me = c
+        .execute_async(
+            "const done = arguments[0]; fetch('/auth/me').then(r => r.json()).then(done);",
+            vec![],
+        )
+        .await
+        .expect("fetch /auth/me");
+    assert_eq!(me["username"], "root");
+    assert_eq!(me["groups"], json!(["admin", "user"]));
+
+    // Parallel API calls right after the access cookie is gone all succeed (one refresh).
+    c.delete_cookie("__Host-portcullis-access")
+        .await
+        .expect("delete");
+    let statuses = c
+        .execute_async(
+            "const done = arguments[0]; Promise.all([1,2,3,4,5,6].map(i => fetch('/api/orders/' + i).then(r => r.status))).then(done);",
+            vec![],
+        )
+        .await
+        .expect("parallel fetches");
+    assert_eq!(statuses, json!([200, 200, 200, 200, 200, 200]));
+
+    let old = c
+        .get_named_cookie("__Host-portcullis-access")
+        .await
+        .expect("cookie")
+        .value()
+        .to_owned();
+    c.goto(&format!("{}/auth/logout", s.base))
+        .await
+        .expect("goto");
+    c.find(Locator::Css("button[type=submit]"))
+        .await
+        .expect("button")
+        .click()
+        .await
+        .expect("sign out");
+    wait_for_path(&c, "/").await;
+    c.goto(&format!("{}/admin/", s.base)).await.expect("goto");
+    assert!(
+        path_of(&c).await.starts_with("/login?request="),
+        "after sign-out the password is asked again"
+    );
+    let http = reqwest::Client::new();
+    let started = Instant::now();
+    loop {
+        let resp = http
+            .get(s.server.url("/api/orders/1"))
+            .header("cookie", format!("__Host-portcullis-access={old}"))
+            .send()
+            .await
+            .expect("send");
+        if resp.status() == reqwest::StatusCode::UNAUTHORIZED {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_millis(1500),
+            "the captured token still works"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    c.close().await.expect("close");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_customer_is_sent_home_and_the_admin_api_says_403() {
+    let Some(d) = driver() else { return };
+    let s = site().await;
+    let c = browser(&d).await;
+    c.goto(&format!("{}/admin/", s.base)).await.expect("goto");
+    sign_in_on_form(&c, "ada").await;
+    wait_for_path(&c, "/").await;
+    assert!(c.source().await.expect("html").contains("Home"));
+    let status = c
+        .execute_async(
+            "const done = arguments[0]; fetch('/api/admin/users').then(r => done(r.status));",
+            vec![],
+        )
+        .await
+        .expect("fetch");
+    assert_eq!(status, json!(403));
+    c.close().await.expect("close");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_tabs_signing_in_at_once_both_succeed_and_return_to_stays_home() {
+    let Some(d) = driver() else { return };
+    let s = site().await;
+    let c = browser(&d).await;
+    c.goto(&format!(
+        "{}/auth/login?return_to=%2Fadmin%2F%3Ftab%3Da",
+        s.base
+    ))
+    .await
+    .expect("goto");
+    c.wait()
+        .for_element(Locator::Css("input#username"))
+        .await
+        .expect("form in tab A");
+    let tab_a = c.window().await.expect("window");
+    let tab_b = c.new_window(true).await.expect("new tab").handle;
+    c.switch_to_window(tab_b).await.expect("switch");
+    c.goto(&format!(
+        "{}/auth/login?return_to=%2Fadmin%2F%3Ftab%3Db",
+        s.base
+    ))
+    .await
+    .expect("goto");
+    sign_in_on_form(&c, "root").await;
+    wait_for_path(&c, "/admin/?tab=b").await;
+    c.switch_to_window(tab_a).await.expect("switch");
+    sign_in_on_form(&c, "root").await;
+    wait_for_path(&c, "/admin/?tab=a").await;
+
+    for payload in [
+        "//evil.example",
+        "/\\evil.example",
+        "/%09/evil.example",
+        "https:evil.example",
+        "%2F%2Fevil.example",
+        "/%5Cevil.example",
+    ] {
+        let encoded: String = url::form_urlencoded::byte_serialize(payload.as_bytes()).collect();
+        c.goto(&format!("{}/auth/login?return_to={encoded}", s.base))
+            .await
+            .expect("goto");
+        let started = Instant::now();
+        loop {
+            let u = c.current_url().await.expect("url");
+            if !u.path().starts_with("/auth/") && !u.path().starts_with("/oauth2/") {
+                assert_eq!(
+                    u.host_str(),
+                    Some("localhost"),
+                    "{payload} left the origin: {u}"
+                );
+                assert_eq!(u.path(), "/", "{payload}");
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "{payload}: stuck at {u}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    c.close().await.expect("close");
+}
