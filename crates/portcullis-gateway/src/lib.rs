@@ -99,6 +99,16 @@ fn bad_request(message: &str) -> Response<Body> {
     )
 }
 
+/// The CSRF rule for cookie-authenticated unsafe requests, shared by the gateway and the
+/// session endpoints: `Origin` equals `origin`, or (without `Origin`) `Sec-Fetch-Site:
+/// same-origin`. A missing or `null` origin is not same-origin.
+pub fn same_origin(headers: &axum::http::HeaderMap, origin: &str) -> bool {
+    match headers.get(header::ORIGIN) {
+        Some(o) => o.to_str().is_ok_and(|o| o == origin),
+        None => headers.get("sec-fetch-site").and_then(|v| v.to_str().ok()) == Some("same-origin"),
+    }
+}
+
 fn is_safe(method: &Method) -> bool {
     matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS)
 }
@@ -517,13 +527,7 @@ impl Gateway {
     /// `Origin` equals the public origin, or `Sec-Fetch-Site: same-origin`. A missing or `null`
     /// origin is not same-origin.
     fn same_origin(&self, req: &Request<Body>) -> bool {
-        let h = req.headers();
-        if let Some(origin) = h.get(header::ORIGIN) {
-            return origin
-                .to_str()
-                .is_ok_and(|o| o == self.settings.public_origin);
-        }
-        h.get("sec-fetch-site").and_then(|v| v.to_str().ok()) == Some("same-origin")
+        same_origin(req.headers(), &self.settings.public_origin)
     }
 
     /// A short JWT about the caller for the upstream (audience `aud`, 60 s), signed with the

@@ -383,15 +383,8 @@ async fn logout_page() -> Response {
     r
 }
 
-fn same_origin(s: &Sessions, headers: &HeaderMap) -> bool {
-    match headers.get(header::ORIGIN) {
-        Some(o) => o.to_str().is_ok_and(|o| o == s.inner.origin),
-        None => headers.get("sec-fetch-site").and_then(|v| v.to_str().ok()) == Some("same-origin"),
-    }
-}
-
 async fn logout(State(s): State<Sessions>, headers: HeaderMap) -> Response {
-    if !same_origin(&s, &headers) {
+    if !portcullis_gateway::same_origin(&headers, &s.inner.origin) {
         return (
             StatusCode::FORBIDDEN,
             axum::Json(json!({ "error": "forbidden", "message": "cross-site request" })),
