@@ -326,6 +326,20 @@ pub const KEYS: &[KeySpec] = &[
         doc: "Largest request body forwarded, in bytes (413 beyond).",
     },
     KeySpec {
+        path: "sessions.issuer",
+        kind: Kind::Url,
+        env: "PORTCULLIS_SESSIONS_ISSUER",
+        default: "(this instance's identity provider)",
+        doc: "Browser sessions sign in at this external OpenID provider (a Cognito user pool, say) instead of this instance. It must also be a `[[gateway.issuers]]` entry, so the gateway accepts its tokens. A client secret, if the client has one, comes from `PORTCULLIS_SESSIONS_CLIENT_SECRET`.",
+    },
+    KeySpec {
+        path: "sessions.client_id",
+        kind: Kind::Str,
+        env: "PORTCULLIS_SESSIONS_CLIENT_ID",
+        default: "",
+        doc: "The app client registered at `sessions.issuer`, with the redirect URI `<origin>/auth/callback` and the sign-out URI `<origin>/`.",
+    },
+    KeySpec {
         path: "branding.app_name",
         kind: Kind::Str,
         env: "PORTCULLIS_BRANDING_APP_NAME",
@@ -524,6 +538,8 @@ pub struct Config {
     pub issuer_configured: bool,
     pub clients: Vec<DeclaredClient>,
     pub resource_servers: Vec<DeclaredResourceServer>,
+    /// Browser sessions at an external provider: issuer, client id, client secret.
+    pub sessions_external: Option<(String, String, Option<Secret<String>>)>,
     /// `[[gateway.issuers]]`: trusted external issuers.
     pub issuers: Vec<portcullis_gateway::issuers::IssuerConfig>,
     /// `[[routes]]`: the gateway's route table.
@@ -683,6 +699,21 @@ pub fn load(source: Option<&Path>, text: Option<&str>, env: &Env) -> Result<Conf
         }
     }
     config.issuers = declared.gateway.issuers;
+    if let Some((issuer, client_id, _)) = &config.sessions_external {
+        let trusted = config
+            .issuers
+            .iter()
+            .any(|i| i.issuer.trim_end_matches('/') == issuer && i.audiences.contains(client_id));
+        if client_id.is_empty() || !trusted {
+            return Err(ConfigErrors(vec![ConfigError {
+                location: file_label.clone(),
+                key: "sessions.issuer".into(),
+                message: format!(
+                    "needs sessions.client_id, and a [[gateway.issuers]] entry for {issuer} whose audiences include that client id, so the gateway accepts the session's tokens"
+                ),
+            }]));
+        }
+    }
     if !declared.policy.is_empty() {
         let mut doc = toml::Table::new();
         doc.insert(
@@ -851,6 +882,15 @@ fn build(
         clients: Vec::new(),
         resource_servers: Vec::new(),
         routes: Vec::new(),
+        sessions_external: match string("sessions.issuer").as_str() {
+            "" => None,
+            i => Some((
+                i.to_owned(),
+                string("sessions.client_id"),
+                env.get("PORTCULLIS_SESSIONS_CLIENT_SECRET")
+                    .map(|s| Secret::new(s.to_owned())),
+            )),
+        },
         issuers: Vec::new(),
         policy_seed: None,
         gateway: GatewayConfig {

@@ -74,6 +74,7 @@ pub async fn run_config(
         &g.access_cookie,
         &g.refresh_cookie,
         &app.instance_secret,
+        external_sessions(&app).await?,
     )
     .await
     .map_err(Failure::internal)?;
@@ -238,4 +239,22 @@ async fn admin_listener(
         .install_recorder()
         .map_err(|e| Failure::internal(format!("cannot install the metrics recorder: {e}")))?;
     Ok((listener, handle))
+}
+
+/// The external provider of browser sessions, if `sessions.issuer` names one.
+async fn external_sessions(app: &App) -> Result<Option<crate::sessions::External>, Failure> {
+    let Some((issuer, client_id, secret)) = &app.config.sessions_external else {
+        return Ok(None);
+    };
+    let groups_claim = app
+        .config
+        .issuers
+        .iter()
+        .find(|i| i.issuer.trim_end_matches('/') == issuer)
+        .and_then(|i| i.groups_claim.clone())
+        .unwrap_or_else(|| "groups".into());
+    crate::sessions::External::discover(issuer, client_id, secret.clone(), &groups_claim)
+        .await
+        .map(Some)
+        .map_err(|e| Failure::user(format!("sessions.issuer: cannot use {issuer}: {e}")))
 }

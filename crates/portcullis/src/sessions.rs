@@ -38,6 +38,8 @@ struct Inner {
     refresh_cookie: String,
     flow_prefix: &'static str,
     sealer: KeyEncryptionKey,
+    /// Sign in at an external provider instead of this instance's.
+    external: Option<External>,
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -57,21 +59,24 @@ impl Sessions {
         access_cookie: &str,
         refresh_cookie: &str,
         instance_secret: &Secret<String>,
+        external: Option<External>,
     ) -> Result<Sessions, String> {
         let redirect_uri = format!("{origin}/auth/callback");
-        provider
-            .declare_client(NewClient {
-                client_id: Some(BFF_CLIENT.into()),
-                name: "Browser sessions (portcullis)".into(),
-                redirect_uris: vec![redirect_uri.clone()],
-                logout_uris: vec![format!("{origin}/")],
-                grants: vec!["authorization_code".into(), "refresh_token".into()],
-                scopes: vec!["openid".into(), "email".into(), "profile".into()],
-                allow_insecure_http: !provider.settings().secure_cookies,
-                ..NewClient::default()
-            })
-            .await
-            .map_err(|e| format!("cannot register the browser-session client: {e}"))?;
+        if external.is_none() {
+            provider
+                .declare_client(NewClient {
+                    client_id: Some(BFF_CLIENT.into()),
+                    name: "Browser sessions (portcullis)".into(),
+                    redirect_uris: vec![redirect_uri.clone()],
+                    logout_uris: vec![format!("{origin}/")],
+                    grants: vec!["authorization_code".into(), "refresh_token".into()],
+                    scopes: vec!["openid".into(), "email".into(), "profile".into()],
+                    allow_insecure_http: !provider.settings().secure_cookies,
+                    ..NewClient::default()
+                })
+                .await
+                .map_err(|e| format!("cannot register the browser-session client: {e}"))?;
+        }
         let sealer = KeyEncryptionKey::derive_for(instance_secret, "browser sign-in flow v1")
             .map_err(|e| e.to_string())?;
         let secure = provider.settings().secure_cookies;
@@ -89,8 +94,16 @@ impl Sessions {
                     "portcullis-flow-"
                 },
                 sealer,
+                external,
             }),
         })
+    }
+
+    fn issuer(&self) -> &str {
+        match &self.inner.external {
+            Some(x) => &x.issuer,
+            None => &self.inner.provider.settings().issuer,
+        }
     }
 
     pub fn router(&self) -> Router {
@@ -127,6 +140,31 @@ impl Refresher for Sessions {
         refresh_token: String,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Option<Refreshed>> + Send + '_>> {
         Box::pin(async move {
+            if let Some(x) = &self.inner.external {
+                let body = x
+                    .post(
+                        &x.token_endpoint,
+                        &[
+                            ("grant_type", "refresh_token"),
+                            ("refresh_token", &refresh_token),
+                        ],
+                    )
+                    .await
+                    .map_err(
+                        |e| tracing::info!(error = %e, "browser session could not be refreshed"),
+                    )
+                    .ok()?;
+                // Providers that do not rotate refresh tokens (Cognito) return none: keep ours.
+                let refresh = body["refresh_token"]
+                    .as_str()
+                    .map(str::to_owned)
+                    .unwrap_or(refresh_token);
+                return Some(Refreshed {
+                    access: body["access_token"].as_str()?.to_owned(),
+                    refresh,
+                    max_age: EXTERNAL_COOKIE_AGE,
+                });
+            }
             let client = self.client().await?;
             let params = BTreeMap::from([
                 ("grant_type".to_owned(), "refresh_token".to_owned()),
@@ -206,26 +244,40 @@ async fn login(State(s): State<Sessions>, uri: Uri, headers: HeaderMap) -> Respo
     ) else {
         return (StatusCode::INTERNAL_SERVER_ERROR, "sign-in is unavailable").into_response();
     };
-    let mut authorize = url::Url::parse(&format!("{}/oauth2/authorize", s.inner.origin))
-        .unwrap_or_else(|_| url::Url::parse("http://invalid/").unwrap_or_else(|_| unreachable!()));
+    let (endpoint, client_id) = match &s.inner.external {
+        Some(x) => (x.authorization_endpoint.clone(), x.client_id.clone()),
+        None => (
+            format!("{}/oauth2/authorize", s.inner.origin),
+            BFF_CLIENT.to_owned(),
+        ),
+    };
+    let Ok(mut authorize) = url::Url::parse(&endpoint) else {
+        return (StatusCode::INTERNAL_SERVER_ERROR, "sign-in is unavailable").into_response();
+    };
     authorize
         .query_pairs_mut()
         .append_pair("response_type", "code")
-        .append_pair("client_id", BFF_CLIENT)
+        .append_pair("client_id", &client_id)
         .append_pair("redirect_uri", &s.inner.redirect_uri)
         .append_pair("scope", "openid email profile")
         .append_pair("state", &format!("{id}.{}", flow.state))
         .append_pair("nonce", &flow.nonce)
         .append_pair("code_challenge", &pkce_s256(&flow.verifier))
         .append_pair("code_challenge_method", "S256");
-    let mut r = found(&format!(
-        "{}{}",
-        authorize.path(),
-        authorize
-            .query()
-            .map(|q| format!("?{q}"))
-            .unwrap_or_default()
-    ));
+    // Our own provider is on this origin: a relative redirect. An external one: its URL.
+    let target = if s.inner.external.is_some() {
+        authorize.to_string()
+    } else {
+        format!(
+            "{}{}",
+            authorize.path(),
+            authorize
+                .query()
+                .map(|q| format!("?{q}"))
+                .unwrap_or_default()
+        )
+    };
+    let mut r = found(&target);
     // Keep at most MAX_FLOWS - 1 older flows: drop the ones closest to expiry.
     let mut older: Vec<(i64, String)> = cookies(&headers)
         .into_iter()
@@ -294,9 +346,7 @@ async fn callback(State(s): State<Sessions>, uri: Uri, headers: HeaderMap) -> Re
         );
     };
     let clear_flow = s.cookie(&cookie_name, "", 0);
-    if q.get("iss")
-        .is_some_and(|iss| iss != &s.inner.provider.settings().issuer)
-    {
+    if q.get("iss").is_some_and(|iss| iss != s.issuer()) {
         return problem(
             StatusCode::BAD_REQUEST,
             "The sign-in response came from an unexpected issuer.",
@@ -308,64 +358,108 @@ async fn callback(State(s): State<Sessions>, uri: Uri, headers: HeaderMap) -> Re
         r.headers_mut().append(header::SET_COOKIE, clear_flow);
         return r;
     }
-    let (Some(code), Some(client)) = (q.get("code"), s.client().await) else {
+    let Some(code) = q.get("code") else {
         return problem(StatusCode::BAD_REQUEST, "The sign-in response has no code.");
     };
-    let params = BTreeMap::from([
-        ("grant_type".to_owned(), "authorization_code".to_owned()),
-        ("code".to_owned(), code.clone()),
-        ("redirect_uri".to_owned(), s.inner.redirect_uri.clone()),
-        ("code_verifier".to_owned(), flow.verifier.clone()),
-    ]);
-    let tokens = match s.inner.provider.token(&client, &params).await {
-        Ok(t) => t,
-        Err(e) => {
-            tracing::info!(error = e.code(), "browser sign-in: code exchange refused");
-            return problem(
-                StatusCode::BAD_REQUEST,
-                "The sign-in could not be completed. Please try again.",
-            );
-        }
+    let failed = || {
+        problem(
+            StatusCode::BAD_REQUEST,
+            "The sign-in could not be completed. Please try again.",
+        )
     };
-    // The ID token must carry the nonce of this flow (a code injected from another flow fails).
-    let keys = s.inner.provider.keys().verification_keys();
-    let aud = [BFF_CLIENT.to_owned()];
-    let expect = Expect {
-        issuer: &s.inner.provider.settings().issuer,
-        audiences: &aud,
-        token_use: Some(TokenUse::Id),
-        leeway: 30,
-        now,
-    };
-    let nonce_ok = tokens
-        .id_token
-        .as_deref()
-        .and_then(|t| jwt::verify(t, &keys, &expect).ok())
-        .is_some_and(|c| {
-            c.string("nonce").is_some_and(|n| {
-                portcullis_token::constant_time_eq(n.as_bytes(), flow.nonce.as_bytes())
-            })
-        });
-    let Some(refresh) = tokens.refresh_token.as_deref().filter(|_| nonce_ok) else {
-        return problem(
+    let mismatch = || {
+        problem(
             StatusCode::BAD_REQUEST,
             "The sign-in response did not match this attempt.",
-        );
+        )
+    };
+    let nonce_matches = |c: &jwt::Claims| {
+        c.string("nonce").is_some_and(|n| {
+            portcullis_token::constant_time_eq(n.as_bytes(), flow.nonce.as_bytes())
+        })
+    };
+    // (access, refresh, cookie lifetime), once the ID token's nonce proves the code is this
+    // flow's (a code injected from another flow fails here).
+    let (access, refresh, max_age) = if let Some(x) = &s.inner.external {
+        let body = match x
+            .post(
+                &x.token_endpoint,
+                &[
+                    ("grant_type", "authorization_code"),
+                    ("code", code),
+                    ("redirect_uri", &s.inner.redirect_uri),
+                    ("code_verifier", &flow.verifier),
+                ],
+            )
+            .await
+        {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::info!(error = %e, "browser sign-in: code exchange refused");
+                return failed();
+            }
+        };
+        let id_ok = match body["id_token"].as_str() {
+            Some(t) => x
+                .verify(t, None, now)
+                .await
+                .is_some_and(|c| nonce_matches(&c)),
+            None => false,
+        };
+        match (
+            id_ok,
+            body["access_token"].as_str(),
+            body["refresh_token"].as_str(),
+        ) {
+            (true, Some(a), Some(r)) => (a.to_owned(), r.to_owned(), EXTERNAL_COOKIE_AGE),
+            _ => return mismatch(),
+        }
+    } else {
+        let Some(client) = s.client().await else {
+            return failed();
+        };
+        let params = BTreeMap::from([
+            ("grant_type".to_owned(), "authorization_code".to_owned()),
+            ("code".to_owned(), code.clone()),
+            ("redirect_uri".to_owned(), s.inner.redirect_uri.clone()),
+            ("code_verifier".to_owned(), flow.verifier.clone()),
+        ]);
+        let tokens = match s.inner.provider.token(&client, &params).await {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::info!(error = e.code(), "browser sign-in: code exchange refused");
+                return failed();
+            }
+        };
+        let keys = s.inner.provider.keys().verification_keys();
+        let aud = [BFF_CLIENT.to_owned()];
+        let expect = Expect {
+            issuer: &s.inner.provider.settings().issuer,
+            audiences: &aud,
+            token_use: Some(TokenUse::Id),
+            leeway: 30,
+            now,
+        };
+        let id_ok = tokens
+            .id_token
+            .as_deref()
+            .and_then(|t| jwt::verify(t, &keys, &expect).ok())
+            .is_some_and(|c| nonce_matches(&c));
+        match (id_ok, tokens.refresh_token) {
+            (true, Some(r)) => (tokens.access_token, r, client.refresh_ttl),
+            _ => return mismatch(),
+        }
     };
     let mut r = found(&flow.return_to);
     let h = r.headers_mut();
     h.append(header::SET_COOKIE, clear_flow);
     h.append(
         header::SET_COOKIE,
-        s.cookie(
-            &s.inner.access_cookie,
-            &tokens.access_token,
-            client.refresh_ttl,
-        ),
+        s.cookie(&s.inner.access_cookie, &access, max_age),
     );
     h.append(
         header::SET_COOKIE,
-        s.cookie(&s.inner.refresh_cookie, refresh, client.refresh_ttl),
+        s.cookie(&s.inner.refresh_cookie, &refresh, max_age),
     );
     r
 }
@@ -392,23 +486,44 @@ async fn logout(State(s): State<Sessions>, headers: HeaderMap) -> Response {
             .into_response();
     }
     let jar = cookies(&headers);
-    if let Some(client) = s.client().await {
-        // Revoking the refresh token ends the whole session: its access tokens are rejected by
-        // the gateway within a second, on every node.
-        for (name, value) in &jar {
-            if (*name == s.inner.refresh_cookie || *name == s.inner.access_cookie)
-                && let Err(e) = s.inner.provider.revoke(&client, value).await
-            {
-                tracing::warn!(error = e.code(), "sign-out could not revoke a token");
+    let home: String =
+        url::form_urlencoded::byte_serialize(format!("{}/", s.inner.origin).as_bytes()).collect();
+    let end_idp = if let Some(x) = &s.inner.external {
+        if let (Some(endpoint), Some((_, refresh))) = (
+            &x.revocation_endpoint,
+            jar.iter().find(|(k, _)| *k == s.inner.refresh_cookie),
+        ) && let Err(e) = x
+            .post(
+                endpoint,
+                &[("token", refresh), ("token_type_hint", "refresh_token")],
+            )
+            .await
+        {
+            tracing::warn!(error = %e, "sign-out could not revoke the refresh token at the provider");
+        }
+        // Cognito reads client_id + logout_uri; OpenID providers post_logout_redirect_uri.
+        match &x.end_session_endpoint {
+            Some(e) => format!(
+                "{e}?client_id={}&logout_uri={home}&post_logout_redirect_uri={home}",
+                x.client_id
+            ),
+            None => "/".to_owned(),
+        }
+    } else {
+        if let Some(client) = s.client().await {
+            // Revoking the refresh token ends the whole session: its access tokens are rejected
+            // by the gateway within a second, on every node.
+            for (name, value) in &jar {
+                if (*name == s.inner.refresh_cookie || *name == s.inner.access_cookie)
+                    && let Err(e) = s.inner.provider.revoke(&client, value).await
+                {
+                    tracing::warn!(error = e.code(), "sign-out could not revoke a token");
+                }
             }
         }
-    }
+        format!("/logout?client_id={BFF_CLIENT}&logout_uri={home}")
+    };
     let mut r = StatusCode::SEE_OTHER.into_response();
-    let end_idp = format!(
-        "/logout?client_id={BFF_CLIENT}&logout_uri={}",
-        url::form_urlencoded::byte_serialize(format!("{}/", s.inner.origin).as_bytes())
-            .collect::<String>()
-    );
     if let Ok(v) = HeaderValue::from_str(&end_idp) {
         r.headers_mut().insert(header::LOCATION, v);
     }
@@ -419,6 +534,37 @@ async fn logout(State(s): State<Sessions>, headers: HeaderMap) -> Response {
     r
 }
 
+/// Verifies an access token of the session's provider: (sub, username, groups).
+async fn whoami(
+    s: &Sessions,
+    access: &str,
+) -> Option<(Option<String>, Option<String>, Vec<String>)> {
+    match &s.inner.external {
+        Some(x) => {
+            let c = x
+                .verify(access, Some(TokenUse::Access), s.inner.provider.now())
+                .await?;
+            let groups = c.string_list(&x.groups_claim).unwrap_or_default();
+            Some((
+                c.sub.clone(),
+                c.string("username").map(str::to_owned),
+                groups,
+            ))
+        }
+        None => {
+            let c = s.inner.provider.verify_access_token(access).await.ok()?;
+            let groups = c
+                .string_list(&s.inner.provider.settings().groups_claim)
+                .unwrap_or_default();
+            Some((
+                c.sub.clone(),
+                c.string("username").map(str::to_owned),
+                groups,
+            ))
+        }
+    }
+}
+
 async fn me(State(s): State<Sessions>, headers: HeaderMap) -> Response {
     let jar = cookies(&headers);
     let access = jar
@@ -426,19 +572,19 @@ async fn me(State(s): State<Sessions>, headers: HeaderMap) -> Response {
         .find(|(k, _)| *k == s.inner.access_cookie)
         .map(|(_, v)| (*v).to_owned());
     let mut set = Vec::new();
-    let mut claims = match &access {
-        Some(a) => s.inner.provider.verify_access_token(a).await.ok(),
+    let mut who = match &access {
+        Some(a) => whoami(&s, a).await,
         None => None,
     };
-    if claims.is_none()
+    if who.is_none()
         && let Some((_, refresh)) = jar.iter().find(|(k, _)| *k == s.inner.refresh_cookie)
         && let Some(new) = s.refresh((*refresh).to_owned()).await
     {
-        claims = s.inner.provider.verify_access_token(&new.access).await.ok();
+        who = whoami(&s, &new.access).await;
         set.push(s.cookie(&s.inner.access_cookie, &new.access, new.max_age));
         set.push(s.cookie(&s.inner.refresh_cookie, &new.refresh, new.max_age));
     }
-    let Some(claims) = claims else {
+    let Some((sub, username, groups)) = who else {
         return (
             StatusCode::UNAUTHORIZED,
             [(header::CACHE_CONTROL, "no-store")],
@@ -446,21 +592,135 @@ async fn me(State(s): State<Sessions>, headers: HeaderMap) -> Response {
         )
             .into_response();
     };
-    let groups = claims
-        .string_list(&s.inner.provider.settings().groups_claim)
-        .unwrap_or_default();
     let mut r = (
         StatusCode::OK,
         [(header::CACHE_CONTROL, "no-store")],
-        axum::Json(
-            json!({ "sub": claims.sub, "username": claims.string("username"), "groups": groups }),
-        ),
+        axum::Json(json!({ "sub": sub, "username": username, "groups": groups })),
     )
         .into_response();
     for c in set {
         r.headers_mut().append(header::SET_COOKIE, c);
     }
     r
+}
+
+/// An external OpenID provider for browser sessions (a Cognito user pool, another portcullis),
+/// spoken to over HTTP: discovery, the token endpoint (code and refresh grants), revocation and
+/// RP-initiated logout. Its keys come from its JWKS, cached like the gateway's.
+pub struct External {
+    issuer: String,
+    client_id: String,
+    secret: Option<Secret<String>>,
+    authorization_endpoint: String,
+    token_endpoint: String,
+    revocation_endpoint: Option<String>,
+    end_session_endpoint: Option<String>,
+    keys: portcullis_gateway::issuers::ExternalIssuer,
+    groups_claim: String,
+    http: reqwest::Client,
+}
+
+/// Sessions at an external provider last as long as its refresh token allows; the cookies are
+/// kept this long (30 days) and the provider decides.
+const EXTERNAL_COOKIE_AGE: i64 = 30 * 86400;
+
+impl External {
+    pub async fn discover(
+        issuer: &str,
+        client_id: &str,
+        secret: Option<Secret<String>>,
+        groups_claim: &str,
+    ) -> Result<External, String> {
+        let http = reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(10))
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(|e| e.to_string())?;
+        let url = format!(
+            "{}/.well-known/openid-configuration",
+            issuer.trim_end_matches('/')
+        );
+        let doc: serde_json::Value = http
+            .get(&url)
+            .send()
+            .await
+            .map_err(|e| format!("{url}: {e}"))?
+            .json()
+            .await
+            .map_err(|e| format!("{url}: {e}"))?;
+        if doc["issuer"].as_str() != Some(issuer.trim_end_matches('/')) {
+            return Err(format!("{url} names another issuer"));
+        }
+        let field = |k: &str| doc[k].as_str().map(str::to_owned);
+        let keys =
+            portcullis_gateway::issuers::external(&portcullis_gateway::issuers::IssuerConfig {
+                issuer: issuer.to_owned(),
+                jwks_uri: field("jwks_uri"),
+                audiences: vec![client_id.to_owned()],
+                groups_claim: Some(groups_claim.to_owned()),
+                token_use: Some("any".into()),
+            })?;
+        keys.refresh().await;
+        Ok(External {
+            issuer: issuer.trim_end_matches('/').to_owned(),
+            client_id: client_id.to_owned(),
+            secret,
+            authorization_endpoint: field("authorization_endpoint")
+                .ok_or("discovery has no authorization_endpoint")?,
+            token_endpoint: field("token_endpoint").ok_or("discovery has no token_endpoint")?,
+            revocation_endpoint: field("revocation_endpoint"),
+            end_session_endpoint: field("end_session_endpoint"),
+            keys,
+            groups_claim: groups_claim.to_owned(),
+            http,
+        })
+    }
+
+    async fn post(&self, url: &str, form: &[(&str, &str)]) -> Result<serde_json::Value, String> {
+        let mut form: Vec<(&str, &str)> = form.to_vec();
+        let mut req = self.http.post(url);
+        match &self.secret {
+            Some(s) => req = req.basic_auth(&self.client_id, Some(s.expose())),
+            None => form.push(("client_id", &self.client_id)),
+        }
+        let resp = req
+            .form(&form)
+            .send()
+            .await
+            .map_err(|e| format!("{url}: {e}"))?;
+        let status = resp.status();
+        let body: serde_json::Value = resp.json().await.unwrap_or_default();
+        if !status.is_success() {
+            return Err(format!(
+                "{url}: HTTP {status} {}",
+                body["error"].as_str().unwrap_or("")
+            ));
+        }
+        Ok(body)
+    }
+
+    /// Verifies a token of this provider (ID token: `nonce` checked by the caller).
+    async fn verify(
+        &self,
+        token: &str,
+        token_use: Option<TokenUse>,
+        now: i64,
+    ) -> Option<jwt::Claims> {
+        let aud = [self.client_id.clone()];
+        let expect = Expect {
+            issuer: &self.issuer,
+            audiences: &aud,
+            token_use,
+            leeway: 30,
+            now,
+        };
+        match jwt::verify(token, &self.keys.keys(), &expect) {
+            Err(jwt::VerifyError::UnknownKey) if self.keys.refresh().await => {
+                jwt::verify(token, &self.keys.keys(), &expect).ok()
+            }
+            other => other.ok(),
+        }
+    }
 }
 
 #[cfg(test)]

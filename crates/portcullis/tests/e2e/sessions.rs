@@ -362,3 +362,141 @@ async fn development_mode_uses_plain_cookies() {
         "{cookie}"
     );
 }
+
+#[tokio::test]
+async fn browser_sessions_at_an_external_provider() {
+    // B: another portcullis standing in for a Cognito user pool.
+    let mut b = setup("");
+    let b_issuer = b.server.base.replace("127.0.0.1", "localhost");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let a_origin = format!("http://localhost:{port}");
+    b._instance
+        .run(&[
+            "client",
+            "add",
+            "A",
+            "--id",
+            "a-web",
+            "--redirect-uri",
+            &format!("{a_origin}/auth/callback"),
+            "--logout-uri",
+            &format!("{a_origin}/"),
+            "--scope",
+            "openid",
+            "--scope",
+            "email",
+            "--scope",
+            "profile",
+        ])
+        .ok();
+    let upstream = crate::gateway_upstream::Upstream::start().await;
+    // A: the gateway, whose browser sessions sign in at B.
+    let a = crate::harness::Instance::with_config(&format!(
+        r#"
+[sessions]
+issuer = "{b_issuer}"
+client_id = "a-web"
+
+[[gateway.issuers]]
+issuer = "{b_issuer}"
+audiences = ["a-web"]
+
+[[routes]]
+path = "/api/**"
+kind = "api"
+upstream = "{up}"
+
+[[policy]]
+principal = "group:user"
+statements = [{{ effect = "allow", methods = ["GET"], paths = ["/api/orders/**"] }}]
+"#,
+        up = upstream.base
+    ));
+    let gateway = crate::harness::Server::start(a.command(&[
+        "serve",
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+    ]));
+    let start = b
+        .get(&format!(
+            "{a_origin}/auth/login?return_to=%2Fapi%2Forders%2F1"
+        ))
+        .await;
+    let authorize = location(&start);
+    assert!(
+        authorize.starts_with(&format!("{b_issuer}/oauth2/authorize?")),
+        "{authorize}"
+    );
+    let next = location(&b.get(&authorize).await);
+    assert!(next.starts_with("/login"), "{next}");
+    let html = b.get(&b.url(&next)).await.text().await.expect("html");
+    let field = |name: &str| {
+        let marker = format!("name=\"{name}\" value=\"");
+        let i = html.find(&marker).expect("field") + marker.len();
+        html[i..i + html[i..].find('"').expect("quote")].replace("&#x2f;", "/")
+    };
+    let callback = location(
+        &b.post_form(&field("request"), &field("csrf"), "ada", PASSWORD)
+            .await,
+    );
+    assert!(
+        callback.starts_with(&format!("{a_origin}/auth/callback?")),
+        "{callback}"
+    );
+    let back = b.get(&callback).await;
+    assert_eq!(
+        (back.status(), location(&back).as_str()),
+        (StatusCode::FOUND, "/api/orders/1")
+    );
+    let api = b.get(&gateway.url("/api/orders/1")).await;
+    assert_eq!(api.status(), StatusCode::OK);
+    assert_eq!(
+        upstream.last()["headers"]["x-auth-username"],
+        serde_json::json!(["ada"])
+    );
+    let me: Value = b
+        .get(&format!("{a_origin}/auth/me"))
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(me["username"], "ada");
+
+    // Refresh at the external provider, in line.
+    let refresh = b.cookies["__Host-portcullis-refresh"].clone();
+    let resp = b
+        .http
+        .get(gateway.url("/api/orders/2"))
+        .header("cookie", format!("__Host-portcullis-refresh={refresh}"))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(resp.status(), StatusCode::OK, "refreshed at the provider");
+
+    // Sign-out revokes at the provider and ends its session there.
+    let out = b
+        .http
+        .post(gateway.url("/auth/logout"))
+        .header("cookie", b.cookie_header())
+        .header("origin", &a_origin)
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(out.status(), StatusCode::SEE_OTHER);
+    assert!(
+        location(&out).starts_with(&format!("{b_issuer}/logout?client_id=a-web")),
+        "{}",
+        location(&out)
+    );
+    let latest = b.cookies["__Host-portcullis-refresh"].clone();
+    let (status, _) = b.refresh("a-web", &latest).await;
+    assert_eq!(
+        status,
+        StatusCode::BAD_REQUEST,
+        "the refresh token was revoked at the provider"
+    );
+}
