@@ -347,16 +347,20 @@ impl Provider {
         } else {
             req.scopes
         };
-        let ttl =
-            |v: Option<i64>, default: i64, max: i64, what: &str| -> Result<i64, ClientError> {
-                let v = v.unwrap_or(default);
-                if !(60..=max).contains(&v) {
-                    return Err(ClientError::Invalid(format!(
-                        "{what} must be between 60 and {max} seconds"
-                    )));
-                }
-                Ok(v)
-            };
+        let ttl = |v: Option<i64>,
+                   default: i64,
+                   min: i64,
+                   max: i64,
+                   what: &str|
+         -> Result<i64, ClientError> {
+            let v = v.unwrap_or(default);
+            if !(min..=max).contains(&v) {
+                return Err(ClientError::Invalid(format!(
+                    "{what} must be between {min} and {max} seconds"
+                )));
+            }
+            Ok(v)
+        };
         let id_token_alg = req
             .id_token_alg
             .unwrap_or_else(|| self.inner.settings.id_alg.as_str().to_owned());
@@ -387,11 +391,13 @@ impl Provider {
             logout_uris: req.logout_uris,
             grants,
             scopes,
-            access_ttl: ttl(req.access_ttl, 3600, 86400, "the access token lifetime")?,
-            id_ttl: ttl(req.id_ttl, 3600, 86400, "the ID token lifetime")?,
+            // Short access tokens are legitimate (revocation by expiry); 5 s is the floor.
+            access_ttl: ttl(req.access_ttl, 3600, 5, 86400, "the access token lifetime")?,
+            id_ttl: ttl(req.id_ttl, 3600, 60, 86400, "the ID token lifetime")?,
             refresh_ttl: ttl(
                 req.refresh_ttl,
                 30 * 86400,
+                60,
                 3650 * 86400,
                 "the refresh token lifetime",
             )?,

@@ -340,6 +340,16 @@ pub const KEYS: &[KeySpec] = &[
         doc: "The app client registered at `sessions.issuer`, with the redirect URI `<origin>/auth/callback` and the sign-out URI `<origin>/`.",
     },
     KeySpec {
+        path: "sessions.access_ttl",
+        kind: Kind::Duration {
+            min: Duration::from_secs(5),
+            max: Duration::from_secs(86400),
+        },
+        env: "PORTCULLIS_SESSIONS_ACCESS_TTL",
+        default: "1h",
+        doc: "Lifetime of the access token in a browser session with this instance's provider. Short is fine: the gateway refreshes in line, so the browser never sees the expiry.",
+    },
+    KeySpec {
         path: "branding.app_name",
         kind: Kind::Str,
         env: "PORTCULLIS_BRANDING_APP_NAME",
@@ -538,6 +548,8 @@ pub struct Config {
     pub issuer_configured: bool,
     pub clients: Vec<DeclaredClient>,
     pub resource_servers: Vec<DeclaredResourceServer>,
+    /// Access-token lifetime of browser sessions at this instance's provider, seconds.
+    pub sessions_access_ttl: i64,
     /// Browser sessions at an external provider: issuer, client id, client secret.
     pub sessions_external: Option<(String, String, Option<Secret<String>>)>,
     /// `[[gateway.issuers]]`: trusted external issuers.
@@ -882,6 +894,8 @@ fn build(
         clients: Vec::new(),
         resource_servers: Vec::new(),
         routes: Vec::new(),
+        sessions_access_ttl: i64::try_from(duration("sessions.access_ttl").as_secs())
+            .unwrap_or(3600),
         sessions_external: match string("sessions.issuer").as_str() {
             "" => None,
             i => Some((

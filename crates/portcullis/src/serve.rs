@@ -75,6 +75,7 @@ pub async fn run_config(
         &g.refresh_cookie,
         &app.instance_secret,
         external_sessions(&app).await?,
+        app.config.sessions_access_ttl,
     )
     .await
     .map_err(Failure::internal)?;

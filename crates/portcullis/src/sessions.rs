@@ -60,6 +60,7 @@ impl Sessions {
         refresh_cookie: &str,
         instance_secret: &Secret<String>,
         external: Option<External>,
+        access_ttl: i64,
     ) -> Result<Sessions, String> {
         let redirect_uri = format!("{origin}/auth/callback");
         if external.is_none() {
@@ -72,6 +73,7 @@ impl Sessions {
                     grants: vec!["authorization_code".into(), "refresh_token".into()],
                     scopes: vec!["openid".into(), "email".into(), "profile".into()],
                     allow_insecure_http: !provider.settings().secure_cookies,
+                    access_ttl: Some(access_ttl),
                     ..NewClient::default()
                 })
                 .await

@@ -94,6 +94,10 @@ struct Site {
 }
 
 async fn site() -> Site {
+    site_with("").await
+}
+
+async fn site_with(extra: &str) -> Site {
     let upstream = Upstream::start().await;
     let files = tempfile::tempdir().expect("dir");
     std::fs::write(
@@ -135,7 +139,7 @@ statements = [{{ effect = "allow", methods = ["*"], paths = ["/**"] }}]
 "#,
         up = upstream.base
     );
-    let i = Instance::with_config(&config);
+    let i = Instance::with_config(&format!("{config}{extra}"));
     i.run(&["group", "add", "user"]).ok();
     i.run(&["group", "add", "admin"]).ok();
     i.run_with_stdin(
@@ -395,5 +399,53 @@ async fn two_tabs_signing_in_at_once_both_succeed_and_return_to_stays_home() {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
+    c.close().await.expect("close");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parallel_calls_right_after_access_token_expiry_all_succeed() {
+    let Some(d) = driver() else { return };
+    let s = site_with("\n[sessions]\naccess_ttl = \"5s\"\n").await;
+    let c = browser(&d).await;
+    c.goto(&format!("{}/auth/login?return_to=%2F", s.base))
+        .await
+        .expect("goto");
+    sign_in_on_form(&c, "ada").await;
+    wait_for_path(&c, "/").await;
+    let before = c
+        .get_named_cookie("__Host-portcullis-access")
+        .await
+        .expect("cookie")
+        .value()
+        .to_owned();
+    let exp = crate::oidc::claims(&before)["exp"].as_i64().expect("exp");
+    // Past the token's expiry and the verifier's leeway for our own tokens (5 s).
+    loop {
+        let now =
+            i64::try_from(std::time::UNIX_EPOCH.elapsed().expect("clock").as_secs()).expect("i64");
+        if now > exp + 6 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let statuses = c
+        .execute_async(
+            "const done = arguments[0]; Promise.all([1,2,3,4,5,6,7,8].map(i => fetch('/api/orders/' + i).then(r => r.status))).then(done);",
+            vec![],
+        )
+        .await
+        .expect("parallel fetches");
+    assert_eq!(
+        statuses,
+        json!([200, 200, 200, 200, 200, 200, 200, 200]),
+        "no request saw the expiry"
+    );
+    let after = c
+        .get_named_cookie("__Host-portcullis-access")
+        .await
+        .expect("cookie")
+        .value()
+        .to_owned();
+    assert_ne!(before, after, "the session was refreshed in line");
     c.close().await.expect("close");
 }
