@@ -28,8 +28,27 @@ pub async fn run(data_dir: PathBuf, listen: SocketAddr, reset: bool) -> Result<(
     let mut env = Env::process();
     env.set("PORTCULLIS_DATA_DIR", &data_dir.display().to_string());
     env.set("PORTCULLIS_SERVER_LISTEN", &listen.to_string());
+    if listen.port() == 0 {
+        return Err(Failure::user(
+            "the demo needs a fixed port (its backend is configured with it); pass --listen 127.0.0.1:PORT",
+        ));
+    }
+    // The front end, embedded in the binary, is served from files like any static site.
+    let site = data_dir.join("site");
+    write_site(&site)?;
+    // The demo backend fetches portcullis' JWKS to verify the gateway's assertions.
+    let issuer = crate::config::issuer_for(listen);
+    let jwks = format!("http://127.0.0.1:{}/.well-known/jwks.json", listen.port());
+    let backend = crate::demo_app::start(&issuer, &jwks)
+        .await
+        .map_err(|e| Failure::internal(format!("cannot start the demo backend: {e}")))?;
+    let site_abs = std::fs::canonicalize(&site).unwrap_or(site);
+    let toml_str = |s: &str| s.replace('\\', "\\\\").replace('"', "\\\"");
+    let text = DEMO_CONFIG
+        .replace("{backend}", &toml_str(&backend))
+        .replace("{site}", &toml_str(&site_abs.display().to_string()));
     let source = Path::new("examples/demo/portcullis.toml (embedded)");
-    let config = config::load(Some(source), Some(DEMO_CONFIG), &env)?;
+    let config = config::load(Some(source), Some(&text), &env)?;
     crate::serve::run_config(config, Some(listen), |app| {
         Box::pin(async move {
             let credentials = seed(app, &app.config.data_dir).await?;
@@ -38,6 +57,50 @@ pub async fn run(data_dir: PathBuf, listen: SocketAddr, reset: bool) -> Result<(
         })
     })
     .await
+}
+
+const SITE: &[(&str, &str)] = &[
+    (
+        "index.html",
+        include_str!("../../../examples/demo/site/index.html"),
+    ),
+    (
+        "app.css",
+        include_str!("../../../examples/demo/site/app.css"),
+    ),
+    ("app.js", include_str!("../../../examples/demo/site/app.js")),
+    (
+        "orders/index.html",
+        include_str!("../../../examples/demo/site/orders/index.html"),
+    ),
+    (
+        "admin/index.html",
+        include_str!("../../../examples/demo/site/admin/index.html"),
+    ),
+];
+
+/// Writes the embedded front end (every start: the binary's version wins).
+fn write_site(dir: &Path) -> Result<(), Failure> {
+    // The data directory holds the database: private, as `App::open` would create it.
+    if let Some(data_dir) = dir.parent().filter(|d| !d.exists()) {
+        let mut builder = std::fs::DirBuilder::new();
+        builder.recursive(true);
+        #[cfg(unix)]
+        std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+        builder
+            .create(data_dir)
+            .map_err(|e| Failure::user(format!("cannot create {}: {e}", data_dir.display())))?;
+    }
+    for (name, content) in SITE {
+        let path = dir.join(name);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)
+                .map_err(|e| Failure::user(format!("cannot create {}: {e}", parent.display())))?;
+        }
+        std::fs::write(&path, content)
+            .map_err(|e| Failure::user(format!("cannot write {}: {e}", path.display())))?;
+    }
+    Ok(())
 }
 
 /// Refuses to delete a directory that does not look like a demo directory.

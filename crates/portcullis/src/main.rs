@@ -5,6 +5,7 @@ mod app;
 mod commands;
 mod config;
 mod demo;
+mod demo_app;
 mod failure;
 mod serve;
 mod sessions;

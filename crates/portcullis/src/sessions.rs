@@ -67,7 +67,8 @@ impl Sessions {
             provider
                 .declare_client(NewClient {
                     client_id: Some(BFF_CLIENT.into()),
-                    name: "Browser sessions (portcullis)".into(),
+                    // Shown on the sign-in page ("Signing in to …").
+                    name: provider.settings().branding.app_name.clone(),
                     redirect_uris: vec![redirect_uri.clone()],
                     logout_uris: vec![format!("{origin}/")],
                     grants: vec!["authorization_code".into(), "refresh_token".into()],

@@ -449,3 +449,174 @@ async fn parallel_calls_right_after_access_token_expiry_all_succeed() {
     assert_ne!(before, after, "the session was refreshed in line");
     c.close().await.expect("close");
 }
+
+async fn wait_for_text(c: &Client, css: &str, text: &str) {
+    let started = Instant::now();
+    loop {
+        if let Ok(el) = c.find(Locator::Css(css)).await
+            && el.text().await.unwrap_or_default().contains(text)
+        {
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{css} never showed {text:?}; page: {}",
+            c.source().await.unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn screenshot(c: &Client, name: &str) {
+    if let Ok(dir) = std::env::var("PORTCULLIS_SCREENSHOTS_DIR") {
+        let png = c.screenshot().await.expect("screenshot");
+        std::fs::write(std::path::Path::new(&dir).join(name), png).expect("write screenshot");
+    }
+}
+
+async fn sign_out(c: &Client) {
+    c.find(Locator::Css("#signed-in button[type=submit]"))
+        .await
+        .expect("sign-out button")
+        .click()
+        .await
+        .expect("click");
+    wait_for_path(c, "/").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_shop_customer_orders_admin_approves() {
+    let Some(d) = driver() else { return };
+    let dir = tempfile::tempdir().expect("dir");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let mut cmd = Command::new(crate::harness::BIN);
+    cmd.args([
+        "demo",
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+        "--data-dir",
+        dir.path().join("demo").to_str().expect("utf-8"),
+    ]);
+    cmd.env_remove("PORTCULLIS_STORE_URL")
+        .env_remove("PORTCULLIS_CONFIG");
+    let _server = Server::start(cmd);
+    let base = format!("http://localhost:{port}");
+    let creds =
+        std::fs::read_to_string(dir.path().join("demo/demo-credentials.txt")).expect("credentials");
+    let password = |user: &str| {
+        creds
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{user}=")))
+            .expect("password")
+            .to_owned()
+    };
+    let c = browser(&d).await;
+
+    // A signed-out visitor to the admin area is asked to sign in; a customer then lands at home.
+    c.goto(&format!("{base}/admin/")).await.expect("goto");
+    c.wait()
+        .for_element(Locator::Css("input#username"))
+        .await
+        .expect("sign-in form");
+    screenshot(&c, "sign-in.png").await;
+    sign_in_as(&c, "customer", &password("customer")).await;
+    wait_for_path(&c, "/").await;
+    let status = c
+        .execute_async(
+            "const done = arguments[0]; fetch('/api/admin/orders').then(r => done(r.status));",
+            vec![],
+        )
+        .await
+        .expect("fetch");
+    assert_eq!(status, json!(403), "a customer cannot use the admin API");
+
+    // The customer orders.
+    c.goto(&format!("{base}/orders/")).await.expect("goto");
+    wait_for_text(&c, "#who", "customer").await;
+    assert!(
+        c.find(Locator::Css("a.admin-only"))
+            .await
+            .expect("link")
+            .attr("hidden")
+            .await
+            .expect("attr")
+            .is_some(),
+        "no admin link for customers"
+    );
+    c.find(Locator::Css("#item"))
+        .await
+        .expect("item")
+        .send_keys("Blue mug")
+        .await
+        .expect("type");
+    c.find(Locator::Css("#new-order button[type=submit]"))
+        .await
+        .expect("button")
+        .click()
+        .await
+        .expect("order");
+    wait_for_text(&c, "#orders", "Blue mug").await;
+    wait_for_text(&c, "#orders", "pending").await;
+    // A bad body gets a clear 400 from the backend.
+    let bad = c
+        .execute_async("const done = arguments[0]; fetch('/api/orders', {method: 'POST', headers: {'content-type': 'application/json'}, body: JSON.stringify({item: '', quantity: 0})}).then(r => r.json().then(b => done([r.status, b.message])));", vec![])
+        .await
+        .expect("fetch");
+    assert_eq!(bad[0], json!(400));
+    assert!(
+        bad[1].as_str().unwrap_or_default().contains("item"),
+        "{bad}"
+    );
+    sign_out(&c).await;
+
+    // The admin approves it.
+    c.goto(&format!("{base}/admin/")).await.expect("goto");
+    sign_in_as(&c, "admin", &password("admin")).await;
+    wait_for_path(&c, "/admin/").await;
+    wait_for_text(&c, "#orders", "Blue mug").await;
+    c.find(Locator::Css("button.approve"))
+        .await
+        .expect("approve button")
+        .click()
+        .await
+        .expect("approve");
+    wait_for_text(&c, "#orders", "approved").await;
+    screenshot(&c, "admin.png").await;
+    sign_out(&c).await;
+
+    // The customer sees it approved.
+    c.goto(&format!("{base}/orders/")).await.expect("goto");
+    sign_in_as(&c, "customer", &password("customer")).await;
+    wait_for_path(&c, "/orders/").await;
+    wait_for_text(&c, "#orders", "approved").await;
+    c.close().await.expect("close");
+}
+
+async fn sign_in_as(c: &Client, user: &str, password: &str) {
+    c.wait()
+        .for_element(Locator::Css("input#username"))
+        .await
+        .expect("the sign-in form");
+    c.find(Locator::Css("input#username"))
+        .await
+        .expect("username")
+        .send_keys(user)
+        .await
+        .expect("type");
+    c.find(Locator::Css("input#password"))
+        .await
+        .expect("password")
+        .send_keys(password)
+        .await
+        .expect("type");
+    c.find(Locator::Css("button[type=submit]"))
+        .await
+        .expect("button")
+        .click()
+        .await
+        .expect("submit");
+}
