@@ -335,6 +335,20 @@ async fn approve(State(b): State<Backend>, h: HeaderMap, Path(id): Path<String>)
 /// Starts the external application and the backend on loopback ports; returns the backend's URL.
 /// The backend verifies assertions from `issuer` with the keys published at `jwks_uri`.
 pub async fn start(issuer: &str, jwks_uri: &str) -> std::io::Result<String> {
+    serve(
+        std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+        issuer,
+        jwks_uri,
+    )
+    .await
+}
+
+/// [`start`] on a chosen address.
+pub async fn serve(
+    listen: std::net::SocketAddr,
+    issuer: &str,
+    jwks_uri: &str,
+) -> std::io::Result<String> {
     let key = portcullis_idp::random_token().expose().clone();
     let ext = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let external = format!("http://{}", ext.local_addr()?);
@@ -361,7 +375,7 @@ pub async fn start(issuer: &str, jwks_uri: &str) -> std::io::Result<String> {
         .route("/api/admin/orders/{id}/approve", post(approve))
         .fallback(|| async { problem(StatusCode::NOT_FOUND, "no such endpoint") })
         .with_state(backend);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let listener = tokio::net::TcpListener::bind(listen).await?;
     let url = format!("http://{}", listener.local_addr()?);
     tokio::spawn(async move { axum::serve(listener, app).await });
     Ok(url)

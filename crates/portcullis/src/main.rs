@@ -64,6 +64,16 @@ enum Command {
     Serve(ServeArgs),
     /// Run a demo instance with seeded users in a local directory.
     Demo(DemoArgs),
+    /// Run the demo's backend (and its external order system) as a separate process, for the
+    /// all-in-one guide: it verifies portcullis' signed assertions with the issuer's JWKS.
+    DemoBackend {
+        /// Listen address.
+        #[arg(long, default_value = "127.0.0.1:9000")]
+        listen: std::net::SocketAddr,
+        /// The portcullis issuer whose assertions it trusts.
+        #[arg(long, default_value = "http://localhost:8080")]
+        issuer: String,
+    },
     /// Validate configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -321,7 +331,7 @@ fn main() -> ExitCode {
         }
     };
     let default_level = match cli.command {
-        Command::Serve(_) | Command::Demo(_) => "info",
+        Command::Serve(_) | Command::Demo(_) | Command::DemoBackend { .. } => "info",
         _ => "warn",
     };
     init_logging(
@@ -351,6 +361,19 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             serve::run(config, args.listen).await
         }
         Command::Demo(args) => demo::run(args.data_dir, args.listen, args.reset).await,
+        Command::DemoBackend { listen, issuer } => {
+            let issuer = issuer.trim_end_matches('/').to_owned();
+            let url = demo_app::serve(listen, &issuer, &format!("{issuer}/.well-known/jwks.json"))
+                .await
+                .map_err(|e| {
+                    failure::Failure::user(format!(
+                        "cannot start the demo backend on {listen}: {e}"
+                    ))
+                })?;
+            println!("demo backend listening on {url}, trusting {issuer}");
+            let _ = tokio::signal::ctrl_c().await;
+            Ok(())
+        }
         Command::Config(ConfigCommand::Check { file }) => {
             commands::config_check(file.as_deref().or(cli.config.as_deref()), json)
         }
