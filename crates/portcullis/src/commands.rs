@@ -836,20 +836,45 @@ pub async fn policy(app: &App, cmd: PolicyCommand, json: bool) -> Result<(), Fai
             let set = portcullis_policy::PolicySet::new(docs.clone(), version);
             let principals: Vec<portcullis_policy::Principal> =
                 docs.iter().map(|d| d.principal.clone()).collect();
-            let routes = app.gateway.routes().routes();
+            // Rows: the configured routes; without any (a CLI run without the server's config
+            // file), the path patterns the documents mention.
+            let mut targets: Vec<(String, Vec<String>, bool)> = app
+                .gateway
+                .routes()
+                .routes()
+                .iter()
+                .map(|r| {
+                    (
+                        r.pattern.as_str().to_owned(),
+                        r.methods.clone(),
+                        r.kind == portcullis_gateway::settings::RouteKind::Public,
+                    )
+                })
+                .collect();
+            if targets.is_empty() {
+                for d in &docs {
+                    for st in &d.statements {
+                        for p in &st.paths {
+                            if !targets.iter().any(|(t, _, _)| t == p.as_str()) {
+                                targets.push((p.as_str().to_owned(), Vec::new(), false));
+                            }
+                        }
+                    }
+                }
+            }
             let mut rows = Vec::new();
-            for r in routes {
-                let path = sample_path(r.pattern.as_str());
-                let methods = if r.methods.is_empty() {
+            for (pattern, route_methods, public) in &targets {
+                let path = sample_path(pattern);
+                let methods = if route_methods.is_empty() {
                     vec!["GET".to_owned(), "POST".to_owned(), "DELETE".to_owned()]
                 } else {
-                    r.methods.clone()
+                    route_methods.clone()
                 };
                 for m in methods {
                     let cells: Vec<String> = principals
                         .iter()
                         .map(|p| {
-                            if r.kind == portcullis_gateway::settings::RouteKind::Public {
+                            if *public {
                                 "public".to_owned()
                             } else if set.decide(&principal_row(p), &m, &path).allowed {
                                 "allow".to_owned()
@@ -858,7 +883,7 @@ pub async fn policy(app: &App, cmd: PolicyCommand, json: bool) -> Result<(), Fai
                             }
                         })
                         .collect();
-                    rows.push((format!("{m} {}", r.pattern), cells));
+                    rows.push((format!("{m} {pattern}"), cells));
                 }
             }
             if json {

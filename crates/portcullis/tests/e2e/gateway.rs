@@ -608,6 +608,16 @@ async fn revocation_and_policy_changes_take_effect_within_a_second() {
     e.idp._instance.run(&["policy", "rollback", "1"]).ok();
     let history = e.idp._instance.run(&["policy", "history"]).ok();
     assert!(history.contains("rollback to version 1"), "{history}");
+    let matrix = e.idp._instance.run(&["policy", "matrix"]).ok();
+    let row = matrix
+        .lines()
+        .find(|l| l.starts_with("DELETE /api/**"))
+        .unwrap_or_else(|| panic!("no row for the API route:\n{matrix}"));
+    assert_eq!(
+        row.split_whitespace().skip(2).collect::<Vec<_>>(),
+        ["deny", "allow", "deny"],
+        "{matrix}"
+    );
 }
 
 #[tokio::test]
