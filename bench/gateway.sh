@@ -7,7 +7,10 @@
 #   portcullis-cookie the same with the token in the access cookie
 #
 #   bench/gateway.sh                # 10 s per target;  DURATION=30s for steadier numbers
-#   bench/gateway.sh --install      # also apt-get install nginx first
+#   bench/gateway.sh --install      # also apt-get install nginx haproxy first
+#
+# With HAProxy installed, a row for HAProxy verifying the same ES256 token with `jwt_verify`
+# against portcullis' published key (converted from the JWKS to PEM) on every request.
 #
 # The upstream is `examples/upstream.rs` (hyper, "200 ok"). Loopback only, bounded in time.
 set -euo pipefail
@@ -16,7 +19,7 @@ DURATION=${DURATION:-10s}
 CONNS=${CONNS:-32}
 ROUNDS=${ROUNDS:-3}   # targets run interleaved, ROUNDS times; the table shows each one's median
 if [[ "${1:-}" == "--install" ]]; then
-    apt-get install -y -qq nginx wrk >/dev/null
+    apt-get install -y -qq nginx haproxy wrk >/dev/null
 fi
 command -v wrk >/dev/null || { echo "install wrk: apt-get install wrk" >&2; exit 1; }
 target=${CARGO_TARGET_DIR:-target}
@@ -81,6 +84,44 @@ NGINX
     sleep 0.5
     targets+=("nginx (plain proxy, 1 worker)|http://127.0.0.1:$ng_port/api/admin/x|")
 fi
+if command -v haproxy >/dev/null; then
+    # The access-token key from the JWKS, as a PEM public key: SPKI prefix for P-256 + 04||X||Y.
+    curl -fs "$base/.well-known/jwks.json" | python3 -c '
+import base64, json, sys, textwrap
+kid = sys.argv[1]
+k = next(k for k in json.load(sys.stdin)["keys"] if k["kid"] == kid)
+d = lambda s: base64.urlsafe_b64decode(s + "=" * (-len(s) % 4))
+der = bytes.fromhex("3059301306072a8648ce3d020106082a8648ce3d030107034200") + b"\x04" + d(k["x"]) + d(k["y"])
+print("-----BEGIN PUBLIC KEY-----\n" + "\n".join(textwrap.wrap(base64.b64encode(der).decode(), 64)) + "\n-----END PUBLIC KEY-----")
+' "$(python3 -c 'import base64,json,sys; h=sys.argv[1].split(".")[0]; print(json.loads(base64.urlsafe_b64decode(h + "=" * (-len(h) % 4)))["kid"])' "$token")" > "$tmp/es256.pem"
+    hp_port=$(free_port)
+    cat > "$tmp/haproxy.cfg" <<HAPROXY
+global
+    nbthread 1
+defaults
+    mode http
+    timeout connect 2s
+    timeout client 30s
+    timeout server 30s
+frontend fe
+    bind 127.0.0.1:$hp_port
+    http-request set-var(txn.bearer) http_auth_bearer
+    http-request set-var(txn.alg) var(txn.bearer),jwt_header_query('\$.alg')
+    http-request deny unless { var(txn.alg) -m str ES256 }
+    http-request deny unless { var(txn.bearer),jwt_verify(txn.alg,"$tmp/es256.pem") -m int 1 }
+    default_backend up
+backend up
+    http-reuse always
+    server s1 127.0.0.1:$up_port
+HAPROXY
+    haproxy -f "$tmp/haproxy.cfg" -db > "$tmp/haproxy.log" 2>&1 & pids+=($!)
+    sleep 0.5
+    if [[ $(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $token" "http://127.0.0.1:$hp_port/api/admin/x") == 200 ]]; then
+        targets+=("haproxy jwt_verify ES256 (1 thread)|http://127.0.0.1:$hp_port/api/admin/x|bearer")
+    else
+        echo "haproxy: setup check failed; see $tmp/haproxy.log" >&2
+    fi
+fi
 targets+=("portcullis public route (no auth)|http://127.0.0.1:$pc_port/public/x|")
 targets+=("portcullis Bearer ES256 + policy|http://127.0.0.1:$pc_port/api/admin/x|bearer")
 targets+=("portcullis cookie ES256 + policy|http://127.0.0.1:$pc_port/api/admin/x|cookie")
@@ -115,6 +156,9 @@ echo
 ratio() { awk -v a="${rate[$1]}" -v b="${rate[$2]}" 'BEGIN { printf "%.2f", a / b }'; }
 echo "full auth (Bearer) / no-auth route: $(ratio 'portcullis Bearer ES256 + policy' 'portcullis public route (no auth)')"
 echo "cookie / Bearer: $(ratio 'portcullis cookie ES256 + policy' 'portcullis Bearer ES256 + policy')"
+if [[ -n "${rate['haproxy jwt_verify ES256 (1 thread)']:-}" ]]; then
+    echo "full auth (Bearer) / HAProxy jwt_verify: $(ratio 'portcullis Bearer ES256 + policy' 'haproxy jwt_verify ES256 (1 thread)')"
+fi
 if [[ -n "${rate['nginx (plain proxy, 1 worker)']:-}" ]]; then
     echo "full auth (Bearer) / nginx plain proxy: $(ratio 'portcullis Bearer ES256 + policy' 'nginx (plain proxy, 1 worker)')"
 fi
