@@ -47,7 +47,7 @@ pub struct App {
     pub provider: Provider,
     pub gateway: Arc<Gateway>,
     /// Seals browser sign-in flows (`serve` builds the sessions with it).
-    pub instance_secret: Secret<String>,
+    pub instance_secret: Arc<Secret<String>>,
 }
 
 /// The gateway verifies our own tokens with the identity provider's key ring, in memory.
@@ -127,7 +127,7 @@ impl App {
             pool,
             provider,
             gateway: Arc::new(gateway),
-            instance_secret,
+            instance_secret: Arc::new(instance_secret),
         })
     }
 }
