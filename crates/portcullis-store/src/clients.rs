@@ -55,6 +55,25 @@ fn to_json(list: &[String]) -> String {
     serde_json::to_string(list).unwrap_or_else(|_| "[]".into())
 }
 
+type AnyQuery<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>;
+
+/// Binds every column of a client, in the order the INSERT statements list them.
+fn bind_client<'q>(q: AnyQuery<'q>, c: &'q Client) -> AnyQuery<'q> {
+    q.bind(&c.client_id)
+        .bind(&c.name)
+        .bind(&c.secret_hash)
+        .bind(to_json(&c.redirect_uris))
+        .bind(to_json(&c.logout_uris))
+        .bind(to_json(&c.grants))
+        .bind(to_json(&c.scopes))
+        .bind(c.access_ttl)
+        .bind(c.id_ttl)
+        .bind(c.refresh_ttl)
+        .bind(&c.id_token_alg)
+        .bind(c.created_at)
+        .bind(c.updated_at)
+}
+
 fn client_from_row(row: &AnyRow) -> Result<Client, StoreError> {
     Ok(Client {
         client_id: row.try_get("client_id")?,
@@ -77,24 +96,10 @@ impl Store {
     /// Registers a client; fails if the id is taken.
     pub async fn create_client(&self, c: &Client) -> Result<(), StoreError> {
         let _turn = self.write_turn().await;
-        let done = sqlx::query(
+        let done = bind_client(sqlx::query(
             "INSERT INTO clients (client_id, name, secret_hash, redirect_uris, logout_uris, grants, scopes,
                 access_ttl, id_ttl, refresh_ttl, id_token_alg, created_at, updated_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
-        )
-        .bind(&c.client_id)
-        .bind(&c.name)
-        .bind(&c.secret_hash)
-        .bind(to_json(&c.redirect_uris))
-        .bind(to_json(&c.logout_uris))
-        .bind(to_json(&c.grants))
-        .bind(to_json(&c.scopes))
-        .bind(c.access_ttl)
-        .bind(c.id_ttl)
-        .bind(c.refresh_ttl)
-        .bind(&c.id_token_alg)
-        .bind(c.created_at)
-        .bind(c.updated_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"), c)
         .execute(&self.pool)
         .await;
         match done {
@@ -110,28 +115,14 @@ impl Store {
     /// Creates or replaces a client (clients declared in the configuration file).
     pub async fn upsert_client(&self, c: &Client) -> Result<(), StoreError> {
         let _turn = self.write_turn().await;
-        sqlx::query(
+        bind_client(sqlx::query(
             "INSERT INTO clients (client_id, name, secret_hash, redirect_uris, logout_uris, grants, scopes,
                 access_ttl, id_ttl, refresh_ttl, id_token_alg, created_at, updated_at)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
              ON CONFLICT (client_id) DO UPDATE SET name = excluded.name, secret_hash = excluded.secret_hash,
                 redirect_uris = excluded.redirect_uris, logout_uris = excluded.logout_uris, grants = excluded.grants,
                 scopes = excluded.scopes, access_ttl = excluded.access_ttl, id_ttl = excluded.id_ttl,
-                refresh_ttl = excluded.refresh_ttl, id_token_alg = excluded.id_token_alg, updated_at = excluded.updated_at",
-        )
-        .bind(&c.client_id)
-        .bind(&c.name)
-        .bind(&c.secret_hash)
-        .bind(to_json(&c.redirect_uris))
-        .bind(to_json(&c.logout_uris))
-        .bind(to_json(&c.grants))
-        .bind(to_json(&c.scopes))
-        .bind(c.access_ttl)
-        .bind(c.id_ttl)
-        .bind(c.refresh_ttl)
-        .bind(&c.id_token_alg)
-        .bind(c.created_at)
-        .bind(c.updated_at)
+                refresh_ttl = excluded.refresh_ttl, id_token_alg = excluded.id_token_alg, updated_at = excluded.updated_at"), c)
         .execute(&self.pool)
         .await?;
         Ok(())

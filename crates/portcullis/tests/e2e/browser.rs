@@ -174,28 +174,7 @@ statements = [{{ effect = "allow", methods = ["*"], paths = ["/**"] }}]
 }
 
 async fn sign_in_on_form(c: &Client, user: &str) {
-    c.wait()
-        .for_element(Locator::Css("input#username"))
-        .await
-        .expect("the sign-in form");
-    c.find(Locator::Css("input#username"))
-        .await
-        .expect("username")
-        .send_keys(user)
-        .await
-        .expect("type");
-    c.find(Locator::Css("input#password"))
-        .await
-        .expect("password")
-        .send_keys(PASSWORD)
-        .await
-        .expect("type");
-    c.find(Locator::Css("button[type=submit]"))
-        .await
-        .expect("button")
-        .click()
-        .await
-        .expect("submit");
+    sign_in_as(c, user, PASSWORD).await;
 }
 
 async fn path_of(c: &Client) -> String {

@@ -132,7 +132,7 @@ fn query(url: &str) -> HashMap<String, String> {
         .collect()
 }
 
-fn hidden(html: &str, name: &str) -> String {
+pub(crate) fn hidden(html: &str, name: &str) -> String {
     let marker = format!("name=\"{name}\" value=\"");
     let start = html
         .find(&marker)

@@ -63,11 +63,7 @@ async fn browser_sign_in(idp: &mut Idp, user: &str, return_to: &str) -> String {
     let mut next = location(&authorize);
     if next.starts_with("/login") {
         let html = idp.get(&idp.url(&next)).await.text().await.expect("html");
-        let field = |name: &str| {
-            let marker = format!("name=\"{name}\" value=\"");
-            let i = html.find(&marker).expect("field") + marker.len();
-            html[i..i + html[i..].find('"').expect("quote")].replace("&#x2f;", "/")
-        };
+        let field = |name: &str| crate::oidc::hidden(&html, name);
         let (request, csrf) = (field("request"), field("csrf"));
         let posted = idp.post_form(&request, &csrf, user, PASSWORD).await;
         next = location(&posted);
@@ -167,11 +163,7 @@ async fn two_sign_ins_in_parallel_tabs_both_succeed() {
         let mut next = location(&authorize);
         if next.starts_with("/login") {
             let html = idp.get(&idp.url(&next)).await.text().await.expect("html");
-            let field = |name: &str| {
-                let marker = format!("name=\"{name}\" value=\"");
-                let i = html.find(&marker).expect("field") + marker.len();
-                html[i..i + html[i..].find('"').expect("quote")].replace("&#x2f;", "/")
-            };
+            let field = |name: &str| crate::oidc::hidden(&html, name);
             next = location(
                 &idp.post_form(&field("request"), &field("csrf"), "ada", PASSWORD)
                     .await,
@@ -434,11 +426,7 @@ statements = [{{ effect = "allow", methods = ["GET"], paths = ["/api/orders/**"]
     let next = location(&b.get(&authorize).await);
     assert!(next.starts_with("/login"), "{next}");
     let html = b.get(&b.url(&next)).await.text().await.expect("html");
-    let field = |name: &str| {
-        let marker = format!("name=\"{name}\" value=\"");
-        let i = html.find(&marker).expect("field") + marker.len();
-        html[i..i + html[i..].find('"').expect("quote")].replace("&#x2f;", "/")
-    };
+    let field = |name: &str| crate::oidc::hidden(&html, name);
     let callback = location(
         &b.post_form(&field("request"), &field("csrf"), "ada", PASSWORD)
             .await,
