@@ -392,7 +392,9 @@ impl Gateway {
                 return bad_request(&e.to_string());
             }
         };
-        outcome.path = Some(canonical.decoded.clone());
+        if self.settings.access_log {
+            outcome.path = Some(canonical.decoded.clone());
+        }
         // 2. Route.
         // Split once: routing and authorization both match these segments.
         let segments = portcullis_policy::path_segments(&canonical.lower);

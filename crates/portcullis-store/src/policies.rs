@@ -13,21 +13,22 @@ pub struct PolicyVersion {
     pub created_at: i64,
 }
 
+fn version_from_row(r: &sqlx::any::AnyRow) -> Result<PolicyVersion, StoreError> {
+    Ok(PolicyVersion {
+        version: r.try_get("version")?,
+        document: r.try_get("document")?,
+        comment: r.try_get("comment")?,
+        created_at: r.try_get("created_at")?,
+    })
+}
+
 impl Store {
     /// The version in force (the highest), if any.
     pub async fn current_policy(&self) -> Result<Option<PolicyVersion>, StoreError> {
         let row = sqlx::query("SELECT version, document, comment, created_at FROM policy_versions ORDER BY version DESC LIMIT 1")
             .fetch_optional(&self.pool)
             .await?;
-        row.map(|r| {
-            Ok(PolicyVersion {
-                version: r.try_get("version")?,
-                document: r.try_get("document")?,
-                comment: r.try_get("comment")?,
-                created_at: r.try_get("created_at")?,
-            })
-        })
-        .transpose()
+        row.as_ref().map(version_from_row).transpose()
     }
 
     /// The number of the version in force (0 when none): cheap to poll.
@@ -46,15 +47,7 @@ impl Store {
         .bind(version)
         .fetch_optional(&self.pool)
         .await?;
-        row.map(|r| {
-            Ok(PolicyVersion {
-                version: r.try_get("version")?,
-                document: r.try_get("document")?,
-                comment: r.try_get("comment")?,
-                created_at: r.try_get("created_at")?,
-            })
-        })
-        .transpose()
+        row.as_ref().map(version_from_row).transpose()
     }
 
     /// Every version, newest first, without documents.

@@ -555,16 +555,10 @@ async fn revocation_and_policy_changes_take_effect_within_a_second() {
     );
     e.idp._instance.run(&["user", "disable", "ada"]).ok();
     let started = Instant::now();
-    loop {
-        if e.get("/api/orders", Some(&e.ada)).await.status() == StatusCode::UNAUTHORIZED {
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_millis(1500),
-            "revocation not enforced within a second"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    within_a_second("revocation not enforced within a second", || async {
+        e.get("/api/orders", Some(&e.ada)).await.status() == StatusCode::UNAUTHORIZED
+    })
+    .await;
     eprintln!("revocation enforced after {:?}", started.elapsed());
 
     // A new policy version denying root's admin access reaches the running gateway.
@@ -578,17 +572,10 @@ async fn revocation_and_policy_changes_take_effect_within_a_second() {
         ._instance
         .run(&["policy", "set", file.to_str().expect("utf-8")])
         .ok();
-    let started = Instant::now();
-    loop {
-        if e.get("/api/admin/x", Some(&e.root)).await.status() == StatusCode::FORBIDDEN {
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_millis(1500),
-            "policy change not applied within a second"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    within_a_second("policy change not applied within a second", || async {
+        e.get("/api/admin/x", Some(&e.root)).await.status() == StatusCode::FORBIDDEN
+    })
+    .await;
     let explain = e
         .idp
         ._instance
@@ -1049,4 +1036,14 @@ async fn upgrades_pass_through_on_authorized_routes_only() {
         .expect("echo in time")
         .expect("read");
     assert_eq!(&buf, b"ping");
+}
+
+/// Polls `check` until it holds, failing with `what` after 1.5 s (the 1 s propagation the
+/// issue allows, plus one poll interval of slack).
+async fn within_a_second<F: std::future::Future<Output = bool>>(what: &str, check: impl Fn() -> F) {
+    let started = Instant::now();
+    while !check().await {
+        assert!(started.elapsed() < Duration::from_millis(1500), "{what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
