@@ -251,6 +251,16 @@ pub const KEYS: &[KeySpec] = &[
         doc: "Scopes a group grants its members, e.g. `admin = [\"orders/admin\"]`. In the environment: JSON, `{\"admin\":[\"orders/admin\"]}`.",
     },
     KeySpec {
+        path: "idp.lockout_delay",
+        kind: Kind::Duration {
+            min: Duration::from_secs(1),
+            max: Duration::from_secs(3600),
+        },
+        env: "PORTCULLIS_IDP_LOCKOUT_DELAY",
+        default: "1s",
+        doc: "After 5 failed sign-ins an account waits this long before the next attempt, doubling with each further failure up to 15 minutes (Cognito's behaviour).",
+    },
+    KeySpec {
         path: "idp.signin_rate_per_address",
         kind: Kind::Int {
             min: 1,
@@ -873,6 +883,7 @@ fn build(
     idp.key_rotation_delay = secs(duration("idp.key_rotation_delay"));
     idp.session_ttl = secs(duration("idp.session_ttl"));
     idp.refresh_grace = secs(duration("idp.refresh_grace"));
+    idp.lockout_base_delay = secs(duration("idp.lockout_delay"));
     idp.signin_rate_per_address = u32::try_from(int("idp.signin_rate_per_address")).unwrap_or(60);
     if let Value::ListMap(m) = value("idp.group_scopes") {
         idp.group_scopes = m;

@@ -647,7 +647,7 @@ async fn the_token_endpoint_requires_a_form_body() {
 
 #[tokio::test]
 async fn sign_in_failures_look_the_same_and_lock_the_account() {
-    let mut idp = setup("");
+    let mut idp = setup("[idp]\nlockout_delay = \"60s\"\n");
     idp.post_form("x", "y", "ada", "z").await; // no CSRF cookie yet: refused below
     let (request, csrf) = idp.open_form(&idp.authorize_url("spa", &[])).await;
     let unknown = idp.post_form(&request, &csrf, "nobody", PASSWORD).await;
