@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Gateway benchmark: the same request, side by side in one run, through
 #   direct            wrk → upstream
-#   nginx             wrk → nginx (plain reverse proxy, no auth) → upstream      [if installed]
+#   nginx plain       wrk → nginx, `proxy_pass` with its defaults → upstream      [if installed]
+#   nginx keep-alive  wrk → nginx, upstream keep-alive (tuned) → upstream         [if installed]
+#   hyper floor       wrk → the same hyper server + pooled client, no logic → upstream
 #   portcullis-public wrk → portcullis, public route (no auth) → upstream
 #   portcullis-bearer wrk → portcullis, api route, ES256 Bearer token, policy check → upstream
 #   portcullis-cookie the same with the token in the access cookie
@@ -24,7 +26,7 @@ fi
 command -v wrk >/dev/null || { echo "install wrk: apt-get install wrk" >&2; exit 1; }
 target=${CARGO_TARGET_DIR:-target}
 cargo build --release --quiet
-cargo build --release --quiet -p portcullis-gateway --example upstream
+cargo build --release --quiet -p portcullis-gateway --example upstream --example minproxy
 BIN="$target/release/portcullis"
 
 tmp=$(mktemp -d /tmp/portcullis-gwbench.XXXXXX)
@@ -62,9 +64,18 @@ for _ in $(seq 50); do curl -fs "$base/readyz" >/dev/null && break; sleep 0.1; d
 token=$(curl -fs -u "bench:$secret" -d grant_type=client_credentials -d scope=bench/admin "$base/oauth2/token" | python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])')
 [[ $(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $token" "$base/api/admin/x") == 200 ]] || { echo "setup failed: the token is not accepted" >&2; exit 1; }
 
+HYPER_FLOOR="hyper floor: bare hyper proxy, no logic (examples/minproxy)"
+NGINX_PLAIN="nginx plain proxy (defaults, 1 worker)"
+NGINX_KEEPALIVE="nginx proxy + upstream keep-alive (1 worker)"
 targets=("direct|http://127.0.0.1:$up_port/api/admin/x|")
 if command -v nginx >/dev/null; then
+    # Two nginx configurations, one worker each:
+    #   plain      `proxy_pass` and nothing else, nginx's defaults (HTTP/1.0 to the upstream, a new
+    #              connection per request). The gateway issue's reference: "nginx plain proxy
+    #              ~16k req/s" on this machine class is this configuration.
+    #   keep-alive the tuned form: an upstream block with `keepalive 64`, HTTP/1.1, `Connection ""`.
     ng_port=$(free_port)
+    nk_port=$(free_port)
     mkdir -p "$tmp/nginx"
     cat > "$tmp/nginx/nginx.conf" <<NGINX
 worker_processes 1;
@@ -76,13 +87,18 @@ http {
     upstream up { server 127.0.0.1:$up_port; keepalive 64; }
     server {
         listen 127.0.0.1:$ng_port;
+        location / { proxy_pass http://127.0.0.1:$up_port; }
+    }
+    server {
+        listen 127.0.0.1:$nk_port;
         location / { proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection ""; }
     }
 }
 NGINX
     nginx -c "$tmp/nginx/nginx.conf" -p "$tmp/nginx" -g 'daemon off;' & pids+=($!)
     sleep 0.5
-    targets+=("nginx (plain proxy, 1 worker)|http://127.0.0.1:$ng_port/api/admin/x|")
+    targets+=("$NGINX_PLAIN|http://127.0.0.1:$ng_port/api/admin/x|")
+    targets+=("$NGINX_KEEPALIVE|http://127.0.0.1:$nk_port/api/admin/x|")
 fi
 if command -v haproxy >/dev/null; then
     # The access-token key from the JWKS, as a PEM public key: SPKI prefix for P-256 + 04||X||Y.
@@ -122,6 +138,9 @@ HAPROXY
         echo "haproxy: setup check failed; see $tmp/haproxy.log" >&2
     fi
 fi
+mp_port=$(free_port)
+"$target/release/examples/minproxy" "127.0.0.1:$mp_port" "http://127.0.0.1:$up_port" & pids+=($!)
+targets+=("$HYPER_FLOOR|http://127.0.0.1:$mp_port/api/admin/x|")
 targets+=("portcullis public route (no auth)|http://127.0.0.1:$pc_port/public/x|")
 targets+=("portcullis Bearer ES256 + policy|http://127.0.0.1:$pc_port/api/admin/x|bearer")
 targets+=("portcullis cookie ES256 + policy|http://127.0.0.1:$pc_port/api/admin/x|cookie")
@@ -155,10 +174,13 @@ done
 echo
 ratio() { awk -v a="${rate[$1]}" -v b="${rate[$2]}" 'BEGIN { printf "%.2f", a / b }'; }
 echo "full auth (Bearer) / no-auth route: $(ratio 'portcullis Bearer ES256 + policy' 'portcullis public route (no auth)')"
+echo "full auth (Bearer) / hyper floor: $(ratio 'portcullis Bearer ES256 + policy' "$HYPER_FLOOR")"
 echo "cookie / Bearer: $(ratio 'portcullis cookie ES256 + policy' 'portcullis Bearer ES256 + policy')"
 if [[ -n "${rate['haproxy jwt_verify ES256 (1 thread)']:-}" ]]; then
     echo "full auth (Bearer) / HAProxy jwt_verify: $(ratio 'portcullis Bearer ES256 + policy' 'haproxy jwt_verify ES256 (1 thread)')"
 fi
-if [[ -n "${rate['nginx (plain proxy, 1 worker)']:-}" ]]; then
-    echo "full auth (Bearer) / nginx plain proxy: $(ratio 'portcullis Bearer ES256 + policy' 'nginx (plain proxy, 1 worker)')"
+if [[ -n "${rate[$NGINX_PLAIN]:-}" ]]; then
+    echo "full auth (Bearer) / nginx plain proxy: $(ratio 'portcullis Bearer ES256 + policy' "$NGINX_PLAIN")"
+    echo "full auth (Bearer) / nginx with upstream keep-alive: $(ratio 'portcullis Bearer ES256 + policy' "$NGINX_KEEPALIVE")"
+    echo "hyper floor / nginx with upstream keep-alive: $(ratio "$HYPER_FLOOR" "$NGINX_KEEPALIVE")"
 fi

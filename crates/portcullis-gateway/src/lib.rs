@@ -330,8 +330,8 @@ impl Gateway {
             response.headers_mut().append(header::SET_COOKIE, c);
         }
         let status = response.status().as_u16();
-        let route = outcome.route.as_deref().unwrap_or("-");
-        metrics::counter!("portcullis_gateway_requests_total", "route" => route.to_owned(), "status" => status.to_string(), "decision" => outcome.decision).increment(1);
+        let route: Arc<str> = outcome.route.take().unwrap_or_else(|| Arc::from("-"));
+        metrics::counter!("portcullis_gateway_requests_total", "route" => route.clone(), "status" => status_label(status), "decision" => outcome.decision).increment(1);
         metrics::histogram!("portcullis_gateway_request_duration_seconds", "decision" => outcome.decision).record(started.elapsed().as_secs_f64());
         if self.settings.access_log {
             // The canonical path only (never the query, which may carry secrets), never a token.
@@ -339,7 +339,7 @@ impl Gateway {
                 target: "portcullis::access",
                 method = %method,
                 path = outcome.path.as_deref().unwrap_or("-"),
-                route,
+                route = &*route,
                 principal = outcome.principal.as_deref().unwrap_or("-"),
                 decision = outcome.decision,
                 status,
@@ -402,7 +402,7 @@ impl Gateway {
             outcome.decision = "no_route";
             return json_response(StatusCode::NOT_FOUND, json!({ "error": "not_found" }));
         };
-        outcome.route = Some(route.pattern.as_str().to_owned());
+        outcome.route = Some(route.label.clone());
         outcome.decision = "public";
         // 3–6. Authenticate, authorize, CSRF (not for public routes).
         let mut identity: Option<Arc<Identity>> = None;
@@ -435,7 +435,9 @@ impl Gateway {
                     return self.unauthenticated(&route, &req, e);
                 }
             };
-            outcome.principal = Some(id.sub.clone());
+            if self.settings.access_log {
+                outcome.principal = Some(id.sub.clone());
+            }
             let decision = self.policies.load().decide_segments(
                 &id.principals,
                 req.method().as_str(),
@@ -607,7 +609,17 @@ impl Gateway {
             (protocol, hyper::upgrade::on(&mut req))
         });
         let (parts, body) = req.into_parts();
-        let req = Request::from_parts(parts, Body::new(http_body_util::Limited::new(body, max)));
+        // A body whose length hyper already knows (Content-Length, checked above, or none at
+        // all) cannot outgrow the limit; only a chunked body needs the counting wrapper.
+        let bounded = axum::body::HttpBody::size_hint(&body)
+            .upper()
+            .is_some_and(|n| n <= max as u64);
+        let body = if bounded {
+            body
+        } else {
+            Body::new(http_body_util::Limited::new(body, max))
+        };
+        let req = Request::from_parts(parts, body);
         let upstream = match proxy::upstream_request(req, base, encoded, &fwd) {
             Ok(mut r) => {
                 if let Some(a) = assertion {
@@ -683,9 +695,38 @@ struct Outcome {
     /// Cookies to set on the response (a session refreshed in line).
     set_cookies: Vec<HeaderValue>,
     path: Option<String>,
-    route: Option<String>,
+    route: Option<Arc<str>>,
     principal: Option<String>,
     decision: &'static str,
+}
+
+/// The status label of a metric: no allocation for the statuses a gateway answers with.
+fn status_label(status: u16) -> metrics::SharedString {
+    let s = match status {
+        200 => "200",
+        201 => "201",
+        204 => "204",
+        206 => "206",
+        301 => "301",
+        302 => "302",
+        303 => "303",
+        304 => "304",
+        307 => "307",
+        308 => "308",
+        400 => "400",
+        401 => "401",
+        403 => "403",
+        404 => "404",
+        405 => "405",
+        413 => "413",
+        429 => "429",
+        500 => "500",
+        502 => "502",
+        503 => "503",
+        504 => "504",
+        other => return metrics::SharedString::from(other.to_string()),
+    };
+    metrics::SharedString::const_str(s)
 }
 
 fn auth_reason(e: AuthError) -> &'static str {

@@ -127,14 +127,17 @@ pub fn upstream_request(
     encoded_path: &str,
     fwd: &Forwarding<'_>,
 ) -> Result<Request<Body>, String> {
-    let query = req
-        .uri()
-        .query()
-        .map(|q| format!("?{q}"))
-        .unwrap_or_default();
-    let uri: Uri = format!("{base}{encoded_path}{query}")
-        .parse()
-        .map_err(|e| format!("upstream URI: {e}"))?;
+    let query = req.uri().query();
+    let mut target = String::with_capacity(
+        base.len() + encoded_path.len() + query.map_or(0, |q| q.len() + 1),
+    );
+    target.push_str(base);
+    target.push_str(encoded_path);
+    if let Some(q) = query {
+        target.push('?');
+        target.push_str(q);
+    }
+    let uri = Uri::try_from(target).map_err(|e| format!("upstream URI: {e}"))?;
     *req.uri_mut() = uri;
     let headers = req.headers_mut();
     let connection_listed: Vec<String> = headers
@@ -166,7 +169,7 @@ pub fn upstream_request(
             headers.insert(header::COOKIE, v);
         }
     }
-    let ip = HeaderValue::from_str(&fwd.client_ip.to_string()).map_err(|e| e.to_string())?;
+    let ip = HeaderValue::try_from(fwd.client_ip.to_string()).map_err(|e| e.to_string())?;
     headers.insert(HeaderName::from_static("x-forwarded-for"), ip);
     headers.insert(
         HeaderName::from_static("x-forwarded-proto"),
@@ -209,12 +212,16 @@ pub fn clean_response(resp: &mut Response<Body>) {
         .flat_map(|v| v.split(','))
         .map(|t| normalized(t.trim()))
         .collect();
-    let names: Vec<HeaderName> = headers.keys().cloned().collect();
-    for name in names {
-        let n = name.as_str();
-        if HOP_BY_HOP.contains(&n) || listed.iter().any(|l| l == n) {
-            headers.remove(&name);
-        }
+    let doomed: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| {
+            let n = name.as_str();
+            HOP_BY_HOP.contains(&n) || listed.iter().any(|l| l == n)
+        })
+        .cloned()
+        .collect();
+    for name in doomed {
+        headers.remove(&name);
     }
 }
 

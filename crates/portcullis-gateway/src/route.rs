@@ -21,6 +21,8 @@ pub enum Target {
 #[derive(Clone, Debug)]
 pub struct Route {
     pub pattern: PathPattern,
+    /// The pattern as written, shared: the route label of every metric and access-log line.
+    pub label: Arc<str>,
     /// Upper-case; empty means every method.
     pub methods: Vec<String>,
     pub kind: RouteKind,
@@ -99,6 +101,7 @@ impl RouteTable {
                 (_, false) => None,
             };
             routes.push(Arc::new(Route {
+                label: Arc::from(pattern.as_str()),
                 pattern,
                 methods,
                 kind: c.kind,

@@ -133,11 +133,29 @@ fn router(app: App) -> Result<Router, Failure> {
     let templates = portcullis_idp::Templates::load(app.config.idp.templates_dir.as_deref())
         .map_err(|e| Failure::user(format!("branding.templates_dir: {e}")))?;
     let idp = portcullis_idp::router(app.provider.clone(), templates);
+    // Everything that is not a portcullis endpoint goes through the gateway. A service of its
+    // own rather than a handler on the `App` state: per request it costs one reference count,
+    // not one per field of the state.
+    let gateway = app.gateway.clone();
+    let gateway = tower::service_fn(move |req: axum::extract::Request| {
+        let gateway = gateway.clone();
+        async move {
+            let peer = req
+                .extensions()
+                .get::<axum::extract::ConnectInfo<SocketAddr>>()
+                .map(|c| c.0);
+            Ok::<_, std::convert::Infallible>(match peer {
+                Some(peer) => gateway.handle(peer, req).await,
+                // Only a server built without connect info lands here: refuse, do not guess.
+                None => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+            })
+        }
+    });
     Ok(Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .fallback(gateway)
         .with_state(app)
+        .fallback_service(gateway)
         .merge(idp))
 }
 
@@ -163,15 +181,6 @@ async fn readyz(State(app): State<App>) -> Response {
             ))
         }
     }
-}
-
-/// Everything that is not a portcullis endpoint goes through the gateway.
-async fn gateway(
-    State(app): State<App>,
-    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<SocketAddr>,
-    req: axum::extract::Request,
-) -> Response {
-    app.gateway.clone().handle(peer, req).await
 }
 
 fn no_store(response: impl IntoResponse) -> Response {
