@@ -41,7 +41,10 @@ async fn main() -> std::io::Result<()> {
                     };
                     parts.uri = uri;
                     Ok(
-                        match client.request(Request::from_parts(parts, Body::new(body))).await {
+                        match client
+                            .request(Request::from_parts(parts, Body::new(body)))
+                            .await
+                        {
                             Ok(resp) => resp.map(Body::new),
                             Err(_) => status(StatusCode::BAD_GATEWAY),
                         },

@@ -109,6 +109,22 @@ pub fn same_origin(headers: &axum::http::HeaderMap, origin: &str) -> bool {
     }
 }
 
+/// Exactly one `Host` (none is allowed before HTTP/1.1), holding a bare `host[:port]`.
+fn valid_host(req: &Request<Body>) -> bool {
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    match (hosts.next(), hosts.next()) {
+        (Some(h), None) => {
+            let v = h.as_bytes();
+            !v.is_empty()
+                && !v.contains(&b'@')
+                && axum::http::uri::Authority::try_from(v)
+                    .is_ok_and(|a| a.as_str().len() == v.len())
+        }
+        (None, None) => req.version() < axum::http::Version::HTTP_11,
+        _ => false,
+    }
+}
+
 fn is_safe(method: &Method) -> bool {
     matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS)
 }
@@ -381,6 +397,15 @@ impl Gateway {
                 return r;
             }
         }
+        // RFC 9112 §3.2: an HTTP/1.1 request carries exactly one Host, and a valid one. Two Hosts
+        // are how a request means one thing to the gateway and another to the backend.
+        if !valid_host(&req) {
+            tracing::info!("request refused: missing, repeated or invalid Host");
+            let mut r = bad_request("the request needs exactly one valid Host header");
+            r.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            return r;
+        }
         // 1. Canonicalize: origin-form only, one meaning for the path.
         if req.uri().scheme().is_some() || req.uri().authority().is_some() {
             return bad_request("the request target must be a path");
@@ -464,7 +489,10 @@ impl Gateway {
         }
         // 7. Forward or serve.
         match &route.target {
-            Target::Upstream { base } => {
+            Target::Upstream {
+                base,
+                preserve_host,
+            } => {
                 let assertion = match (&route.assertion, identity.as_deref()) {
                     (Some(aud), Some(id)) => match self.assertion(id, aud) {
                         Some(a) => Some(a),
@@ -480,6 +508,7 @@ impl Gateway {
                 self.forward(
                     req,
                     base,
+                    *preserve_host,
                     &canonical.encoded,
                     peer,
                     identity.as_deref(),
@@ -573,6 +602,7 @@ impl Gateway {
         &self,
         req: Request<Body>,
         base: &str,
+        preserve_host: bool,
         encoded: &str,
         peer: SocketAddr,
         identity: Option<&Identity>,
@@ -598,6 +628,7 @@ impl Gateway {
                 "http"
             },
             host: req.headers().get(header::HOST).cloned(),
+            preserve_host,
             identity,
         };
         let max = self.settings.max_body;

@@ -117,6 +117,8 @@ pub struct Forwarding<'a> {
     pub client_ip: IpAddr,
     pub proto: &'a str,
     pub host: Option<HeaderValue>,
+    /// Keep the client's `Host`; otherwise the client adds the upstream's own.
+    pub preserve_host: bool,
     pub identity: Option<&'a Identity>,
 }
 
@@ -128,9 +130,8 @@ pub fn upstream_request(
     fwd: &Forwarding<'_>,
 ) -> Result<Request<Body>, String> {
     let query = req.uri().query();
-    let mut target = String::with_capacity(
-        base.len() + encoded_path.len() + query.map_or(0, |q| q.len() + 1),
-    );
+    let mut target =
+        String::with_capacity(base.len() + encoded_path.len() + query.map_or(0, |q| q.len() + 1));
     target.push_str(base);
     target.push_str(encoded_path);
     if let Some(q) = query {
@@ -181,6 +182,10 @@ pub fn upstream_request(
     );
     if let Some(host) = &fwd.host {
         headers.insert(HeaderName::from_static("x-forwarded-host"), host.clone());
+    }
+    if !fwd.preserve_host {
+        // The pooled client sets `Host` from the upstream URL when the request has none.
+        headers.remove(header::HOST);
     }
     if let Some(id) = fwd.identity {
         for (name, value) in &id.headers {

@@ -10,7 +10,11 @@ use crate::settings::{RouteConfig, RouteKind, TokenSource};
 #[derive(Clone, Debug)]
 pub enum Target {
     /// Reverse proxy to this base (scheme://authority[/base-path], no trailing slash).
-    Upstream { base: String },
+    Upstream {
+        base: String,
+        /// Forward the client's `Host` instead of the upstream's own authority.
+        preserve_host: bool,
+    },
     /// Files from a directory.
     Static {
         dir: std::path::PathBuf,
@@ -68,6 +72,7 @@ impl RouteTable {
                     }
                     Target::Upstream {
                         base: u.trim_end_matches('/').to_owned(),
+                        preserve_host: c.preserve_host,
                     }
                 }
                 (None, Some(d)) => {
@@ -94,7 +99,7 @@ impl RouteTable {
                 return Err(at("token_sources must name header, cookie or both".into()));
             }
             let assertion = match (&target, c.assertion) {
-                (Target::Upstream { base }, true) => {
+                (Target::Upstream { base, .. }, true) => {
                     Some(c.audience.clone().unwrap_or_else(|| base.clone()))
                 }
                 (_, true) => return Err(at("assertion needs an upstream".into())),
@@ -144,6 +149,7 @@ mod tests {
             upstream: Some("http://127.0.0.1:9".into()),
             static_dir: None,
             spa_fallback: false,
+            preserve_host: false,
             token_sources: vec![TokenSource::Header],
             assertion: false,
             audience: None,

@@ -48,6 +48,11 @@ pub struct RouteConfig {
     /// For static directories: answer unknown paths with `index.html` (single-page apps).
     #[serde(default)]
     pub spa_fallback: bool,
+    /// For upstreams: send the client's `Host` rather than the upstream's own `host:port`
+    /// (the client's is always in `X-Forwarded-Host`). Off by default: a backend that serves
+    /// several virtual hosts must not let a caller pick one by sending another `Host`.
+    #[serde(default)]
+    pub preserve_host: bool,
     #[serde(default = "default_sources")]
     pub token_sources: Vec<TokenSource>,
     /// Add `X-Auth-Assertion`: a 60-second JWT signed by portcullis that the upstream can verify

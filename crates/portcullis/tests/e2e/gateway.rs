@@ -62,6 +62,12 @@ kind = "public"
 upstream = "{upstream}"
 
 [[routes]]
+path = "/vhost/**"
+kind = "public"
+upstream = "{upstream}"
+preserve_host = true
+
+[[routes]]
 path = "/down/**"
 kind = "public"
 upstream = "http://127.0.0.1:9"
@@ -259,6 +265,10 @@ async fn client_sent_identity_and_forwarding_headers_never_reach_the_upstream() 
         .header("Forwarded", "for=10.0.0.1")
         .header("X-Real-IP", "10.0.0.1")
         .header("X-Original-URL", "/api/admin")
+        .header("X-Rewrite-URL", "/api/admin")
+        .header("X-Forwarded-Prefix", "/api/admin")
+        .header("X-Forwarded-Host", "admin.internal")
+        .header("X_Forwarded_Host", "admin.internal")
         .header("X-HTTP-Method-Override", "DELETE")
         .header("Connection", "close, X-Custom")
         .header("X-Custom", "hop")
@@ -276,11 +286,24 @@ async fn client_sent_identity_and_forwarding_headers_never_reach_the_upstream() 
         "forwarded",
         "x-real-ip",
         "x-original-url",
+        "x-rewrite-url",
+        "x-forwarded-prefix",
+        "x_forwarded_host",
         "x-http-method-override",
         "x-custom",
     ] {
         assert!(h.get(name).is_none(), "{name} was forwarded: {h}");
     }
+    // The upstream sees its own authority as Host, and the Host the client used (not the
+    // X-Forwarded-Host it sent) as X-Forwarded-Host.
+    let client_host = e
+        .url("/")
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_owned();
+    let upstream_host = e.upstream.base.trim_start_matches("http://").to_owned();
+    assert_eq!(h["host"], json!([upstream_host]));
+    assert_eq!(h["x-forwarded-host"], json!([client_host]));
     assert_eq!(
         h["x-forwarded-for"],
         json!(["127.0.0.1"]),
@@ -378,6 +401,57 @@ async fn request_smuggling_is_refused() {
     assert!(
         seen.iter().all(|r| r["uri"] != "/api/admin/x"),
         "the smuggled request never reached the upstream"
+    );
+}
+
+// Blocking socket reads in the test: a second worker keeps the in-process upstream running.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_tricks_are_400_or_neutralized() {
+    let e = env().await;
+    let before = e.upstream.count();
+    for (what, host_lines) in [
+        (
+            "two Host headers",
+            "Host: shop.example\r\nHost: admin.internal\r\n",
+        ),
+        ("no Host in HTTP/1.1", ""),
+        ("userinfo in Host", "Host: shop.example@admin.internal\r\n"),
+        ("a path in Host", "Host: admin.internal/x\r\n"),
+        ("an empty Host", "Host: \r\n"),
+    ] {
+        let resp = raw_request(
+            &e,
+            &format!("GET /public/x HTTP/1.1\r\n{host_lines}Connection: close\r\n\r\n"),
+        );
+        assert!(resp.starts_with("HTTP/1.1 400"), "{what}: {resp}");
+    }
+    assert_eq!(e.upstream.count(), before, "nothing was forwarded");
+    // Another Host reaches the upstream only as X-Forwarded-Host: the upstream's virtual host
+    // is its own authority, unless the route preserves the client's Host.
+    let resp = raw_request(
+        &e,
+        "GET /public/x HTTP/1.1\r\nHost: admin.internal\r\nConnection: close\r\n\r\n",
+    );
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    let upstream_host = e.upstream.base.trim_start_matches("http://").to_owned();
+    let h = e.upstream.last()["headers"].clone();
+    assert_eq!(h["host"], json!([upstream_host]));
+    assert_eq!(h["x-forwarded-host"], json!(["admin.internal"]));
+    let resp = raw_request(
+        &e,
+        "GET /vhost/x HTTP/1.1\r\nHost: shop.example\r\nConnection: close\r\n\r\n",
+    );
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    assert_eq!(
+        e.upstream.last()["headers"]["host"],
+        json!(["shop.example"]),
+        "preserve_host = true forwards the client's Host"
+    );
+    // HTTP/1.0 may omit Host.
+    let resp = raw_request(&e, "GET /public/x HTTP/1.0\r\n\r\n");
+    assert!(
+        resp.starts_with("HTTP/1.0 200") || resp.starts_with("HTTP/1.1 200"),
+        "{resp}"
     );
 }
 
@@ -1046,4 +1120,254 @@ async fn within_a_second<F: std::future::Future<Output = bool>>(what: &str, chec
         assert!(started.elapsed() < Duration::from_millis(1500), "{what}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// A trusted issuer whose signing key the test holds, so it can sign tokens that break one rule
+/// each; and an attacker's key server, which must never be asked for anything. (Two workers:
+/// the key servers run in this process and must answer while the test waits on the gateway.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_signed_by_a_trusted_key_but_breaking_a_rule_reach_nothing() {
+    use base64::Engine;
+    use portcullis_token::{Algorithm, SigningKey};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+
+    // A key server that counts how often it is asked.
+    async fn key_server(jwks: Value) -> (String, Arc<AtomicUsize>) {
+        let hits = Arc::new(AtomicUsize::new(0));
+        let counter = hits.clone();
+        let app = axum::Router::new().fallback(move || {
+            let counter = counter.clone();
+            let jwks = jwks.clone();
+            async move {
+                counter.fetch_add(1, Ordering::SeqCst);
+                axum::Json(jwks)
+            }
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        (format!("http://localhost:{port}"), hits)
+    }
+    let trusted = SigningKey::generate(Algorithm::ES256, "trusted-1").expect("key");
+    let attacker = SigningKey::generate(Algorithm::ES256, "attacker-1").expect("key");
+    let (issuer, issuer_hits) = key_server(portcullis_token::jwks([trusted.verifying_key()])).await;
+    let (evil, evil_hits) = key_server(portcullis_token::jwks([attacker.verifying_key()])).await;
+
+    let upstream = Upstream::start().await;
+    let a = crate::harness::Instance::with_config(&format!(
+        r#"
+[[gateway.issuers]]
+issuer = "{issuer}"
+jwks_uri = "{issuer}/jwks.json"
+audiences = ["spa"]
+groups_claim = "cognito:groups"
+
+[[routes]]
+path = "/api/**"
+kind = "api"
+upstream = "{upstream}"
+
+[[policy]]
+principal = "group:user"
+statements = [{{ effect = "allow", methods = ["GET"], paths = ["/api/orders/**"] }}]
+"#,
+        upstream = upstream.base
+    ));
+    let gateway = a.serve();
+    let http = reqwest::Client::new();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs() as i64;
+    // Cognito's access-token shape: `client_id`, no `aud`, `token_use`, `cognito:groups`.
+    let good = json!({
+        "iss": issuer, "sub": "u-1", "username": "ada", "client_id": "spa",
+        "token_use": "access", "scope": "openid", "cognito:groups": ["user"],
+        "iat": now - 5, "exp": now + 600, "jti": "j-1",
+    });
+    let with = |change: &dyn Fn(&mut Value)| {
+        let mut c = good.clone();
+        change(&mut c);
+        c
+    };
+    let jws = |key: &SigningKey, header: Value, claims: &Value| {
+        let input = format!(
+            "{}.{}",
+            b64.encode(header.to_string()),
+            b64.encode(claims.to_string())
+        );
+        let sig = key.sign(input.as_bytes()).expect("sign");
+        format!("{input}.{}", b64.encode(sig))
+    };
+    let es256 = |kid: &str| json!({ "alg": "ES256", "kid": kid, "typ": "JWT" });
+    let get = |token: String| {
+        let http = http.clone();
+        let url = gateway.url("/api/orders/1");
+        async move {
+            http.get(url)
+                .bearer_auth(token)
+                .send()
+                .await
+                .expect("send")
+                .status()
+        }
+    };
+
+    // The control: the well-formed token is accepted and reaches the upstream.
+    assert_eq!(
+        get(jws(&trusted, es256("trusted-1"), &good)).await,
+        StatusCode::OK
+    );
+    let before = upstream.count();
+    assert_eq!(before, 1);
+
+    let good_token = jws(&trusted, es256("trusted-1"), &good);
+    let (signing_input, _) = good_token.rsplit_once('.').expect("jws");
+    // HS256 with the issuer's public key (its JWK, as a confused verifier would use it) as the
+    // HMAC secret.
+    let public_jwk = trusted.verifying_key().jwk().to_string();
+    let hs_input = format!(
+        "{}.{}",
+        b64.encode(json!({ "alg": "HS256", "kid": "trusted-1" }).to_string()),
+        b64.encode(good.to_string())
+    );
+    let hmac = aws_lc_rs::hmac::sign(
+        &aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, public_jwk.as_bytes()),
+        hs_input.as_bytes(),
+    );
+    let attacker_jwk = attacker.verifying_key().jwk().clone();
+    let attacks: Vec<(&str, String)> = vec![
+        (
+            "expired",
+            jws(
+                &trusted,
+                es256("trusted-1"),
+                &with(&|c| c["exp"] = json!(now - 3600)),
+            ),
+        ),
+        (
+            "not valid yet",
+            jws(
+                &trusted,
+                es256("trusted-1"),
+                &with(&|c| c["nbf"] = json!(now + 3600)),
+            ),
+        ),
+        (
+            "string-typed exp",
+            jws(
+                &trusted,
+                es256("trusted-1"),
+                &with(&|c| c["exp"] = json!((now + 600).to_string())),
+            ),
+        ),
+        (
+            "wrong issuer",
+            jws(
+                &trusted,
+                es256("trusted-1"),
+                &with(&|c| c["iss"] = json!("https://other.example")),
+            ),
+        ),
+        (
+            "wrong client",
+            jws(
+                &trusted,
+                es256("trusted-1"),
+                &with(&|c| c["client_id"] = json!("other")),
+            ),
+        ),
+        (
+            "an ID token",
+            jws(
+                &trusted,
+                es256("trusted-1"),
+                &with(&|c| c["token_use"] = json!("id")),
+            ),
+        ),
+        (
+            "crit header",
+            jws(
+                &trusted,
+                json!({ "alg": "ES256", "kid": "trusted-1", "crit": ["exp-v2"], "exp-v2": 1 }),
+                &good,
+            ),
+        ),
+        ("HS256 keyed with the public key", {
+            format!("{hs_input}.{}", b64.encode(hmac.as_ref()))
+        }),
+        ("alg none", {
+            format!(
+                "{}.{}.",
+                b64.encode(json!({ "alg": "none", "kid": "trusted-1" }).to_string()),
+                b64.encode(good.to_string())
+            )
+        }),
+        ("ECDSA r = s = 0", {
+            format!("{signing_input}.{}", b64.encode([0u8; 64]))
+        }),
+        (
+            "ES256 relabelled RS256",
+            format!(
+                "{}.{}.{}",
+                b64.encode(json!({ "alg": "RS256", "kid": "trusted-1" }).to_string()),
+                b64.encode(good.to_string()),
+                good_token.rsplit('.').next().expect("sig")
+            ),
+        ),
+        (
+            "kid with path traversal",
+            jws(&attacker, es256("../../../../etc/passwd"), &good),
+        ),
+        ("kid with SQL", jws(&attacker, es256("x' OR '1'='1"), &good)),
+        (
+            "jku to the attacker's keys",
+            jws(
+                &attacker,
+                json!({ "alg": "ES256", "kid": "attacker-1", "jku": format!("{evil}/jwks.json") }),
+                &good,
+            ),
+        ),
+        (
+            "x5u to the attacker's keys",
+            jws(
+                &attacker,
+                json!({ "alg": "ES256", "kid": "attacker-1", "x5u": format!("{evil}/cert.pem") }),
+                &good,
+            ),
+        ),
+        (
+            "embedded jwk, the attacker's, under the trusted kid",
+            jws(
+                &attacker,
+                json!({ "alg": "ES256", "kid": "trusted-1", "jwk": attacker_jwk }),
+                &good,
+            ),
+        ),
+        (
+            "signed by the attacker under the trusted kid",
+            jws(&attacker, es256("trusted-1"), &good),
+        ),
+    ];
+    for (what, token) in attacks {
+        assert_eq!(get(token).await, StatusCode::UNAUTHORIZED, "{what}");
+    }
+    assert_eq!(upstream.count(), before, "no attack reached the upstream");
+    assert_eq!(
+        evil_hits.load(Ordering::SeqCst),
+        0,
+        "the attacker's key URLs were never fetched"
+    );
+    // Unknown kids make the gateway look for new keys at most once per 30 s, not per token.
+    assert!(
+        issuer_hits.load(Ordering::SeqCst) <= 2,
+        "the issuer's JWKS was fetched {} times",
+        issuer_hits.load(Ordering::SeqCst)
+    );
+    // And the good token still works.
+    assert_eq!(get(good_token).await, StatusCode::OK);
 }
