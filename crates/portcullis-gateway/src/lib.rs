@@ -505,16 +505,19 @@ impl Gateway {
                     },
                     _ => None,
                 };
-                self.forward(
-                    req,
-                    base,
-                    *preserve_host,
-                    &canonical.encoded,
-                    peer,
-                    identity.as_deref(),
-                    assertion,
-                )
-                .await
+                let fwd = proxy::Forwarding {
+                    client_ip: peer.ip(),
+                    proto: if self.settings.public_origin.starts_with("https://") {
+                        "https"
+                    } else {
+                        "http"
+                    },
+                    host: req.headers().get(header::HOST).cloned(),
+                    preserve_host: *preserve_host,
+                    identity: identity.as_deref(),
+                };
+                self.forward(req, base, &canonical.encoded, fwd, assertion)
+                    .await
             }
             Target::Static { dir, spa_fallback } => {
                 // The route's literal prefix maps to the directory: `/static/**` serves
@@ -602,10 +605,8 @@ impl Gateway {
         &self,
         req: Request<Body>,
         base: &str,
-        preserve_host: bool,
         encoded: &str,
-        peer: SocketAddr,
-        identity: Option<&Identity>,
+        fwd: proxy::Forwarding<'_>,
         assertion: Option<HeaderValue>,
     ) -> Response<Body> {
         if req
@@ -620,17 +621,6 @@ impl Gateway {
                 json!({ "error": "payload_too_large" }),
             );
         }
-        let fwd = proxy::Forwarding {
-            client_ip: peer.ip(),
-            proto: if self.settings.public_origin.starts_with("https://") {
-                "https"
-            } else {
-                "http"
-            },
-            host: req.headers().get(header::HOST).cloned(),
-            preserve_host,
-            identity,
-        };
         let max = self.settings.max_body;
         // An upgrade (WebSocket and the like) on an authorized route: the Upgrade and Connection
         // headers are hop-by-hop and get stripped, so note them and put them back.

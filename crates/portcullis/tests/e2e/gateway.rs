@@ -1179,10 +1179,7 @@ statements = [{{ effect = "allow", methods = ["GET"], paths = ["/api/orders/**"]
     ));
     let gateway = a.serve();
     let http = reqwest::Client::new();
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock")
-        .as_secs() as i64;
+    let now = portcullis_token::Clock::system().now();
     // Cognito's access-token shape: `client_id`, no `aud`, `token_use`, `cognito:groups`.
     let good = json!({
         "iss": issuer, "sub": "u-1", "username": "ada", "client_id": "spa",
