@@ -695,6 +695,21 @@ impl Gateway {
                 proxy::clean_response(&mut resp);
                 resp
             }
+            Ok(Err(e)) if body_over_limit(&e) => {
+                // A chunked body grew past gateway.max_body while it streamed: the upstream got
+                // an aborted request, the client gets the reason; the rest of its body is unread.
+                tracing::info!(
+                    upstream = base,
+                    "request refused: body over gateway.max_body"
+                );
+                let mut r = json_response(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    json!({ "error": "payload_too_large" }),
+                );
+                r.headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                r
+            }
             Ok(Err(e)) => {
                 tracing::warn!(upstream = base, error = %e, "upstream failed");
                 json_response(StatusCode::BAD_GATEWAY, json!({ "error": "bad_gateway" }))
@@ -719,6 +734,18 @@ struct Outcome {
     route: Option<Arc<str>>,
     principal: Option<String>,
     decision: &'static str,
+}
+
+/// Whether an upstream failure was the request body outgrowing its limit.
+fn body_over_limit(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut source = Some(e);
+    while let Some(err) = source {
+        if err.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        source = err.source();
+    }
+    false
 }
 
 /// The status label of a metric: no allocation for the statuses a gateway answers with.

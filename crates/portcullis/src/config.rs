@@ -113,6 +113,26 @@ pub const KEYS: &[KeySpec] = &[
         doc: "On SIGTERM or Ctrl-C, how long in-flight requests may take to finish.",
     },
     KeySpec {
+        path: "server.header_timeout",
+        kind: Kind::Duration {
+            min: Duration::from_secs(1),
+            max: Duration::from_secs(300),
+        },
+        env: "PORTCULLIS_SERVER_HEADER_TIMEOUT",
+        default: "15s",
+        doc: "How long a client has to send a request's headers, which is also how long an idle keep-alive connection stays open. Slow-header (slowloris) connections are closed after it.",
+    },
+    KeySpec {
+        path: "server.max_header_bytes",
+        kind: Kind::Int {
+            min: 8192,
+            max: 1 << 20,
+        },
+        env: "PORTCULLIS_SERVER_MAX_HEADER_BYTES",
+        default: "65536",
+        doc: "Largest request head (request line and headers), in bytes: beyond it the answer is 431 and the connection is closed.",
+    },
+    KeySpec {
         path: "store.url",
         kind: Kind::Str,
         env: "PORTCULLIS_STORE_URL",
@@ -547,6 +567,10 @@ pub struct Config {
     /// The admin listener (`/metrics`), if any.
     pub admin_listen: Option<SocketAddr>,
     pub shutdown_grace: Duration,
+    /// Time allowed for a request head, and for an idle keep-alive connection.
+    pub header_timeout: Duration,
+    /// The largest request head, in bytes.
+    pub max_header_bytes: usize,
     pub store: StoreOptions,
     pub password_policy: PasswordPolicy,
     pub hash_concurrency: usize,
@@ -934,6 +958,8 @@ fn build(
         admin_listen,
         allow_insecure_http: boolean("server.allow_insecure_http"),
         shutdown_grace: duration("server.shutdown_grace"),
+        header_timeout: duration("server.header_timeout"),
+        max_header_bytes: usize::try_from(int("server.max_header_bytes")).unwrap_or(65536),
         store,
         password_policy,
         hash_concurrency: usize::try_from(int("passwords.hash_concurrency")).unwrap_or(0),

@@ -12,7 +12,6 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde_json::json;
-use tokio::sync::Notify;
 
 use crate::app::App;
 use crate::config::Config;
@@ -102,31 +101,91 @@ pub async fn run_config(
     let _ = std::io::stdout().flush();
     tracing::info!(address = %local, store = app.store.location(), issuer = %app.config.idp.issuer, "portcullis is serving");
 
-    let grace = app.config.shutdown_grace;
+    let limits = Limits {
+        header_timeout: app.config.header_timeout,
+        max_header_bytes: app.config.max_header_bytes,
+        shutdown_grace: app.config.shutdown_grace,
+    };
     let router = router(app)?.merge(sessions.router());
-    let stopping = Arc::new(Notify::new());
-    let signal = {
-        let stopping = stopping.clone();
-        async move {
-            shutdown_signal().await;
-            tracing::info!("shutting down; finishing in-flight requests");
-            stopping.notify_waiters();
-        }
-    };
-    let server = axum::serve(
-        listener,
-        router.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(signal);
-    let deadline = async {
-        stopping.notified().await;
-        tokio::time::sleep(grace).await;
-    };
-    tokio::select! {
-        result = server => result.map_err(|e| Failure::internal(format!("server failed: {e}")))?,
-        () = deadline => tracing::warn!("shutdown grace of {} expired; closing remaining connections", humantime::format_duration(grace)),
-    }
+    serve_http(listener, router, limits, shutdown_signal()).await;
     Ok(())
+}
+
+/// What the HTTP server allows a client.
+#[derive(Clone, Copy, Debug)]
+struct Limits {
+    header_timeout: Duration,
+    max_header_bytes: usize,
+    shutdown_grace: Duration,
+}
+
+/// Serves HTTP/1.1 on `listener` until `stop` completes, then lets in-flight requests finish
+/// within the grace period.
+///
+/// Written here rather than `axum::serve`, which runs hyper without a timer: with no timer
+/// there is no header timeout, so a client that sends its headers a byte at a time (or an idle
+/// keep-alive connection) holds a connection forever. HTTP/1.1 only: portcullis sits behind a
+/// TLS terminator or load balancer, which speaks HTTP/1.1 to it, and the gateway takes
+/// origin-form request targets only.
+async fn serve_http(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    limits: Limits,
+    stop: impl std::future::Future<Output = ()>,
+) {
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    use tower::ServiceExt;
+
+    let mut builder =
+        hyper_util::server::conn::auto::Builder::new(TokioExecutor::new()).http1_only();
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        .max_buf_size(limits.max_header_bytes);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut stop = std::pin::pin!(stop);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait rather than spin, keep serving.
+                    tracing::warn!(error = %e, "cannot accept a connection");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            () = &mut stop => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let router = router.clone();
+        let service =
+            hyper::service::service_fn(move |req: axum::http::Request<hyper::body::Incoming>| {
+                let mut req = req.map(axum::body::Body::new);
+                req.extensions_mut()
+                    .insert(axum::extract::ConnectInfo(peer));
+                router.clone().oneshot(req)
+            });
+        let conn = builder
+            .serve_connection_with_upgrades(TokioIo::new(stream), service)
+            .into_owned();
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    tracing::info!("shutting down; finishing in-flight requests");
+    tokio::select! {
+        () = graceful.shutdown() => {}
+        () = tokio::time::sleep(limits.shutdown_grace) => tracing::warn!(
+            "shutdown grace of {} expired; closing remaining connections",
+            humantime::format_duration(limits.shutdown_grace)
+        ),
+    }
 }
 
 fn router(app: App) -> Result<Router, Failure> {

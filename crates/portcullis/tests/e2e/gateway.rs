@@ -1368,3 +1368,46 @@ statements = [{{ effect = "allow", methods = ["GET"], paths = ["/api/orders/**"]
     // And the good token still works.
     assert_eq!(get(good_token).await, StatusCode::OK);
 }
+
+/// `gateway.max_body`: a declared length over it is refused before anything is forwarded; a
+/// chunked body that grows past it is cut off and answered 413.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_bodies_over_the_limit_are_refused() {
+    let upstream = Upstream::start().await;
+    let i = crate::harness::Instance::with_config(&format!(
+        "[gateway]\nmax_body = 1024\n\n[[routes]]\npath = \"/public/**\"\nkind = \"public\"\nupstream = \"{}\"\n",
+        upstream.base
+    ));
+    let server = i.serve();
+    let addr = server.base.trim_start_matches("http://").to_owned();
+    let raw = |request: String| {
+        let mut s = std::net::TcpStream::connect(&addr).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        let _ = s.write_all(request.as_bytes());
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out);
+        String::from_utf8_lossy(&out).into_owned()
+    };
+    let small = "a".repeat(1000);
+    let ok = raw(format!(
+        "POST /public/x HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\nConnection: close\r\n\r\n{small}"
+    ));
+    assert!(ok.starts_with("HTTP/1.1 200"), "{ok}");
+    assert_eq!(upstream.count(), 1);
+    let big = "a".repeat(2000);
+    let resp = raw(format!(
+        "POST /public/x HTTP/1.1\r\nHost: x\r\nContent-Length: 2000\r\nConnection: close\r\n\r\n{big}"
+    ));
+    assert!(resp.starts_with("HTTP/1.1 413"), "{resp}");
+    assert_eq!(upstream.count(), 1, "nothing was forwarded");
+    let resp = raw(format!(
+        "POST /public/x HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n7d0\r\n{big}\r\n0\r\n\r\n"
+    ));
+    assert!(resp.starts_with("HTTP/1.1 413"), "{resp}");
+    let seen = upstream.seen.lock().expect("log").clone();
+    assert!(
+        seen.iter().skip(1).all(|r| r["body"] != big.as_str()),
+        "the oversized body never reached the upstream whole"
+    );
+}

@@ -186,3 +186,95 @@ fn free_port() -> u16 {
         .expect("addr")
         .port()
 }
+
+/// Reads from `s` until the server closes the connection; returns what came and how long it took.
+fn read_until_closed(s: &mut std::net::TcpStream) -> (String, std::time::Duration) {
+    use std::io::Read;
+    let started = std::time::Instant::now();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .expect("timeout");
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    (
+        String::from_utf8_lossy(&out).into_owned(),
+        started.elapsed(),
+    )
+}
+
+/// A client that sends its headers slowly (slowloris), an idle keep-alive connection and an
+/// oversized request head are all cut off; well-behaved requests on the same server are not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_headers_idle_connections_and_oversized_heads_are_cut_off() {
+    use std::io::Write;
+    use std::time::Duration;
+    let i = Instance::with_config("[server]\nheader_timeout = \"1s\"\nmax_header_bytes = 16384\n");
+    let server = i.serve();
+    let addr = server.base.trim_start_matches("http://").to_owned();
+    let connect = || std::net::TcpStream::connect(&addr).expect("connect");
+
+    // Half a request head, then nothing: closed after the header timeout, unanswered.
+    let mut slow = connect();
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        .expect("write");
+    let (answer, took) = read_until_closed(&mut slow);
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(5),
+        "closed after {took:?}"
+    );
+    assert!(
+        !answer.contains(" 200 "),
+        "a partial head is never served: {answer}"
+    );
+
+    // A complete request is answered; the idle connection after it is closed by the server.
+    let mut idle = connect();
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .expect("write");
+    let (answer, took) = read_until_closed(&mut idle);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(took < Duration::from_secs(5), "idle for {took:?}");
+
+    // A head over server.max_header_bytes: 431, then closed.
+    let mut big = connect();
+    let head = format!(
+        "GET /healthz HTTP/1.1\r\nHost: x\r\nCookie: c={}\r\n\r\n",
+        "a".repeat(20_000)
+    );
+    let _ = big.write_all(head.as_bytes());
+    let (answer, _) = read_until_closed(&mut big);
+    assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
+
+    // The server itself is fine.
+    assert_eq!(get(&server.url("/healthz")).await.0, 200);
+}
+
+/// SIGTERM stops accepting, lets a request in flight finish, then exits cleanly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_finishes_requests_in_flight() {
+    let upstream = crate::gateway_upstream::Upstream::start().await;
+    let i = Instance::with_config(&format!(
+        "[[routes]]\npath = \"/api/**\"\nkind = \"public\"\nupstream = \"{}\"\n",
+        upstream.base
+    ));
+    let server = i.serve();
+    let url = server.url("/api/slow");
+    // The upstream takes 3 s to answer /api/slow.
+    let in_flight = tokio::spawn(async move { reqwest::get(url).await.map(|r| r.status()) });
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let base = server.base.clone();
+    let status = tokio::task::spawn_blocking(move || server.terminate())
+        .await
+        .expect("join");
+    assert!(status.success(), "clean exit: {status:?}");
+    assert_eq!(
+        in_flight
+            .await
+            .expect("join")
+            .expect("the request in flight was answered"),
+        reqwest::StatusCode::OK
+    );
+    assert!(
+        reqwest::get(format!("{base}/healthz")).await.is_err(),
+        "no longer listening"
+    );
+}
