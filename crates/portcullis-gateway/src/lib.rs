@@ -660,8 +660,11 @@ impl Gateway {
             }
         };
         let sent = std::time::Instant::now();
+        let deadline = tokio::time::Instant::from_std(sent) + self.settings.total_timeout;
         let result = tokio::time::timeout(
-            self.settings.upstream_timeout,
+            self.settings
+                .upstream_timeout
+                .min(self.settings.total_timeout),
             self.client.request(upstream),
         )
         .await;
@@ -691,7 +694,7 @@ impl Gateway {
                     // 101 keeps its Upgrade/Connection headers: they are the answer.
                     return resp.map(Body::new);
                 }
-                let mut resp = resp.map(Body::new);
+                let mut resp = resp.map(|b| Body::new(proxy::Deadline::new(b, deadline)));
                 proxy::clean_response(&mut resp);
                 resp
             }

@@ -195,6 +195,76 @@ pub fn upstream_request(
     Ok(req)
 }
 
+/// A response body that must end by a deadline (`gateway.total_timeout`): past it the body fails,
+/// so hyper cuts the response off and closes the connection. The timer is only armed when the
+/// body first has to wait, so a response that is already complete costs none.
+#[derive(Debug)]
+pub struct Deadline<B> {
+    inner: B,
+    deadline: tokio::time::Instant,
+    timer: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<B> Deadline<B> {
+    pub fn new(inner: B, deadline: tokio::time::Instant) -> Self {
+        Deadline {
+            inner,
+            deadline,
+            timer: None,
+        }
+    }
+}
+
+/// The error a body past its deadline ends with.
+#[derive(Debug, thiserror::Error)]
+#[error("the upstream response did not finish within gateway.total_timeout")]
+pub struct TotalTimeout;
+
+impl<B> hyper::body::Body for Deadline<B>
+where
+    B: hyper::body::Body<Data = axum::body::Bytes> + Unpin,
+    B::Error: Into<axum::BoxError>,
+{
+    type Data = axum::body::Bytes;
+    type Error = axum::BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        use std::future::Future;
+        use std::task::Poll;
+        let this = &mut *self;
+        if this.timer.as_ref().is_some_and(|t| t.is_elapsed()) {
+            return Poll::Ready(Some(Err(TotalTimeout.into())));
+        }
+        match std::pin::Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(frame) => Poll::Ready(frame.map(|f| f.map_err(Into::into))),
+            Poll::Pending => {
+                let deadline = this.deadline;
+                let timer = this
+                    .timer
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+                match timer.as_mut().poll(cx) {
+                    Poll::Ready(()) => {
+                        tracing::warn!("upstream response cut off: gateway.total_timeout");
+                        Poll::Ready(Some(Err(TotalTimeout.into())))
+                    }
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 /// Whether a request asks for a protocol upgrade (`Connection: upgrade` plus `Upgrade`).
 pub fn upgrade_request<B>(req: &Request<B>) -> bool {
     req.headers().contains_key(header::UPGRADE)

@@ -82,7 +82,10 @@ pub struct GatewaySettings {
     /// Scheme + host (+ port) browsers use; unsafe cookie-authenticated requests must come from it.
     pub public_origin: String,
     pub connect_timeout: Duration,
+    /// To the response headers.
     pub upstream_timeout: Duration,
+    /// To the end of the response body.
+    pub total_timeout: Duration,
     /// Largest request body forwarded.
     pub max_body: usize,
     /// One log line per request (target `portcullis::access`).

@@ -160,6 +160,7 @@ fn gateway_settings(config: &Config) -> GatewaySettings {
         public_origin: origin,
         connect_timeout: g.connect_timeout,
         upstream_timeout: g.upstream_timeout,
+        total_timeout: g.total_timeout,
         max_body: g.max_body,
         access_log: g.access_log,
     }

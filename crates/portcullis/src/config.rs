@@ -339,6 +339,16 @@ pub const KEYS: &[KeySpec] = &[
         doc: "From sending a request upstream to the response headers; past it the client gets 504.",
     },
     KeySpec {
+        path: "gateway.total_timeout",
+        kind: Kind::Duration {
+            min: Duration::from_millis(10),
+            max: Duration::from_secs(86400),
+        },
+        env: "PORTCULLIS_GATEWAY_TOTAL_TIMEOUT",
+        default: "5m",
+        doc: "The whole upstream exchange, response body included: a response still streaming past it is cut off and the connection closed. Raise it for long-lived streams (server-sent events); WebSocket upgrades are not limited by it.",
+    },
+    KeySpec {
         path: "gateway.access_log",
         kind: Kind::Bool,
         env: "PORTCULLIS_GATEWAY_ACCESS_LOG",
@@ -604,6 +614,7 @@ pub struct GatewayConfig {
     pub public_origin: Option<String>,
     pub connect_timeout: Duration,
     pub upstream_timeout: Duration,
+    pub total_timeout: Duration,
     pub max_body: usize,
     pub access_log: bool,
 }
@@ -949,6 +960,7 @@ fn build(
             public_origin: Some(string("gateway.public_origin")).filter(|s| !s.is_empty()),
             connect_timeout: duration("gateway.connect_timeout"),
             upstream_timeout: duration("gateway.upstream_timeout"),
+            total_timeout: duration("gateway.total_timeout"),
             max_body: usize::try_from(int("gateway.max_body")).unwrap_or(10 << 20),
             access_log: boolean("gateway.access_log"),
         },

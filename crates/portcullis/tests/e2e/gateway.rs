@@ -1411,3 +1411,45 @@ async fn request_bodies_over_the_limit_are_refused() {
         "the oversized body never reached the upstream whole"
     );
 }
+
+/// The third upstream timeout, `gateway.total_timeout`: a response body still trickling past it
+/// is cut off. (Connect and response-header timeouts: `upstream_faults_are_502_and_504`.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_response_body_that_outlasts_the_total_timeout_is_cut_off() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // An upstream that sends its headers and half the body at once, the rest 5 s later.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let trickle = format!("http://{}", listener.local_addr().expect("addr"));
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf).await;
+                let _ = s
+                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nfirst")
+                    .await;
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                let _ = s.write_all(b"-last").await;
+            });
+        }
+    });
+    let i = crate::harness::Instance::with_config(&format!(
+        "[gateway]\nupstream_timeout = \"1s\"\ntotal_timeout = \"1500ms\"\n\n[[routes]]\npath = \"/slow/**\"\nkind = \"public\"\nupstream = \"{trickle}\"\n"
+    ));
+    let server = i.serve();
+    let started = Instant::now();
+    let resp = reqwest::get(server.url("/slow/x")).await.expect("headers");
+    assert_eq!(resp.status(), StatusCode::OK, "the headers came in time");
+    let body = resp.bytes().await;
+    let took = started.elapsed();
+    assert!(
+        body.is_err(),
+        "the body is cut off, not completed: {body:?}"
+    );
+    assert!(
+        took >= Duration::from_millis(1400) && took < Duration::from_secs(4),
+        "cut off after {took:?}"
+    );
+}
