@@ -456,11 +456,18 @@ async fn host_tricks_are_400_or_neutralized() {
 }
 
 fn raw_request(e: &Env, request: &str) -> String {
-    let addr = e.idp.server.base.trim_start_matches("http://").to_owned();
+    raw_to(&e.idp.server.base, request)
+}
+
+/// Sends `request` as written to the server at `base` and reads until it closes.
+fn raw_to(base: &str, request: &str) -> String {
+    let addr = base.trim_start_matches("http://");
     let mut s = std::net::TcpStream::connect(addr).expect("connect");
     s.set_read_timeout(Some(Duration::from_secs(5)))
         .expect("timeout");
-    s.write_all(request.as_bytes()).expect("write");
+    // The server may answer and close before reading all of it (a refused body): what it
+    // answered is what the caller checks.
+    let _ = s.write_all(request.as_bytes());
     let mut out = Vec::new();
     let _ = s.read_to_end(&mut out);
     String::from_utf8_lossy(&out).into_owned()
@@ -952,24 +959,7 @@ async fn tokens_of_a_trusted_external_issuer_are_verified_with_its_jwks() {
     let issuer = b.server.base.replace("127.0.0.1", "localhost");
     let upstream = Upstream::start().await;
     // A: a gateway that trusts B for client `spa`, with B's groups claim.
-    let a = crate::harness::Instance::with_config(&format!(
-        r#"
-[[gateway.issuers]]
-issuer = "{issuer}"
-audiences = ["spa"]
-groups_claim = "groups"
-
-[[routes]]
-path = "/api/**"
-kind = "api"
-upstream = "{upstream}"
-
-[[policy]]
-principal = "group:user"
-statements = [{{ effect = "allow", methods = ["GET"], paths = ["/api/orders/**"] }}]
-"#,
-        upstream = upstream.base
-    ));
+    let a = trusting_gateway(&issuer, "groups_claim = \"groups\"", &upstream);
     let gateway = a.serve();
     let http = reqwest::Client::new();
     let first = token_for(&mut b, "ada").await;
@@ -1030,6 +1020,34 @@ statements = [{{ effect = "allow", methods = ["GET"], paths = ["/api/orders/**"]
         StatusCode::OK,
         "cached keys keep working while the issuer is unreachable"
     );
+}
+
+/// A gateway that trusts `issuer` for client `spa` (with `issuer_extra` lines in its
+/// `[[gateway.issuers]]` entry), forwards `/api/**` to `upstream`, and lets `group:user` GET
+/// `/api/orders/**`.
+fn trusting_gateway(
+    issuer: &str,
+    issuer_extra: &str,
+    upstream: &Upstream,
+) -> crate::harness::Instance {
+    crate::harness::Instance::with_config(&format!(
+        r#"
+[[gateway.issuers]]
+issuer = "{issuer}"
+audiences = ["spa"]
+{issuer_extra}
+
+[[routes]]
+path = "/api/**"
+kind = "api"
+upstream = "{upstream}"
+
+[[policy]]
+principal = "group:user"
+statements = [{{ effect = "allow", methods = ["GET"], paths = ["/api/orders/**"] }}]
+"#,
+        upstream = upstream.base
+    ))
 }
 
 /// An upstream that switches protocols (as a WebSocket server does) and then echoes bytes.
@@ -1158,25 +1176,11 @@ async fn tokens_signed_by_a_trusted_key_but_breaking_a_rule_reach_nothing() {
     let (evil, evil_hits) = key_server(portcullis_token::jwks([attacker.verifying_key()])).await;
 
     let upstream = Upstream::start().await;
-    let a = crate::harness::Instance::with_config(&format!(
-        r#"
-[[gateway.issuers]]
-issuer = "{issuer}"
-jwks_uri = "{issuer}/jwks.json"
-audiences = ["spa"]
-groups_claim = "cognito:groups"
-
-[[routes]]
-path = "/api/**"
-kind = "api"
-upstream = "{upstream}"
-
-[[policy]]
-principal = "group:user"
-statements = [{{ effect = "allow", methods = ["GET"], paths = ["/api/orders/**"] }}]
-"#,
-        upstream = upstream.base
-    ));
+    let a = trusting_gateway(
+        &issuer,
+        &format!("jwks_uri = \"{issuer}/jwks.json\"\ngroups_claim = \"cognito:groups\""),
+        &upstream,
+    );
     let gateway = a.serve();
     let http = reqwest::Client::new();
     let now = portcullis_token::Clock::system().now();
@@ -1379,16 +1383,7 @@ async fn request_bodies_over_the_limit_are_refused() {
         upstream.base
     ));
     let server = i.serve();
-    let addr = server.base.trim_start_matches("http://").to_owned();
-    let raw = |request: String| {
-        let mut s = std::net::TcpStream::connect(&addr).expect("connect");
-        s.set_read_timeout(Some(Duration::from_secs(5)))
-            .expect("timeout");
-        let _ = s.write_all(request.as_bytes());
-        let mut out = Vec::new();
-        let _ = s.read_to_end(&mut out);
-        String::from_utf8_lossy(&out).into_owned()
-    };
+    let raw = |request: String| raw_to(&server.base, &request);
     let small = "a".repeat(1000);
     let ok = raw(format!(
         "POST /public/x HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\nConnection: close\r\n\r\n{small}"
