@@ -4,7 +4,7 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::http::{HeaderName, HeaderValue, Request, Response, Uri, header};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Request, Response, Uri, header};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
@@ -141,21 +141,8 @@ pub fn upstream_request(
     let uri = Uri::try_from(target).map_err(|e| format!("upstream URI: {e}"))?;
     *req.uri_mut() = uri;
     let headers = req.headers_mut();
-    let connection_listed: Vec<String> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(|t| normalized(t.trim()))
-        .collect();
-    let doomed: Vec<HeaderName> = headers
-        .keys()
-        .filter(|n| strip(n.as_str(), &connection_listed))
-        .cloned()
-        .collect();
-    for name in doomed {
-        headers.remove(&name);
-    }
+    let connection_listed = connection_listed(headers);
+    remove_where(headers, |n| strip(n, &connection_listed));
     if headers.contains_key(header::COOKIE) {
         let cookies: Vec<String> = headers
             .get_all(header::COOKIE)
@@ -280,22 +267,32 @@ pub fn upgrade_request<B>(req: &Request<B>) -> bool {
 /// Strips hop-by-hop headers from an upstream response.
 pub fn clean_response(resp: &mut Response<Body>) {
     let headers = resp.headers_mut();
-    let listed: Vec<String> = headers
+    let listed = connection_listed(headers);
+    remove_where(headers, |n| {
+        HOP_BY_HOP.contains(&n) || listed.iter().any(|l| l == n)
+    });
+}
+
+/// The header names a message's `Connection` header lists, normalized.
+fn connection_listed(headers: &HeaderMap) -> Vec<String> {
+    headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .map(|t| normalized(t.trim()))
-        .collect();
-    let doomed: Vec<HeaderName> = headers
+        .collect()
+}
+
+/// Removes every header whose (lower-case) name matches, with all its values. Allocates only
+/// when something is removed.
+fn remove_where(headers: &mut HeaderMap, doomed: impl Fn(&str) -> bool) {
+    let names: Vec<HeaderName> = headers
         .keys()
-        .filter(|name| {
-            let n = name.as_str();
-            HOP_BY_HOP.contains(&n) || listed.iter().any(|l| l == n)
-        })
+        .filter(|n| doomed(n.as_str()))
         .cloned()
         .collect();
-    for name in doomed {
+    for name in names {
         headers.remove(&name);
     }
 }
