@@ -7,6 +7,7 @@
 
 pub mod authn;
 pub mod canonical;
+pub mod forwarded;
 pub mod issuers;
 pub mod proxy;
 pub mod route;

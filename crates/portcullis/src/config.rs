@@ -96,6 +96,13 @@ pub const KEYS: &[KeySpec] = &[
         doc: "Address of the admin listener that serves Prometheus `/metrics` (empty: no admin listener). Keep it off the public network.",
     },
     KeySpec {
+        path: "server.trusted_proxies",
+        kind: Kind::Str,
+        env: "PORTCULLIS_SERVER_TRUSTED_PROXIES",
+        default: "",
+        doc: "Load balancers or proxies in front of portcullis, as comma-separated addresses or CIDR ranges (`10.0.0.0/8, 192.0.2.7`). A request from one of them is attributed to the address it puts in `X-Forwarded-For` (the nearest hop that is not itself trusted), for sign-in throttling and for the `X-Forwarded-For` sent upstream. Empty: `X-Forwarded-For` from clients is never believed.",
+    },
+    KeySpec {
         path: "server.allow_insecure_http",
         kind: Kind::Bool,
         env: "PORTCULLIS_SERVER_ALLOW_INSECURE_HTTP",
@@ -576,6 +583,8 @@ pub struct Config {
     pub allow_insecure_http: bool,
     /// The admin listener (`/metrics`), if any.
     pub admin_listen: Option<SocketAddr>,
+    /// Proxies whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: portcullis_gateway::forwarded::TrustedProxies,
     pub shutdown_grace: Duration,
     /// Time allowed for a request head, and for an idle keep-alive connection.
     pub header_timeout: Duration,
@@ -882,6 +891,19 @@ fn build(
         });
     }
     let boolean = |path: &str| matches!(value(path), Value::Bool(true));
+    let trusted_proxies = match portcullis_gateway::forwarded::TrustedProxies::parse(&string(
+        "server.trusted_proxies",
+    )) {
+        Ok(t) => t,
+        Err(message) => {
+            errors.push(ConfigError {
+                location: "server".into(),
+                key: "server.trusted_proxies".into(),
+                message,
+            });
+            portcullis_gateway::forwarded::TrustedProxies::default()
+        }
+    };
     let admin_listen = match string("server.admin_listen").as_str() {
         "" => None,
         a => match a.parse::<SocketAddr>() {
@@ -968,6 +990,7 @@ fn build(
         data_dir,
         listen,
         admin_listen,
+        trusted_proxies,
         allow_insecure_http: boolean("server.allow_insecure_http"),
         shutdown_grace: duration("server.shutdown_grace"),
         header_timeout: duration("server.header_timeout"),

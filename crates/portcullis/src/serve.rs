@@ -13,6 +13,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde_json::json;
 
+use portcullis_gateway::forwarded::TrustedProxies;
+
 use crate::app::App;
 use crate::config::Config;
 use crate::failure::Failure;
@@ -106,8 +108,9 @@ pub async fn run_config(
         max_header_bytes: app.config.max_header_bytes,
         shutdown_grace: app.config.shutdown_grace,
     };
+    let trusted = Arc::new(app.config.trusted_proxies.clone());
     let router = router(app)?.merge(sessions.router());
-    serve_http(listener, router, limits, shutdown_signal()).await;
+    serve_http(listener, router, limits, trusted, shutdown_signal()).await;
     Ok(())
 }
 
@@ -131,6 +134,7 @@ async fn serve_http(
     listener: tokio::net::TcpListener,
     router: Router,
     limits: Limits,
+    trusted: Arc<TrustedProxies>,
     stop: impl std::future::Future<Output = ()>,
 ) {
     use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -160,11 +164,18 @@ async fn serve_http(
         };
         let _ = stream.set_nodelay(true);
         let router = router.clone();
+        let trusted = trusted.clone();
         let service =
             hyper::service::service_fn(move |req: axum::http::Request<hyper::body::Incoming>| {
                 let mut req = req.map(axum::body::Body::new);
+                // The client's address: the peer, or whom a trusted proxy forwards for.
+                let client = if trusted.is_empty() {
+                    peer
+                } else {
+                    SocketAddr::new(trusted.client(peer.ip(), req.headers()), peer.port())
+                };
                 req.extensions_mut()
-                    .insert(axum::extract::ConnectInfo(peer));
+                    .insert(axum::extract::ConnectInfo(client));
                 router.clone().oneshot(req)
             });
         let conn = builder

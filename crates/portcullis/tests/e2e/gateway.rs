@@ -1448,3 +1448,51 @@ async fn a_response_body_that_outlasts_the_total_timeout_is_cut_off() {
         "cut off after {took:?}"
     );
 }
+
+/// Behind a trusted load balancer the client is the address it forwards for; from anyone
+/// else `X-Forwarded-For` is ignored (see client_sent_identity_and_forwarding_headers…).
+#[tokio::test]
+async fn x_forwarded_for_is_believed_from_trusted_proxies_only() {
+    let upstream = Upstream::start().await;
+    let instance = |trusted: &str| {
+        crate::harness::Instance::with_config(&format!(
+            "[server]\ntrusted_proxies = \"{trusted}\"\n\n[[routes]]\npath = \"/public/**\"\nkind = \"public\"\nupstream = \"{}\"\n",
+            upstream.base
+        ))
+    };
+    let http = reqwest::Client::new();
+    let forwarded_for = |server: String| {
+        let http = http.clone();
+        let upstream = &upstream;
+        async move {
+            let resp = http
+                .get(format!("{server}/public/x"))
+                .header("x-forwarded-for", "6.6.6.6, 203.0.113.7")
+                .header("x-forwarded-for", "198.51.100.4")
+                .send()
+                .await
+                .expect("send");
+            assert_eq!(resp.status(), StatusCode::OK);
+            upstream.last()["headers"]["x-forwarded-for"].clone()
+        }
+    };
+    // The test connects from 127.0.0.1: trusted, so its nearest untrusted hop is the client.
+    let one = instance("127.0.0.1");
+    let s = one.serve();
+    assert_eq!(forwarded_for(s.base.clone()).await, json!(["198.51.100.4"]));
+    // A chain of trusted proxies: the first hop outside them.
+    let chain = instance("127.0.0.0/8, 198.51.100.0/24");
+    let s = chain.serve();
+    assert_eq!(forwarded_for(s.base.clone()).await, json!(["203.0.113.7"]));
+    // Not trusted: the header is the client's word and is ignored.
+    let other = instance("10.0.0.0/8");
+    let s = other.serve();
+    assert_eq!(forwarded_for(s.base.clone()).await, json!(["127.0.0.1"]));
+    // A bad entry is a configuration error that names it.
+    let bad = instance("10.0.0.0/8, 10.0.0.300");
+    let err = bad.run(&["config", "check"]).user_error();
+    assert!(
+        err.contains("server.trusted_proxies") && err.contains("10.0.0.300"),
+        "{err}"
+    );
+}
