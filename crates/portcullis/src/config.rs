@@ -130,6 +130,16 @@ pub const KEYS: &[KeySpec] = &[
         doc: "How long a client has to send a request's headers, which is also how long an idle keep-alive connection stays open. Slow-header (slowloris) connections are closed after it.",
     },
     KeySpec {
+        path: "server.request_timeout",
+        kind: Kind::Duration {
+            min: Duration::from_secs(1),
+            max: Duration::from_secs(3600),
+        },
+        env: "PORTCULLIS_SERVER_REQUEST_TIMEOUT",
+        default: "30s",
+        doc: "How long a request to portcullis' own endpoints (sign-in, OAuth 2.0, `/auth/*`) may take, reading its body included: 408 past it, so a client trickling a body cannot hold a connection. Gateway routes have `gateway.upstream_timeout` and `gateway.total_timeout` instead.",
+    },
+    KeySpec {
         path: "server.max_header_bytes",
         kind: Kind::Int {
             min: 8192,
@@ -590,6 +600,8 @@ pub struct Config {
     pub header_timeout: Duration,
     /// The largest request head, in bytes.
     pub max_header_bytes: usize,
+    /// Time allowed for a request to portcullis' own endpoints.
+    pub request_timeout: Duration,
     pub store: StoreOptions,
     pub password_policy: PasswordPolicy,
     pub hash_concurrency: usize,
@@ -995,6 +1007,7 @@ fn build(
         shutdown_grace: duration("server.shutdown_grace"),
         header_timeout: duration("server.header_timeout"),
         max_header_bytes: usize::try_from(int("server.max_header_bytes")).unwrap_or(65536),
+        request_timeout: duration("server.request_timeout"),
         store,
         password_policy,
         hash_concurrency: usize::try_from(int("passwords.hash_concurrency")).unwrap_or(0),

@@ -109,7 +109,13 @@ pub async fn run_config(
         shutdown_grace: app.config.shutdown_grace,
     };
     let trusted = Arc::new(app.config.trusted_proxies.clone());
-    let router = router(app)?.merge(sessions.router());
+    // Our own endpoints get one deadline per request, body included; gateway routes have the
+    // upstream timeouts.
+    let timeout = tower_http::timeout::TimeoutLayer::with_status_code(
+        StatusCode::REQUEST_TIMEOUT,
+        app.config.request_timeout,
+    );
+    let router = router(app, timeout)?.merge(sessions.router().layer(timeout));
     serve_http(listener, router, limits, trusted, shutdown_signal()).await;
     Ok(())
 }
@@ -199,10 +205,10 @@ async fn serve_http(
     }
 }
 
-fn router(app: App) -> Result<Router, Failure> {
+fn router(app: App, timeout: tower_http::timeout::TimeoutLayer) -> Result<Router, Failure> {
     let templates = portcullis_idp::Templates::load(app.config.idp.templates_dir.as_deref())
         .map_err(|e| Failure::user(format!("branding.templates_dir: {e}")))?;
-    let idp = portcullis_idp::router(app.provider.clone(), templates);
+    let idp = portcullis_idp::router(app.provider.clone(), templates).layer(timeout);
     // Everything that is not a portcullis endpoint goes through the gateway. A service of its
     // own rather than a handler on the `App` state: per request it costs one reference count,
     // not one per field of the state.

@@ -278,3 +278,22 @@ async fn shutdown_finishes_requests_in_flight() {
         "no longer listening"
     );
 }
+
+/// A body trickled to portcullis' own endpoints is cut off by `server.request_timeout` (408).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trickled_body_to_the_sign_in_endpoints_times_out() {
+    use std::io::Write;
+    use std::time::Duration;
+    let i = Instance::with_config("[server]\nrequest_timeout = \"1s\"\n");
+    let server = i.serve();
+    let mut s =
+        std::net::TcpStream::connect(server.base.trim_start_matches("http://")).expect("connect");
+    // Promise 100 bytes, send 10.
+    s.write_all(
+        b"POST /oauth2/token HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 100\r\n\r\ngrant_type",
+    )
+    .expect("write");
+    let (answer, took) = read_until_closed(&mut s);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(took < Duration::from_secs(5), "answered after {took:?}");
+}
