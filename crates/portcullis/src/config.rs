@@ -140,6 +140,16 @@ pub const KEYS: &[KeySpec] = &[
         doc: "How long a request to portcullis' own endpoints (sign-in, OAuth 2.0, `/auth/*`) may take, reading its body included: 408 past it, so a client trickling a body cannot hold a connection. Gateway routes have `gateway.upstream_timeout` and `gateway.total_timeout` instead.",
     },
     KeySpec {
+        path: "server.max_connections",
+        kind: Kind::Int {
+            min: 1,
+            max: 1_000_000,
+        },
+        env: "PORTCULLIS_SERVER_MAX_CONNECTIONS",
+        default: "10000",
+        doc: "Client connections served at once. At the limit new connections wait in the kernel's accept queue until one closes. Keep the process's open-file limit (`ulimit -n`) above it.",
+    },
+    KeySpec {
         path: "server.max_header_bytes",
         kind: Kind::Int {
             min: 8192,
@@ -602,6 +612,8 @@ pub struct Config {
     pub max_header_bytes: usize,
     /// Time allowed for a request to portcullis' own endpoints.
     pub request_timeout: Duration,
+    /// Client connections served at once.
+    pub max_connections: usize,
     pub store: StoreOptions,
     pub password_policy: PasswordPolicy,
     pub hash_concurrency: usize,
@@ -1008,6 +1020,7 @@ fn build(
         header_timeout: duration("server.header_timeout"),
         max_header_bytes: usize::try_from(int("server.max_header_bytes")).unwrap_or(65536),
         request_timeout: duration("server.request_timeout"),
+        max_connections: usize::try_from(int("server.max_connections")).unwrap_or(10_000),
         store,
         password_policy,
         hash_concurrency: usize::try_from(int("passwords.hash_concurrency")).unwrap_or(0),

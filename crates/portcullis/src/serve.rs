@@ -106,6 +106,7 @@ pub async fn run_config(
     let limits = Limits {
         header_timeout: app.config.header_timeout,
         max_header_bytes: app.config.max_header_bytes,
+        max_connections: app.config.max_connections,
         shutdown_grace: app.config.shutdown_grace,
     };
     let trusted = Arc::new(app.config.trusted_proxies.clone());
@@ -125,6 +126,7 @@ pub async fn run_config(
 struct Limits {
     header_timeout: Duration,
     max_header_bytes: usize,
+    max_connections: usize,
     shutdown_grace: Duration,
 }
 
@@ -154,8 +156,17 @@ async fn serve_http(
         .header_read_timeout(limits.header_timeout)
         .max_buf_size(limits.max_header_bytes);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    // One permit per open connection: at the limit, stop accepting (the kernel queues the rest).
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
     let mut stop = std::pin::pin!(stop);
     loop {
+        let slot = tokio::select! {
+            slot = slots.clone().acquire_owned() => match slot {
+                Ok(slot) => slot,
+                Err(_) => break, // never closed
+            },
+            () = &mut stop => break,
+        };
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
@@ -192,6 +203,7 @@ async fn serve_http(
             if let Err(e) = conn.await {
                 tracing::debug!(error = %e, "connection ended with an error");
             }
+            drop(slot);
         });
     }
     drop(listener);

@@ -297,3 +297,36 @@ async fn a_trickled_body_to_the_sign_in_endpoints_times_out() {
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
     assert!(took < Duration::from_secs(5), "answered after {took:?}");
 }
+
+/// At `server.max_connections` a new connection waits, unserved, until one closes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_over_the_limit_wait_for_a_free_slot() {
+    use std::io::{Read, Write};
+    use std::time::Duration;
+    let i = Instance::with_config("[server]\nmax_connections = 2\n");
+    let server = i.serve();
+    let addr = server.base.trim_start_matches("http://").to_owned();
+    let first = std::net::TcpStream::connect(&addr).expect("connect");
+    let second = std::net::TcpStream::connect(&addr).expect("connect");
+    // Let the server accept both before the third arrives.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut third = std::net::TcpStream::connect(&addr).expect("the kernel queues it");
+    third
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .expect("write");
+    third
+        .set_read_timeout(Some(Duration::from_millis(700)))
+        .expect("timeout");
+    let mut byte = [0u8; 1];
+    assert!(
+        third.read(&mut byte).is_err(),
+        "no answer while both slots are taken"
+    );
+    drop(first);
+    let (answer, _) = read_until_closed(&mut third);
+    assert!(
+        answer.starts_with("HTTP/1.1 200"),
+        "served once a slot is free: {answer}"
+    );
+    drop(second);
+}
