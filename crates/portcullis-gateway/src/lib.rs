@@ -641,6 +641,15 @@ impl Gateway {
         } else {
             Body::new(http_body_util::Limited::new(body, max))
         };
+        // Whether the client has sent its whole body, when it has one: an upstream that times
+        // out while still waiting for the body is the client's delay (408), not the upstream's.
+        let has_body = !axum::body::HttpBody::is_end_stream(&body);
+        let (body, body_read) = if has_body {
+            let (tracked, read) = proxy::ReadToEnd::new(body);
+            (Body::new(tracked), Some(read))
+        } else {
+            (body, None)
+        };
         let req = Request::from_parts(parts, body);
         let upstream = match proxy::upstream_request(req, base, encoded, &fwd) {
             Ok(mut r) => {
@@ -717,6 +726,22 @@ impl Gateway {
             Ok(Err(e)) => {
                 tracing::warn!(upstream = base, error = %e, "upstream failed");
                 json_response(StatusCode::BAD_GATEWAY, json!({ "error": "bad_gateway" }))
+            }
+            Err(_)
+                if body_read
+                    .is_some_and(|read| !read.load(std::sync::atomic::Ordering::Acquire)) =>
+            {
+                tracing::info!(
+                    upstream = base,
+                    "request refused: the client did not send its body in time"
+                );
+                let mut r = json_response(
+                    StatusCode::REQUEST_TIMEOUT,
+                    json!({ "error": "request_timeout" }),
+                );
+                r.headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                r
             }
             Err(_) => {
                 tracing::warn!(upstream = base, "upstream timed out");

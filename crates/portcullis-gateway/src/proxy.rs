@@ -252,6 +252,55 @@ where
     }
 }
 
+/// A request body that notes when it has been read to its end.
+#[derive(Debug)]
+pub struct ReadToEnd<B> {
+    inner: B,
+    done: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl<B> ReadToEnd<B> {
+    /// The wrapped body, and the flag it sets at its end.
+    pub fn new(inner: B) -> (Self, std::sync::Arc<std::sync::atomic::AtomicBool>) {
+        let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        (
+            ReadToEnd {
+                inner,
+                done: done.clone(),
+            },
+            done,
+        )
+    }
+}
+
+impl<B> hyper::body::Body for ReadToEnd<B>
+where
+    B: hyper::body::Body + Unpin,
+{
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        let this = &mut *self;
+        let frame = std::pin::Pin::new(&mut this.inner).poll_frame(cx);
+        if matches!(frame, std::task::Poll::Ready(None)) || this.inner.is_end_stream() {
+            this.done.store(true, std::sync::atomic::Ordering::Release);
+        }
+        frame
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 /// Whether a request asks for a protocol upgrade (`Connection: upgrade` plus `Upgrade`).
 pub fn upgrade_request<B>(req: &Request<B>) -> bool {
     req.headers().contains_key(header::UPGRADE)
