@@ -493,6 +493,8 @@ impl Gateway {
             Target::Upstream {
                 base,
                 preserve_host,
+                upstream_timeout,
+                total_timeout,
             } => {
                 let assertion = match (&route.assertion, identity.as_deref()) {
                     (Some(aud), Some(id)) => match self.assertion(id, aud) {
@@ -517,7 +519,12 @@ impl Gateway {
                     preserve_host: *preserve_host,
                     identity: identity.as_deref(),
                 };
-                self.forward(req, base, &canonical.encoded, fwd, assertion)
+                let upstream = proxy::Upstream {
+                    base,
+                    headers_within: upstream_timeout.unwrap_or(self.settings.upstream_timeout),
+                    done_within: total_timeout.unwrap_or(self.settings.total_timeout),
+                };
+                self.forward(req, &upstream, &canonical.encoded, fwd, assertion)
                     .await
             }
             Target::Static { dir, spa_fallback } => {
@@ -605,7 +612,7 @@ impl Gateway {
     async fn forward(
         &self,
         req: Request<Body>,
-        base: &str,
+        target: &proxy::Upstream<'_>,
         encoded: &str,
         fwd: proxy::Forwarding<'_>,
         assertion: Option<HeaderValue>,
@@ -651,6 +658,7 @@ impl Gateway {
             (body, None)
         };
         let req = Request::from_parts(parts, body);
+        let base = target.base;
         let upstream = match proxy::upstream_request(req, base, encoded, &fwd) {
             Ok(mut r) => {
                 if let Some(a) = assertion {
@@ -670,11 +678,9 @@ impl Gateway {
             }
         };
         let sent = std::time::Instant::now();
-        let deadline = tokio::time::Instant::from_std(sent) + self.settings.total_timeout;
+        let deadline = tokio::time::Instant::from_std(sent) + target.done_within;
         let result = tokio::time::timeout(
-            self.settings
-                .upstream_timeout
-                .min(self.settings.total_timeout),
+            target.headers_within.min(target.done_within),
             self.client.request(upstream),
         )
         .await;

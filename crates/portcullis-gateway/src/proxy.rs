@@ -111,6 +111,17 @@ fn without_our_cookies(value: &str) -> Option<String> {
     (!kept.is_empty()).then(|| kept.join("; "))
 }
 
+/// Where a request goes, and how long the upstream has.
+#[derive(Debug)]
+pub struct Upstream<'a> {
+    /// `http://host[:port][/base]`.
+    pub base: &'a str,
+    /// Until the response headers (`upstream_timeout`).
+    pub headers_within: std::time::Duration,
+    /// Until the end of the response body (`total_timeout`).
+    pub done_within: std::time::Duration,
+}
+
 /// What the proxy adds about the request.
 #[derive(Debug)]
 pub struct Forwarding<'a> {

@@ -14,6 +14,9 @@ pub enum Target {
         base: String,
         /// Forward the client's `Host` instead of the upstream's own authority.
         preserve_host: bool,
+        /// This route's own timeouts, where it sets them (else the gateway's).
+        upstream_timeout: Option<std::time::Duration>,
+        total_timeout: Option<std::time::Duration>,
     },
     /// Files from a directory.
     Static {
@@ -70,9 +73,20 @@ impl RouteTable {
                             "upstream {u:?} must be http://host[:port][/base] without a query"
                         )));
                     }
+                    let timeout = |name: &str, v: &Option<String>| match v {
+                        None => Ok(None),
+                        Some(text) => match humantime::parse_duration(text) {
+                            Ok(d) if d >= std::time::Duration::from_millis(10) => Ok(Some(d)),
+                            _ => Err(at(format!(
+                                "{name} {text:?} must be a duration of at least 10ms, such as \"30s\" or \"1h\""
+                            ))),
+                        },
+                    };
                     Target::Upstream {
                         base: u.trim_end_matches('/').to_owned(),
                         preserve_host: c.preserve_host,
+                        upstream_timeout: timeout("upstream_timeout", &c.upstream_timeout)?,
+                        total_timeout: timeout("total_timeout", &c.total_timeout)?,
                     }
                 }
                 (None, Some(d)) => {
@@ -88,6 +102,14 @@ impl RouteTable {
             };
             if c.kind == RouteKind::Api && matches!(target, Target::Static { .. }) {
                 return Err(at("an api route forwards to an upstream".into()));
+            }
+            if matches!(target, Target::Static { .. })
+                && (c.upstream_timeout.is_some() || c.total_timeout.is_some() || c.preserve_host)
+            {
+                return Err(at(
+                    "upstream_timeout, total_timeout and preserve_host apply to upstream routes only"
+                        .into(),
+                ));
             }
             let methods = c
                 .methods
@@ -150,6 +172,8 @@ mod tests {
             static_dir: None,
             spa_fallback: false,
             preserve_host: false,
+            upstream_timeout: None,
+            total_timeout: None,
             token_sources: vec![TokenSource::Header],
             assertion: false,
             audience: None,
@@ -202,5 +226,28 @@ mod tests {
         c.upstream = None;
         assert!(RouteTable::new(&[c]).is_err());
         assert!(RouteTable::new(&[cfg("api", RouteKind::Api)]).is_err());
+    }
+
+    #[test]
+    fn route_timeouts_are_durations_on_upstream_routes_only() {
+        let mut c = cfg("/api/**", RouteKind::Api);
+        c.total_timeout = Some("1h".into());
+        c.upstream_timeout = Some("45s".into());
+        let t = RouteTable::new(&[c.clone()]).expect("valid");
+        let r = t.find("GET", "/api/x").expect("route");
+        assert!(matches!(
+            r.target,
+            Target::Upstream { total_timeout: Some(d), upstream_timeout: Some(u), .. }
+                if d.as_secs() == 3600 && u.as_secs() == 45
+        ));
+        c.total_timeout = Some("soon".into());
+        let e = RouteTable::new(&[c]).expect_err("bad duration");
+        assert!(e.contains("total_timeout") && e.contains("soon"), "{e}");
+        let mut s = cfg("/files/**", RouteKind::Public);
+        s.upstream = None;
+        s.static_dir = Some(std::env::temp_dir());
+        s.total_timeout = Some("1s".into());
+        let e = RouteTable::new(&[s]).expect_err("static route with a timeout");
+        assert!(e.contains("upstream routes only"), "{e}");
     }
 }

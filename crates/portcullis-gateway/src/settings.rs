@@ -53,6 +53,10 @@ pub struct RouteConfig {
     /// several virtual hosts must not let a caller pick one by sending another `Host`.
     #[serde(default)]
     pub preserve_host: bool,
+    /// This route's `gateway.upstream_timeout` (`"30s"`), for an upstream slower to answer.
+    pub upstream_timeout: Option<String>,
+    /// This route's `gateway.total_timeout` (`"1h"`), for long streams such as server-sent events.
+    pub total_timeout: Option<String>,
     #[serde(default = "default_sources")]
     pub token_sources: Vec<TokenSource>,
     /// Add `X-Auth-Assertion`: a 60-second JWT signed by portcullis that the upstream can verify

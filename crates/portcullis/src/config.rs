@@ -363,7 +363,7 @@ pub const KEYS: &[KeySpec] = &[
         },
         env: "PORTCULLIS_GATEWAY_UPSTREAM_TIMEOUT",
         default: "30s",
-        doc: "From sending a request upstream to the response headers; past it the client gets 504.",
+        doc: "From sending a request upstream to the response headers; past it the client gets 504 (408 if the client had not finished sending its body). A route can set its own (`upstream_timeout` in `[[routes]]`).",
     },
     KeySpec {
         path: "gateway.total_timeout",
@@ -373,7 +373,7 @@ pub const KEYS: &[KeySpec] = &[
         },
         env: "PORTCULLIS_GATEWAY_TOTAL_TIMEOUT",
         default: "5m",
-        doc: "The whole upstream exchange, response body included: a response still streaming past it is cut off and the connection closed. Raise it for long-lived streams (server-sent events); WebSocket upgrades are not limited by it.",
+        doc: "The whole upstream exchange, response body included: a response still streaming past it is cut off and the connection closed. A route can set its own (`total_timeout` in `[[routes]]`) for long-lived streams such as server-sent events; WebSocket upgrades are not limited by it.",
     },
     KeySpec {
         path: "gateway.access_log",
