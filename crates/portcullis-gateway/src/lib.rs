@@ -354,6 +354,7 @@ impl Gateway {
             // The canonical path only (never the query, which may carry secrets), never a token.
             tracing::info!(
                 target: "portcullis::access",
+                client = %peer.ip(),
                 method = %method,
                 path = outcome.path.as_deref().unwrap_or("-"),
                 route = &*route,

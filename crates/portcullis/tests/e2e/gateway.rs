@@ -946,6 +946,7 @@ async fn one_json_access_log_line_per_request_without_tokens_or_queries() {
     assert_eq!(line["fields"]["decision"], "unauthenticated");
     assert_eq!(line["fields"]["status"], 401);
     assert_eq!(line["fields"]["route"], "/api/**");
+    assert_eq!(line["fields"]["client"], "127.0.0.1");
     assert!(
         !text.contains("hunter2") && !text.contains("signature-not-to-be-logged"),
         "no query or token in logs:\n{text}"
