@@ -238,22 +238,14 @@ impl Authenticator {
             }
         }
         if sources.contains(&TokenSource::Cookie) {
-            let mut found = None;
-            for v in headers.get_all(header::COOKIE) {
-                let Ok(v) = v.to_str() else { continue };
-                for c in v.split(';') {
-                    if let Some((k, val)) = c.trim().split_once('=')
-                        && k == self.access_cookie
-                    {
-                        if found.is_some() {
-                            return Err(AuthError::Ambiguous);
-                        }
-                        found = Some(val);
-                    }
-                }
-            }
-            if let Some(token) = found {
-                return Ok((token, true));
+            let values = headers
+                .get_all(header::COOKIE)
+                .iter()
+                .filter_map(|v| v.to_str().ok());
+            match portcullis_token::cookie::single(values, &self.access_cookie) {
+                Ok(Some(token)) => return Ok((token, true)),
+                Ok(None) => {}
+                Err(_) => return Err(AuthError::Ambiguous),
             }
         }
         Err(AuthError::Missing)

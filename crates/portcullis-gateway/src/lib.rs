@@ -194,20 +194,13 @@ impl Gateway {
 
     /// The refresh cookie's value, if exactly one is present.
     fn refresh_cookie<'h>(&self, headers: &'h axum::http::HeaderMap) -> Option<&'h str> {
-        let mut found = None;
-        for v in headers.get_all(header::COOKIE) {
-            for c in v.to_str().ok()?.split(';') {
-                if let Some((k, val)) = c.trim().split_once('=')
-                    && k == self.settings.refresh_cookie
-                {
-                    if found.is_some() {
-                        return None;
-                    }
-                    found = Some(val);
-                }
-            }
-        }
-        found
+        let values = headers
+            .get_all(header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok());
+        portcullis_token::cookie::single(values, &self.settings.refresh_cookie)
+            .ok()
+            .flatten()
     }
 
     /// Refreshes an expired cookie session once for a burst of parallel requests, and returns

@@ -79,12 +79,11 @@ fn is_form(headers: &HeaderMap) -> bool {
 }
 
 fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    headers
+    let values = headers
         .get_all(header::COOKIE)
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|c| c.trim().split_once('='))
+        .filter_map(|v| v.to_str().ok());
+    portcullis_token::cookie::pairs(values)
         .find(|(k, _)| *k == name)
         .map(|(_, v)| v)
 }

@@ -1,10 +1,12 @@
 //! Tokens and the secrets behind them: JWT signing and verification, keys and JWKS documents
 //! (see [`jwt`]), the encryption of private keys at rest ([`KeyEncryptionKey`]), a [`Secret`]
-//! that cannot be logged by accident and a [`Clock`] that tests can drive.
+//! that cannot be logged by accident, a [`Clock`] that tests can drive, and the [`cookie`] parser
+//! that reads tokens from browsers.
 //!
 //! Pure library: no I/O and no global state.
 
 mod clock;
+pub mod cookie;
 pub mod jwt;
 mod keys;
 mod sealed;

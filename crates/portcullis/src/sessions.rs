@@ -189,13 +189,11 @@ impl Refresher for Sessions {
 }
 
 fn cookies(headers: &HeaderMap) -> Vec<(&str, &str)> {
-    headers
+    let values = headers
         .get_all(header::COOKIE)
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|c| c.trim().split_once('='))
-        .collect()
+        .filter_map(|v| v.to_str().ok());
+    portcullis_token::cookie::pairs(values).collect()
 }
 
 fn query(uri: &Uri) -> BTreeMap<String, String> {
