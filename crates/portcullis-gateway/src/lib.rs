@@ -93,6 +93,15 @@ fn redirect(location: &str) -> Response<Body> {
     r
 }
 
+/// `response`, with the connection closed after it: for requests whose framing or body cannot be
+/// trusted to have ended where the server thinks.
+fn closing(mut response: Response<Body>) -> Response<Body> {
+    response
+        .headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    response
+}
+
 fn bad_request(message: &str) -> Response<Body> {
     json_response(
         StatusCode::BAD_REQUEST,
@@ -384,22 +393,18 @@ impl Gateway {
                     .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"chunked"));
             if !only_chunked || req.headers().contains_key(header::CONTENT_LENGTH) {
                 tracing::info!("request refused: ambiguous message framing");
-                let mut r = bad_request(
+                return closing(bad_request(
                     "ambiguous message framing (Content-Length with Transfer-Encoding)",
-                );
-                r.headers_mut()
-                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
-                return r;
+                ));
             }
         }
         // RFC 9112 §3.2: an HTTP/1.1 request carries exactly one Host, and a valid one. Two Hosts
         // are how a request means one thing to the gateway and another to the backend.
         if !valid_host(&req) {
             tracing::info!("request refused: missing, repeated or invalid Host");
-            let mut r = bad_request("the request needs exactly one valid Host header");
-            r.headers_mut()
-                .insert(header::CONNECTION, HeaderValue::from_static("close"));
-            return r;
+            return closing(bad_request(
+                "the request needs exactly one valid Host header",
+            ));
         }
         // 1. Canonicalize: origin-form only, one meaning for the path.
         if req.uri().scheme().is_some() || req.uri().authority().is_some() {
@@ -715,13 +720,10 @@ impl Gateway {
                     upstream = base,
                     "request refused: body over gateway.max_body"
                 );
-                let mut r = json_response(
+                closing(json_response(
                     StatusCode::PAYLOAD_TOO_LARGE,
                     json!({ "error": "payload_too_large" }),
-                );
-                r.headers_mut()
-                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
-                r
+                ))
             }
             Ok(Err(e)) => {
                 tracing::warn!(upstream = base, error = %e, "upstream failed");
@@ -735,13 +737,10 @@ impl Gateway {
                     upstream = base,
                     "request refused: the client did not send its body in time"
                 );
-                let mut r = json_response(
+                closing(json_response(
                     StatusCode::REQUEST_TIMEOUT,
                     json!({ "error": "request_timeout" }),
-                );
-                r.headers_mut()
-                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
-                r
+                ))
             }
             Err(_) => {
                 tracing::warn!(upstream = base, "upstream timed out");
