@@ -101,8 +101,10 @@ pub fn canonicalize(path: &str) -> Result<CanonicalPath, Rejection> {
     }
     let decoded = String::from_utf8(decoded).map_err(|_| Rejection::BadEncoding)?;
     // Segment rules, on the decoded path (a `/` can only come from the raw path here).
+    // Counted once: counting per segment made a path of many short segments quadratic.
+    let segments = decoded.split('/').count();
     for (n, seg) in decoded.split('/').enumerate().skip(1) {
-        let last = n == decoded.split('/').count() - 1;
+        let last = n == segments - 1;
         if seg.is_empty() {
             if last {
                 continue; // a trailing slash is fine
