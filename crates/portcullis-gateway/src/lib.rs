@@ -93,6 +93,9 @@ fn redirect(location: &str) -> Response<Body> {
     r
 }
 
+/// The most options a request's `Connection` headers may name together.
+const MAX_CONNECTION_OPTIONS: usize = 16;
+
 /// `response`, with the connection closed after it: for requests whose framing or body cannot be
 /// trusted to have ended where the server thinks.
 fn closing(mut response: Response<Body>) -> Response<Body> {
@@ -397,6 +400,18 @@ impl Gateway {
                     "ambiguous message framing (Content-Length with Transfer-Encoding)",
                 ));
             }
+        }
+        // A real `Connection` header names a few options; thousands of them would make header
+        // hygiene (each header checked against each option) the attacker's lever on our CPU.
+        let options: usize = req
+            .headers()
+            .get_all(header::CONNECTION)
+            .iter()
+            .map(|v| v.as_bytes().split(|b| *b == b',').count())
+            .sum();
+        if options > MAX_CONNECTION_OPTIONS {
+            tracing::info!(options, "request refused: too many Connection options");
+            return closing(bad_request("too many options in the Connection header"));
         }
         // RFC 9112 §3.2: an HTTP/1.1 request carries exactly one Host, and a valid one. Two Hosts
         // are how a request means one thing to the gateway and another to the backend.

@@ -406,7 +406,7 @@ async fn request_smuggling_is_refused() {
 
 // Blocking socket reads in the test: a second worker keeps the in-process upstream running.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn host_tricks_are_400_or_neutralized() {
+async fn host_and_connection_header_tricks_are_400_or_neutralized() {
     let e = env().await;
     let before = e.upstream.count();
     for (what, host_lines) in [
@@ -425,6 +425,17 @@ async fn host_tricks_are_400_or_neutralized() {
         );
         assert!(resp.starts_with("HTTP/1.1 400"), "{what}: {resp}");
     }
+    assert_eq!(e.upstream.count(), before, "nothing was forwarded");
+    // Thousands of Connection options (each header would be checked against each): refused.
+    let many: Vec<String> = (0..2000).map(|i| format!("x{i}")).collect();
+    let resp = raw_request(
+        &e,
+        &format!(
+            "GET /public/x HTTP/1.1\r\nHost: x\r\nConnection: {}\r\n\r\n",
+            many.join(",")
+        ),
+    );
+    assert!(resp.starts_with("HTTP/1.1 400"), "{resp}");
     assert_eq!(e.upstream.count(), before, "nothing was forwarded");
     // Another Host reaches the upstream only as X-Forwarded-Host: the upstream's virtual host
     // is its own authority, unless the route preserves the client's Host.
