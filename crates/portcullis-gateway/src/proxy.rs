@@ -128,7 +128,7 @@ pub struct Forwarding<'a> {
     pub client_ip: IpAddr,
     pub proto: &'a str,
     pub host: Option<HeaderValue>,
-    /// Keep the client's `Host`; otherwise the client adds the upstream's own.
+    /// Keep the caller's `Host`; otherwise the pooled upstream client sets the upstream's own.
     pub preserve_host: bool,
     pub identity: Option<&'a Identity>,
 }
