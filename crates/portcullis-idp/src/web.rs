@@ -28,7 +28,32 @@ const MAX_FORM: usize = 16 * 1024;
 struct Web {
     provider: Provider,
     templates: Arc<Templates>,
-    attempts: Arc<Mutex<HashMap<IpAddr, (Instant, u32)>>>,
+    attempts: Arc<Mutex<Attempts>>,
+}
+
+/// Sign-in attempts per network in the current minute.
+#[derive(Default)]
+struct Attempts {
+    by_network: HashMap<IpAddr, (Instant, u32)>,
+    last_sweep: Option<Instant>,
+}
+
+/// How many networks the throttle remembers before it forgets the stale ones.
+const ATTEMPTS_TRACKED: usize = 100_000;
+
+/// The network an address counts for: itself for IPv4, its /64 for IPv6 (one subscriber line or
+/// host gets a whole /64, so per-address counting would give an attacker 2^64 budgets).
+fn network_of(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(v4) => IpAddr::V4(v4),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let s = v6.segments();
+                IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+            }
+        },
+    }
 }
 
 /// The provider's routes, to be merged into the server's router. The server must be run with
@@ -37,7 +62,7 @@ pub fn router(provider: Provider, templates: Templates) -> Router {
     let web = Web {
         provider,
         templates: Arc::new(templates),
-        attempts: Arc::new(Mutex::new(HashMap::new())),
+        attempts: Arc::new(Mutex::new(Attempts::default())),
     };
     Router::new()
         .route("/.well-known/openid-configuration", get(discovery))
@@ -147,16 +172,28 @@ impl Web {
         self.page(status, "error.html", json!({ "message": message }))
     }
 
-    /// Counts a sign-in attempt from `ip`; false when the address is over its budget.
+    /// Counts a sign-in attempt from `ip`; false when its network is over its budget.
     fn address_allowed(&self, ip: IpAddr) -> bool {
         let Ok(mut attempts) = self.attempts.lock() else {
             return false;
         };
         let now = Instant::now();
-        if attempts.len() > 100_000 {
-            attempts.retain(|_, (start, _)| now.duration_since(*start) < Duration::from_secs(60));
+        // Forget stale networks when the map is large, at most once a second: a sweep is a
+        // walk over the whole map, and must not happen on every attempt.
+        if attempts.by_network.len() > ATTEMPTS_TRACKED
+            && attempts
+                .last_sweep
+                .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1))
+        {
+            attempts
+                .by_network
+                .retain(|_, (start, _)| now.duration_since(*start) < Duration::from_secs(60));
+            attempts.last_sweep = Some(now);
         }
-        let entry = attempts.entry(ip).or_insert((now, 0));
+        let entry = attempts
+            .by_network
+            .entry(network_of(ip))
+            .or_insert((now, 0));
         if now.duration_since(entry.0) >= Duration::from_secs(60) {
             *entry = (now, 0);
         }
@@ -750,4 +787,18 @@ async fn logout(State(web): State<Web>, uri: Uri, headers: HeaderMap) -> Respons
         web.set_cookie(web.session_cookie_name(), "", Some(0), "Lax"),
     );
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::network_of;
+
+    #[test]
+    fn ipv6_addresses_count_per_64_and_mapped_ipv4_as_ipv4() {
+        let net = |s: &str| network_of(s.parse().expect("ip"));
+        assert_eq!(net("2001:db8:1:2:aaaa::1"), net("2001:db8:1:2:ffff::9"));
+        assert_ne!(net("2001:db8:1:2::1"), net("2001:db8:1:3::1"));
+        assert_eq!(net("::ffff:192.0.2.7"), net("192.0.2.7"));
+        assert_ne!(net("192.0.2.7"), net("192.0.2.8"));
+    }
 }
