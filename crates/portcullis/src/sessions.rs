@@ -23,6 +23,8 @@ pub const BFF_CLIENT: &str = "portcullis-browser";
 const MAX_FLOWS: usize = 5;
 /// How long a sign-in may take, seconds.
 const FLOW_TTL: i64 = 600;
+/// What a refresh cookie's sealed value is bound to (the sealing key also seals sign-in flows).
+const REFRESH_COOKIE_CONTEXT: &str = "refresh cookie";
 
 #[derive(Clone)]
 pub struct Sessions {
@@ -137,54 +139,85 @@ impl Sessions {
     }
 }
 
+impl Sessions {
+    /// The refresh-cookie value for a refresh token: sealed (AES-256-GCM under a key derived from
+    /// the instance secret), so a cookie we did not set is refused here — before a database read
+    /// or a call to the provider — and the token itself never sits in the browser in the clear.
+    fn seal_refresh(&self, refresh_token: &str) -> Option<String> {
+        self.inner
+            .sealer
+            .seal(REFRESH_COOKIE_CONTEXT, refresh_token.as_bytes())
+            .ok()
+    }
+
+    /// The refresh token in a refresh cookie we set; `None` for anything else.
+    fn open_refresh(&self, cookie: &str) -> Option<String> {
+        let opened = self.inner.sealer.open(REFRESH_COOKIE_CONTEXT, cookie).ok();
+        let token = opened.and_then(|t| String::from_utf8(t.expose().clone()).ok());
+        if token.is_none() {
+            tracing::info!("refresh cookie refused: not one this instance set");
+        }
+        token
+    }
+
+    /// Refreshes the session behind a refresh cookie; the answer carries the new cookie value.
+    async fn refresh_cookie(&self, cookie: &str) -> Option<Refreshed> {
+        let refresh_token = self.open_refresh(cookie)?;
+        let mut refreshed = self.refresh_token(refresh_token).await?;
+        refreshed.refresh = self.seal_refresh(&refreshed.refresh)?;
+        Some(refreshed)
+    }
+
+    /// Runs the refresh grant at the session's provider.
+    async fn refresh_token(&self, refresh_token: String) -> Option<Refreshed> {
+        if let Some(x) = &self.inner.external {
+            let body = x
+                .post(
+                    &x.token_endpoint,
+                    &[
+                        ("grant_type", "refresh_token"),
+                        ("refresh_token", &refresh_token),
+                    ],
+                )
+                .await
+                .map_err(|e| tracing::info!(error = %e, "browser session could not be refreshed"))
+                .ok()?;
+            // Providers that do not rotate refresh tokens (Cognito) return none: keep ours.
+            let refresh = body["refresh_token"]
+                .as_str()
+                .map(str::to_owned)
+                .unwrap_or(refresh_token);
+            return Some(Refreshed {
+                access: body["access_token"].as_str()?.to_owned(),
+                refresh,
+                max_age: EXTERNAL_COOKIE_AGE,
+            });
+        }
+        let client = self.client().await?;
+        let params = BTreeMap::from([
+            ("grant_type".to_owned(), "refresh_token".to_owned()),
+            ("refresh_token".to_owned(), refresh_token),
+        ]);
+        match self.inner.provider.token(&client, &params).await {
+            Ok(t) => Some(Refreshed {
+                access: t.access_token,
+                refresh: t.refresh_token?,
+                max_age: client.refresh_ttl,
+            }),
+            Err(e) => {
+                tracing::info!(error = e.code(), "browser session could not be refreshed");
+                None
+            }
+        }
+    }
+}
+
 impl Refresher for Sessions {
     fn refresh(
         &self,
-        refresh_token: String,
+        refresh_cookie: String,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Option<Refreshed>> + Send + '_>> {
-        Box::pin(async move {
-            if let Some(x) = &self.inner.external {
-                let body = x
-                    .post(
-                        &x.token_endpoint,
-                        &[
-                            ("grant_type", "refresh_token"),
-                            ("refresh_token", &refresh_token),
-                        ],
-                    )
-                    .await
-                    .map_err(
-                        |e| tracing::info!(error = %e, "browser session could not be refreshed"),
-                    )
-                    .ok()?;
-                // Providers that do not rotate refresh tokens (Cognito) return none: keep ours.
-                let refresh = body["refresh_token"]
-                    .as_str()
-                    .map(str::to_owned)
-                    .unwrap_or(refresh_token);
-                return Some(Refreshed {
-                    access: body["access_token"].as_str()?.to_owned(),
-                    refresh,
-                    max_age: EXTERNAL_COOKIE_AGE,
-                });
-            }
-            let client = self.client().await?;
-            let params = BTreeMap::from([
-                ("grant_type".to_owned(), "refresh_token".to_owned()),
-                ("refresh_token".to_owned(), refresh_token),
-            ]);
-            match self.inner.provider.token(&client, &params).await {
-                Ok(t) => Some(Refreshed {
-                    access: t.access_token,
-                    refresh: t.refresh_token?,
-                    max_age: client.refresh_ttl,
-                }),
-                Err(e) => {
-                    tracing::info!(error = e.code(), "browser session could not be refreshed");
-                    None
-                }
-            }
-        })
+        Box::pin(async move { self.refresh_cookie(&refresh_cookie).await })
     }
 }
 
@@ -451,6 +484,12 @@ async fn callback(State(s): State<Sessions>, uri: Uri, headers: HeaderMap) -> Re
             _ => return mismatch(),
         }
     };
+    let Some(refresh) = s.seal_refresh(&refresh) else {
+        return problem(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "The session could not be started. Try signing in again.",
+        );
+    };
     let mut r = found(&flow.return_to);
     let h = r.headers_mut();
     h.append(header::SET_COOKIE, clear_flow);
@@ -490,15 +529,20 @@ async fn logout(State(s): State<Sessions>, headers: HeaderMap) -> Response {
     let home: String =
         url::form_urlencoded::byte_serialize(format!("{}/", s.inner.origin).as_bytes()).collect();
     let end_idp = if let Some(x) = &s.inner.external {
-        if let (Some(endpoint), Some((_, refresh))) = (
-            &x.revocation_endpoint,
-            jar.iter().find(|(k, _)| *k == s.inner.refresh_cookie),
-        ) && let Err(e) = x
-            .post(
-                endpoint,
-                &[("token", refresh), ("token_type_hint", "refresh_token")],
-            )
-            .await
+        let refresh = jar
+            .iter()
+            .find(|(k, _)| *k == s.inner.refresh_cookie)
+            .and_then(|(_, v)| s.open_refresh(v));
+        if let (Some(endpoint), Some(refresh)) = (&x.revocation_endpoint, refresh)
+            && let Err(e) = x
+                .post(
+                    endpoint,
+                    &[
+                        ("token", refresh.as_str()),
+                        ("token_type_hint", "refresh_token"),
+                    ],
+                )
+                .await
         {
             tracing::warn!(error = %e, "sign-out could not revoke the refresh token at the provider");
         }
@@ -515,8 +559,15 @@ async fn logout(State(s): State<Sessions>, headers: HeaderMap) -> Response {
             // Revoking the refresh token ends the whole session: its access tokens are rejected
             // by the gateway within a second, on every node.
             for (name, value) in &jar {
-                if (*name == s.inner.refresh_cookie || *name == s.inner.access_cookie)
-                    && let Err(e) = s.inner.provider.revoke(&client, value).await
+                let token = if *name == s.inner.refresh_cookie {
+                    s.open_refresh(value)
+                } else if *name == s.inner.access_cookie {
+                    Some((*value).to_owned())
+                } else {
+                    None
+                };
+                if let Some(token) = token
+                    && let Err(e) = s.inner.provider.revoke(&client, &token).await
                 {
                     tracing::warn!(error = e.code(), "sign-out could not revoke a token");
                 }
@@ -579,7 +630,7 @@ async fn me(State(s): State<Sessions>, headers: HeaderMap) -> Response {
     };
     if who.is_none()
         && let Some((_, refresh)) = jar.iter().find(|(k, _)| *k == s.inner.refresh_cookie)
-        && let Some(new) = s.refresh((*refresh).to_owned()).await
+        && let Some(new) = s.refresh_cookie(refresh).await
     {
         who = whoami(&s, &new.access).await;
         set.push(s.cookie(&s.inner.access_cookie, &new.access, new.max_age));

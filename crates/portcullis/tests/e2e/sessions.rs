@@ -488,3 +488,44 @@ statements = [{{ effect = "allow", methods = ["GET"], paths = ["/api/orders/**"]
         "the refresh token was revoked at the provider"
     );
 }
+
+/// The refresh cookie is sealed by this instance: the browser never holds the refresh token in
+/// the clear, and a cookie it did not set — made up or altered — is refused before any
+/// database read or call to the provider.
+#[tokio::test]
+async fn refresh_cookies_are_sealed_and_forged_ones_refused() {
+    let (mut idp, upstream) = env().await;
+    browser_sign_in(&mut idp, "ada", "/").await;
+    let sealed = idp.cookies["__Host-portcullis-refresh"].clone();
+    assert!(sealed.starts_with("v1."), "sealed: {sealed}");
+    let before = upstream.count();
+    let mut altered = sealed.clone().into_bytes();
+    let last = altered.len() - 2;
+    altered[last] = if altered[last] == b'A' { b'B' } else { b'A' };
+    let altered = String::from_utf8(altered).expect("ascii");
+    for forged in [
+        altered.as_str(),
+        "v1.x.y.z",
+        "a-refresh-token-we-never-issued",
+    ] {
+        let resp = idp
+            .http
+            .get(idp.url("/api/orders/1"))
+            .header("cookie", format!("__Host-portcullis-refresh={forged}"))
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(resp.status(), StatusCode::UNAUTHORIZED, "{forged}");
+        assert!(resp.headers().get("set-cookie").is_none(), "{forged}");
+    }
+    assert_eq!(upstream.count(), before, "nothing reached the upstream");
+    // The cookie we set still works.
+    let resp = idp
+        .http
+        .get(idp.url("/api/orders/1"))
+        .header("cookie", format!("__Host-portcullis-refresh={sealed}"))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(resp.status(), StatusCode::OK);
+}
