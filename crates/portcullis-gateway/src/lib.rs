@@ -82,6 +82,11 @@ fn json_response(status: StatusCode, body: serde_json::Value) -> Response<Body> 
     r
 }
 
+/// A JSON error answer: `{"error": code}`.
+fn error(status: StatusCode, code: &'static str) -> Response<Body> {
+    json_response(status, json!({ "error": code }))
+}
+
 fn redirect(location: &str) -> Response<Body> {
     let mut r = Response::new(Body::empty());
     *r.status_mut() = StatusCode::FOUND;
@@ -440,7 +445,7 @@ impl Gateway {
         let segments = portcullis_policy::path_segments(&canonical.lower);
         let Some(route) = self.routes.find_segments(req.method().as_str(), &segments) else {
             outcome.decision = "no_route";
-            return json_response(StatusCode::NOT_FOUND, json!({ "error": "not_found" }));
+            return error(StatusCode::NOT_FOUND, "not_found");
         };
         outcome.route = Some(route.label.clone());
         outcome.decision = "public";
@@ -488,7 +493,7 @@ impl Gateway {
                 tracing::info!(path = %canonical.decoded, sub = %id.sub, decision = %decision, "request denied");
                 return match route.kind {
                     RouteKind::Page => redirect(&self.settings.forbidden_url),
-                    _ => json_response(StatusCode::FORBIDDEN, json!({ "error": "forbidden" })),
+                    _ => error(StatusCode::FORBIDDEN, "forbidden"),
                 };
             }
             if from_cookie && !is_safe(req.method()) && !self.same_origin(&req) {
@@ -514,10 +519,7 @@ impl Gateway {
                     (Some(aud), Some(id)) => match self.assertion(id, aud) {
                         Some(a) => Some(a),
                         None => {
-                            return json_response(
-                                StatusCode::INTERNAL_SERVER_ERROR,
-                                json!({ "error": "internal_error" }),
-                            );
+                            return error(StatusCode::INTERNAL_SERVER_ERROR, "internal_error");
                         }
                     },
                     _ => None,
@@ -571,8 +573,7 @@ impl Gateway {
                 } else {
                     "Bearer realm=\"portcullis\", error=\"invalid_token\""
                 };
-                let mut r =
-                    json_response(StatusCode::UNAUTHORIZED, json!({ "error": "unauthorized" }));
+                let mut r = error(StatusCode::UNAUTHORIZED, "unauthorized");
                 r.headers_mut().insert(
                     header::WWW_AUTHENTICATE,
                     HeaderValue::from_static(challenge),
@@ -638,10 +639,7 @@ impl Gateway {
             .and_then(|v| v.parse::<usize>().ok())
             .is_some_and(|n| n > self.settings.max_body)
         {
-            return json_response(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                json!({ "error": "payload_too_large" }),
-            );
+            return error(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large");
         }
         let max = self.settings.max_body;
         // An upgrade (WebSocket and the like) on an authorized route: the Upgrade and Connection
@@ -688,7 +686,7 @@ impl Gateway {
             }
             Err(e) => {
                 tracing::warn!(error = %e, "request cannot be forwarded");
-                return json_response(StatusCode::UNAUTHORIZED, json!({ "error": "unauthorized" }));
+                return error(StatusCode::UNAUTHORIZED, "unauthorized");
             }
         };
         let sent = std::time::Instant::now();
@@ -735,14 +733,11 @@ impl Gateway {
                     upstream = base,
                     "request refused: body over gateway.max_body"
                 );
-                closing(json_response(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    json!({ "error": "payload_too_large" }),
-                ))
+                closing(error(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"))
             }
             Ok(Err(e)) => {
                 tracing::warn!(upstream = base, error = %e, "upstream failed");
-                json_response(StatusCode::BAD_GATEWAY, json!({ "error": "bad_gateway" }))
+                error(StatusCode::BAD_GATEWAY, "bad_gateway")
             }
             Err(_)
                 if body_read
@@ -752,17 +747,11 @@ impl Gateway {
                     upstream = base,
                     "request refused: the client did not send its body in time"
                 );
-                closing(json_response(
-                    StatusCode::REQUEST_TIMEOUT,
-                    json!({ "error": "request_timeout" }),
-                ))
+                closing(error(StatusCode::REQUEST_TIMEOUT, "request_timeout"))
             }
             Err(_) => {
                 tracing::warn!(upstream = base, "upstream timed out");
-                json_response(
-                    StatusCode::GATEWAY_TIMEOUT,
-                    json!({ "error": "gateway_timeout" }),
-                )
+                error(StatusCode::GATEWAY_TIMEOUT, "gateway_timeout")
             }
         }
     }
@@ -872,10 +861,7 @@ async fn serve_static(
         Ok(r) => r,
         Err(e) => {
             tracing::error!(error = %e, "static file error");
-            json_response(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                json!({ "error": "internal_error" }),
-            )
+            error(StatusCode::INTERNAL_SERVER_ERROR, "internal_error")
         }
     }
 }
