@@ -37,6 +37,7 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 
 up_port=$(free_port)
 "$target/release/examples/upstream" "127.0.0.1:$up_port" & pids+=($!)
+up_pid=$!
 
 cat > "$tmp/p.toml" <<TOML
 data_dir = "$tmp/data"
@@ -59,6 +60,7 @@ P resource-server add bench --scope admin >/dev/null
 secret=$(P --json client add Bench --id bench --confidential --scope bench/admin | python3 -c 'import json,sys; print(json.load(sys.stdin)["client_secret"])')
 pc_port=$(free_port)
 "$BIN" --config "$tmp/p.toml" --log-level warn serve --listen "127.0.0.1:$pc_port" > "$tmp/serve.out" 2>&1 & pids+=($!)
+pc_pid=$!
 base="http://localhost:$pc_port"
 for _ in $(seq 50); do curl -fs "$base/readyz" >/dev/null && break; sleep 0.1; done
 token=$(curl -fs -u "bench:$secret" -d grant_type=client_credentials -d scope=bench/admin "$base/oauth2/token" | python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])')
@@ -67,7 +69,7 @@ token=$(curl -fs -u "bench:$secret" -d grant_type=client_credentials -d scope=be
 HYPER_FLOOR="hyper floor: bare hyper proxy, no logic (examples/minproxy)"
 NGINX_PLAIN="nginx plain proxy (defaults, 1 worker)"
 NGINX_KEEPALIVE="nginx proxy + upstream keep-alive (1 worker)"
-targets=("direct|http://127.0.0.1:$up_port/api/admin/x|")
+targets=("direct|http://127.0.0.1:$up_port/api/admin/x||$up_pid")
 if command -v nginx >/dev/null; then
     # Two nginx configurations, one worker each:
     #   plain      `proxy_pass` and nothing else, nginx's defaults (HTTP/1.0 to the upstream, a new
@@ -96,9 +98,11 @@ http {
 }
 NGINX
     nginx -c "$tmp/nginx/nginx.conf" -p "$tmp/nginx" -g 'daemon off;' & pids+=($!)
+    ng_master=$!
     sleep 0.5
-    targets+=("$NGINX_PLAIN|http://127.0.0.1:$ng_port/api/admin/x|")
-    targets+=("$NGINX_KEEPALIVE|http://127.0.0.1:$nk_port/api/admin/x|")
+    ng_pid=$(pgrep -P "$ng_master" | head -1)  # the one worker does the proxying
+    targets+=("$NGINX_PLAIN|http://127.0.0.1:$ng_port/api/admin/x||$ng_pid")
+    targets+=("$NGINX_KEEPALIVE|http://127.0.0.1:$nk_port/api/admin/x||$ng_pid")
 fi
 if command -v haproxy >/dev/null; then
     # The access-token key from the JWKS, as a PEM public key: SPKI prefix for P-256 + 04||X||Y.
@@ -131,30 +135,39 @@ backend up
     server s1 127.0.0.1:$up_port
 HAPROXY
     haproxy -f "$tmp/haproxy.cfg" -db > "$tmp/haproxy.log" 2>&1 & pids+=($!)
+    hp_pid=$!
     sleep 0.5
     if [[ $(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $token" "http://127.0.0.1:$hp_port/api/admin/x") == 200 ]]; then
-        targets+=("haproxy jwt_verify ES256 (1 thread)|http://127.0.0.1:$hp_port/api/admin/x|bearer")
+        targets+=("haproxy jwt_verify ES256 (1 thread)|http://127.0.0.1:$hp_port/api/admin/x|bearer|$hp_pid")
     else
         echo "haproxy: setup check failed; see $tmp/haproxy.log" >&2
     fi
 fi
 mp_port=$(free_port)
 "$target/release/examples/minproxy" "127.0.0.1:$mp_port" "http://127.0.0.1:$up_port" & pids+=($!)
-targets+=("$HYPER_FLOOR|http://127.0.0.1:$mp_port/api/admin/x|")
-targets+=("portcullis public route (no auth)|http://127.0.0.1:$pc_port/public/x|")
-targets+=("portcullis Bearer ES256 + policy|http://127.0.0.1:$pc_port/api/admin/x|bearer")
-targets+=("portcullis cookie ES256 + policy|http://127.0.0.1:$pc_port/api/admin/x|cookie")
+mp_pid=$!
+targets+=("$HYPER_FLOOR|http://127.0.0.1:$mp_port/api/admin/x||$mp_pid")
+targets+=("portcullis public route (no auth)|http://127.0.0.1:$pc_port/public/x||$pc_pid")
+targets+=("portcullis Bearer ES256 + policy|http://127.0.0.1:$pc_port/api/admin/x|bearer|$pc_pid")
+targets+=("portcullis cookie ES256 + policy|http://127.0.0.1:$pc_port/api/admin/x|cookie|$pc_pid")
 
 echo "gateway benchmark, $(date -u +%Y-%m-%d), $(nproc) cores, wrk -t1 -c$CONNS -d$DURATION, GET /api/admin/x, median of $ROUNDS interleaved rounds"
 echo
-declare -A rates p50s p99s bads
+declare -A rates p50s p99s bads cpus
+# CPU time (user + system, in clock ticks of 10 ms) of the process doing the proxying: per
+# request it depends far less on what else the machine runs than req/s does.
+cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
 for round in $(seq "$ROUNDS"); do
     for t in "${targets[@]}"; do
-        IFS='|' read -r name url auth <<<"$t"
+        IFS='|' read -r name url auth pid <<<"$t"
         hdr=()
         [[ "$auth" == bearer ]] && hdr=(-H "Authorization: Bearer $token")
         [[ "$auth" == cookie ]] && hdr=(-H "Cookie: __Host-portcullis-access=$token")
+        before=$(cpu_ticks "$pid")
         wrk -t1 -c"$CONNS" -d"$DURATION" --latency "${hdr[@]}" "$url" > "$tmp/wrk.out"
+        after=$(cpu_ticks "$pid")
+        requests=$(grep -oP '^\s*\K[0-9]+(?= requests in)' "$tmp/wrk.out")
+        cpus[$name]+="$(awk -v t=$((after - before)) -v n="$requests" 'BEGIN { printf "%.1f", t * 10000 / n }') "
         rates[$name]+="$(grep -oP 'Requests/sec:\s+\K[0-9.]+' "$tmp/wrk.out") "
         p50s[$name]+="$(grep -oP '^\s+50%\s+\K\S+' "$tmp/wrk.out") "
         p99s[$name]+="$(grep -oP '^\s+99%\s+\K\S+' "$tmp/wrk.out") "
@@ -162,14 +175,15 @@ for round in $(seq "$ROUNDS"); do
     done
 done
 median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }'; }
-echo "| target | req/s (median) | all rounds | p99 (median) | non-2xx |"
-echo "|---|---:|---|---:|---:|"
+echo "| target | req/s (median) | all rounds | p99 (median) | proxy CPU µs/request (median) | non-2xx |"
+echo "|---|---:|---|---:|---:|---:|"
 declare -A rate
 for t in "${targets[@]}"; do
-    IFS='|' read -r name _ _ <<<"$t"
+    IFS='|' read -r name _ _ _ <<<"$t"
     rate[$name]=$(echo "${rates[$name]}" | median)
     p99=$(echo "${p99s[$name]}" | sed 's/ms/e-3/g; s/us/e-6/g' | median)
-    printf '| %s | %.0f | %s | %.2fms | %s |\n' "$name" "${rate[$name]}" "$(echo ${rates[$name]} | tr ' ' '/')" "$(awk -v x="$p99" 'BEGIN { print x * 1000 }')" "${bads[$name]}"
+    cpu=$(echo "${cpus[$name]}" | median)
+    printf '| %s | %.0f | %s | %.2fms | %s | %s |\n' "$name" "${rate[$name]}" "$(echo ${rates[$name]} | tr ' ' '/')" "$(awk -v x="$p99" 'BEGIN { print x * 1000 }')" "$cpu" "${bads[$name]}"
 done
 echo
 ratio() { awk -v a="${rate[$1]}" -v b="${rate[$2]}" 'BEGIN { printf "%.2f", a / b }'; }
