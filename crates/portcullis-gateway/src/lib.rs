@@ -685,8 +685,9 @@ impl Gateway {
                 r
             }
             Err(e) => {
-                tracing::warn!(error = %e, "request cannot be forwarded");
-                return error(StatusCode::UNAUTHORIZED, "unauthorized");
+                // The canonical path always makes a valid URI; this is a bug, not the caller's.
+                tracing::error!(error = %e, "request cannot be forwarded");
+                return error(StatusCode::INTERNAL_SERVER_ERROR, "internal_error");
             }
         };
         let sent = std::time::Instant::now();
