@@ -35,6 +35,12 @@ impl TrustedProxies {
         self.0.is_empty()
     }
 
+    /// Whether a range covers every address of a family (`0.0.0.0/0`, `::/0`): then any client
+    /// can name the address it is counted as.
+    pub fn trusts_everyone(&self) -> bool {
+        self.0.iter().any(|n| n.prefix_len() == 0)
+    }
+
     fn trusts(&self, ip: IpAddr) -> bool {
         let ip = canonical_ip(ip);
         self.0.iter().any(|n| n.contains(&ip))
@@ -162,5 +168,15 @@ mod tests {
         assert!(e.contains("10.0.0.300"), "{e}");
         assert!(TrustedProxies::parse("").expect("empty").is_empty());
         assert!(TrustedProxies::parse("10.0.0.0/33").is_err());
+        assert!(
+            TrustedProxies::parse("10.0.0.0/8, 0.0.0.0/0")
+                .expect("parse")
+                .trusts_everyone()
+        );
+        assert!(
+            !TrustedProxies::parse("10.0.0.0/8")
+                .expect("parse")
+                .trusts_everyone()
+        );
     }
 }

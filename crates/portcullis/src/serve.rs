@@ -110,6 +110,11 @@ pub async fn run_config(
         shutdown_grace: app.config.shutdown_grace,
     };
     let trusted = Arc::new(app.config.trusted_proxies.clone());
+    if trusted.trusts_everyone() {
+        tracing::warn!(
+            "server.trusted_proxies covers every address: any client can choose the address it is counted as (sign-in throttling, X-Forwarded-For). List only your load balancers"
+        );
+    }
     // Our own endpoints get one deadline per request, body included; gateway routes have the
     // upstream timeouts.
     let timeout = tower_http::timeout::TimeoutLayer::with_status_code(
