@@ -60,6 +60,10 @@ pub struct Gateway {
     refresher: std::sync::OnceLock<Arc<dyn Refresher>>,
     /// One refresh per refresh token at a time: parallel requests of a burst share its result.
     flights: moka::sync::Cache<String, Arc<tokio::sync::OnceCell<Option<Refreshed>>>>,
+    /// `X-Forwarded-Proto`, from the public origin (fixed at start).
+    forwarded_proto: &'static str,
+    /// The route label of requests no route matched.
+    no_route: Arc<str>,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -169,7 +173,14 @@ impl Gateway {
             clock.clone(),
         );
         let client = proxy::client(settings.connect_timeout);
+        let forwarded_proto = if settings.public_origin.starts_with("https://") {
+            "https"
+        } else {
+            "http"
+        };
         Ok(Gateway {
+            forwarded_proto,
+            no_route: Arc::from("-"),
             settings,
             routes,
             auth,
@@ -357,7 +368,10 @@ impl Gateway {
             response.headers_mut().append(header::SET_COOKIE, c);
         }
         let status = response.status().as_u16();
-        let route: Arc<str> = outcome.route.take().unwrap_or_else(|| Arc::from("-"));
+        let route: Arc<str> = outcome
+            .route
+            .take()
+            .unwrap_or_else(|| self.no_route.clone());
         metrics::counter!("portcullis_gateway_requests_total", "route" => route.clone(), "status" => status_label(status), "decision" => outcome.decision).increment(1);
         metrics::histogram!("portcullis_gateway_request_duration_seconds", "decision" => outcome.decision).record(started.elapsed().as_secs_f64());
         if self.settings.access_log {
@@ -526,11 +540,7 @@ impl Gateway {
                 };
                 let fwd = proxy::Forwarding {
                     client_ip: peer.ip(),
-                    proto: if self.settings.public_origin.starts_with("https://") {
-                        "https"
-                    } else {
-                        "http"
-                    },
+                    proto: self.forwarded_proto,
                     host: req.headers().get(header::HOST).cloned(),
                     preserve_host: *preserve_host,
                     identity: identity.as_deref(),

@@ -126,7 +126,8 @@ pub struct Upstream<'a> {
 #[derive(Debug)]
 pub struct Forwarding<'a> {
     pub client_ip: IpAddr,
-    pub proto: &'a str,
+    /// `http` or `https`.
+    pub proto: &'static str,
     pub host: Option<HeaderValue>,
     /// Keep the caller's `Host`; otherwise the pooled upstream client sets the upstream's own.
     pub preserve_host: bool,
@@ -172,11 +173,7 @@ pub fn upstream_request(
     headers.insert(HeaderName::from_static("x-forwarded-for"), ip);
     headers.insert(
         HeaderName::from_static("x-forwarded-proto"),
-        HeaderValue::from_static(if fwd.proto == "https" {
-            "https"
-        } else {
-            "http"
-        }),
+        HeaderValue::from_static(fwd.proto),
     );
     if let Some(host) = &fwd.host {
         headers.insert(HeaderName::from_static("x-forwarded-host"), host.clone());

@@ -228,10 +228,11 @@ pub fn export(docs: &[PolicyDocument]) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    const SEED: &str = r#"
+    /// Users may use the API but not its admin part; admins may do anything.
+    pub(crate) const SEED: &str = r#"
 [[policy]]
 principal = "group:user"
 statements = [

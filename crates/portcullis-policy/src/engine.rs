@@ -167,20 +167,7 @@ mod tests {
     use crate::document::parse_file;
 
     fn seed() -> PolicySet {
-        let docs = parse_file(
-            r#"
-[[policy]]
-principal = "group:user"
-statements = [
-  { effect = "allow", methods = ["GET", "POST"], paths = ["/api/**"] },
-  { effect = "deny",  paths = ["/api/admin/**", "/admin/**"] },
-]
-[[policy]]
-principal = "group:admin"
-statements = [{ effect = "allow", methods = ["*"], paths = ["/**"] }]
-"#,
-        )
-        .expect("valid");
+        let docs = parse_file(crate::document::tests::SEED).expect("valid");
         PolicySet::new(docs, 7)
     }
 

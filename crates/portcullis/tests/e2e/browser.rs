@@ -140,27 +140,7 @@ statements = [{{ effect = "allow", methods = ["*"], paths = ["/**"] }}]
         up = upstream.base
     );
     let i = Instance::with_config(&format!("{config}{extra}"));
-    i.run(&["group", "add", "user"]).ok();
-    i.run(&["group", "add", "admin"]).ok();
-    i.run_with_stdin(
-        &["user", "add", "ada", "--group", "user", "--password-stdin"],
-        PASSWORD,
-    )
-    .ok();
-    i.run_with_stdin(
-        &[
-            "user",
-            "add",
-            "root",
-            "--group",
-            "user",
-            "--group",
-            "admin",
-            "--password-stdin",
-        ],
-        PASSWORD,
-    )
-    .ok();
+    crate::oidc::add_users(&i);
     let server = i.serve();
     // Browsers treat localhost as a secure context, so the __Host- cookies work over http here.
     let base = server.base.replace("127.0.0.1", "localhost");

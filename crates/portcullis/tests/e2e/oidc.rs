@@ -25,8 +25,8 @@ pub(crate) struct Idp {
     pub(crate) cookies: HashMap<String, String>,
 }
 
-pub(crate) fn setup(extra_config: &str) -> Idp {
-    let i = Instance::with_config(extra_config);
+/// Groups `user` and `admin`; `ada` (a customer, with an email) and `root` (in both groups).
+pub(crate) fn add_users(i: &Instance) {
     i.run(&["group", "add", "user"]).ok();
     i.run(&["group", "add", "admin"]).ok();
     i.run_with_stdin(
@@ -57,6 +57,11 @@ pub(crate) fn setup(extra_config: &str) -> Idp {
         PASSWORD,
     )
     .ok();
+}
+
+pub(crate) fn setup(extra_config: &str) -> Idp {
+    let i = Instance::with_config(extra_config);
+    add_users(&i);
     i.run(&[
         "resource-server",
         "add",
