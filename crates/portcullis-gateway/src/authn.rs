@@ -27,8 +27,10 @@ pub struct Identity {
     pub sid: Option<String>,
     pub jti: Option<String>,
     pub exp: i64,
-    /// When the cached verification stops counting (`exp` plus the issuer's leeway).
+    /// The cached verification counts while now is before this (`exp` plus the issuer's leeway).
     pub valid_until: i64,
+    /// Group principals compare exactly (an external issuer with case-sensitive group names).
+    pub exact_groups: bool,
     /// The principals policies may name, computed once when the token is verified.
     pub principals: Vec<Principal>,
     /// The identity headers for the upstream, built once when the token is verified.
@@ -63,7 +65,13 @@ impl Identity {
         let mut p: Vec<Principal> = self
             .groups
             .iter()
-            .map(|g| Principal::Group(g.to_ascii_lowercase()))
+            .map(|g| {
+                if self.exact_groups {
+                    Principal::ExactGroup(g.clone())
+                } else {
+                    Principal::Group(g.to_ascii_lowercase())
+                }
+            })
             .collect();
         p.extend(self.scopes.iter().map(|s| Principal::Scope(s.clone())));
         if let Some(c) = &self.client_id {
@@ -156,6 +164,8 @@ pub struct Authenticator {
     pub(crate) external: std::collections::HashMap<String, Arc<crate::issuers::ExternalIssuer>>,
     groups_claim: String,
     access_cookie: String,
+    /// `gateway.token_leeway`, seconds.
+    own_leeway: i64,
     pub(crate) keys: Arc<dyn KeySource>,
     /// Keyed by the token. foldhash with a per-process random seed: a token is hashed on every
     /// request, and SipHash over ~300 bytes was most of the lookup; only verified tokens are
@@ -176,17 +186,20 @@ impl std::fmt::Debug for Authenticator {
     }
 }
 
-/// Leeway for `exp`/`nbf`/`iat`, seconds.
-const LEEWAY: i64 = 30;
-/// Leeway for our own tokens: signed and checked by nodes of one deployment, whose clocks agree
+/// Clock skew allowed for `nbf`/`iat` of an external issuer's tokens, seconds (or its `leeway`
+/// if larger). Skew only ever lets a token count slightly *before* its issuer says; `exp` has
+/// its own, strict by default, leeway.
+const SKEW: i64 = 60;
+/// The same for our own tokens: signed and checked by nodes of one deployment, whose clocks agree
 /// far better than an external issuer's and ours.
-const OWN_LEEWAY: i64 = 5;
+const OWN_SKEW: i64 = 5;
 
 impl Authenticator {
     pub fn new(
         issuer: String,
         groups_claim: String,
         access_cookie: String,
+        own_leeway: i64,
         keys: Arc<dyn KeySource>,
         external: Vec<crate::issuers::ExternalIssuer>,
         clock: Clock,
@@ -199,6 +212,7 @@ impl Authenticator {
                 .collect(),
             groups_claim,
             access_cookie,
+            own_leeway,
             keys,
             cache: moka::sync::Cache::builder()
                 .max_capacity(100_000)
@@ -255,7 +269,7 @@ impl Authenticator {
     pub async fn authenticate(&self, token: &str) -> Result<Arc<Identity>, AuthError> {
         let now = self.clock.now();
         let identity = match self.cache.get(token) {
-            Some(id) if id.valid_until >= now => {
+            Some(id) if now < id.valid_until => {
                 self.cache_hits.increment(1);
                 id
             }
@@ -278,25 +292,29 @@ impl Authenticator {
         let iss =
             peek_issuer(token).ok_or(AuthError::Invalid(VerifyError::Malformed("payload")))?;
         let own = iss == self.issuer;
-        let (claims, groups_claim) = if own {
+        let (claims, groups_claim, exp_leeway, exact_groups) = if own {
             let keys = self.keys.keys();
             let expect = Expect {
                 issuer: &self.issuer,
                 audiences: &[],
                 token_use: Some(TokenUse::Access),
-                leeway: OWN_LEEWAY,
+                leeway: OWN_SKEW.max(self.own_leeway),
+                exp_leeway: self.own_leeway,
                 now,
             };
             (
                 jwt::verify(token, &keys, &expect).map_err(AuthError::Invalid)?,
                 self.groups_claim.as_str(),
+                self.own_leeway,
+                false,
             )
         } else if let Some(ext) = self.external.get(&iss) {
             let expect = Expect {
                 issuer: &ext.issuer,
                 audiences: &ext.audiences,
                 token_use: ext.token_use,
-                leeway: LEEWAY,
+                leeway: SKEW.max(ext.leeway),
+                exp_leeway: ext.leeway,
                 now,
             };
             let claims = match jwt::verify(token, &ext.keys(), &expect) {
@@ -307,7 +325,12 @@ impl Authenticator {
                 other => other,
             }
             .map_err(AuthError::Invalid)?;
-            (claims, ext.groups_claim.as_str())
+            (
+                claims,
+                ext.groups_claim.as_str(),
+                ext.leeway,
+                !ext.fold_group_case,
+            )
         } else {
             return Err(AuthError::Invalid(VerifyError::WrongIssuer));
         };
@@ -326,7 +349,8 @@ impl Authenticator {
             sid: claims.sid.clone(),
             jti: claims.jti.clone(),
             exp: claims.exp,
-            valid_until: claims.exp + if own { OWN_LEEWAY } else { LEEWAY },
+            valid_until: claims.exp.saturating_add(exp_leeway),
+            exact_groups,
             principals: Vec::new(),
             headers: Vec::new(),
         };

@@ -5,8 +5,10 @@
 //! normalized: percent-encoded `.` `/` `\` `;` `%` `?` `#`, NUL and control characters, `//`,
 //! `.` and `..` segments, `;` (path parameters), backslashes, segments ending in `.` or a space
 //! (Windows and some frameworks drop those), invalid percent-encoding or UTF-8, and any target that
-//! is not origin-form. What remains has exactly one meaning, so the backend routes the forwarded
-//! path to the same handler we authorized.
+//! is not origin-form, and any non-ASCII text that Unicode compatibility folding (NFKC) or a
+//! Windows "best-fit" code-page conversion would turn into other characters (fullwidth `／` `．`
+//! `ａｄｍｉｎ`, `∕`, `¥`…). What remains has exactly one meaning, so the backend routes the
+//! forwarded path to the same handler we authorized.
 
 use std::fmt::Write;
 
@@ -29,6 +31,10 @@ pub enum Rejection {
     BadSegmentEnd,
     #[error("the path is too long")]
     TooLong,
+    #[error(
+        "the path contains a character that Unicode compatibility folding changes (such as a fullwidth letter, solidus or full stop)"
+    )]
+    FoldableCharacter,
 }
 
 /// Longest path accepted, in bytes.
@@ -121,6 +127,9 @@ pub fn canonicalize(path: &str) -> Result<CanonicalPath, Rejection> {
             return Err(Rejection::BadSegmentEnd);
         }
     }
+    if !decoded.is_ascii() && foldable(&decoded) {
+        return Err(Rejection::FoldableCharacter);
+    }
     let lower = decoded.to_lowercase();
     let encoded = encode(&decoded);
     Ok(CanonicalPath {
@@ -128,6 +137,27 @@ pub fn canonicalize(path: &str) -> Result<CanonicalPath, Rejection> {
         lower,
         encoded,
     })
+}
+
+/// Characters a Windows best-fit conversion (or a lenient framework) maps onto path syntax although
+/// NFKC leaves them alone: division and fraction slashes, set minus, big solidi, yen and won signs
+/// (the backslash of Japanese and Korean code pages), the one-dot leader.
+const BEST_FIT: &[char] = &[
+    '\u{2215}', '\u{2044}', '\u{2216}', '\u{29F5}', '\u{29F8}', '\u{29F9}', '\u{00A5}', '\u{20A9}',
+    '\u{2024}', '\u{FE52}', '\u{3002}', '\u{FF61}',
+];
+
+/// Whether a backend that applies NFKC (Python's and Java's normalizers, IIS, some routers) or a
+/// best-fit conversion could read this text differently: fullwidth `ａｄｍｉｎ` would become `admin`
+/// past a policy that saw another word, `／` a separator, `．．` a dot segment.
+fn foldable(text: &str) -> bool {
+    use unicode_normalization::{IsNormalized, UnicodeNormalization, is_nfkc_quick};
+    text.chars().any(|c| BEST_FIT.contains(&c))
+        || match is_nfkc_quick(text.chars()) {
+            IsNormalized::Yes => false,
+            IsNormalized::No => true,
+            IsNormalized::Maybe => !text.nfkc().eq(text.chars()),
+        }
 }
 
 /// Percent-encodes a decoded path for forwarding: unreserved characters and the sub-delims a
@@ -216,6 +246,38 @@ mod tests {
     }
 
     #[test]
+    fn text_that_compatibility_folding_changes_is_400() {
+        for p in [
+            "/api\u{FF0F}admin/x",         // fullwidth solidus
+            "/api/%EF%BC%8Fadmin",         // the same, percent-encoded
+            "/api/\u{FF0E}\u{FF0E}/admin", // fullwidth full stops: a dot segment after NFKC
+            "/api/%EF%BC%8E%EF%BC%8E/admin",
+            "/api/\u{FF41}dmin/x",    // fullwidth letter: `admin` after NFKC
+            "/api/\u{FF3C}admin",     // fullwidth reverse solidus
+            "/api/a\u{2215}admin",    // division slash (best-fit `/`)
+            "/api/a\u{00A5}admin",    // yen sign (backslash in code page 932)
+            "/api/\u{FB01}le",        // the ligature `fi`
+            "/api/x\u{2024}\u{2024}", // one-dot leaders
+            "/api/\u{2460}",          // circled digit one
+        ] {
+            assert_eq!(
+                canonicalize(p),
+                Err(Rejection::FoldableCharacter),
+                "{}",
+                p.escape_unicode()
+            );
+        }
+        for p in [
+            "/caf%C3%A9",
+            "/docs/\u{65E5}\u{672C}\u{8A9E}",
+            "/\u{00FC}ber",
+            "/\u{0430}pi",
+        ] {
+            assert!(canonicalize(p).is_ok(), "{p}");
+        }
+    }
+
+    #[test]
     fn empty_segments_and_lenient_endings_are_400() {
         for p in [
             "//admin",
@@ -234,14 +296,19 @@ mod tests {
         }
     }
 
-    /// What a lenient backend does with a path: decode until stable, turn `\` into `/`, drop
-    /// `;params`, collapse `//`, resolve dot segments, trim trailing dots and spaces, fold case.
+    /// What a lenient backend does with a path: decode until stable, fold compatibility
+    /// characters (NFKC) and best-fit slashes, turn `\` into `/`, drop `;params`, collapse `//`,
+    /// resolve dot segments, trim trailing dots and spaces, fold case.
     fn lenient(path: &str) -> String {
+        use unicode_normalization::UnicodeNormalization;
         let mut p = path.to_owned();
         for _ in 0..3 {
             p = percent_decode_lossy(&p);
         }
-        let p = p.replace('\\', "/");
+        let p: String = p.nfkc().collect();
+        let p = p
+            .replace(['\u{2215}', '\u{2044}'], "/")
+            .replace(['\\', '\u{00A5}'], "/");
         let mut out: Vec<String> = Vec::new();
         for seg in p.split('/') {
             let seg = seg.split(';').next().unwrap_or("");
@@ -296,8 +363,40 @@ mod tests {
 
     fn path_strategy() -> impl Strategy<Value = String> {
         let atoms = prop::sample::select(vec![
-            "/", "api", "admin", "API", "Admin", ".", "..", "%2e", "%2E", "%2f", "%5c", "%25",
-            "%20", "%41", ";", "\\", "x", " ", "%00", "%C3%A9", "orders",
+            "/",
+            "api",
+            "admin",
+            "API",
+            "Admin",
+            ".",
+            "..",
+            "%2e",
+            "%2E",
+            "%2f",
+            "%5c",
+            "%25",
+            "%20",
+            "%41",
+            ";",
+            "\\",
+            "x",
+            " ",
+            "%00",
+            "%C3%A9",
+            "orders",
+            // Non-ASCII a folding backend turns into path syntax or ASCII letters.
+            "\u{FF0F}",
+            "%EF%BC%8F",
+            "\u{FF0E}",
+            "%EF%BC%8E",
+            "\u{FF41}dmin",
+            "\u{FF21}PI",
+            "\u{2215}",
+            "\u{00A5}",
+            "\u{FF3C}",
+            "\u{00E9}",
+            "e\u{0301}",
+            "\u{212A}",
         ]);
         prop::collection::vec(atoms, 1..8).prop_map(|v| format!("/{}", v.concat()))
     }

@@ -25,6 +25,55 @@ pub struct IssuerConfig {
     /// The `token_use` its tokens must have: `access` (default), `id`, or `any` for issuers
     /// that do not set the claim.
     pub token_use: Option<String>,
+    /// How long past `exp` its tokens still count (`"30s"`); default `"0s"`, strict.
+    pub leeway: Option<String>,
+    /// Compare its group names case-insensitively, as for this instance's own groups. Off by
+    /// default: providers such as Cognito treat `Admin` and `admin` as two groups.
+    #[serde(default)]
+    pub fold_group_case: bool,
+}
+
+/// The largest discovery document or JWKS read from an issuer. Real ones are a few KiB.
+pub const MAX_DOCUMENT_BYTES: usize = 256 * 1024;
+
+/// GETs a JSON document from an issuer, reading at most [`MAX_DOCUMENT_BYTES`]: a bigger one is
+/// refused as soon as it passes the limit (announced by `Content-Length` or streamed), so a
+/// hostile or broken issuer cannot make us buffer an endless body.
+pub async fn get_json_capped(
+    http: &reqwest::Client,
+    url: &str,
+) -> Result<serde_json::Value, String> {
+    let resp = http
+        .get(url)
+        .send()
+        .await
+        .map_err(|e| format!("{url}: {e}"))?;
+    if !resp.status().is_success() {
+        return Err(format!("{url}: HTTP {}", resp.status()));
+    }
+    json_body_capped(resp, url).await
+}
+
+/// Reads a response's JSON body, at most [`MAX_DOCUMENT_BYTES`] of it (see [`get_json_capped`]).
+pub async fn json_body_capped(
+    mut resp: reqwest::Response,
+    url: &str,
+) -> Result<serde_json::Value, String> {
+    let too_large = || format!("{url}: document larger than {MAX_DOCUMENT_BYTES} bytes");
+    if resp
+        .content_length()
+        .is_some_and(|n| n > MAX_DOCUMENT_BYTES as u64)
+    {
+        return Err(too_large());
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = resp.chunk().await.map_err(|e| format!("{url}: {e}"))? {
+        if body.len() + chunk.len() > MAX_DOCUMENT_BYTES {
+            return Err(too_large());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    serde_json::from_slice(&body).map_err(|e| format!("{url}: {e}"))
 }
 
 /// Minimum time between two JWKS fetches of one issuer (unknown `kid` cannot be used to make
@@ -37,6 +86,9 @@ pub struct ExternalIssuer {
     pub audiences: Vec<String>,
     pub groups_claim: String,
     pub token_use: Option<TokenUse>,
+    /// Seconds past `exp` its tokens still count.
+    pub leeway: i64,
+    pub fold_group_case: bool,
     jwks_uri: Option<String>,
     keys: ArcSwap<KeySet>,
     last_fetch: Mutex<Option<Instant>>,
@@ -74,6 +126,17 @@ pub fn external(cfg: &IssuerConfig) -> Result<ExternalIssuer, String> {
         "any" => None,
         other => return Err(at(format!("token_use {other:?}: use access, id or any"))),
     };
+    let leeway = match cfg.leeway.as_deref() {
+        None => 0,
+        Some(text) => match humantime::parse_duration(text) {
+            Ok(d) if d <= Duration::from_secs(300) => i64::try_from(d.as_secs()).unwrap_or(0),
+            _ => {
+                return Err(at(format!(
+                    "leeway {text:?} must be a duration up to 5m, such as \"0s\" or \"30s\""
+                )));
+            }
+        },
+    };
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(5))
         .redirect(reqwest::redirect::Policy::none())
@@ -84,6 +147,8 @@ pub fn external(cfg: &IssuerConfig) -> Result<ExternalIssuer, String> {
         audiences: cfg.audiences.clone(),
         groups_claim: cfg.groups_claim.clone().unwrap_or_else(|| "groups".into()),
         token_use,
+        leeway,
+        fold_group_case: cfg.fold_group_case,
         jwks_uri: cfg.jwks_uri.clone(),
         keys: ArcSwap::from_pointee(KeySet::default()),
         last_fetch: Mutex::new(None),
@@ -149,19 +214,6 @@ impl ExternalIssuer {
     }
 
     async fn get_json(&self, url: &str) -> Result<serde_json::Value, String> {
-        let resp = self
-            .http
-            .get(url)
-            .send()
-            .await
-            .map_err(|e| format!("{url}: {e}"))?;
-        if !resp.status().is_success() {
-            return Err(format!("{url}: HTTP {}", resp.status()));
-        }
-        let bytes = resp.bytes().await.map_err(|e| format!("{url}: {e}"))?;
-        if bytes.len() > 1 << 20 {
-            return Err(format!("{url}: document too large"));
-        }
-        serde_json::from_slice(&bytes).map_err(|e| format!("{url}: {e}"))
+        get_json_capped(&self.http, url).await
     }
 }

@@ -168,6 +168,7 @@ impl Gateway {
             settings.issuer.clone(),
             settings.groups_claim.clone(),
             settings.access_cookie.clone(),
+            settings.token_leeway,
             keys,
             external,
             clock.clone(),
@@ -477,6 +478,21 @@ impl Gateway {
                     {
                         self.refresh_session(req.headers(), outcome).await
                     }
+                    // About to expire: refresh now, so the upstream does not get an identity
+                    // that expires while it works; if that fails, the token is still valid.
+                    Ok(id)
+                        if from_cookie
+                            && id.exp - self.clock.now() <= self.settings.refresh_margin
+                            && self.refresh_cookie(req.headers()).is_some() =>
+                    {
+                        match self.refresh_session(req.headers(), outcome).await {
+                            Ok(fresh) => Ok(fresh),
+                            Err(e) => {
+                                tracing::debug!(reason = %e, "early session refresh failed; the access token is still valid");
+                                Ok((id, true))
+                            }
+                        }
+                    }
                     other => other.map(|id| (id, from_cookie)),
                 },
                 Err(AuthError::Missing)
@@ -510,7 +526,11 @@ impl Gateway {
                     _ => error(StatusCode::FORBIDDEN, "forbidden"),
                 };
             }
-            if from_cookie && !is_safe(req.method()) && !self.same_origin(&req) {
+            // A WebSocket handshake is a GET, but it opens a channel both ways: with a cookie it
+            // must come from our own origin too (cross-site WebSocket hijacking).
+            let unsafe_request =
+                !is_safe(req.method()) || req.headers().contains_key(header::UPGRADE);
+            if from_cookie && unsafe_request && !self.same_origin(&req) {
                 outcome.decision = "cross_site";
                 tracing::info!(path = %canonical.decoded, sub = %id.sub, "request refused: cross-site request with a cookie credential");
                 return json_response(
@@ -544,14 +564,31 @@ impl Gateway {
                     host: req.headers().get(header::HOST).cloned(),
                     preserve_host: *preserve_host,
                     identity: identity.as_deref(),
+                    strip: &self.settings.strip_request_headers,
+                    our_cookies: [&self.settings.access_cookie, &self.settings.refresh_cookie],
                 };
                 let upstream = proxy::Upstream {
                     base,
                     headers_within: upstream_timeout.unwrap_or(self.settings.upstream_timeout),
                     done_within: total_timeout.unwrap_or(self.settings.total_timeout),
                 };
-                self.forward(req, &upstream, &canonical.encoded, fwd, assertion)
-                    .await
+                let mut response = self
+                    .forward(
+                        req,
+                        &route,
+                        &upstream,
+                        &canonical.encoded,
+                        fwd,
+                        assertion,
+                        outcome,
+                    )
+                    .await;
+                if route.kind != RouteKind::Public
+                    && response.status() != StatusCode::SWITCHING_PROTOCOLS
+                {
+                    proxy::protect_cache(response.headers_mut(), route.shared_cache);
+                }
+                response
             }
             Target::Static { dir, spa_fallback } => {
                 // The route's literal prefix maps to the directory: `/static/**` serves
@@ -559,7 +596,11 @@ impl Gateway {
                 let skip = route.pattern.literal_prefix_len();
                 let rest: Vec<&str> = canonical.encoded.split('/').skip(1 + skip).collect();
                 let local = format!("/{}", rest.join("/"));
-                serve_static(req, dir, *spa_fallback, &local).await
+                let mut response = serve_static(req, dir, *spa_fallback, &local).await;
+                if route.kind != RouteKind::Public {
+                    proxy::protect_cache(response.headers_mut(), route.shared_cache);
+                }
+                response
             }
         }
     }
@@ -634,13 +675,16 @@ impl Gateway {
         Some(value)
     }
 
+    #[allow(clippy::too_many_arguments)] // issue 11 splits forwarding into its own stage
     async fn forward(
         &self,
         req: Request<Body>,
+        route: &Route,
         target: &proxy::Upstream<'_>,
         encoded: &str,
         fwd: proxy::Forwarding<'_>,
         assertion: Option<HeaderValue>,
+        outcome: &mut Outcome,
     ) -> Response<Body> {
         if req
             .headers()
@@ -652,13 +696,29 @@ impl Gateway {
             return error(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large");
         }
         let max = self.settings.max_body;
-        // An upgrade (WebSocket and the like) on an authorized route: the Upgrade and Connection
-        // headers are hop-by-hop and get stripped, so note them and put them back.
+        // Only a WebSocket handshake on a route that allows it becomes a tunnel. Any other
+        // protocol (`h2c` above all: every later request on the connection would reach the
+        // backend unchecked) loses its upgrade headers, which are hop-by-hop anyway, and goes
+        // upstream as an ordinary request.
         let mut req = req;
-        let upgrade = proxy::upgrade_request(&req).then(|| {
-            let protocol = req.headers().get(header::UPGRADE).cloned();
-            (protocol, hyper::upgrade::on(&mut req))
-        });
+        let upgrade = match proxy::upgrade_ask(&req) {
+            proxy::UpgradeAsk::WebSocket if route.websocket => Some(hyper::upgrade::on(&mut req)),
+            proxy::UpgradeAsk::WebSocket | proxy::UpgradeAsk::BadWebSocket => {
+                outcome.decision = "bad_request";
+                let message = if route.websocket {
+                    "a WebSocket upgrade needs GET over HTTP/1.1 with Connection: upgrade, Upgrade: websocket, one Sec-WebSocket-Key and Sec-WebSocket-Version: 13"
+                } else {
+                    "WebSocket is not enabled on this route (websocket = true in its [[routes]] entry)"
+                };
+                tracing::info!(path = %encoded, "request refused: {message}");
+                return bad_request(message);
+            }
+            proxy::UpgradeAsk::Other => {
+                tracing::debug!(path = %encoded, "upgrade headers removed: only WebSocket may upgrade");
+                None
+            }
+            proxy::UpgradeAsk::None => None,
+        };
         let (parts, body) = req.into_parts();
         // A body whose length hyper already knows (Content-Length, checked above, or none at
         // all) cannot outgrow the limit; only a chunked body needs the counting wrapper.
@@ -673,9 +733,9 @@ impl Gateway {
         // Whether the client has sent its whole body, when it has one: an upstream that times
         // out while still waiting for the body is the client's delay (408), not the upstream's.
         let has_body = !axum::body::HttpBody::is_end_stream(&body);
-        let (body, body_read) = if has_body {
-            let (tracked, read) = proxy::ReadToEnd::new(body);
-            (Body::new(tracked), Some(read))
+        let (body, body_state) = if has_body {
+            let (tracked, state) = proxy::ReadToEnd::new(body);
+            (Body::new(tracked), Some(state))
         } else {
             (body, None)
         };
@@ -687,8 +747,9 @@ impl Gateway {
                     r.headers_mut()
                         .insert(header::HeaderName::from_static("x-auth-assertion"), a);
                 }
-                if let Some((Some(protocol), _)) = &upgrade {
-                    r.headers_mut().insert(header::UPGRADE, protocol.clone());
+                if upgrade.is_some() {
+                    r.headers_mut()
+                        .insert(header::UPGRADE, HeaderValue::from_static("websocket"));
                     r.headers_mut()
                         .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
                 }
@@ -712,7 +773,19 @@ impl Gateway {
         match result {
             Ok(Ok(mut resp)) => {
                 if resp.status() == StatusCode::SWITCHING_PROTOCOLS
-                    && let Some((_, client_side)) = upgrade
+                    && (upgrade.is_none() || !proxy::accepts_websocket(&resp))
+                {
+                    // Switching to a protocol nobody asked for (or to another than WebSocket)
+                    // would join the two connections past every check.
+                    tracing::warn!(
+                        upstream = base,
+                        "upstream switched protocols unasked; refused"
+                    );
+                    outcome.decision = "upstream_error";
+                    return closing(error(StatusCode::BAD_GATEWAY, "bad_gateway"));
+                }
+                if resp.status() == StatusCode::SWITCHING_PROTOCOLS
+                    && let Some(client_side) = upgrade
                 {
                     let upstream_side = hyper::upgrade::on(&mut resp);
                     tokio::spawn(async move {
@@ -746,14 +819,22 @@ impl Gateway {
                 );
                 closing(error(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"))
             }
+            Ok(Err(_)) if body_state.as_ref().is_some_and(|s| s.failed()) => {
+                // The client's body broke off or was badly framed (a malformed chunk size, say):
+                // the upstream got an aborted request, and the fault is the client's.
+                outcome.decision = "bad_request";
+                tracing::info!(
+                    upstream = base,
+                    "request refused: malformed or incomplete request body"
+                );
+                closing(bad_request("the request body is malformed or incomplete"))
+            }
             Ok(Err(e)) => {
+                outcome.decision = "upstream_error";
                 tracing::warn!(upstream = base, error = %e, "upstream failed");
                 error(StatusCode::BAD_GATEWAY, "bad_gateway")
             }
-            Err(_)
-                if body_read
-                    .is_some_and(|read| !read.load(std::sync::atomic::Ordering::Acquire)) =>
-            {
+            Err(_) if body_state.as_ref().is_some_and(|s| !s.finished()) => {
                 tracing::info!(
                     upstream = base,
                     "request refused: the client did not send its body in time"
@@ -761,6 +842,7 @@ impl Gateway {
                 closing(error(StatusCode::REQUEST_TIMEOUT, "request_timeout"))
             }
             Err(_) => {
+                outcome.decision = "upstream_error";
                 tracing::warn!(upstream = base, "upstream timed out");
                 error(StatusCode::GATEWAY_TIMEOUT, "gateway_timeout")
             }

@@ -49,7 +49,92 @@ const UNTRUSTED: &[&str] = &[
     "x-original-method",
     "x-client-ip",
     "true-client-ip",
+    // Path rewrites other proxies record (a backend may route on them).
+    "x-replaced-path",
+    "x-envoy-original-path",
+    "x-envoy-original-url",
+    "x-original-path",
+    "x-original-uri",
+    "x-original-host",
+    "x-original-forwarded-for",
+    // Identity headers other gateways and auth proxies set, which backends written for them
+    // trust: oauth2-proxy, Authelia, Apache/nginx auth modules, Kong, Pomerium, Azure App
+    // Service, AWS ALB, Cloudflare Access and the like.
+    "x-remote-user",
+    "x-remote-email",
+    "x-remote-name",
+    "x-remote-groups",
+    "x-remote-group",
+    "remote-user",
+    "remote-email",
+    "remote-name",
+    "remote-groups",
+    "x-user",
+    "x-user-id",
+    "x-user-name",
+    "x-user-email",
+    "x-user-groups",
+    "x-user-roles",
+    "x-username",
+    "x-email",
+    "x-preferred-username",
+    "x-groups",
+    "x-roles",
+    "x-userinfo",
+    "x-jwt-payload",
+    "x-jwt-assertion",
+    "x-id-token",
+    "x-access-token",
+    "x-anonymous-consumer",
+    "x-pomerium-jwt-assertion",
 ];
+
+/// Prefixes of the same families (every header whose name starts so is removed).
+const UNTRUSTED_PREFIXES: &[&str] = &[
+    "x-forwarded-",
+    "x-auth-",
+    "x-auth-request-",
+    "x-authenticated-",
+    "x-consumer-",
+    "x-credential-",
+    "x-amzn-oidc-",
+    "x-ms-client-principal",
+    "x-ms-token-",
+    "cf-access-",
+    "x-goog-authenticated-",
+    "x-pomerium-claim-",
+];
+
+/// A header-name pattern of `gateway.strip_request_headers`: a name, or a prefix (`X-Corp-*`),
+/// normalized (lower case, `-`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HeaderPattern {
+    Name(String),
+    Prefix(String),
+}
+
+/// Parses `gateway.strip_request_headers`: comma-separated header names, `*` ending a prefix.
+pub fn parse_header_list(text: &str) -> Result<Vec<HeaderPattern>, String> {
+    let mut out = Vec::new();
+    for item in text.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+        let (name, prefix) = match item.strip_suffix('*') {
+            Some(p) => (p, true),
+            None => (item, false),
+        };
+        if name.is_empty() || HeaderName::from_bytes(name.as_bytes()).is_err() {
+            return Err(format!(
+                "{item:?} is not a header name (letters, digits and - _ . , with * only at the end)"
+            ));
+        }
+        let name = normalized(name);
+        out.push(if prefix {
+            HeaderPattern::Prefix(name)
+        } else {
+            HeaderPattern::Name(name)
+        });
+    }
+    Ok(out)
+}
 
 /// A header name as a lenient backend may read it: lower case, `_` and `.` as `-`.
 fn normalized(name: &str) -> String {
@@ -88,24 +173,34 @@ fn norm_byte(b: u8) -> u8 {
 
 /// Whether a client-sent header must be dropped before forwarding. (No allocation: this runs
 /// for every header of every request.)
-fn strip(name: &str, connection_listed: &[String]) -> bool {
-    header_starts_with(name, "x-forwarded-")
-        || header_starts_with(name, "x-auth-")
+fn strip(name: &str, connection_listed: &[String], extra: &[HeaderPattern]) -> bool {
+    UNTRUSTED_PREFIXES
+        .iter()
+        .any(|p| header_starts_with(name, p))
         || same_header(name, "authorization")
+        || same_header(name, "http2-settings")
         || HOP_BY_HOP.iter().any(|h| same_header(name, h))
         || UNTRUSTED.iter().any(|h| same_header(name, h))
         || connection_listed.iter().any(|c| same_header(name, c))
+        || extra.iter().any(|p| match p {
+            HeaderPattern::Name(n) => same_header(name, n),
+            HeaderPattern::Prefix(n) => header_starts_with(name, n),
+        })
 }
 
 /// Removes portcullis' own cookies from a Cookie header value; `None` when nothing is left.
-fn without_our_cookies(value: &str) -> Option<String> {
+/// Ours are the configured names (the access cookie may be named anything) and any name of the
+/// `portcullis` families (sign-in flow state, the IdP session).
+fn without_our_cookies(value: &str, ours: &[&str]) -> Option<String> {
     let kept: Vec<&str> = value
         .split(';')
         .map(str::trim)
         .filter(|c| !c.is_empty())
         .filter(|c| {
-            let name = c.split('=').next().unwrap_or_default();
-            !(name.starts_with("__Host-portcullis") || name.starts_with("portcullis-"))
+            let name = c.split('=').next().unwrap_or_default().trim();
+            !(ours.contains(&name)
+                || name.starts_with("__Host-portcullis")
+                || name.starts_with("portcullis-"))
         })
         .collect();
     (!kept.is_empty()).then(|| kept.join("; "))
@@ -132,6 +227,10 @@ pub struct Forwarding<'a> {
     /// Keep the caller's `Host`; otherwise the pooled upstream client sets the upstream's own.
     pub preserve_host: bool,
     pub identity: Option<&'a Identity>,
+    /// `gateway.strip_request_headers`.
+    pub strip: &'a [HeaderPattern],
+    /// The access and refresh cookie names: never forwarded.
+    pub our_cookies: [&'a str; 2],
 }
 
 /// Builds the upstream request: `base` + canonical encoded path + the query as sent.
@@ -154,7 +253,7 @@ pub fn upstream_request(
     *req.uri_mut() = uri;
     let headers = req.headers_mut();
     let connection_listed = connection_listed(headers);
-    remove_where(headers, |n| strip(n, &connection_listed));
+    remove_where(headers, |n| strip(n, &connection_listed, fwd.strip));
     if headers.contains_key(header::COOKIE) {
         let cookies: Vec<String> = headers
             .get_all(header::COOKIE)
@@ -163,7 +262,7 @@ pub fn upstream_request(
             .map(str::to_owned)
             .collect();
         headers.remove(header::COOKIE);
-        if let Some(kept) = without_our_cookies(&cookies.join("; "))
+        if let Some(kept) = without_our_cookies(&cookies.join("; "), &fwd.our_cookies)
             && let Ok(v) = HeaderValue::from_str(&kept)
         {
             headers.insert(header::COOKIE, v);
@@ -260,23 +359,46 @@ where
     }
 }
 
-/// A request body that notes when it has been read to its end.
+/// How far a request body has been read: to its end, or to an error of the client's.
+#[derive(Debug, Default)]
+pub struct BodyState(std::sync::atomic::AtomicU8);
+
+impl BodyState {
+    const FINISHED: u8 = 1;
+    const FAILED: u8 = 2;
+
+    /// The client sent its whole body.
+    pub fn finished(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::Acquire) == Self::FINISHED
+    }
+
+    /// Reading the client's body failed: bad chunked framing, or the client went away.
+    pub fn failed(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::Acquire) == Self::FAILED
+    }
+
+    fn set(&self, state: u8) {
+        self.0.store(state, std::sync::atomic::Ordering::Release);
+    }
+}
+
+/// A request body that notes when it has been read to its end, or failed.
 #[derive(Debug)]
 pub struct ReadToEnd<B> {
     inner: B,
-    done: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    state: std::sync::Arc<BodyState>,
 }
 
 impl<B> ReadToEnd<B> {
-    /// The wrapped body, and the flag it sets at its end.
-    pub fn new(inner: B) -> (Self, std::sync::Arc<std::sync::atomic::AtomicBool>) {
-        let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    /// The wrapped body, and the state it keeps.
+    pub fn new(inner: B) -> (Self, std::sync::Arc<BodyState>) {
+        let state = std::sync::Arc::new(BodyState::default());
         (
             ReadToEnd {
                 inner,
-                done: done.clone(),
+                state: state.clone(),
             },
-            done,
+            state,
         )
     }
 }
@@ -294,8 +416,11 @@ where
     ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
         let this = &mut *self;
         let frame = std::pin::Pin::new(&mut this.inner).poll_frame(cx);
-        if matches!(frame, std::task::Poll::Ready(None)) || this.inner.is_end_stream() {
-            this.done.store(true, std::sync::atomic::Ordering::Release);
+        match &frame {
+            std::task::Poll::Ready(Some(Err(_))) => this.state.set(BodyState::FAILED),
+            std::task::Poll::Ready(None) => this.state.set(BodyState::FINISHED),
+            _ if this.inner.is_end_stream() => this.state.set(BodyState::FINISHED),
+            _ => {}
         }
         frame
     }
@@ -309,16 +434,130 @@ where
     }
 }
 
-/// Whether a request asks for a protocol upgrade (`Connection: upgrade` plus `Upgrade`).
-pub fn upgrade_request<B>(req: &Request<B>) -> bool {
-    req.headers().contains_key(header::UPGRADE)
-        && req
-            .headers()
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+/// What a request's `Upgrade` header asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UpgradeAsk {
+    /// None: an ordinary request.
+    None,
+    /// A WebSocket handshake (RFC 6455 §4.1): `GET`, `Connection: upgrade`, `Upgrade: websocket`
+    /// alone, a `Sec-WebSocket-Key` and version 13.
+    WebSocket,
+    /// A malformed WebSocket handshake.
+    BadWebSocket,
+    /// Any other protocol (`h2c`, say): never tunnelled; its headers are removed and the request
+    /// is forwarded as an ordinary one.
+    Other,
+}
+
+/// Classifies a request's upgrade.
+pub fn upgrade_ask<B>(req: &Request<B>) -> UpgradeAsk {
+    let headers = req.headers();
+    let mut upgrades = headers.get_all(header::UPGRADE).iter();
+    let Some(first) = upgrades.next() else {
+        return UpgradeAsk::None;
+    };
+    let websocket = first
+        .as_bytes()
+        .trim_ascii()
+        .eq_ignore_ascii_case(b"websocket");
+    if !websocket || upgrades.next().is_some() {
+        return if first
+            .as_bytes()
+            .windows(9)
+            .any(|w| w.eq_ignore_ascii_case(b"websocket"))
+        {
+            UpgradeAsk::BadWebSocket
+        } else {
+            UpgradeAsk::Other
+        };
+    }
+    let connection_upgrade = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+    let one = |name: header::HeaderName| {
+        let mut v = headers.get_all(name).iter();
+        match (v.next(), v.next()) {
+            (Some(x), None) => Some(x.as_bytes()),
+            _ => None,
+        }
+    };
+    let key_ok = one(header::SEC_WEBSOCKET_KEY).is_some_and(|k| k.len() == 24);
+    let version_ok = one(header::SEC_WEBSOCKET_VERSION) == Some(b"13".as_slice());
+    if req.method() == axum::http::Method::GET
+        && req.version() == axum::http::Version::HTTP_11
+        && connection_upgrade
+        && key_ok
+        && version_ok
+    {
+        UpgradeAsk::WebSocket
+    } else {
+        UpgradeAsk::BadWebSocket
+    }
+}
+
+/// Whether an upstream's `101` accepts a WebSocket upgrade (and nothing else).
+pub fn accepts_websocket<B>(resp: &Response<B>) -> bool {
+    let mut upgrades = resp.headers().get_all(header::UPGRADE).iter();
+    matches!((upgrades.next(), upgrades.next()), (Some(u), None)
+        if u.as_bytes().trim_ascii().eq_ignore_ascii_case(b"websocket"))
+}
+
+/// On a route that needs sign-in, an answer must not outlive the session in a cache: with no
+/// `Cache-Control` it gets `private, no-cache` (a browser revalidates, so after sign-out it gets
+/// the sign-in redirect instead of its heuristic copy); `public` and `s-maxage` (shared caches)
+/// are removed and `private` added unless the route opts into shared caching.
+pub fn protect_cache(headers: &mut HeaderMap, shared_cache: bool) {
+    const PRIVATE: HeaderValue = HeaderValue::from_static("private, no-cache");
+    let values: Vec<HeaderValue> = headers
+        .get_all(header::CACHE_CONTROL)
+        .iter()
+        .cloned()
+        .collect();
+    if values.is_empty() {
+        headers.insert(header::CACHE_CONTROL, PRIVATE);
+        return;
+    }
+    if shared_cache {
+        return;
+    }
+    let mut kept: Vec<String> = Vec::new();
+    let mut private = false;
+    for v in &values {
+        let Ok(v) = v.to_str() else {
+            headers.insert(header::CACHE_CONTROL, PRIVATE);
+            return;
+        };
+        for d in v.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+            let name = d
+                .split('=')
+                .next()
+                .unwrap_or_default()
+                .trim()
+                .to_ascii_lowercase();
+            match name.as_str() {
+                "public" | "s-maxage" | "proxy-revalidate" => {}
+                "private" | "no-store" => {
+                    private = true;
+                    kept.push(d.to_owned());
+                }
+                _ => kept.push(d.to_owned()),
+            }
+        }
+    }
+    if !private {
+        kept.insert(0, "private".into());
+    }
+    match HeaderValue::from_str(&kept.join(", ")) {
+        Ok(v) => {
+            headers.insert(header::CACHE_CONTROL, v);
+        }
+        Err(_) => {
+            headers.insert(header::CACHE_CONTROL, PRIVATE);
+        }
+    }
 }
 
 /// Strips hop-by-hop headers from an upstream response.
@@ -376,27 +615,111 @@ mod tests {
             "Connection",
             "Transfer-Encoding",
         ] {
-            assert!(strip(name, &[]), "{name}");
+            assert!(strip(name, &[], &[]), "{name}");
         }
         assert!(
-            strip("x-custom", &["x-custom".into()]),
+            strip("x-custom", &["x-custom".into()], &[]),
             "Connection-listed headers"
         );
         for name in ["content-type", "accept", "x-request-id", "user-agent"] {
-            assert!(!strip(name, &[]), "{name}");
+            assert!(!strip(name, &[], &[]), "{name}");
         }
     }
 
     #[test]
-    fn our_cookies_are_removed() {
+    fn other_gateways_identity_and_rewrite_headers_are_stripped() {
+        for name in [
+            "X-Remote-User",
+            "Remote-User",
+            "remote_user",
+            "X-Forwarded-User",
+            "X-Forwarded-Email",
+            "X-Forwarded-Groups",
+            "X-Auth-Request-User",
+            "X-Auth-Request-Email",
+            "X-User",
+            "X-User-Id",
+            "X-Groups",
+            "X-Roles",
+            "X-Authenticated-User",
+            "X-Authenticated-Userid",
+            "X-Userinfo",
+            "X-Jwt-Payload",
+            "X-Consumer-Username",
+            "X-Consumer-Custom-Id",
+            "X-Credential-Identifier",
+            "X-Amzn-Oidc-Identity",
+            "X-Amzn-Oidc-Data",
+            "X-Ms-Client-Principal",
+            "X-Ms-Client-Principal-Name",
+            "Cf-Access-Authenticated-User-Email",
+            "Cf-Access-Jwt-Assertion",
+            "X-Replaced-Path",
+            "X-Envoy-Original-Path",
+            "X-Original-Path",
+            "x_replaced_path",
+            "X.Ms.Client.Principal.Id",
+            "HTTP2-Settings",
+        ] {
+            assert!(strip(name, &[], &[]), "{name}");
+        }
+        let extra = parse_header_list("X-Tenant, x-corp-*").expect("valid");
+        assert!(strip("x_tenant", &[], &extra));
+        assert!(strip("X-Corp-Role", &[], &extra));
+        assert!(!strip("x-tenants", &[], &extra));
+        assert!(!strip("x-userid-hint", &[], &[]), "names, not prefixes");
+        assert!(parse_header_list("X Bad").is_err());
+        assert!(parse_header_list("*").is_err());
+    }
+
+    #[test]
+    fn cache_control_on_protected_answers() {
+        let run = |values: &[&str], shared: bool| {
+            let mut h = HeaderMap::new();
+            for v in values {
+                h.append(
+                    header::CACHE_CONTROL,
+                    HeaderValue::from_str(v).expect("value"),
+                );
+            }
+            protect_cache(&mut h, shared);
+            h.get_all(header::CACHE_CONTROL)
+                .iter()
+                .map(|v| v.to_str().expect("ascii").to_owned())
+                .collect::<Vec<_>>()
+                .join(" | ")
+        };
+        assert_eq!(run(&[], false), "private, no-cache");
+        assert_eq!(run(&[], true), "private, no-cache");
+        assert_eq!(run(&["public, max-age=60"], false), "private, max-age=60");
         assert_eq!(
-            without_our_cookies("a=1; __Host-portcullis-access=tok; b=2").as_deref(),
+            run(&["max-age=60", "s-maxage=600"], false),
+            "private, max-age=60"
+        );
+        assert_eq!(run(&["no-store"], false), "no-store");
+        assert_eq!(run(&["private, max-age=5"], false), "private, max-age=5");
+        assert_eq!(run(&["public, s-maxage=600"], true), "public, s-maxage=600");
+    }
+
+    #[test]
+    fn our_cookies_are_removed() {
+        let ours = ["session", "__Host-portcullis-refresh"];
+        assert_eq!(
+            without_our_cookies("a=1; __Host-portcullis-access=tok; b=2", &ours).as_deref(),
             Some("a=1; b=2")
         );
-        assert_eq!(without_our_cookies("__Host-portcullis-access=tok"), None);
         assert_eq!(
-            without_our_cookies("portcullis-refresh=x; theme=dark").as_deref(),
+            without_our_cookies("__Host-portcullis-access=tok", &ours),
+            None
+        );
+        assert_eq!(
+            without_our_cookies("portcullis-refresh=x; theme=dark", &ours).as_deref(),
             Some("theme=dark")
+        );
+        assert_eq!(
+            without_our_cookies("session=tok; theme=dark", &ours).as_deref(),
+            Some("theme=dark"),
+            "an access cookie named by the operator"
         );
     }
 }

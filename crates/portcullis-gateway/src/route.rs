@@ -37,6 +37,10 @@ pub struct Route {
     pub sources: Vec<TokenSource>,
     /// `Some(audience)` when the upstream gets an `X-Auth-Assertion`.
     pub assertion: Option<String>,
+    /// WebSocket upgrades may pass (upstream routes only).
+    pub websocket: bool,
+    /// Answers may carry `Cache-Control: public` / `s-maxage` although the route needs sign-in.
+    pub shared_cache: bool,
 }
 
 impl Route {
@@ -127,6 +131,9 @@ impl RouteTable {
                 (_, true) => return Err(at("assertion needs an upstream".into())),
                 (_, false) => None,
             };
+            if c.websocket && !matches!(target, Target::Upstream { .. }) {
+                return Err(at("websocket needs an upstream".into()));
+            }
             routes.push(Arc::new(Route {
                 label: Arc::from(pattern.as_str()),
                 pattern,
@@ -135,6 +142,8 @@ impl RouteTable {
                 target,
                 sources: c.token_sources.clone(),
                 assertion,
+                websocket: c.websocket,
+                shared_cache: c.shared_cache,
             }));
         }
         routes.sort_by_key(|r| std::cmp::Reverse(r.pattern.specificity()));
@@ -173,6 +182,8 @@ mod tests {
             spa_fallback: false,
             preserve_host: false,
             upstream_timeout: None,
+            websocket: false,
+            shared_cache: false,
             total_timeout: None,
             token_sources: vec![TokenSource::Header],
             assertion: false,

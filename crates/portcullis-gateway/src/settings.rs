@@ -65,6 +65,15 @@ pub struct RouteConfig {
     pub assertion: bool,
     /// The assertion's audience (default: the upstream URL).
     pub audience: Option<String>,
+    /// Let WebSocket upgrades through (after authentication and authorization like any request).
+    /// Off by default; no other `Upgrade` protocol is ever forwarded.
+    #[serde(default)]
+    pub websocket: bool,
+    /// On routes that need sign-in, let the upstream's `Cache-Control: public` and `s-maxage`
+    /// through, so shared caches may store answers (only for content every signed-in caller may
+    /// see). Off by default: such answers are made `private`.
+    #[serde(default)]
+    pub shared_cache: bool,
 }
 
 /// Gateway-wide settings.
@@ -94,4 +103,12 @@ pub struct GatewaySettings {
     pub max_body: usize,
     /// One log line per request (target `portcullis::access`).
     pub access_log: bool,
+    /// Our own access tokens: how long past `exp` one still counts, seconds (0: strict).
+    pub token_leeway: i64,
+    /// A cookie session is refreshed in line once its access token has fewer seconds than this
+    /// left, so the upstream never receives an identity whose token has expired.
+    pub refresh_margin: i64,
+    /// Request headers removed before forwarding, besides the built-in identity and rewrite
+    /// headers: names (any spelling of `-`, `_`, `.`), or prefixes ending in `*`.
+    pub strip_request_headers: Vec<crate::proxy::HeaderPattern>,
 }

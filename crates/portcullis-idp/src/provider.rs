@@ -1063,6 +1063,7 @@ impl Provider {
             audiences: &[],
             token_use: Some(TokenUse::Access),
             leeway: 30,
+            exp_leeway: 30,
             now,
         };
         let claims = jwt::verify(token, &keys, &expect)
@@ -1118,6 +1119,7 @@ impl Provider {
             audiences: &[],
             token_use: Some(TokenUse::Access),
             leeway: 0,
+            exp_leeway: 0,
             now,
         };
         if let Ok(claims) = jwt::verify(token, &keys, &expect) {
@@ -1146,6 +1148,7 @@ impl Provider {
             audiences: &[],
             token_use: Some(TokenUse::Id),
             leeway: i64::MAX / 4,
+            exp_leeway: i64::MAX / 4,
             now: self.now(),
         };
         let claims = jwt::verify(token, &keys, &expect).ok()?;

@@ -9,8 +9,13 @@ use crate::pattern::PathPattern;
 /// Who a document applies to.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Principal {
-    /// Members of a group (names compare case-insensitively, as in the user pool).
+    /// Members of a group, as written in the document. Against our own user pool's groups (unique
+    /// case-insensitively) and issuers that opt into folding, names compare case-insensitively.
     Group(String),
+    /// A group of an external issuer that treats group names as case-sensitive (Cognito does):
+    /// it matches only a `group:` document whose name is written exactly so. Never parsed from a
+    /// document; the gateway gives it to such issuers' tokens.
+    ExactGroup(String),
     /// Tokens carrying a scope.
     Scope(String),
     /// Tokens issued to a client id.
@@ -32,7 +37,7 @@ impl Principal {
             return Err(bad());
         }
         match kind {
-            "group" => Ok(Principal::Group(name.to_ascii_lowercase())),
+            "group" => Ok(Principal::Group(name.to_owned())),
             "scope" => Ok(Principal::Scope(name.to_owned())),
             "client" => Ok(Principal::Client(name.to_owned())),
             _ => Err(bad()),
@@ -40,10 +45,22 @@ impl Principal {
     }
 }
 
+impl Principal {
+    /// The principal as the policy index keys it: group names lower-cased.
+    pub fn folded(&self) -> Principal {
+        match self {
+            Principal::Group(g) | Principal::ExactGroup(g) => {
+                Principal::Group(g.to_ascii_lowercase())
+            }
+            other => other.clone(),
+        }
+    }
+}
+
 impl fmt::Display for Principal {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Principal::Group(g) => write!(f, "group:{g}"),
+            Principal::Group(g) | Principal::ExactGroup(g) => write!(f, "group:{g}"),
             Principal::Scope(s) => write!(f, "scope:{s}"),
             Principal::Client(c) => write!(f, "client:{c}"),
             Principal::Authenticated => f.write_str("authenticated"),
@@ -145,7 +162,10 @@ pub fn parse_file(text: &str) -> Result<Vec<PolicyDocument>, PolicyError> {
             location: at(None),
             message: m,
         })?;
-        if docs.iter().any(|x| x.principal == principal) {
+        if docs
+            .iter()
+            .any(|x: &PolicyDocument| x.principal.folded() == principal.folded())
+        {
             return Err(PolicyError::Invalid {
                 location: at(None),
                 message: format!("a second document for {principal}; merge them into one"),

@@ -64,7 +64,10 @@ impl fmt::Display for Decision {
 pub struct PolicySet {
     version: i64,
     documents: Vec<PolicyDocument>,
+    /// Keyed by [`Principal::folded`].
     by_principal: HashMap<Principal, usize>,
+    /// `group:` documents by the name exactly as written, for [`Principal::ExactGroup`].
+    exact_groups: HashMap<String, usize>,
 }
 
 impl PolicySet {
@@ -72,12 +75,21 @@ impl PolicySet {
         let by_principal = documents
             .iter()
             .enumerate()
-            .map(|(i, d)| (d.principal.clone(), i))
+            .map(|(i, d)| (d.principal.folded(), i))
+            .collect();
+        let exact_groups = documents
+            .iter()
+            .enumerate()
+            .filter_map(|(i, d)| match &d.principal {
+                Principal::Group(g) => Some((g.clone(), i)),
+                _ => None,
+            })
             .collect();
         PolicySet {
             version,
             documents,
             by_principal,
+            exact_groups,
         }
     }
 
@@ -117,7 +129,11 @@ impl PolicySet {
     ) -> Decision {
         let mut allowed_by: Option<(&Principal, usize)> = None;
         for principal in principals {
-            let Some(&i) = self.by_principal.get(principal) else {
+            let index = match principal {
+                Principal::ExactGroup(g) => self.exact_groups.get(g),
+                other => self.by_principal.get(other),
+            };
+            let Some(&i) = index else {
                 continue;
             };
             for (n, st) in self.documents[i].statements.iter().enumerate() {
@@ -205,6 +221,11 @@ mod tests {
                 .allowed
         );
         assert_eq!(p.decide(&[], "GET", "/api/orders").reason, Reason::NoMatch);
+        // A case-sensitive issuer's groups match only the name as written.
+        let exact = |g: &str| [Principal::ExactGroup(g.into())];
+        assert!(p.decide(&exact("admin"), "GET", "/api/admin/x").allowed);
+        assert!(!p.decide(&exact("Admin"), "GET", "/api/admin/x").allowed);
+        assert!(!p.decide(&exact("ADMIN"), "GET", "/api/orders").allowed);
     }
 
     proptest! {

@@ -87,8 +87,11 @@ pub struct Expect<'a> {
     pub audiences: &'a [String],
     /// Required `token_use`, if any.
     pub token_use: Option<TokenUse>,
-    /// Allowed clock skew, seconds.
+    /// Clock skew allowed for `nbf` and `iat` (seconds): a token that becomes valid a little
+    /// after our "now" by the issuer's clock.
     pub leeway: i64,
+    /// How long past `exp` a token still counts (seconds); 0 is strict: refused from `exp` on.
+    pub exp_leeway: i64,
     /// Now, Unix seconds.
     pub now: i64,
 }
@@ -164,10 +167,19 @@ impl Claims {
     }
 }
 
+/// A base64url JSON object with unique member names: a header or claims set naming a member
+/// twice is refused, so no other parser can read a different `sub`, `groups` or `alg` from it.
 fn decode_json(part: &str, what: &'static str) -> Result<Map<String, Value>, VerifyError> {
     let bytes = B64.decode(part).map_err(|_| VerifyError::Malformed(what))?;
-    match serde_json::from_slice(&bytes) {
+    match crate::strict_json::from_slice(&bytes) {
         Ok(Value::Object(map)) => Ok(map),
+        Err(e) if crate::strict_json::is_repeated_member(&e) => {
+            Err(VerifyError::Malformed(if what == "header" {
+                "header member repeated"
+            } else {
+                "claim repeated"
+            }))
+        }
         _ => Err(VerifyError::Malformed(what)),
     }
 }
@@ -238,7 +250,7 @@ fn check_claims(
     let exp = int_claim(&claims, "exp")?.ok_or(VerifyError::BadClaim("exp"))?;
     let nbf = int_claim(&claims, "nbf")?;
     let iat = int_claim(&claims, "iat")?;
-    if expect.now > exp.saturating_add(expect.leeway) {
+    if expect.now >= exp.saturating_add(expect.exp_leeway) {
         return Err(VerifyError::Expired);
     }
     if nbf.is_some_and(|nbf| nbf > expect.now.saturating_add(expect.leeway)) {

@@ -31,6 +31,7 @@ fn expect(audiences: &[String]) -> Expect<'_> {
         audiences,
         token_use: Some(TokenUse::Access),
         leeway: 30,
+        exp_leeway: 30,
         now: NOW,
     }
 }
@@ -340,4 +341,67 @@ fn oversized_and_garbage_tokens_are_rejected_cheaply() {
     ] {
         assert!(check(junk, &set).is_err(), "{junk:?}");
     }
+}
+
+#[test]
+fn exp_is_strict_without_exp_leeway_while_nbf_and_iat_keep_the_skew() {
+    let (token, set) = signed_with(|c| {
+        c.insert("exp".into(), json!(NOW));
+        c.insert("iat".into(), json!(NOW + 3));
+        c.insert("nbf".into(), json!(NOW + 3));
+    });
+    let aud = ["spa".to_owned()];
+    let strict = Expect {
+        exp_leeway: 0,
+        leeway: 5,
+        ..expect(&aud)
+    };
+    assert_eq!(
+        verify(&token, &set, &strict).err(),
+        Some(VerifyError::Expired),
+        "refused from the second of exp on"
+    );
+    let before = Expect {
+        now: NOW - 1,
+        ..strict.clone()
+    };
+    assert!(
+        verify(&token, &set, &before).is_ok(),
+        "nbf/iat 4 s ahead are within the skew"
+    );
+}
+
+/// Signs `header.payload` exactly as written (so a member can appear twice).
+fn signed_raw(key: &SigningKey, header: &str, payload: &str) -> String {
+    let input = format!("{}.{}", B64.encode(header), B64.encode(payload));
+    let sig = key.sign(input.as_bytes()).expect("sign");
+    format!("{input}.{}", B64.encode(sig))
+}
+
+#[test]
+fn a_member_named_twice_in_the_header_or_the_claims_is_refused() {
+    let (key, set) = setup();
+    let header = r#"{"alg":"ES256","kid":"k1","typ":"at+jwt"}"#;
+    let good = Value::Object(claims()).to_string();
+    assert!(
+        check(&signed_raw(&key, header, &good), &set).is_ok(),
+        "control"
+    );
+    let body = good.trim_start_matches('{');
+    for payload in [
+        format!(r#"{{"sub":"admin",{body}"#),
+        format!(r#"{{"groups":["admin"],{body}"#),
+        format!(r#"{{"iss":"https://evil.example",{body}"#),
+    ] {
+        assert_eq!(
+            check(&signed_raw(&key, header, &payload), &set).err(),
+            Some(VerifyError::Malformed("claim repeated")),
+            "{payload}"
+        );
+    }
+    let twice_alg = r#"{"alg":"none","kid":"k1","alg":"ES256","typ":"at+jwt"}"#;
+    assert_eq!(
+        check(&signed_raw(&key, twice_alg, &good), &set).err(),
+        Some(VerifyError::Malformed("header member repeated"))
+    );
 }

@@ -11,6 +11,7 @@ pub mod jwt;
 mod keys;
 mod sealed;
 mod secret;
+pub mod strict_json;
 
 #[cfg(test)]
 mod jwt_tests;

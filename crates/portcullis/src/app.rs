@@ -163,6 +163,9 @@ fn gateway_settings(config: &Config) -> GatewaySettings {
         total_timeout: g.total_timeout,
         max_body: g.max_body,
         access_log: g.access_log,
+        token_leeway: i64::try_from(g.token_leeway.as_secs()).unwrap_or(0),
+        refresh_margin: i64::try_from(g.refresh_margin.as_secs()).unwrap_or(0),
+        strip_request_headers: g.strip_request_headers.clone(),
     }
 }
 

@@ -393,6 +393,33 @@ pub const KEYS: &[KeySpec] = &[
         doc: "Largest request body forwarded, in bytes (413 beyond).",
     },
     KeySpec {
+        path: "gateway.token_leeway",
+        kind: Kind::Duration {
+            min: Duration::ZERO,
+            max: Duration::from_secs(300),
+        },
+        env: "PORTCULLIS_GATEWAY_TOKEN_LEEWAY",
+        default: "0s",
+        doc: "How long past its `exp` one of this instance's access tokens still counts. 0: strict, refused from the second of `exp` on, so a backend never sees an expired identity. (`nbf` and `iat` may be up to 5 s in the future, for clocks of several nodes. External issuers have their own `leeway`.)",
+    },
+    KeySpec {
+        path: "gateway.refresh_margin",
+        kind: Kind::Duration {
+            min: Duration::ZERO,
+            max: Duration::from_secs(3600),
+        },
+        env: "PORTCULLIS_GATEWAY_REFRESH_MARGIN",
+        default: "30s",
+        doc: "A browser session whose access-token cookie has less than this left (or has expired) is refreshed in line by the request that notices, so the backend never receives an identity whose token has expired. Keep it well under `sessions.access_ttl`.",
+    },
+    KeySpec {
+        path: "gateway.strip_request_headers",
+        kind: Kind::Str,
+        env: "PORTCULLIS_GATEWAY_STRIP_REQUEST_HEADERS",
+        default: "",
+        doc: "Request headers removed before forwarding, in addition to the built-in list (identity headers of other gateways, path rewrites; see docs/gateway.md): comma-separated names, matched in any case and with `_` or `.` for `-`; a name ending in `*` is a prefix (`X-MyCorp-*`).",
+    },
+    KeySpec {
         path: "sessions.issuer",
         kind: Kind::Url,
         env: "PORTCULLIS_SESSIONS_ISSUER",
@@ -650,6 +677,9 @@ pub struct GatewayConfig {
     pub total_timeout: Duration,
     pub max_body: usize,
     pub access_log: bool,
+    pub token_leeway: Duration,
+    pub refresh_margin: Duration,
+    pub strip_request_headers: Vec<portcullis_gateway::proxy::HeaderPattern>,
 }
 
 /// A typed value read from the file or the environment.
@@ -915,6 +945,19 @@ fn build(
         });
     }
     let boolean = |path: &str| matches!(value(path), Value::Bool(true));
+    let strip_request_headers = match portcullis_gateway::proxy::parse_header_list(&string(
+        "gateway.strip_request_headers",
+    )) {
+        Ok(list) => list,
+        Err(message) => {
+            errors.push(ConfigError {
+                location: "gateway".into(),
+                key: "gateway.strip_request_headers".into(),
+                message,
+            });
+            Vec::new()
+        }
+    };
     let trusted_proxies = match portcullis_gateway::forwarded::TrustedProxies::parse(&string(
         "server.trusted_proxies",
     )) {
@@ -1009,6 +1052,9 @@ fn build(
             total_timeout: duration("gateway.total_timeout"),
             max_body: usize::try_from(int("gateway.max_body")).unwrap_or(10 << 20),
             access_log: boolean("gateway.access_log"),
+            token_leeway: duration("gateway.token_leeway"),
+            refresh_margin: duration("gateway.refresh_margin"),
+            strip_request_headers,
         },
         source: source.map(Path::to_path_buf),
         data_dir,

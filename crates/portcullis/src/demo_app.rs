@@ -143,6 +143,7 @@ impl Backend {
             audiences: &aud,
             token_use: None,
             leeway: 5,
+            exp_leeway: 5,
             now,
         };
         let claims = match jwt::verify(token, &self.keys.keys(), &expect) {
@@ -360,6 +361,8 @@ pub async fn serve(
         audiences: vec!["demo-backend".into()],
         groups_claim: None,
         token_use: Some("any".into()),
+        leeway: None,
+        fold_group_case: false,
     })
     .map_err(std::io::Error::other)?;
     let backend = Backend {

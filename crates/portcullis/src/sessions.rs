@@ -472,6 +472,7 @@ async fn callback(State(s): State<Sessions>, uri: Uri, headers: HeaderMap) -> Re
             audiences: &aud,
             token_use: Some(TokenUse::Id),
             leeway: 30,
+            exp_leeway: 30,
             now,
         };
         let id_ok = tokens
@@ -692,14 +693,7 @@ impl External {
             "{}/.well-known/openid-configuration",
             issuer.trim_end_matches('/')
         );
-        let doc: serde_json::Value = http
-            .get(&url)
-            .send()
-            .await
-            .map_err(|e| format!("{url}: {e}"))?
-            .json()
-            .await
-            .map_err(|e| format!("{url}: {e}"))?;
+        let doc = portcullis_gateway::issuers::get_json_capped(&http, &url).await?;
         if doc["issuer"].as_str() != Some(issuer.trim_end_matches('/')) {
             return Err(format!("{url} names another issuer"));
         }
@@ -711,6 +705,10 @@ impl External {
                 audiences: vec![client_id.to_owned()],
                 groups_claim: Some(groups_claim.to_owned()),
                 token_use: Some("any".into()),
+                leeway: None,
+                // The sessions' provider is also a [[gateway.issuers]] entry, which decides how
+                // the gateway matches its groups; these keys only check ID tokens at sign-in.
+                fold_group_case: false,
             })?;
         keys.refresh().await;
         Ok(External {
@@ -741,7 +739,9 @@ impl External {
             .await
             .map_err(|e| format!("{url}: {e}"))?;
         let status = resp.status();
-        let body: serde_json::Value = resp.json().await.unwrap_or_default();
+        let body = portcullis_gateway::issuers::json_body_capped(resp, url)
+            .await
+            .unwrap_or_default();
         if !status.is_success() {
             return Err(format!(
                 "{url}: HTTP {status} {}",
@@ -764,6 +764,7 @@ impl External {
             audiences: &aud,
             token_use,
             leeway: 30,
+            exp_leeway: 30,
             now,
         };
         match jwt::verify(token, &self.keys.keys(), &expect) {

@@ -790,6 +790,7 @@ async fn the_upstream_can_verify_a_signed_assertion() {
         audiences: &aud,
         token_use: None,
         leeway: 5,
+        exp_leeway: 5,
         now,
     };
     let claims = portcullis_token::jwt::verify(&assertion, &keys, &expect)
