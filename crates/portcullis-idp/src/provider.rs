@@ -848,8 +848,8 @@ impl Provider {
                     created_at: now,
                     ..old.clone()
                 },
-                now,
-                self.inner.settings.refresh_grace,
+                self.inner.clock.now_millis(),
+                self.inner.settings.refresh_grace_ms,
             )
             .await?;
         let old = match outcome {

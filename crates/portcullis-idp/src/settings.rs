@@ -41,8 +41,9 @@ pub struct IdpSettings {
     pub key_rotation_delay: i64,
     /// Seconds a sign-in session at the provider lasts.
     pub session_ttl: i64,
-    /// Seconds after a refresh token's rotation during which it still works (parallel requests).
-    pub refresh_grace: i64,
+    /// Milliseconds after a refresh token's rotation during which it still works (parallel
+    /// requests).
+    pub refresh_grace_ms: i64,
     /// Seconds an authorization code lives.
     pub code_ttl: i64,
     /// Cookies with `Secure` and the `__Host-` prefix (false only for plain-http development).
@@ -72,7 +73,7 @@ impl IdpSettings {
             id_alg: Algorithm::RS256,
             key_rotation_delay: 3600,
             session_ttl: 12 * 3600,
-            refresh_grace: 30,
+            refresh_grace_ms: 30_000,
             code_ttl: 60,
             secure_cookies,
             branding: Branding::default(),

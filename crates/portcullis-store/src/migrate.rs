@@ -22,6 +22,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "policies",
         include_str!("../migrations/0003_policies.sql"),
     ),
+    (
+        4,
+        "refresh rotation in milliseconds",
+        include_str!("../migrations/0004_refresh_rotation_ms.sql"),
+    ),
 ];
 
 pub(crate) async fn run(store: &Store) -> Result<(), StoreError> {

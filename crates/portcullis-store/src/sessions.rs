@@ -287,14 +287,17 @@ impl Store {
     }
 
     /// Rotates a refresh token: checks it, and stores `next` (same family) when it may be used.
+    /// A token already rotated still works for `grace_ms` milliseconds after its rotation
+    /// (parallel requests); from then on its use is reuse. Times are Unix milliseconds.
     pub async fn rotate_refresh_token(
         &self,
         presented_hash: &str,
         client_id: &str,
         next: impl FnOnce(&RefreshToken) -> RefreshToken,
-        now: i64,
-        grace: i64,
+        now_ms: i64,
+        grace_ms: i64,
     ) -> Result<Rotation, StoreError> {
+        let now = now_ms.div_euclid(1000);
         let mut tx = self.begin_write().await?;
         let row = sqlx::query("SELECT * FROM refresh_tokens WHERE token_hash = $1")
             .bind(presented_hash)
@@ -304,7 +307,12 @@ impl Store {
             return Ok(Rotation::Unknown);
         };
         let old = refresh_from_row(&row)?;
-        let rotated_at: Option<i64> = row.try_get("rotated_at")?;
+        let rotated_at_ms: Option<i64> = match row.try_get::<Option<i64>, _>("rotated_at_ms")? {
+            Some(ms) => Some(ms),
+            None => row
+                .try_get::<Option<i64>, _>("rotated_at")?
+                .map(|s| s.saturating_mul(1000)),
+        };
         let revoked_at: Option<i64> = row.try_get("revoked_at")?;
         let session_live =
             sqlx::query("SELECT 1 FROM sessions WHERE sid = $1 AND revoked_at IS NULL")
@@ -319,8 +327,8 @@ impl Store {
         {
             return Ok(Rotation::Invalid);
         }
-        let outcome = match rotated_at {
-            Some(at) if now - at > grace => {
+        let outcome = match rotated_at_ms {
+            Some(at) if now_ms - at >= grace_ms => {
                 sqlx::query("UPDATE refresh_tokens SET revoked_at = $1 WHERE family = $2 AND revoked_at IS NULL")
                     .bind(now)
                     .bind(&old.family)
@@ -335,9 +343,10 @@ impl Store {
             }
             None => {
                 let marked = sqlx::query(
-                    "UPDATE refresh_tokens SET rotated_at = $1 WHERE token_hash = $2 AND rotated_at IS NULL",
+                    "UPDATE refresh_tokens SET rotated_at = $1, rotated_at_ms = $2 WHERE token_hash = $3 AND rotated_at IS NULL",
                 )
                 .bind(now)
+                .bind(now_ms)
                 .bind(presented_hash)
                 .execute(&mut *tx)
                 .await?;

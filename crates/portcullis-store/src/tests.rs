@@ -91,6 +91,7 @@ both_backends!(
     clients_and_resource_servers,
     codes_are_single_use_even_when_raced,
     refresh_rotation_grace_and_reuse,
+    refresh_grace_is_exact_to_the_millisecond,
     revoking_a_user_ends_every_session,
     login_failures_lock_with_doubling_delay,
     signing_keys_publish_and_retire,
@@ -651,7 +652,7 @@ async fn refresh_rotation_grace_and_reuse(store: Store) {
     assert!(
         matches!(
             store
-                .rotate_refresh_token("r1", "other", next("x"), 200, 30)
+                .rotate_refresh_token("r1", "other", next("x"), 200_000, 30_000)
                 .await
                 .expect("rotate"),
             Rotation::Invalid
@@ -660,7 +661,7 @@ async fn refresh_rotation_grace_and_reuse(store: Store) {
     );
     assert!(matches!(
         store
-            .rotate_refresh_token("r1", "spa", next("r2"), 200, 30)
+            .rotate_refresh_token("r1", "spa", next("r2"), 200_000, 30_000)
             .await
             .expect("rotate"),
         Rotation::Rotated(_)
@@ -668,7 +669,7 @@ async fn refresh_rotation_grace_and_reuse(store: Store) {
     assert!(
         matches!(
             store
-                .rotate_refresh_token("r1", "spa", next("r2b"), 220, 30)
+                .rotate_refresh_token("r1", "spa", next("r2b"), 220_000, 30_000)
                 .await
                 .expect("rotate"),
             Rotation::Grace(_)
@@ -677,7 +678,7 @@ async fn refresh_rotation_grace_and_reuse(store: Store) {
     );
     assert!(matches!(
         store
-            .rotate_refresh_token("r2", "spa", next("r3"), 240, 30)
+            .rotate_refresh_token("r2", "spa", next("r3"), 240_000, 30_000)
             .await
             .expect("rotate"),
         Rotation::Rotated(_)
@@ -685,14 +686,14 @@ async fn refresh_rotation_grace_and_reuse(store: Store) {
     // The first token again, long after: theft. The whole family and the session end.
     assert!(matches!(
         store
-            .rotate_refresh_token("r1", "spa", next("x"), 400, 30)
+            .rotate_refresh_token("r1", "spa", next("x"), 400_000, 30_000)
             .await
             .expect("rotate"),
         Rotation::Reused(_)
     ));
     assert!(matches!(
         store
-            .rotate_refresh_token("r3", "spa", next("r4"), 401, 30)
+            .rotate_refresh_token("r3", "spa", next("r4"), 401_000, 30_000)
             .await
             .expect("rotate"),
         Rotation::Invalid
@@ -725,7 +726,7 @@ async fn refresh_rotation_grace_and_reuse(store: Store) {
         .expect("insert");
     assert!(matches!(
         store
-            .rotate_refresh_token("old", "spa", next("x2"), 1_000, 30)
+            .rotate_refresh_token("old", "spa", next("x2"), 1_000_000, 30_000)
             .await
             .expect("rotate"),
         Rotation::Invalid
@@ -733,7 +734,7 @@ async fn refresh_rotation_grace_and_reuse(store: Store) {
     assert!(store.refresh_token("x2").await.expect("read").is_none());
     assert!(matches!(
         store
-            .rotate_refresh_token("zzz", "spa", next("x"), 401, 30)
+            .rotate_refresh_token("zzz", "spa", next("x"), 401_000, 30_000)
             .await
             .expect("rotate"),
         Rotation::Unknown
@@ -743,6 +744,68 @@ async fn refresh_rotation_grace_and_reuse(store: Store) {
         revs.iter()
             .any(|(k, v, _, _)| k == "sid" && v == &session.sid)
     );
+}
+
+/// The grace window is measured in milliseconds: a rotated token works for exactly `grace`, and
+/// at a grace of 0 even a replay in the same millisecond is reuse.
+async fn refresh_grace_is_exact_to_the_millisecond(store: Store) {
+    let next = |hash: String| {
+        move |old: &RefreshToken| RefreshToken {
+            token_hash: hash,
+            ..old.clone()
+        }
+    };
+    for (n, (grace_ms, replay_after_ms, reused)) in [
+        (0, 0, true),
+        (0, 999, true),
+        (1_000, 900, false),
+        (1_000, 1_000, true),
+        (1_000, 1_100, true),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let (user_id, session) = session_for(&store, &format!("grace{n}")).await;
+        let hash = format!("g{n}");
+        store
+            .insert_refresh_token(&RefreshToken {
+                token_hash: hash.clone(),
+                family: format!("gf{n}"),
+                client_id: "spa".into(),
+                user_id,
+                sid: session.sid.clone(),
+                scope: "openid".into(),
+                auth_time: 100,
+                created_at: 100,
+                expires_at: 10_000,
+            })
+            .await
+            .expect("insert");
+        // Rotated 400 ms into second 200, so a whole-second clock would see the same second.
+        let rotated = 200_400;
+        assert!(matches!(
+            store
+                .rotate_refresh_token(&hash, "spa", next(format!("{hash}-1")), rotated, grace_ms)
+                .await
+                .expect("rotate"),
+            Rotation::Rotated(_)
+        ));
+        let replay = store
+            .rotate_refresh_token(
+                &hash,
+                "spa",
+                next(format!("{hash}-2")),
+                rotated + replay_after_ms,
+                grace_ms,
+            )
+            .await
+            .expect("rotate");
+        assert_eq!(
+            matches!(replay, Rotation::Reused(_)),
+            reused,
+            "grace {grace_ms} ms, replay after {replay_after_ms} ms: {replay:?}"
+        );
+    }
 }
 
 async fn revoking_a_user_ends_every_session(store: Store) {

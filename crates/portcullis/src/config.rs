@@ -288,7 +288,7 @@ pub const KEYS: &[KeySpec] = &[
         },
         env: "PORTCULLIS_IDP_REFRESH_GRACE",
         default: "30s",
-        doc: "After a refresh token is rotated it still works this long (parallel requests); used later, its whole family is revoked.",
+        doc: "After a refresh token is rotated it still works this long, to the millisecond (parallel requests); used later, its whole family is revoked. `\"0s\"`: any second use is reuse.",
     },
     KeySpec {
         path: "idp.group_scopes",
@@ -1006,7 +1006,8 @@ fn build(
     let secs = |d: Duration| i64::try_from(d.as_secs()).unwrap_or(i64::MAX);
     idp.key_rotation_delay = secs(duration("idp.key_rotation_delay"));
     idp.session_ttl = secs(duration("idp.session_ttl"));
-    idp.refresh_grace = secs(duration("idp.refresh_grace"));
+    idp.refresh_grace_ms =
+        i64::try_from(duration("idp.refresh_grace").as_millis()).unwrap_or(i64::MAX);
     idp.lockout_base_delay = secs(duration("idp.lockout_delay"));
     idp.signin_rate_per_address = u32::try_from(int("idp.signin_rate_per_address")).unwrap_or(60);
     if let Value::ListMap(m) = value("idp.group_scopes") {

@@ -912,3 +912,36 @@ async fn cognito_style_logout_redirects_only_to_a_registered_uri() {
             .contains("You are signed out")
     );
 }
+
+/// The refresh grace is exact to the millisecond: at `"0s"` a rotated token replayed at once is
+/// reuse (the family and the session end); at `"1s"` it works at once and is reuse 100 ms after
+/// the second has passed (whole-second timestamps let it work up to a second longer).
+#[tokio::test]
+async fn the_refresh_grace_window_is_exact() {
+    for (grace, wait_ms, reused) in [("0s", 0, true), ("1s", 0, false), ("1s", 1_100, true)] {
+        let mut idp = setup(&format!("[idp]\nrefresh_grace = \"{grace}\"\n"));
+        let q = idp.sign_in("spa", "ada").await;
+        let (_, tokens) = idp.exchange("spa", &q["code"]).await;
+        let first = tokens["refresh_token"].as_str().expect("refresh").to_owned();
+        let (status, rotated) = idp.refresh("spa", &first).await;
+        assert_eq!(status, StatusCode::OK, "{rotated}");
+        tokio::time::sleep(std::time::Duration::from_millis(wait_ms)).await;
+        let (status, replay) = idp.refresh("spa", &first).await;
+        let what = format!("grace {grace}, replayed after {wait_ms} ms: {replay}");
+        if reused {
+            assert_eq!(
+                (status, replay["error"].as_str()),
+                (StatusCode::BAD_REQUEST, Some("invalid_grant")),
+                "{what}"
+            );
+            let next = rotated["refresh_token"].as_str().expect("refresh");
+            assert_eq!(
+                idp.refresh("spa", next).await.0,
+                StatusCode::BAD_REQUEST,
+                "{what}: reuse revokes the whole family"
+            );
+        } else {
+            assert_eq!(status, StatusCode::OK, "{what}");
+        }
+    }
+}
