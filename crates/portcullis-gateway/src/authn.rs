@@ -27,6 +27,8 @@ pub struct Identity {
     pub sid: Option<String>,
     pub jti: Option<String>,
     pub exp: i64,
+    /// When it was issued, if the token says.
+    pub iat: Option<i64>,
     /// The cached verification counts while now is before this (`exp` plus the issuer's leeway).
     pub valid_until: i64,
     /// Group principals compare exactly (an external issuer with case-sensitive group names).
@@ -349,6 +351,7 @@ impl Authenticator {
             sid: claims.sid.clone(),
             jti: claims.jti.clone(),
             exp: claims.exp,
+            iat: claims.iat,
             valid_until: claims.exp.saturating_add(exp_leeway),
             exact_groups,
             principals: Vec::new(),

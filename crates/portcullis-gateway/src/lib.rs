@@ -267,6 +267,14 @@ impl Gateway {
         Ok((id, true))
     }
 
+    /// Whether a cookie session's access token is within `gateway.refresh_margin` of its end
+    /// (at most half its lifetime, so a short-lived token is not refreshed on every request).
+    fn expires_soon(&self, id: &Identity) -> bool {
+        let lifetime = id.iat.map_or(i64::MAX, |iat| id.exp - iat);
+        let margin = self.settings.refresh_margin.min(lifetime / 2);
+        id.exp - self.clock.now() <= margin
+    }
+
     /// The policies in force.
     pub fn policies(&self) -> Arc<PolicySet> {
         self.policies.load_full()
@@ -482,7 +490,7 @@ impl Gateway {
                     // that expires while it works; if that fails, the token is still valid.
                     Ok(id)
                         if from_cookie
-                            && id.exp - self.clock.now() <= self.settings.refresh_margin
+                            && self.expires_soon(&id)
                             && self.refresh_cookie(req.headers()).is_some() =>
                     {
                         match self.refresh_session(req.headers(), outcome).await {

@@ -126,7 +126,7 @@ async fn env() -> Env {
     }
 }
 
-async fn token_for(idp: &mut Idp, user: &str) -> String {
+pub(crate) async fn token_for(idp: &mut Idp, user: &str) -> String {
     idp.cookies.clear();
     let q = idp.sign_in("spa", user).await;
     let (status, tokens) = idp.exchange("spa", &q["code"]).await;
@@ -471,7 +471,7 @@ fn raw_request(e: &Env, request: &str) -> String {
 }
 
 /// Sends `request` as written to the server at `base` and reads until it closes.
-fn raw_to(base: &str, request: &str) -> String {
+pub(crate) fn raw_to(base: &str, request: &str) -> String {
     let addr = base.trim_start_matches("http://");
     let mut s = std::net::TcpStream::connect(addr).expect("connect");
     s.set_read_timeout(Some(Duration::from_secs(5)))
@@ -1038,7 +1038,7 @@ async fn tokens_of_a_trusted_external_issuer_are_verified_with_its_jwks() {
 /// A gateway that trusts `issuer` for client `spa` (with `issuer_extra` lines in its
 /// `[[gateway.issuers]]` entry), forwards `/api/**` to `upstream`, and lets `group:user` GET
 /// `/api/orders/**`.
-fn trusting_gateway(
+pub(crate) fn trusting_gateway(
     issuer: &str,
     issuer_extra: &str,
     upstream: &Upstream,
@@ -1063,7 +1063,8 @@ statements = [{{ effect = "allow", methods = ["GET"], paths = ["/api/orders/**"]
     ))
 }
 
-/// An upstream that switches protocols (as a WebSocket server does) and then echoes bytes.
+/// A WebSocket upstream: it switches protocols for an identified WebSocket handshake and then
+/// echoes bytes.
 async fn upgrading_upstream() -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -1082,13 +1083,16 @@ async fn upgrading_upstream() -> String {
                     head.push(byte[0]);
                 }
                 let head = String::from_utf8_lossy(&head).to_lowercase();
-                if !head.contains("upgrade: echo") || !head.contains("x-auth-username: ada") {
+                if !head.contains("upgrade: websocket")
+                    || !head.contains("sec-websocket-key: dghlihnhbxbszsbub25jzq==")
+                    || !head.contains("x-auth-username: ada")
+                {
                     let _ = sock
                         .write_all(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n")
                         .await;
                     return;
                 }
-                let _ = sock.write_all(b"HTTP/1.1 101 Switching Protocols\r\nupgrade: echo\r\nconnection: upgrade\r\n\r\n").await;
+                let _ = sock.write_all(b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: upgrade\r\nsec-websocket-accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n").await;
                 let mut buf = [0u8; 64];
                 while let Ok(n) = sock.read(&mut buf).await {
                     if n == 0 || sock.write_all(&buf[..n]).await.is_err() {
@@ -1102,23 +1106,24 @@ async fn upgrading_upstream() -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn upgrades_pass_through_on_authorized_routes_only() {
+async fn websocket_upgrades_pass_on_routes_that_allow_them_only() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let upstream = upgrading_upstream().await;
     let mut idp = setup(&format!(
-        "[[routes]]\npath = \"/ws/**\"\nkind = \"api\"\nupstream = \"{upstream}\"\n\
-         [[policy]]\nprincipal = \"group:user\"\nstatements = [{{ effect = \"allow\", methods = [\"GET\"], paths = [\"/ws/**\"] }}]\n"
+        "[[routes]]\npath = \"/ws/**\"\nkind = \"api\"\nupstream = \"{upstream}\"\nwebsocket = true\n\
+         [[routes]]\npath = \"/plain/**\"\nkind = \"api\"\nupstream = \"{upstream}\"\n\
+         [[policy]]\nprincipal = \"group:user\"\nstatements = [{{ effect = \"allow\", methods = [\"GET\"], paths = [\"/ws/**\", \"/plain/**\"] }}]\n"
     ));
     let ada = token_for(&mut idp, "ada").await;
     let addr = idp.server.base.trim_start_matches("http://").to_owned();
-    let open = |token: Option<String>| {
+    let handshake = "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n";
+    let open = |path: &'static str, headers: String| {
         let addr = addr.clone();
         async move {
             let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
-            let auth = token
-                .map(|t| format!("Authorization: Bearer {t}\r\n"))
-                .unwrap_or_default();
-            s.write_all(format!("GET /ws/chat HTTP/1.1\r\nHost: x\r\nUpgrade: echo\r\nConnection: Upgrade\r\n{auth}\r\n").as_bytes()).await.expect("write");
+            s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n{headers}\r\n").as_bytes())
+                .await
+                .expect("write");
             let mut head = Vec::new();
             let mut byte = [0u8; 1];
             while !head.ends_with(b"\r\n\r\n") {
@@ -1130,9 +1135,34 @@ async fn upgrades_pass_through_on_authorized_routes_only() {
             (s, String::from_utf8_lossy(&head).into_owned())
         }
     };
-    let (_, refused) = open(None).await;
+    let bearer = format!("Authorization: Bearer {ada}\r\n");
+    let (_, refused) = open("/ws/chat", handshake.to_owned()).await;
     assert!(refused.starts_with("HTTP/1.1 401"), "{refused}");
-    let (mut s, head) = open(Some(ada)).await;
+    let (_, refused) = open("/plain/chat", format!("{handshake}{bearer}")).await;
+    assert!(
+        refused.starts_with("HTTP/1.1 400"),
+        "WebSocket is off unless the route allows it: {refused}"
+    );
+    let (_, refused) = open(
+        "/ws/chat",
+        format!(
+            "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n{bearer}"
+        ),
+    )
+    .await;
+    assert!(
+        refused.starts_with("HTTP/1.1 400"),
+        "a handshake without a key: {refused}"
+    );
+    // With the access cookie, a handshake from another site is cross-site WebSocket hijacking.
+    let cookie = format!("Cookie: __Host-portcullis-access={ada}\r\n");
+    let (_, refused) = open(
+        "/ws/chat",
+        format!("{handshake}{cookie}Origin: https://evil.example\r\n"),
+    )
+    .await;
+    assert!(refused.starts_with("HTTP/1.1 403"), "{refused}");
+    let (mut s, head) = open("/ws/chat", format!("{handshake}{bearer}")).await;
     assert!(head.starts_with("HTTP/1.1 101"), "{head}");
     s.write_all(b"ping").await.expect("write");
     let mut buf = [0u8; 4];
@@ -1160,31 +1190,12 @@ async fn within_a_second<F: std::future::Future<Output = bool>>(what: &str, chec
 async fn tokens_signed_by_a_trusted_key_but_breaking_a_rule_reach_nothing() {
     use base64::Engine;
     use portcullis_token::{Algorithm, SigningKey};
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::atomic::Ordering;
     let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
-    // A key server that counts how often it is asked.
-    async fn key_server(jwks: Value) -> (String, Arc<AtomicUsize>) {
-        let hits = Arc::new(AtomicUsize::new(0));
-        let counter = hits.clone();
-        let app = axum::Router::new().fallback(move || {
-            let counter = counter.clone();
-            let jwks = jwks.clone();
-            async move {
-                counter.fetch_add(1, Ordering::SeqCst);
-                axum::Json(jwks)
-            }
-        });
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let port = listener.local_addr().expect("addr").port();
-        tokio::spawn(async move { axum::serve(listener, app).await });
-        (format!("http://localhost:{port}"), hits)
-    }
     let trusted = SigningKey::generate(Algorithm::ES256, "trusted-1").expect("key");
     let attacker = SigningKey::generate(Algorithm::ES256, "attacker-1").expect("key");
+    use crate::gateway_upstream::key_server;
     let (issuer, issuer_hits) = key_server(portcullis_token::jwks([trusted.verifying_key()])).await;
     let (evil, evil_hits) = key_server(portcullis_token::jwks([attacker.verifying_key()])).await;
 

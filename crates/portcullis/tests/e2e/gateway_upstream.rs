@@ -27,12 +27,18 @@ impl Upstream {
                 for (k, v) in req.headers() {
                     headers.entry(k.as_str().to_owned()).or_default().push(v.to_str().unwrap_or("?").to_owned());
                 }
+                // A test can ask for the answer's Cache-Control.
+                let cache_control = req.headers().get("x-test-cache-control").cloned();
                 let method = req.method().to_string();
                 let uri = req.uri().to_string();
                 let body = axum::body::to_bytes(req.into_body(), 1 << 20).await.unwrap_or_default();
                 let record = json!({ "method": method, "uri": uri, "headers": headers, "body": String::from_utf8_lossy(&body) });
                 log.lock().expect("log").push(record.clone());
-                axum::Json(record)
+                let mut resp = axum::response::IntoResponse::into_response(axum::Json(record));
+                if let Some(cc) = cache_control {
+                    resp.headers_mut().insert("cache-control", cc);
+                }
+                resp
             }
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -55,4 +61,25 @@ impl Upstream {
             .cloned()
             .expect("something reached the upstream")
     }
+}
+
+/// A key server (an issuer's JWKS at any path) that counts how often it is asked.
+pub(crate) async fn key_server(jwks: Value) -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let hits = Arc::new(AtomicUsize::new(0));
+    let counter = hits.clone();
+    let app = axum::Router::new().fallback(move || {
+        let counter = counter.clone();
+        let jwks = jwks.clone();
+        async move {
+            counter.fetch_add(1, Ordering::SeqCst);
+            axum::Json(jwks)
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (format!("http://localhost:{port}"), hits)
 }

@@ -922,7 +922,10 @@ async fn the_refresh_grace_window_is_exact() {
         let mut idp = setup(&format!("[idp]\nrefresh_grace = \"{grace}\"\n"));
         let q = idp.sign_in("spa", "ada").await;
         let (_, tokens) = idp.exchange("spa", &q["code"]).await;
-        let first = tokens["refresh_token"].as_str().expect("refresh").to_owned();
+        let first = tokens["refresh_token"]
+            .as_str()
+            .expect("refresh")
+            .to_owned();
         let (status, rotated) = idp.refresh("spa", &first).await;
         assert_eq!(status, StatusCode::OK, "{rotated}");
         tokio::time::sleep(std::time::Duration::from_millis(wait_ms)).await;

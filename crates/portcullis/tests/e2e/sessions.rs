@@ -39,7 +39,7 @@ fn location(resp: &reqwest::Response) -> String {
 
 /// Runs the whole browser sign-in for `user`, starting at `/auth/login?return_to=…`; returns
 /// where it lands.
-async fn browser_sign_in(idp: &mut Idp, user: &str, return_to: &str) -> String {
+pub(crate) async fn browser_sign_in(idp: &mut Idp, user: &str, return_to: &str) -> String {
     let start = idp
         .get(&idp.url(&format!(
             "/auth/login?return_to={}",
