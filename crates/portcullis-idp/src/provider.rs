@@ -1062,8 +1062,9 @@ impl Provider {
             issuer: &self.inner.settings.issuer,
             audiences: &[],
             token_use: Some(TokenUse::Access),
-            leeway: 30,
-            exp_leeway: 30,
+            // Strict exp, as at the gateway; nbf/iat may be a little ahead (several nodes).
+            leeway: 5,
+            exp_leeway: 0,
             now,
         };
         let claims = jwt::verify(token, &keys, &expect)
@@ -1118,7 +1119,8 @@ impl Provider {
             issuer: &self.inner.settings.issuer,
             audiences: &[],
             token_use: Some(TokenUse::Access),
-            leeway: 0,
+            // nbf/iat: another node's clock may be a little ahead.
+            leeway: 5,
             exp_leeway: 0,
             now,
         };

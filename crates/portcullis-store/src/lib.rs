@@ -7,6 +7,7 @@
 //! share, and runs through sqlx's `Any` driver; backend-specific set-up (SQLite pragmas, the
 //! migration lock) lives in [`open`](Store::open) only.
 
+mod availability;
 mod clients;
 mod error;
 mod groups;
@@ -45,6 +46,8 @@ pub struct Store {
     /// contending inside SQLite, whose busy handler sleeps in steps of up to 100 ms: measured,
     /// queueing raised refresh-token throughput and cut its p99 (see bench/README.md).
     write_lock: Arc<tokio::sync::Mutex<()>>,
+    /// Whether the database answers (see [`Store::monitor_availability`]).
+    availability: Arc<availability::Availability>,
 }
 
 /// A write transaction; on SQLite it also holds this process's write turn.

@@ -163,6 +163,7 @@ async fn open_sqlite(options: &StoreOptions, path: PathBuf) -> Result<Store, Sto
         backend: super::Backend::Sqlite,
         location: path.display().to_string(),
         write_lock: Default::default(),
+        availability: Default::default(),
     };
     // Two processes starting on one new file must not both create the schema: an exclusive
     // lock on a file beside the database serializes migrations (SQLite has no advisory locks).
@@ -290,6 +291,7 @@ async fn open_postgres(
         backend: Backend::Postgres,
         location,
         write_lock: Default::default(),
+        availability: Default::default(),
     };
     migrate::run(&store).await?;
     store.probe_write().await?;

@@ -277,6 +277,48 @@ async fn admin_pages_sign_in_come_back_and_sign_out_means_out() {
     c.close().await.expect("close");
 }
 
+/// A protected page whose file is a day old goes out with `Last-Modified`; without
+/// `Cache-Control` a browser keeps it fresh for hours (a tenth of its age) and, after sign-out,
+/// shows it from its cache to whoever sits at the machine. Protected answers are `private,
+/// no-cache`: the browser asks again, and a signed-out visitor gets the sign-in page.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_protected_page_is_not_shown_from_the_cache_after_sign_out() {
+    let Some(d) = driver() else { return };
+    let s = site().await;
+    let day_ago = std::time::SystemTime::now() - Duration::from_secs(86_400);
+    std::fs::File::options()
+        .write(true)
+        .open(s._files.path().join("admin/index.html"))
+        .expect("open")
+        .set_modified(day_ago)
+        .expect("a day-old file");
+    let c = browser(&d).await;
+    let admin = format!("{}/admin/", s.base);
+    c.goto(&admin).await.expect("goto");
+    sign_in_on_form(&c, "root").await;
+    wait_for_path(&c, "/admin/").await;
+    c.goto(&admin).await.expect("goto again");
+    assert!(c.source().await.expect("html").contains("Admin area"));
+    c.goto(&format!("{}/auth/logout", s.base))
+        .await
+        .expect("goto");
+    c.find(Locator::Css("button[type=submit]"))
+        .await
+        .expect("button")
+        .click()
+        .await
+        .expect("sign out");
+    wait_for_path(&c, "/").await;
+    c.goto(&admin).await.expect("goto after sign-out");
+    let html = c.source().await.expect("html");
+    assert!(
+        path_of(&c).await.starts_with("/login?request=") && !html.contains("Admin area"),
+        "after sign-out the admin page came from the cache: {} {html}",
+        path_of(&c).await
+    );
+    c.close().await.expect("close");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_customer_is_sent_home_and_the_admin_api_says_403() {
     let Some(d) = driver() else { return };
