@@ -42,6 +42,9 @@ pub enum OAuthError {
     InvalidScope(String),
     #[error("server_error")]
     ServerError,
+    /// The store does not answer: 503 with `Retry-After`, not a 500.
+    #[error("temporarily_unavailable")]
+    TemporarilyUnavailable,
 }
 
 impl OAuthError {
@@ -54,6 +57,7 @@ impl OAuthError {
             OAuthError::UnsupportedGrantType => "unsupported_grant_type",
             OAuthError::InvalidScope(_) => "invalid_scope",
             OAuthError::ServerError => "server_error",
+            OAuthError::TemporarilyUnavailable => "temporarily_unavailable",
         }
     }
 
@@ -67,12 +71,19 @@ impl OAuthError {
             OAuthError::InvalidClient => "client authentication failed".into(),
             OAuthError::UnsupportedGrantType => "the grant type is not supported".into(),
             OAuthError::ServerError => "the server could not complete the request".into(),
+            OAuthError::TemporarilyUnavailable => {
+                "the service cannot reach its database; try again shortly".into()
+            }
         }
     }
 }
 
 impl From<StoreError> for OAuthError {
     fn from(e: StoreError) -> Self {
+        if e.is_unavailable() {
+            tracing::warn!(error = %e, "the store is unavailable");
+            return OAuthError::TemporarilyUnavailable;
+        }
         tracing::error!(error = %e, "store error in the identity provider");
         OAuthError::ServerError
     }

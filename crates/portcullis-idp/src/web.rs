@@ -251,12 +251,17 @@ fn oauth_error(e: &OAuthError, basic_auth_used: bool) -> Response {
     let status = match e {
         OAuthError::InvalidClient => StatusCode::UNAUTHORIZED,
         OAuthError::ServerError => StatusCode::INTERNAL_SERVER_ERROR,
+        OAuthError::TemporarilyUnavailable => StatusCode::SERVICE_UNAVAILABLE,
         _ => StatusCode::BAD_REQUEST,
     };
     let mut r = json_response(
         status,
         json!({ "error": e.code(), "error_description": e.description() }),
     );
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+    }
     if status == StatusCode::UNAUTHORIZED && basic_auth_used {
         r.headers_mut().insert(
             header::WWW_AUTHENTICATE,
@@ -707,7 +712,9 @@ async fn userinfo(State(web): State<Web>, headers: HeaderMap) -> Response {
     };
     match web.provider.userinfo(token).await {
         Ok(info) => json_response(StatusCode::OK, info),
-        Err(OAuthError::ServerError) => oauth_error(&OAuthError::ServerError, false),
+        Err(e @ (OAuthError::ServerError | OAuthError::TemporarilyUnavailable)) => {
+            oauth_error(&e, false)
+        }
         Err(_) => unauthorized(),
     }
 }

@@ -35,8 +35,12 @@ pub struct StoreOptions {
     pub url: String,
     /// Upper bound on pooled connections.
     pub max_connections: u32,
-    /// How long to wait for the database before giving up (connect and pool acquire).
+    /// How long to wait for the database at start-up before reporting it unreachable.
     pub connect_timeout: Duration,
+    /// How long a request waits for a pooled connection: past it, the store is unavailable
+    /// (the request answers 503), so a database that goes away mid-request does not hold callers
+    /// for the whole connect timeout.
+    pub acquire_timeout: Duration,
     /// SQLite only.
     pub sqlite_sync: SqliteSync,
 }
@@ -48,6 +52,7 @@ impl StoreOptions {
             url: format!("sqlite://{}", path.display()),
             max_connections: 8,
             connect_timeout: Duration::from_secs(5),
+            acquire_timeout: Duration::from_secs(1),
             sqlite_sync: SqliteSync::Normal,
         }
     }
@@ -152,7 +157,7 @@ async fn open_sqlite(options: &StoreOptions, path: PathBuf) -> Result<Store, Sto
     probed.map_err(|e| sqlite_error(&path, e))?;
     let pool = AnyPoolOptions::new()
         .max_connections(options.max_connections.max(1))
-        .acquire_timeout(options.connect_timeout)
+        .acquire_timeout(options.acquire_timeout)
         .after_connect(move |conn, _meta| Box::pin(sqlite_setup(conn, sync)))
         .connect(&url)
         .await
@@ -279,7 +284,7 @@ async fn open_postgres(
     }
     let connect = AnyPoolOptions::new()
         .max_connections(options.max_connections.max(1))
-        .acquire_timeout(options.connect_timeout)
+        .acquire_timeout(options.acquire_timeout)
         .connect(url);
     let pool = match tokio::time::timeout(options.connect_timeout, connect).await {
         Err(_) => return Err(timed_out()),

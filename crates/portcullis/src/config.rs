@@ -181,7 +181,17 @@ pub const KEYS: &[KeySpec] = &[
         },
         env: "PORTCULLIS_STORE_CONNECT_TIMEOUT",
         default: "5s",
-        doc: "How long to wait for the database before reporting it unreachable.",
+        doc: "How long to wait for the database at start-up (and in CLI commands) before reporting it unreachable.",
+    },
+    KeySpec {
+        path: "store.acquire_timeout",
+        kind: Kind::Duration {
+            min: Duration::from_millis(50),
+            max: Duration::from_secs(120),
+        },
+        env: "PORTCULLIS_STORE_ACQUIRE_TIMEOUT",
+        default: "1s",
+        doc: "How long a request waits for a database connection. Past it the store counts as unavailable and the request gets 503 with `Retry-After` (the gateway keeps serving Bearer tokens); while the database is known to be down, requests get that answer at once.",
     },
     KeySpec {
         path: "store.sqlite_synchronous",
@@ -900,6 +910,7 @@ fn build(
         url,
         max_connections: u32::try_from(int("store.max_connections")).unwrap_or(8),
         connect_timeout: duration("store.connect_timeout"),
+        acquire_timeout: duration("store.acquire_timeout"),
         sqlite_sync: if string("store.sqlite_synchronous") == "full" {
             SqliteSync::Full
         } else {

@@ -121,7 +121,12 @@ pub async fn run_config(
         StatusCode::REQUEST_TIMEOUT,
         app.config.request_timeout,
     );
-    let router = router(app, timeout)?.merge(sessions.router().layer(timeout));
+    // While the database does not answer, the endpoints that need it say so at once (503) instead
+    // of each waiting for a connection; the gateway keeps serving Bearer tokens from memory.
+    app.store.monitor_availability();
+    let guard = axum::middleware::from_fn_with_state(app.store.clone(), store_guard);
+    let router =
+        router(app, timeout, guard.clone())?.merge(sessions.router().layer(timeout).layer(guard));
     serve_http(listener, router, limits, trusted, shutdown_signal()).await;
     Ok(())
 }
@@ -222,10 +227,77 @@ async fn serve_http(
     }
 }
 
-fn router(app: App, timeout: tower_http::timeout::TimeoutLayer) -> Result<Router, Failure> {
+/// How long clients are asked to wait while the store is down.
+const RETRY_AFTER_SECONDS: &str = "5";
+
+/// Answers 503 at once while the store is known to be unreachable, for the endpoints that need
+/// it (everything of the identity provider and the sessions but discovery and the JWKS, which
+/// relying parties need to keep verifying tokens during an outage).
+async fn store_guard(
+    State(store): State<portcullis_store::Store>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if store.is_available() || req.uri().path().starts_with("/.well-known/") {
+        return next.run(req).await;
+    }
+    unavailable(&req)
+}
+
+/// `503` with `Retry-After`: OAuth 2.0's `temporarily_unavailable` as JSON, or a short page for
+/// a browser.
+fn unavailable(req: &axum::extract::Request) -> Response {
+    let html = req
+        .headers()
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("text/html"));
+    let mut response = if html {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+            "<!doctype html><title>Try again shortly</title><p>Sign-in is unavailable for a moment. Try again in a few seconds.</p>",
+        )
+            .into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(json!({
+                "error": "temporarily_unavailable",
+                "error_description": "the service cannot reach its database; try again shortly",
+            })),
+        )
+            .into_response()
+    };
+    response.headers_mut().insert(
+        header::RETRY_AFTER,
+        header::HeaderValue::from_static(RETRY_AFTER_SECONDS),
+    );
+    no_store(response)
+}
+
+fn router<L>(
+    app: App,
+    timeout: tower_http::timeout::TimeoutLayer,
+    guard: L,
+) -> Result<Router, Failure>
+where
+    L: tower::Layer<axum::routing::Route> + Clone + Send + Sync + 'static,
+    L::Service: tower::Service<
+            axum::extract::Request,
+            Response = Response,
+            Error = std::convert::Infallible,
+        > + Clone
+        + Send
+        + Sync
+        + 'static,
+    <L::Service as tower::Service<axum::extract::Request>>::Future: Send + 'static,
+{
     let templates = portcullis_idp::Templates::load(app.config.idp.templates_dir.as_deref())
         .map_err(|e| Failure::user(format!("branding.templates_dir: {e}")))?;
-    let idp = portcullis_idp::router(app.provider.clone(), templates).layer(timeout);
+    let idp = portcullis_idp::router(app.provider.clone(), templates)
+        .layer(timeout)
+        .layer(guard);
     // Everything that is not a portcullis endpoint goes through the gateway. A service of its
     // own rather than a handler on the `App` state: per request it costs one reference count,
     // not one per field of the state.
@@ -257,6 +329,12 @@ async fn healthz() -> Response {
 }
 
 async fn readyz(State(app): State<App>) -> Response {
+    if !app.store.is_available() {
+        return no_store((
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(json!({ "status": "unavailable", "reason": "store" })),
+        ));
+    }
     match tokio::time::timeout(READY_TIMEOUT, app.store.ping()).await {
         Ok(Ok(())) => no_store((StatusCode::OK, axum::Json(json!({ "status": "ready" })))),
         Ok(Err(e)) => {

@@ -723,3 +723,222 @@ async fn an_endless_jwks_is_cut_off_at_the_size_limit() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// What one token request during the outage test came to.
+struct Answer {
+    at: Instant,
+    status: StatusCode,
+    took: Duration,
+    retry_after: bool,
+    error: String,
+}
+
+/// With PostgreSQL stopped under load, the token endpoint answers 503 `temporarily_unavailable`
+/// with `Retry-After` — promptly, not after the pool's connect timeout — never 500; the gateway
+/// keeps serving Bearer tokens; and everything recovers by itself when the database returns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_outage_is_503_promptly_and_heals_itself() {
+    let Some(pg) = crate::harness::PrivatePostgres::start() else {
+        return;
+    };
+    let upstream = Upstream::start().await;
+    let i = crate::harness::Instance::with_config(&format!(
+        r#"
+[store]
+connect_timeout = "5s"
+
+[[routes]]
+path = "/api/**"
+kind = "api"
+upstream = "{u}"
+
+[[policy]]
+principal = "scope:orders/read"
+statements = [{{ effect = "allow", methods = ["GET"], paths = ["/api/orders/**"] }}]
+"#,
+        u = upstream.base
+    ))
+    .env("PORTCULLIS_STORE_URL", &pg.url());
+    i.run(&["resource-server", "add", "orders", "--scope", "read"])
+        .ok();
+    let out = i
+        .run(&[
+            "--json",
+            "client",
+            "add",
+            "Backend",
+            "--id",
+            "backend",
+            "--confidential",
+            "--scope",
+            "orders/read",
+        ])
+        .ok();
+    let secret = serde_json::from_str::<serde_json::Value>(&out).expect("json")["client_secret"]
+        .as_str()
+        .expect("secret")
+        .to_owned();
+    let server = i.serve();
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(20))
+        .build()
+        .expect("client");
+    let token_url = server.url("/oauth2/token");
+    let grant = {
+        let http = http.clone();
+        let secret = secret.clone();
+        move || {
+            let req = http
+                .post(&token_url)
+                .basic_auth("backend", Some(&secret))
+                .form(&[
+                    ("grant_type", "client_credentials"),
+                    ("scope", "orders/read"),
+                ]);
+            async move {
+                let started = Instant::now();
+                let resp = req.send().await.expect("the server answers");
+                let status = resp.status();
+                let retry_after = resp.headers().contains_key("retry-after");
+                let body: serde_json::Value = resp.json().await.unwrap_or_default();
+                (
+                    Answer {
+                        at: started,
+                        status,
+                        took: started.elapsed(),
+                        retry_after,
+                        error: body["error"].as_str().unwrap_or_default().to_owned(),
+                    },
+                    body["access_token"].as_str().map(str::to_owned),
+                )
+            }
+        }
+    };
+    let (first, access) = grant().await;
+    assert_eq!(first.status, StatusCode::OK);
+    let access = access.expect("an access token");
+    let api = server.url("/api/orders/1");
+    assert_eq!(
+        http.get(&api)
+            .bearer_auth(&access)
+            .send()
+            .await
+            .expect("send")
+            .status(),
+        StatusCode::OK
+    );
+
+    // Load: two clients asking for tokens, one calling the API, until told to stop.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let answers: Arc<Mutex<Vec<Answer>>> = Arc::default();
+    let mut load = Vec::new();
+    for _ in 0..2 {
+        let (stop, answers, grant) = (stop.clone(), answers.clone(), grant.clone());
+        load.push(tokio::spawn(async move {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let (answer, _) = grant().await;
+                answers.lock().expect("answers").push(answer);
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }));
+    }
+    let api_statuses: Arc<Mutex<Vec<StatusCode>>> = Arc::default();
+    {
+        let (stop, statuses, http, api, access) = (
+            stop.clone(),
+            api_statuses.clone(),
+            http.clone(),
+            api.clone(),
+            access.clone(),
+        );
+        load.push(tokio::spawn(async move {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let s = http
+                    .get(&api)
+                    .bearer_auth(&access)
+                    .send()
+                    .await
+                    .expect("send")
+                    .status();
+                statuses.lock().expect("statuses").push(s);
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let stopped = Instant::now();
+    pg.down();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let restarted = Instant::now();
+    pg.up();
+    // Recovery: a token within 5 s of the database coming back.
+    let healed = loop {
+        let (a, _) = grant().await;
+        if a.status == StatusCode::OK {
+            break a.at;
+        }
+        assert!(
+            restarted.elapsed() < Duration::from_secs(5),
+            "no token 5 s after the database came back: {} {}",
+            a.status,
+            a.error
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for task in load {
+        task.await.expect("load task");
+    }
+    eprintln!(
+        "recovered {:?} after the restart",
+        healed.duration_since(restarted)
+    );
+
+    let answers = answers.lock().expect("answers");
+    for a in answers.iter() {
+        assert_ne!(
+            a.status,
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "an unavailable store is not a bug"
+        );
+        if a.status == StatusCode::SERVICE_UNAVAILABLE {
+            assert!(
+                a.retry_after && a.error == "temporarily_unavailable",
+                "503 carries Retry-After and temporarily_unavailable"
+            );
+        } else {
+            assert_eq!(a.status, StatusCode::OK);
+        }
+    }
+    // Once the outage is known (a second after the stop) and until the restart, every answer is
+    // a prompt 503.
+    let known: Vec<&Answer> = answers
+        .iter()
+        .filter(|a| a.at > stopped + Duration::from_secs(1) && a.at + a.took < restarted)
+        .collect();
+    assert!(known.len() >= 10, "load kept running: {}", known.len());
+    eprintln!(
+        "{} token answers: {} x 503; while known down {} answers, slowest {:?}",
+        answers.len(),
+        answers
+            .iter()
+            .filter(|a| a.status == StatusCode::SERVICE_UNAVAILABLE)
+            .count(),
+        known.len(),
+        known.iter().map(|a| a.took).max().unwrap_or_default()
+    );
+    for a in &known {
+        assert_eq!(a.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(
+            a.took < Duration::from_millis(500),
+            "a 503 while the store is known down takes {:?}",
+            a.took
+        );
+    }
+    let statuses = api_statuses.lock().expect("statuses");
+    assert!(statuses.len() >= 20, "{}", statuses.len());
+    assert!(
+        statuses.iter().all(|s| *s == StatusCode::OK),
+        "the gateway kept serving Bearer tokens: {statuses:?}"
+    );
+}
