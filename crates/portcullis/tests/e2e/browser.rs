@@ -494,7 +494,7 @@ async fn the_demo_shop_customer_orders_admin_approves() {
         .local_addr()
         .expect("addr")
         .port();
-    let mut cmd = Command::new(crate::harness::BIN);
+    let mut cmd = Command::new(crate::harness::bin());
     cmd.args([
         "demo",
         "--listen",

@@ -6,7 +6,12 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-pub const BIN: &str = env!("CARGO_BIN_EXE_portcullis");
+/// The binary under test: the one cargo built for this test, or `PORTCULLIS_E2E_BIN` (to run the
+/// suite against another build, say the last release, and see which tests it fails).
+pub fn bin() -> std::ffi::OsString {
+    std::env::var_os("PORTCULLIS_E2E_BIN")
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_portcullis").into())
+}
 
 /// A portcullis instance: a temporary directory with a config file and a data directory.
 pub struct Instance {
@@ -85,7 +90,7 @@ impl Instance {
 
     /// A command for the binary with this instance's config and environment.
     pub fn command(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new(BIN);
+        let mut cmd = Command::new(bin());
         cmd.arg("--config").arg(&self.config).args(args);
         cmd.env_remove("PORTCULLIS_STORE_URL")
             .env_remove("PORTCULLIS_INSTANCE_SECRET");

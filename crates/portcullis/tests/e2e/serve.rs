@@ -1,6 +1,6 @@
 //! `serve` over real sockets: health, readiness, two processes on one SQLite file, the demo.
 
-use crate::harness::{BIN, Instance, Server};
+use crate::harness::{Instance, Server, bin};
 
 async fn get(url: &str) -> (u16, serde_json::Value) {
     let resp = reqwest::get(url).await.expect("request");
@@ -80,7 +80,7 @@ async fn demo_seeds_users_once_and_reset_starts_fresh() {
     let data = dir.path().join("demo");
     let port = free_port();
     let demo = |extra: &[&str]| {
-        let mut cmd = std::process::Command::new(BIN);
+        let mut cmd = std::process::Command::new(bin());
         cmd.args([
             "demo",
             "--listen",
@@ -121,7 +121,7 @@ async fn demo_seeds_users_once_and_reset_starts_fresh() {
     assert_eq!(mode & 0o077, 0, "credentials are private: {mode:o}");
 
     let show = |user: &str| {
-        let out = std::process::Command::new(BIN)
+        let out = std::process::Command::new(bin())
             .args(["--json", "user", "show", user])
             .env("PORTCULLIS_DATA_DIR", &data)
             .env_remove("PORTCULLIS_STORE_URL")
@@ -161,7 +161,7 @@ async fn demo_seeds_users_once_and_reset_starts_fresh() {
     let not_demo = dir.path().join("precious");
     std::fs::create_dir(&not_demo).expect("mkdir");
     std::fs::write(not_demo.join("thesis.txt"), "do not delete").expect("write");
-    let out = std::process::Command::new(BIN)
+    let out = std::process::Command::new(bin())
         .args([
             "demo",
             "--reset",

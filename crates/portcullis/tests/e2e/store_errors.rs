@@ -76,7 +76,7 @@ fn read_only_sqlite_file_is_reported_not_writable() {
         }
         let out = std::process::Command::new("setpriv")
             .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
-            .arg(crate::harness::BIN)
+            .arg(crate::harness::bin())
             .args([
                 "--config",
                 i.config.to_str().expect("utf-8"),
