@@ -285,7 +285,9 @@ async fn admin_pages_sign_in_come_back_and_sign_out_means_out() {
 async fn a_protected_page_is_not_shown_from_the_cache_after_sign_out() {
     let Some(d) = driver() else { return };
     let s = site().await;
-    let day_ago = std::time::SystemTime::now() - Duration::from_secs(86_400);
+    let now = portcullis_token::Clock::system().now();
+    let day_ago = std::time::UNIX_EPOCH
+        + Duration::from_secs(u64::try_from(now - 86_400).expect("after 1970"));
     std::fs::File::options()
         .write(true)
         .open(s._files.path().join("admin/index.html"))

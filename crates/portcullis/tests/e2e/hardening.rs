@@ -390,7 +390,8 @@ statements = [{{ effect = "allow", methods = ["GET"], paths = ["/api/orders/**"]
         "X-Tenant",
         "x_corp_role",
     ];
-    let mut request = format!("GET /api/orders/1 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n");
+    let mut request =
+        String::from("GET /api/orders/1 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n");
     for name in forged {
         request.push_str(&format!("{name}: root\r\n{name}: admin\r\n"));
     }
