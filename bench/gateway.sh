@@ -10,6 +10,7 @@
 #
 #   bench/gateway.sh                # 10 s per target;  DURATION=30s for steadier numbers
 #   bench/gateway.sh --install      # also apt-get install nginx haproxy first
+#   BASELINE_BIN=old/portcullis bench/gateway.sh   # adds rows for another build, same run
 #
 # With HAProxy installed, a row for HAProxy verifying the same ES256 token with `jwt_verify`
 # against portcullis' published key (converted from the JWKS to PEM) on every request.
@@ -39,8 +40,12 @@ up_port=$(free_port)
 "$target/release/examples/upstream" "127.0.0.1:$up_port" & pids+=($!)
 up_pid=$!
 
-cat > "$tmp/p.toml" <<TOML
-data_dir = "$tmp/data"
+# Starts a portcullis from binary $1 with its own data in $tmp/$2; sets pc_port, pc_pid, token.
+start_portcullis() {
+    local bin=$1 dir="$tmp/$2"
+    mkdir -p "$dir"
+    cat > "$dir/p.toml" <<TOML
+data_dir = "$dir/data"
 [gateway]
 access_log = false          # nginx runs with access_log off too
 [[routes]]
@@ -55,16 +60,25 @@ upstream = "http://127.0.0.1:$up_port"
 principal = "scope:bench/admin"
 statements = [{ effect = "allow", methods = ["GET"], paths = ["/api/admin/**"] }]
 TOML
-P() { "$BIN" --config "$tmp/p.toml" "$@"; }
-P resource-server add bench --scope admin >/dev/null
-secret=$(P --json client add Bench --id bench --confidential --scope bench/admin | python3 -c 'import json,sys; print(json.load(sys.stdin)["client_secret"])')
-pc_port=$(free_port)
-"$BIN" --config "$tmp/p.toml" --log-level warn serve --listen "127.0.0.1:$pc_port" > "$tmp/serve.out" 2>&1 & pids+=($!)
-pc_pid=$!
+    P() { "$bin" --config "$dir/p.toml" "$@"; }
+    P resource-server add bench --scope admin >/dev/null
+    local secret
+    secret=$(P --json client add Bench --id bench --confidential --scope bench/admin | python3 -c 'import json,sys; print(json.load(sys.stdin)["client_secret"])')
+    pc_port=$(free_port)
+    "$bin" --config "$dir/p.toml" --log-level warn serve --listen "127.0.0.1:$pc_port" > "$dir/serve.out" 2>&1 & pids+=($!)
+    pc_pid=$!
+    local base="http://localhost:$pc_port"
+    for _ in $(seq 50); do curl -fs "$base/readyz" >/dev/null && break; sleep 0.1; done
+    token=$(curl -fs -u "bench:$secret" -d grant_type=client_credentials -d scope=bench/admin "$base/oauth2/token" | python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])')
+    [[ $(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $token" "$base/api/admin/x") == 200 ]] || { echo "setup failed: the token is not accepted" >&2; exit 1; }
+}
+# BASELINE_BIN=path/to/an/older/portcullis adds its rows to the same run (a before/after check).
+if [[ -n "${BASELINE_BIN:-}" ]]; then
+    start_portcullis "$BASELINE_BIN" baseline
+    bl_port=$pc_port bl_pid=$pc_pid bl_token=$token
+fi
+start_portcullis "$BIN" current
 base="http://localhost:$pc_port"
-for _ in $(seq 50); do curl -fs "$base/readyz" >/dev/null && break; sleep 0.1; done
-token=$(curl -fs -u "bench:$secret" -d grant_type=client_credentials -d scope=bench/admin "$base/oauth2/token" | python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])')
-[[ $(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $token" "$base/api/admin/x") == 200 ]] || { echo "setup failed: the token is not accepted" >&2; exit 1; }
 
 HYPER_FLOOR="hyper floor: bare hyper proxy, no logic (examples/minproxy)"
 NGINX_PLAIN="nginx plain proxy (defaults, 1 worker)"
@@ -150,6 +164,11 @@ targets+=("$HYPER_FLOOR|http://127.0.0.1:$mp_port/api/admin/x||$mp_pid")
 targets+=("portcullis public route (no auth)|http://127.0.0.1:$pc_port/public/x||$pc_pid")
 targets+=("portcullis Bearer ES256 + policy|http://127.0.0.1:$pc_port/api/admin/x|bearer|$pc_pid")
 targets+=("portcullis cookie ES256 + policy|http://127.0.0.1:$pc_port/api/admin/x|cookie|$pc_pid")
+if [[ -n "${BASELINE_BIN:-}" ]]; then
+    targets+=("baseline public route (no auth)|http://127.0.0.1:$bl_port/public/x||$bl_pid")
+    targets+=("baseline Bearer ES256 + policy|http://127.0.0.1:$bl_port/api/admin/x|bearer-baseline|$bl_pid")
+    targets+=("baseline cookie ES256 + policy|http://127.0.0.1:$bl_port/api/admin/x|cookie-baseline|$bl_pid")
+fi
 
 echo "gateway benchmark, $(date -u +%Y-%m-%d), $(nproc) cores, wrk -t1 -c$CONNS -d$DURATION, GET /api/admin/x, median of $ROUNDS interleaved rounds"
 echo
@@ -163,6 +182,8 @@ for round in $(seq "$ROUNDS"); do
         hdr=()
         [[ "$auth" == bearer ]] && hdr=(-H "Authorization: Bearer $token")
         [[ "$auth" == cookie ]] && hdr=(-H "Cookie: __Host-portcullis-access=$token")
+        [[ "$auth" == bearer-baseline ]] && hdr=(-H "Authorization: Bearer $bl_token")
+        [[ "$auth" == cookie-baseline ]] && hdr=(-H "Cookie: __Host-portcullis-access=$bl_token")
         before=$(cpu_ticks "$pid")
         wrk -t1 -c"$CONNS" -d"$DURATION" --latency "${hdr[@]}" "$url" > "$tmp/wrk.out"
         after=$(cpu_ticks "$pid")
@@ -190,6 +211,9 @@ ratio() { awk -v a="${rate[$1]}" -v b="${rate[$2]}" 'BEGIN { printf "%.2f", a / 
 echo "full auth (Bearer) / no-auth route: $(ratio 'portcullis Bearer ES256 + policy' 'portcullis public route (no auth)')"
 echo "full auth (Bearer) / hyper floor: $(ratio 'portcullis Bearer ES256 + policy' "$HYPER_FLOOR")"
 echo "cookie / Bearer: $(ratio 'portcullis cookie ES256 + policy' 'portcullis Bearer ES256 + policy')"
+if [[ -n "${BASELINE_BIN:-}" ]]; then
+    echo "current / baseline, public: $(ratio 'portcullis public route (no auth)' 'baseline public route (no auth)'), Bearer: $(ratio 'portcullis Bearer ES256 + policy' 'baseline Bearer ES256 + policy'), cookie: $(ratio 'portcullis cookie ES256 + policy' 'baseline cookie ES256 + policy')"
+fi
 if [[ -n "${rate['haproxy jwt_verify ES256 (1 thread)']:-}" ]]; then
     echo "full auth (Bearer) / HAProxy jwt_verify: $(ratio 'portcullis Bearer ES256 + policy' 'haproxy jwt_verify ES256 (1 thread)')"
 fi

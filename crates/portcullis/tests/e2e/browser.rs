@@ -157,6 +157,18 @@ async fn sign_in_on_form(c: &Client, user: &str) {
     sign_in_as(c, user, PASSWORD).await;
 }
 
+/// Signs out with the button on `/auth/logout` and waits to land on the home page.
+async fn sign_out(c: &Client, base: &str) {
+    c.goto(&format!("{base}/auth/logout")).await.expect("goto");
+    c.find(Locator::Css("button[type=submit]"))
+        .await
+        .expect("button")
+        .click()
+        .await
+        .expect("sign out");
+    wait_for_path(c, "/").await;
+}
+
 async fn path_of(c: &Client) -> String {
     let u = c.current_url().await.expect("url");
     format!(
@@ -232,16 +244,7 @@ async fn admin_pages_sign_in_come_back_and_sign_out_means_out() {
         .expect("cookie")
         .value()
         .to_owned();
-    c.goto(&format!("{}/auth/logout", s.base))
-        .await
-        .expect("goto");
-    c.find(Locator::Css("button[type=submit]"))
-        .await
-        .expect("button")
-        .click()
-        .await
-        .expect("sign out");
-    wait_for_path(&c, "/").await;
+    sign_out(&c, &s.base).await;
     // Sign-out is enforced by revocation, which every node applies within a second.
     let started = Instant::now();
     loop {
@@ -301,16 +304,7 @@ async fn a_protected_page_is_not_shown_from_the_cache_after_sign_out() {
     wait_for_path(&c, "/admin/").await;
     c.goto(&admin).await.expect("goto again");
     assert!(c.source().await.expect("html").contains("Admin area"));
-    c.goto(&format!("{}/auth/logout", s.base))
-        .await
-        .expect("goto");
-    c.find(Locator::Css("button[type=submit]"))
-        .await
-        .expect("button")
-        .click()
-        .await
-        .expect("sign out");
-    wait_for_path(&c, "/").await;
+    sign_out(&c, &s.base).await;
     c.goto(&admin).await.expect("goto after sign-out");
     let html = c.source().await.expect("html");
     assert!(

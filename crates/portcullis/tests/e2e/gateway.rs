@@ -470,6 +470,14 @@ fn raw_request(e: &Env, request: &str) -> String {
     raw_to(&e.idp.server.base, request)
 }
 
+/// [`raw_to`] off the async runtime, so an upstream in this process can answer meanwhile.
+pub(crate) async fn raw_async(base: &str, request: &str) -> String {
+    let (base, request) = (base.to_owned(), request.to_owned());
+    tokio::task::spawn_blocking(move || raw_to(&base, &request))
+        .await
+        .expect("join")
+}
+
 /// Sends `request` as written to the server at `base` and reads until it closes.
 pub(crate) fn raw_to(base: &str, request: &str) -> String {
     let addr = base.trim_start_matches("http://");
@@ -1206,7 +1214,6 @@ async fn tokens_signed_by_a_trusted_key_but_breaking_a_rule_reach_nothing() {
         &upstream,
     );
     let gateway = a.serve();
-    let http = reqwest::Client::new();
     let now = portcullis_token::Clock::system().now();
     // Cognito's access-token shape: `client_id`, no `aud`, `token_use`, `cognito:groups`.
     let good = json!({
@@ -1220,26 +1227,13 @@ async fn tokens_signed_by_a_trusted_key_but_breaking_a_rule_reach_nothing() {
         c
     };
     let jws = |key: &SigningKey, header: Value, claims: &Value| {
-        let input = format!(
-            "{}.{}",
-            b64.encode(header.to_string()),
-            b64.encode(claims.to_string())
-        );
-        let sig = key.sign(input.as_bytes()).expect("sign");
-        format!("{input}.{}", b64.encode(sig))
+        crate::gateway_upstream::sign_jws(key, &header.to_string(), &claims.to_string())
     };
     let es256 = |kid: &str| json!({ "alg": "ES256", "kid": kid, "typ": "JWT" });
+    let url = gateway.url("/api/orders/1");
     let get = |token: String| {
-        let http = http.clone();
-        let url = gateway.url("/api/orders/1");
-        async move {
-            http.get(url)
-                .bearer_auth(token)
-                .send()
-                .await
-                .expect("send")
-                .status()
-        }
+        let url = url.clone();
+        async move { crate::gateway_upstream::bearer_status(&url, &token).await }
     };
 
     // The control: the well-formed token is accepted and reaches the upstream.

@@ -83,3 +83,24 @@ pub(crate) async fn key_server(jwks: Value) -> (String, Arc<std::sync::atomic::A
     tokio::spawn(async move { axum::serve(listener, app).await });
     (format!("http://localhost:{port}"), hits)
 }
+
+/// A compact JWS of `header` and `payload` exactly as written (so a test can repeat a member or
+/// break a rule), signed with `key`.
+pub(crate) fn sign_jws(key: &portcullis_token::SigningKey, header: &str, payload: &str) -> String {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let input = format!("{}.{}", b64.encode(header), b64.encode(payload));
+    let sig = key.sign(input.as_bytes()).expect("sign");
+    format!("{input}.{}", b64.encode(sig))
+}
+
+/// The status of `GET url` with `token` as a Bearer credential.
+pub(crate) async fn bearer_status(url: &str, token: &str) -> reqwest::StatusCode {
+    reqwest::Client::new()
+        .get(url)
+        .bearer_auth(token)
+        .send()
+        .await
+        .expect("send")
+        .status()
+}

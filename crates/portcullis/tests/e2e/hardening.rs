@@ -5,13 +5,12 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use base64::Engine;
 use reqwest::StatusCode;
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::gateway::{raw_to, token_for, trusting_gateway};
-use crate::gateway_upstream::{Upstream, key_server};
+use crate::gateway::{raw_async, raw_to, token_for, trusting_gateway};
+use crate::gateway_upstream::{Upstream, bearer_status, key_server, sign_jws};
 use crate::oidc::setup;
 
 /// What a raw upstream received: request heads, and any bytes after a protocol switch.
@@ -117,9 +116,7 @@ async fn an_h2c_upgrade_never_opens_a_tunnel_past_authorization() {
          Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n\
          GET /api/admin/users HTTP/1.1\r\nHost: x\r\nX-Auth-Groups: admin\r\nX-Auth-Username: root\r\nConnection: close\r\n\r\n"
     );
-    let answer = tokio::task::spawn_blocking(move || raw_to(&base, &smuggle))
-        .await
-        .expect("join");
+    let answer = raw_async(&base, &smuggle).await;
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     assert!(
         answer.contains("HTTP/1.1 401"),
@@ -140,14 +137,11 @@ async fn an_h2c_upgrade_never_opens_a_tunnel_past_authorization() {
 
     // An upstream that switches protocols although nobody asked: 502, and no tunnel.
     let base = idp.server.base.clone();
-    let answer = tokio::task::spawn_blocking(move || {
-        raw_to(
-            &base,
-            "GET /sneaky/x HTTP/1.1\r\nHost: x\r\n\r\nGET /sneaky/admin HTTP/1.1\r\nHost: x\r\nX-Auth-Username: root\r\n\r\n",
-        )
-    })
-    .await
-    .expect("join");
+    let answer = raw_async(
+        &base,
+        "GET /sneaky/x HTTP/1.1\r\nHost: x\r\n\r\nGET /sneaky/admin HTTP/1.1\r\nHost: x\r\nX-Auth-Username: root\r\n\r\n",
+    )
+    .await;
     assert!(answer.starts_with("HTTP/1.1 502"), "{answer}");
     tokio::time::sleep(Duration::from_millis(200)).await;
     let seen = sneaky_wire.all();
@@ -180,15 +174,11 @@ async fn paths_that_unicode_folding_would_change_are_400() {
         );
         assert!(answer.starts_with("HTTP/1.1 400"), "{target}: {answer}");
     }
-    let base = idp.server.base.clone();
-    let ok = tokio::task::spawn_blocking(move || {
-        raw_to(
-            &base,
-            "GET /api/caf%C3%A9 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
-        )
-    })
-    .await
-    .expect("join");
+    let ok = raw_async(
+        &idp.server.base,
+        "GET /api/caf%C3%A9 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
     assert!(ok.starts_with("HTTP/1.1 200"), "{ok}");
     assert_eq!(upstream.count(), 1, "only the plain path was forwarded");
 }
@@ -218,9 +208,7 @@ async fn broken_chunked_framing_is_400_and_closes() {
             "POST /public/upload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n{body}"
         );
         let started = Instant::now();
-        let answer = tokio::task::spawn_blocking(move || raw_to(&base, &request))
-            .await
-            .expect("join");
+        let answer = raw_async(&base, &request).await;
         assert!(answer.starts_with("HTTP/1.1 400"), "{what}: {answer}");
         assert!(
             answer.to_ascii_lowercase().contains("connection: close"),
@@ -397,9 +385,7 @@ statements = [{{ effect = "allow", methods = ["GET"], paths = ["/api/orders/**"]
     }
     request.push_str(&format!("Cookie: session={ada}; theme=dark\r\n\r\n"));
     let base = idp.server.base.clone();
-    let answer = tokio::task::spawn_blocking(move || raw_to(&base, &request))
-        .await
-        .expect("join");
+    let answer = raw_async(&base, &request).await;
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     let seen = upstream.last();
     let headers = seen["headers"].as_object().expect("headers");
@@ -429,7 +415,6 @@ statements = [{{ effect = "allow", methods = ["GET"], paths = ["/api/orders/**"]
 /// parsers could read two different users. Refused, like any malformed token.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tokens_with_a_member_named_twice_are_401() {
-    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
     use portcullis_token::{Algorithm, SigningKey};
     let key = SigningKey::generate(Algorithm::ES256, "k1").expect("key");
     let (issuer, _) = key_server(portcullis_token::jwks([key.verifying_key()])).await;
@@ -446,24 +431,12 @@ async fn tokens_with_a_member_named_twice_are_401() {
         now - 5,
         now + 600
     );
-    let sign = |header: &str, payload: &str| {
-        let input = format!("{}.{}", b64.encode(header), b64.encode(payload));
-        let sig = key.sign(input.as_bytes()).expect("sign");
-        format!("{input}.{}", b64.encode(sig))
-    };
+    let sign = |header: &str, payload: &str| sign_jws(&key, header, payload);
     let header = r#"{"alg":"ES256","kid":"k1","typ":"JWT"}"#;
-    let http = reqwest::Client::new();
+    let url = gateway.url("/api/orders/1");
     let status = |token: String| {
-        let http = http.clone();
-        let url = gateway.url("/api/orders/1");
-        async move {
-            http.get(url)
-                .bearer_auth(token)
-                .send()
-                .await
-                .expect("send")
-                .status()
-        }
+        let url = url.clone();
+        async move { bearer_status(&url, &token).await }
     };
     assert_eq!(
         status(sign(header, &format!(r#"{{"sub":"u-1",{claims}}}"#))).await,
@@ -511,19 +484,16 @@ impl Issuer {
     }
 
     fn token(&self, groups: &[&str], exp_in: i64) -> String {
-        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
         let now = portcullis_token::Clock::system().now();
         let claims = json!({
             "iss": self.base, "sub": "u-1", "client_id": "spa", "token_use": "access",
             "cognito:groups": groups, "iat": now - 60, "exp": now + exp_in,
         });
-        let input = format!(
-            "{}.{}",
-            b64.encode(json!({ "alg": "ES256", "kid": "k1" }).to_string()),
-            b64.encode(claims.to_string())
-        );
-        let sig = self.key.sign(input.as_bytes()).expect("sign");
-        format!("{input}.{}", b64.encode(sig))
+        sign_jws(
+            &self.key,
+            r#"{"alg":"ES256","kid":"k1"}"#,
+            &claims.to_string(),
+        )
     }
 
     fn gateway(&self, upstream: &Upstream, extra: &str) -> crate::harness::Instance {
@@ -552,13 +522,7 @@ statements = [{{ effect = "allow", methods = ["GET"], paths = ["/api/**"] }}]
 }
 
 async fn status_of(server: &crate::harness::Server, token: &str) -> StatusCode {
-    reqwest::Client::new()
-        .get(server.url("/api/x"))
-        .bearer_auth(token)
-        .send()
-        .await
-        .expect("send")
-        .status()
+    bearer_status(&server.url("/api/x"), token).await
 }
 
 /// An external issuer's groups are matched exactly (Cognito's `Admin` is not `admin`), unless
