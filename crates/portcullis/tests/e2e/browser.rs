@@ -158,7 +158,7 @@ async fn sign_in_on_form(c: &Client, user: &str) {
 }
 
 /// Signs out with the button on `/auth/logout` and waits to land on the home page.
-async fn sign_out(c: &Client, base: &str) {
+async fn sign_out_at(c: &Client, base: &str) {
     c.goto(&format!("{base}/auth/logout")).await.expect("goto");
     c.find(Locator::Css("button[type=submit]"))
         .await
@@ -244,7 +244,7 @@ async fn admin_pages_sign_in_come_back_and_sign_out_means_out() {
         .expect("cookie")
         .value()
         .to_owned();
-    sign_out(&c, &s.base).await;
+    sign_out_at(&c, &s.base).await;
     // Sign-out is enforced by revocation, which every node applies within a second.
     let started = Instant::now();
     loop {
@@ -304,7 +304,7 @@ async fn a_protected_page_is_not_shown_from_the_cache_after_sign_out() {
     wait_for_path(&c, "/admin/").await;
     c.goto(&admin).await.expect("goto again");
     assert!(c.source().await.expect("html").contains("Admin area"));
-    sign_out(&c, &s.base).await;
+    sign_out_at(&c, &s.base).await;
     c.goto(&admin).await.expect("goto after sign-out");
     let html = c.source().await.expect("html");
     assert!(
@@ -471,6 +471,7 @@ async fn screenshot(c: &Client, name: &str) {
     }
 }
 
+/// Signs out with the demo shop's own button.
 async fn sign_out(c: &Client) {
     c.find(Locator::Css("#signed-in button[type=submit]"))
         .await
