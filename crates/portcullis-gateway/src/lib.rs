@@ -701,6 +701,7 @@ impl Gateway {
             .and_then(|v| v.parse::<usize>().ok())
             .is_some_and(|n| n > self.settings.max_body)
         {
+            outcome.decision = "bad_request";
             return error(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large");
         }
         let max = self.settings.max_body;
@@ -821,6 +822,7 @@ impl Gateway {
             Ok(Err(e)) if body_over_limit(&e) => {
                 // A chunked body grew past gateway.max_body while it streamed: the upstream got
                 // an aborted request, the client gets the reason; the rest of its body is unread.
+                outcome.decision = "bad_request";
                 tracing::info!(
                     upstream = base,
                     "request refused: body over gateway.max_body"
@@ -843,6 +845,7 @@ impl Gateway {
                 error(StatusCode::BAD_GATEWAY, "bad_gateway")
             }
             Err(_) if body_state.as_ref().is_some_and(|s| !s.finished()) => {
+                outcome.decision = "bad_request";
                 tracing::info!(
                     upstream = base,
                     "request refused: the client did not send its body in time"
