@@ -6,6 +6,11 @@
 // the environment. Prints one line per step; exits non-zero on the first failure.
 import * as client from 'openid-client';
 import assert from 'node:assert/strict';
+import { webcrypto } from 'node:crypto';
+
+// Node.js 18 (Debian bookworm's) has Web Crypto only as `node:crypto`'s `webcrypto`; Node.js 20
+// also has it as the global the library calls.
+if (!globalThis.crypto) globalThis.crypto = webcrypto;
 
 const env = (name) => {
   const v = process.env[name];
@@ -20,8 +25,14 @@ const insecure = { execute: [client.allowInsecureRequests] };
 
 // A tiny cookie jar for the hosted pages (the RP library does not drive the browser part).
 const jar = new Map();
+// Node.js 18's fetch has no getSetCookie(): there the Set-Cookie values come joined by ", "
+// (ours carry Max-Age, never an Expires date with a comma, so the split is exact).
+const setCookies = (headers) =>
+  typeof headers.getSetCookie === 'function'
+    ? headers.getSetCookie()
+    : (headers.get('set-cookie') ?? '').split(/,\s*(?=[^;,=\s]+=)/).filter(Boolean);
 const remember = (res) => {
-  for (const c of res.headers.getSetCookie()) {
+  for (const c of setCookies(res.headers)) {
     const [pair] = c.split(';');
     const i = pair.indexOf('=');
     const name = pair.slice(0, i);

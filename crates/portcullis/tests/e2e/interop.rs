@@ -77,7 +77,10 @@ fn openid_client_runs_every_flow() {
     )
     .expect("json");
     let server = i.serve();
+    // The server listens on 127.0.0.1; Node.js 18 (Debian's) resolves `localhost` to ::1 first
+    // and, unlike Node.js 20, does not fall back to IPv4.
     let out = Command::new("node")
+        .arg("--dns-result-order=ipv4first")
         .arg("interop.mjs")
         .current_dir(&dir)
         .env("ISSUER", server.base.replace("127.0.0.1", "localhost"))
