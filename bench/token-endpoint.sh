@@ -3,6 +3,7 @@
 #
 #   bench/token-endpoint.sh            # 10 s per scenario
 #   DURATION=30s bench/token-endpoint.sh
+#   PORTCULLIS_BIN=old/portcullis bench/token-endpoint.sh   # another build (before/after runs)
 #
 # Reports, per scenario, wrk's req/s and latency, and req/s per core of server CPU: requests
 # divided by the CPU seconds the server process used (user + system, from /proc), so the
@@ -14,8 +15,12 @@ DURATION=${DURATION:-10s}
 CONNS=${CONNS:-32}
 command -v wrk >/dev/null || { echo "install wrk: apt-get install wrk" >&2; exit 1; }
 target=${CARGO_TARGET_DIR:-target}
-cargo build --release --quiet
-BIN="$target/release/portcullis"
+if [[ -n "${PORTCULLIS_BIN:-}" ]]; then
+    BIN=$PORTCULLIS_BIN
+else
+    cargo build --release --quiet
+    BIN="$target/release/portcullis"
+fi
 
 tmp=$(mktemp -d /tmp/portcullis-bench.XXXXXX)
 pid=""
