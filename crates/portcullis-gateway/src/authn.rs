@@ -123,16 +123,36 @@ impl RevokedSet {
         self.len() == 0
     }
 
-    /// Adds a store row (`kind` is `sid` or `jti`).
-    pub fn insert(&mut self, kind: &str, value: String) {
+    /// Adds a store row (`kind` is `sid` or `jti`); another kind is refused, not dropped.
+    pub fn insert(&mut self, kind: &str, value: String) -> Result<(), UnknownKind> {
+        match RevocationKind::parse(kind)? {
+            RevocationKind::Session => self.sids.insert(value),
+            RevocationKind::Token => self.jtis.insert(value),
+        };
+        Ok(())
+    }
+}
+
+/// What a revocation row names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RevocationKind {
+    /// A session (`sid`): every token of it.
+    Session,
+    /// One access token (`jti`).
+    Token,
+}
+
+/// A revocation kind this build does not know.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("unknown revocation kind {0:?}")]
+pub struct UnknownKind(pub String);
+
+impl RevocationKind {
+    pub fn parse(kind: &str) -> Result<RevocationKind, UnknownKind> {
         match kind {
-            "sid" => {
-                self.sids.insert(value);
-            }
-            "jti" => {
-                self.jtis.insert(value);
-            }
-            _ => {}
+            "sid" => Ok(RevocationKind::Session),
+            "jti" => Ok(RevocationKind::Token),
+            other => Err(UnknownKind(other.to_owned())),
         }
     }
 }

@@ -71,6 +71,19 @@ fn forbidden_encoded(b: u8) -> bool {
     forbidden(b) || matches!(b, b'.' | b'/' | b'%' | b'?' | b'#')
 }
 
+/// Stage 1: the canonical path of a request target, or the refusal (400) of one that is not an
+/// origin-form path with exactly one meaning.
+pub(crate) fn target(uri: &axum::http::Uri) -> Result<CanonicalPath, crate::reject::Reject> {
+    let refuse = |reason: String| crate::reject::Reject::Target {
+        reason,
+        path: uri.path().to_owned(),
+    };
+    if uri.scheme().is_some() || uri.authority().is_some() {
+        return Err(refuse("the request target must be a path".into()));
+    }
+    canonicalize(uri.path()).map_err(|e| refuse(e.to_string()))
+}
+
 /// Canonicalizes the path of an origin-form request target (the query is handled separately).
 pub fn canonicalize(path: &str) -> Result<CanonicalPath, Rejection> {
     if path.len() > MAX_PATH {

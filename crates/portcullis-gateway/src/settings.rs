@@ -110,5 +110,28 @@ pub struct GatewaySettings {
     pub refresh_margin: i64,
     /// Request headers removed before forwarding, besides the built-in identity and rewrite
     /// headers: names (any spelling of `-`, `_`, `.`), or prefixes ending in `*`.
-    pub strip_request_headers: Vec<crate::proxy::HeaderPattern>,
+    pub strip_request_headers: Vec<crate::forward::HeaderPattern>,
+}
+
+/// Settings for unit tests.
+#[cfg(test)]
+pub(crate) fn test_settings() -> GatewaySettings {
+    GatewaySettings {
+        issuer: "http://localhost:8080".into(),
+        groups_claim: "groups".into(),
+        login_url: "/auth/login".into(),
+        forbidden_url: "/".into(),
+        access_cookie: "__Host-portcullis-access".into(),
+        refresh_cookie: "__Host-portcullis-refresh".into(),
+        cookie_secure: true,
+        public_origin: "http://localhost:8080".into(),
+        connect_timeout: Duration::from_secs(1),
+        upstream_timeout: Duration::from_secs(30),
+        total_timeout: Duration::from_secs(300),
+        max_body: 10 << 20,
+        access_log: false,
+        token_leeway: 0,
+        refresh_margin: 30,
+        strip_request_headers: Vec::new(),
+    }
 }

@@ -689,7 +689,7 @@ pub struct GatewayConfig {
     pub access_log: bool,
     pub token_leeway: Duration,
     pub refresh_margin: Duration,
-    pub strip_request_headers: Vec<portcullis_gateway::proxy::HeaderPattern>,
+    pub strip_request_headers: Vec<portcullis_gateway::forward::HeaderPattern>,
 }
 
 /// A typed value read from the file or the environment.
@@ -956,7 +956,7 @@ fn build(
         });
     }
     let boolean = |path: &str| matches!(value(path), Value::Bool(true));
-    let strip_request_headers = match portcullis_gateway::proxy::parse_header_list(&string(
+    let strip_request_headers = match portcullis_gateway::forward::parse_header_list(&string(
         "gateway.strip_request_headers",
     )) {
         Ok(list) => list,

@@ -1,27 +1,13 @@
-//! Forwarding to an upstream: header hygiene, identity headers, a pooled client, timeouts.
+//! Header hygiene: what a client may not send upstream (hop-by-hop, identity and rewrite headers
+//! of every gateway in any spelling, our cookies), what the gateway sets instead (forwarding and
+//! identity headers), and what an answer on a protected route may tell caches.
 
 use std::net::IpAddr;
-use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Request, Response, Uri, header};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 
 use crate::authn::Identity;
-
-/// The pooled upstream client.
-pub type UpstreamClient = Client<HttpConnector, Body>;
-
-pub fn client(connect_timeout: Duration) -> UpstreamClient {
-    let mut connector = HttpConnector::new();
-    connector.set_connect_timeout(Some(connect_timeout));
-    connector.set_nodelay(true);
-    Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(60))
-        .build(connector)
-}
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1) and proxy credentials: never forwarded.
 const HOP_BY_HOP: &[&str] = &[
@@ -206,17 +192,6 @@ fn without_our_cookies(value: &str, ours: &[&str]) -> Option<String> {
     (!kept.is_empty()).then(|| kept.join("; "))
 }
 
-/// Where a request goes, and how long the upstream has.
-#[derive(Debug)]
-pub struct Upstream<'a> {
-    /// `http://host[:port][/base]`.
-    pub base: &'a str,
-    /// Until the response headers (`upstream_timeout`).
-    pub headers_within: std::time::Duration,
-    /// Until the end of the response body (`total_timeout`).
-    pub done_within: std::time::Duration,
-}
-
 /// What the proxy adds about the request.
 #[derive(Debug)]
 pub struct Forwarding<'a> {
@@ -287,222 +262,6 @@ pub fn upstream_request(
         }
     }
     Ok(req)
-}
-
-/// A response body that must end by a deadline (`gateway.total_timeout`): past it the body fails,
-/// so hyper cuts the response off and closes the connection. The timer is only armed when the
-/// body first has to wait, so a response that is already complete costs none.
-#[derive(Debug)]
-pub struct Deadline<B> {
-    inner: B,
-    deadline: tokio::time::Instant,
-    timer: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
-}
-
-impl<B> Deadline<B> {
-    pub fn new(inner: B, deadline: tokio::time::Instant) -> Self {
-        Deadline {
-            inner,
-            deadline,
-            timer: None,
-        }
-    }
-}
-
-/// The error a body past its deadline ends with.
-#[derive(Debug, thiserror::Error)]
-#[error("the upstream response did not finish within gateway.total_timeout")]
-pub struct TotalTimeout;
-
-impl<B> hyper::body::Body for Deadline<B>
-where
-    B: hyper::body::Body<Data = axum::body::Bytes> + Unpin,
-    B::Error: Into<axum::BoxError>,
-{
-    type Data = axum::body::Bytes;
-    type Error = axum::BoxError;
-
-    fn poll_frame(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
-        use std::future::Future;
-        use std::task::Poll;
-        let this = &mut *self;
-        if this.timer.as_ref().is_some_and(|t| t.is_elapsed()) {
-            return Poll::Ready(Some(Err(TotalTimeout.into())));
-        }
-        match std::pin::Pin::new(&mut this.inner).poll_frame(cx) {
-            Poll::Ready(frame) => Poll::Ready(frame.map(|f| f.map_err(Into::into))),
-            Poll::Pending => {
-                let deadline = this.deadline;
-                let timer = this
-                    .timer
-                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
-                match timer.as_mut().poll(cx) {
-                    Poll::Ready(()) => {
-                        tracing::warn!("upstream response cut off: gateway.total_timeout");
-                        Poll::Ready(Some(Err(TotalTimeout.into())))
-                    }
-                    Poll::Pending => Poll::Pending,
-                }
-            }
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> hyper::body::SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-/// How far a request body has been read: to its end, or to an error of the client's.
-#[derive(Debug, Default)]
-pub struct BodyState(std::sync::atomic::AtomicU8);
-
-impl BodyState {
-    const FINISHED: u8 = 1;
-    const FAILED: u8 = 2;
-
-    /// The client sent its whole body.
-    pub fn finished(&self) -> bool {
-        self.0.load(std::sync::atomic::Ordering::Acquire) == Self::FINISHED
-    }
-
-    /// Reading the client's body failed: bad chunked framing, or the client went away.
-    pub fn failed(&self) -> bool {
-        self.0.load(std::sync::atomic::Ordering::Acquire) == Self::FAILED
-    }
-
-    fn set(&self, state: u8) {
-        self.0.store(state, std::sync::atomic::Ordering::Release);
-    }
-}
-
-/// A request body that notes when it has been read to its end, or failed.
-#[derive(Debug)]
-pub struct ReadToEnd<B> {
-    inner: B,
-    state: std::sync::Arc<BodyState>,
-}
-
-impl<B> ReadToEnd<B> {
-    /// The wrapped body, and the state it keeps.
-    pub fn new(inner: B) -> (Self, std::sync::Arc<BodyState>) {
-        let state = std::sync::Arc::new(BodyState::default());
-        (
-            ReadToEnd {
-                inner,
-                state: state.clone(),
-            },
-            state,
-        )
-    }
-}
-
-impl<B> hyper::body::Body for ReadToEnd<B>
-where
-    B: hyper::body::Body + Unpin,
-{
-    type Data = B::Data;
-    type Error = B::Error;
-
-    fn poll_frame(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
-        let this = &mut *self;
-        let frame = std::pin::Pin::new(&mut this.inner).poll_frame(cx);
-        match &frame {
-            std::task::Poll::Ready(Some(Err(_))) => this.state.set(BodyState::FAILED),
-            std::task::Poll::Ready(None) => this.state.set(BodyState::FINISHED),
-            _ if this.inner.is_end_stream() => this.state.set(BodyState::FINISHED),
-            _ => {}
-        }
-        frame
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> hyper::body::SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-/// What a request's `Upgrade` header asks for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum UpgradeAsk {
-    /// None: an ordinary request.
-    None,
-    /// A WebSocket handshake (RFC 6455 §4.1): `GET`, `Connection: upgrade`, `Upgrade: websocket`
-    /// alone, a `Sec-WebSocket-Key` and version 13.
-    WebSocket,
-    /// A malformed WebSocket handshake.
-    BadWebSocket,
-    /// Any other protocol (`h2c`, say): never tunnelled; its headers are removed and the request
-    /// is forwarded as an ordinary one.
-    Other,
-}
-
-/// Classifies a request's upgrade.
-pub fn upgrade_ask<B>(req: &Request<B>) -> UpgradeAsk {
-    let headers = req.headers();
-    let mut upgrades = headers.get_all(header::UPGRADE).iter();
-    let Some(first) = upgrades.next() else {
-        return UpgradeAsk::None;
-    };
-    let websocket = first
-        .as_bytes()
-        .trim_ascii()
-        .eq_ignore_ascii_case(b"websocket");
-    if !websocket || upgrades.next().is_some() {
-        return if first
-            .as_bytes()
-            .windows(9)
-            .any(|w| w.eq_ignore_ascii_case(b"websocket"))
-        {
-            UpgradeAsk::BadWebSocket
-        } else {
-            UpgradeAsk::Other
-        };
-    }
-    let connection_upgrade = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
-    let one = |name: header::HeaderName| {
-        let mut v = headers.get_all(name).iter();
-        match (v.next(), v.next()) {
-            (Some(x), None) => Some(x.as_bytes()),
-            _ => None,
-        }
-    };
-    let key_ok = one(header::SEC_WEBSOCKET_KEY).is_some_and(|k| k.len() == 24);
-    let version_ok = one(header::SEC_WEBSOCKET_VERSION) == Some(b"13".as_slice());
-    if req.method() == axum::http::Method::GET
-        && req.version() == axum::http::Version::HTTP_11
-        && connection_upgrade
-        && key_ok
-        && version_ok
-    {
-        UpgradeAsk::WebSocket
-    } else {
-        UpgradeAsk::BadWebSocket
-    }
-}
-
-/// Whether an upstream's `101` accepts a WebSocket upgrade (and nothing else).
-pub fn accepts_websocket<B>(resp: &Response<B>) -> bool {
-    let mut upgrades = resp.headers().get_all(header::UPGRADE).iter();
-    matches!((upgrades.next(), upgrades.next()), (Some(u), None)
-        if u.as_bytes().trim_ascii().eq_ignore_ascii_case(b"websocket"))
 }
 
 /// On a route that needs sign-in, an answer must not outlive the session in a cache: with no

@@ -1,0 +1,248 @@
+//! Stage 7, forwarding to an upstream: body limits, the upgrade rule, header hygiene and the
+//! caller's identity, a pooled client, the upstream's timeouts, and what its failures become.
+
+mod assertion;
+pub mod body;
+pub mod headers;
+pub mod upgrade;
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{HeaderValue, Request, Response, StatusCode, header};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use portcullis_token::Clock;
+
+pub use body::{BodyState, Deadline, ReadToEnd, TotalTimeout};
+pub use headers::{Forwarding, HeaderPattern, parse_header_list, protect_cache, upstream_request};
+pub use upgrade::{UpgradeAsk, accepts_websocket, upgrade_ask};
+
+use crate::authn::{Identity, KeySource};
+use crate::reject::Reject;
+use crate::route::{Route, Target};
+use crate::settings::GatewaySettings;
+
+/// The pooled upstream client.
+pub type UpstreamClient = Client<HttpConnector, Body>;
+
+pub fn client(connect_timeout: Duration) -> UpstreamClient {
+    let mut connector = HttpConnector::new();
+    connector.set_connect_timeout(Some(connect_timeout));
+    connector.set_nodelay(true);
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(60))
+        .build(connector)
+}
+
+/// Forwards allowed requests.
+pub(crate) struct Forwarder {
+    client: UpstreamClient,
+    assertions: assertion::Assertions,
+    /// `X-Forwarded-Proto`, from the public origin (fixed at start).
+    forwarded_proto: &'static str,
+    max_body: usize,
+    upstream_timeout: Duration,
+    total_timeout: Duration,
+    strip: Vec<HeaderPattern>,
+    access_cookie: String,
+    refresh_cookie: String,
+}
+
+impl Forwarder {
+    pub(crate) fn new(
+        settings: &GatewaySettings,
+        keys: Arc<dyn KeySource>,
+        clock: Clock,
+    ) -> Forwarder {
+        Forwarder {
+            client: client(settings.connect_timeout),
+            assertions: assertion::Assertions::new(settings.issuer.clone(), keys, clock),
+            forwarded_proto: if settings.public_origin.starts_with("https://") {
+                "https"
+            } else {
+                "http"
+            },
+            max_body: settings.max_body,
+            upstream_timeout: settings.upstream_timeout,
+            total_timeout: settings.total_timeout,
+            strip: settings.strip_request_headers.clone(),
+            access_cookie: settings.access_cookie.clone(),
+            refresh_cookie: settings.refresh_cookie.clone(),
+        }
+    }
+
+    /// Sends `req` to the route's upstream with the canonical path `encoded` and the caller's
+    /// identity, and streams the answer back.
+    pub(crate) async fn forward(
+        &self,
+        req: Request<Body>,
+        route: &Route,
+        encoded: &str,
+        client_ip: IpAddr,
+        identity: Option<&Identity>,
+    ) -> Result<Response<Body>, Reject> {
+        let Target::Upstream {
+            base,
+            preserve_host,
+            upstream_timeout,
+            total_timeout,
+        } = &route.target
+        else {
+            return Err(Reject::Internal(
+                "forwarding on a route without an upstream",
+            ));
+        };
+        let assertion = match (&route.assertion, identity) {
+            (Some(aud), Some(id)) => Some(
+                self.assertions
+                    .for_caller(id, aud)
+                    .ok_or(Reject::Internal("the assertion could not be signed"))?,
+            ),
+            _ => None,
+        };
+        if req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<usize>().ok())
+            .is_some_and(|n| n > self.max_body)
+        {
+            return Err(Reject::BodyTooLarge { streaming: false });
+        }
+        let mut req = req;
+        let upgrade = self.upgrade(&mut req, route, encoded)?;
+        let (parts, body) = req.into_parts();
+        let (body, body_state) = self.bounded(body);
+        let fwd = Forwarding {
+            client_ip,
+            proto: self.forwarded_proto,
+            host: parts.headers.get(header::HOST).cloned(),
+            preserve_host: *preserve_host,
+            identity,
+            strip: &self.strip,
+            our_cookies: [&self.access_cookie, &self.refresh_cookie],
+        };
+        let mut upstream = upstream_request(Request::from_parts(parts, body), base, encoded, &fwd)
+            .map_err(|e| {
+                // The canonical path always makes a valid URI; this is a bug, not the caller's.
+                tracing::error!(error = %e, "request cannot be forwarded");
+                Reject::Internal("the request cannot be forwarded")
+            })?;
+        if let Some(a) = assertion {
+            upstream
+                .headers_mut()
+                .insert(header::HeaderName::from_static("x-auth-assertion"), a);
+        }
+        if upgrade.is_some() {
+            upstream
+                .headers_mut()
+                .insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+            upstream
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        }
+        let headers_within = upstream_timeout.unwrap_or(self.upstream_timeout);
+        let done_within = total_timeout.unwrap_or(self.total_timeout);
+        let sent = std::time::Instant::now();
+        let deadline = tokio::time::Instant::from_std(sent) + done_within;
+        let result = tokio::time::timeout(
+            headers_within.min(done_within),
+            self.client.request(upstream),
+        )
+        .await;
+        metrics::histogram!("portcullis_gateway_upstream_seconds")
+            .record(sent.elapsed().as_secs_f64());
+        let upstream = || base.clone();
+        match result {
+            Ok(Ok(mut resp)) => {
+                if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+                    // Switching to a protocol nobody asked for (or to another than WebSocket)
+                    // would join the two connections past every check.
+                    return match upgrade {
+                        Some(client_side) if accepts_websocket(&resp) => {
+                            upgrade::join(client_side, hyper::upgrade::on(&mut resp));
+                            // 101 keeps its Upgrade/Connection headers: they are the answer.
+                            Ok(resp.map(Body::new))
+                        }
+                        _ => Err(Reject::UpstreamSwitched {
+                            upstream: upstream(),
+                        }),
+                    };
+                }
+                let mut resp = resp.map(|b| Body::new(Deadline::new(b, deadline)));
+                headers::clean_response(&mut resp);
+                Ok(resp)
+            }
+            // A chunked body grew past gateway.max_body while it streamed: the upstream got an
+            // aborted request, the client gets the reason; the rest of its body is unread.
+            Ok(Err(e)) if body::over_limit(&e) => Err(Reject::BodyTooLarge { streaming: true }),
+            // The client's body broke off or was badly framed (a malformed chunk size, say): the
+            // upstream got an aborted request, and the fault is the client's.
+            Ok(Err(_)) if body_state.as_ref().is_some_and(|s| s.failed()) => Err(Reject::BadBody),
+            Ok(Err(e)) => Err(Reject::UpstreamFailed {
+                upstream: upstream(),
+                error: e.to_string(),
+            }),
+            // Still waiting for the client's body when the upstream gave up: the client's delay.
+            Err(_) if body_state.as_ref().is_some_and(|s| !s.finished()) => {
+                Err(Reject::BodyTooSlow)
+            }
+            Err(_) => Err(Reject::UpstreamTimeout {
+                upstream: upstream(),
+            }),
+        }
+    }
+
+    /// The upgrade rule: only a WebSocket handshake on a route that allows it becomes a tunnel
+    /// (its client side returned). Any other protocol (`h2c` above all: every later request on
+    /// the connection would reach the backend unchecked) loses its upgrade headers, which are
+    /// hop-by-hop anyway, and goes upstream as an ordinary request.
+    fn upgrade(
+        &self,
+        req: &mut Request<Body>,
+        route: &Route,
+        encoded: &str,
+    ) -> Result<Option<hyper::upgrade::OnUpgrade>, Reject> {
+        match upgrade_ask(req) {
+            UpgradeAsk::WebSocket if route.websocket => Ok(Some(hyper::upgrade::on(req))),
+            UpgradeAsk::WebSocket | UpgradeAsk::BadWebSocket => {
+                Err(Reject::Upgrade(if route.websocket {
+                    "a WebSocket upgrade needs GET over HTTP/1.1 with Connection: upgrade, Upgrade: websocket, one Sec-WebSocket-Key and Sec-WebSocket-Version: 13"
+                } else {
+                    "WebSocket is not enabled on this route (websocket = true in its [[routes]] entry)"
+                }))
+            }
+            UpgradeAsk::Other => {
+                tracing::debug!(path = %encoded, "upgrade headers removed: only WebSocket may upgrade");
+                Ok(None)
+            }
+            UpgradeAsk::None => Ok(None),
+        }
+    }
+
+    /// The request body, limited to `gateway.max_body`, and (when there is one) the state that
+    /// says whether the client finished it or broke it.
+    fn bounded(&self, body: Body) -> (Body, Option<Arc<BodyState>>) {
+        // A body whose length hyper already knows (Content-Length, checked above, or none at
+        // all) cannot outgrow the limit; only a chunked body needs the counting wrapper.
+        let known = axum::body::HttpBody::size_hint(&body)
+            .upper()
+            .is_some_and(|n| n <= self.max_body as u64);
+        let body = if known {
+            body
+        } else {
+            Body::new(http_body_util::Limited::new(body, self.max_body))
+        };
+        // An upstream that times out while still waiting for the body is the client's delay
+        // (408), not the upstream's.
+        if axum::body::HttpBody::is_end_stream(&body) {
+            return (body, None);
+        }
+        let (tracked, state) = ReadToEnd::new(body);
+        (Body::new(tracked), Some(state))
+    }
+}

@@ -1,0 +1,303 @@
+//! The request path in process: the gateway driven directly (no sockets but an upstream's), with
+//! a test key and a manual clock, to pin down the order of the stages and what each refusal
+//! becomes. The wire-level attacks live in the end-to-end suite.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::http::{Request, Response, StatusCode, header};
+use portcullis_policy::{PolicySet, parse_file};
+use portcullis_token::jwt::KeySet;
+use portcullis_token::{Algorithm, Clock, SigningKey};
+use serde_json::{Value, json};
+
+use crate::Gateway;
+use crate::authn::KeySource;
+use crate::settings::{RouteConfig, RouteKind, test_settings};
+
+const NOW: i64 = 1_800_000_000;
+
+struct TestKeys {
+    key: Arc<SigningKey>,
+}
+
+impl KeySource for TestKeys {
+    fn keys(&self) -> Arc<KeySet> {
+        Arc::new(KeySet::new([self.key.verifying_key().clone()]))
+    }
+    fn assertion_key(&self) -> Option<Arc<SigningKey>> {
+        Some(self.key.clone())
+    }
+}
+
+fn route(path: &str, kind: RouteKind, upstream: &str) -> RouteConfig {
+    RouteConfig {
+        path: path.into(),
+        methods: vec![],
+        kind,
+        upstream: Some(upstream.into()),
+        static_dir: None,
+        spa_fallback: false,
+        preserve_host: false,
+        upstream_timeout: None,
+        total_timeout: None,
+        token_sources: vec![
+            crate::settings::TokenSource::Header,
+            crate::settings::TokenSource::Cookie,
+        ],
+        assertion: false,
+        audience: None,
+        websocket: false,
+        shared_cache: false,
+    }
+}
+
+struct Fixture {
+    gateway: Arc<Gateway>,
+    key: Arc<SigningKey>,
+    clock: Clock,
+}
+
+/// Routes `/api/**` (api) and `/admin/**` (page) to `upstream`; `group:user` may GET
+/// `/api/orders/**` and POST there.
+fn fixture(upstream: &str) -> Fixture {
+    let key = Arc::new(SigningKey::generate(Algorithm::ES256, "k1").expect("key"));
+    let clock = Clock::manual(NOW);
+    let gateway = Gateway::new(
+        test_settings(),
+        &[
+            route("/api/**", RouteKind::Api, upstream),
+            route("/admin/**", RouteKind::Page, upstream),
+        ],
+        &[],
+        Arc::new(TestKeys { key: key.clone() }),
+        clock.clone(),
+    )
+    .expect("gateway");
+    let docs = parse_file(
+        r#"
+[[policy]]
+principal = "group:user"
+statements = [{ effect = "allow", methods = ["GET", "POST"], paths = ["/api/orders/**"] }]
+"#,
+    )
+    .expect("policy");
+    gateway.set_policies(PolicySet::new(docs, 1));
+    Fixture {
+        gateway: Arc::new(gateway),
+        key,
+        clock,
+    }
+}
+
+impl Fixture {
+    /// An access token of ours for a member of `groups`, valid for `ttl` seconds from now.
+    fn token(&self, groups: &[&str], ttl: i64) -> String {
+        let now = self.clock.now();
+        let claims = json!({
+            "iss": test_settings().issuer, "sub": "u-1", "username": "ada", "client_id": "spa",
+            "token_use": "access", "scope": "openid", "groups": groups, "jti": "j-1",
+            "iat": now, "exp": now + ttl,
+        });
+        portcullis_token::jwt::sign(
+            &self.key,
+            portcullis_token::jwt::ACCESS_TOKEN_TYP,
+            claims.as_object().expect("object"),
+        )
+        .expect("sign")
+    }
+
+    async fn send(&self, req: Request<Body>) -> Response<Body> {
+        let peer: SocketAddr = "127.0.0.1:40000".parse().expect("addr");
+        self.gateway.clone().handle(peer, req).await
+    }
+}
+
+fn get(path: &str) -> axum::http::request::Builder {
+    Request::get(path).header(header::HOST, "app.example.com")
+}
+
+async fn body_json(resp: Response<Body>) -> Value {
+    let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20)
+        .await
+        .expect("body");
+    serde_json::from_slice(&bytes).unwrap_or(Value::Null)
+}
+
+/// An upstream that answers 200 with what it received.
+async fn upstream() -> String {
+    let app = axum::Router::new().fallback(|req: Request<Body>| async move {
+        let username = req
+            .headers()
+            .get("x-auth-username")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        axum::Json(json!({ "path": req.uri().path(), "username": username }))
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let base = format!("http://{}", listener.local_addr().expect("addr"));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    base
+}
+
+#[tokio::test]
+async fn stages_refuse_in_order() {
+    let f = fixture("http://127.0.0.1:9");
+    // Framing before everything: two Hosts on a path that does not even route.
+    let resp = f
+        .send(
+            Request::get("/nowhere")
+                .header(header::HOST, "a")
+                .header(header::HOST, "b")
+                .body(Body::empty())
+                .expect("request"),
+        )
+        .await;
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(resp.headers()[header::CONNECTION], "close");
+    // Canonicalization before routing: a dot segment under a route.
+    let resp = f
+        .send(get("/api/../admin").body(Body::empty()).expect("request"))
+        .await;
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    // Routing before authentication: no route with a garbage token is 404, not 401.
+    let resp = f
+        .send(
+            get("/nowhere")
+                .header(header::AUTHORIZATION, "Bearer junk")
+                .body(Body::empty())
+                .expect("request"),
+        )
+        .await;
+    assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+    // Authentication before authorization: a denied path without a token is 401.
+    let resp = f
+        .send(get("/api/admin/x").body(Body::empty()).expect("request"))
+        .await;
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    // Authorization before CSRF: a denied cross-site cookie POST is "forbidden", not
+    // "cross-site request".
+    let cookie = format!("__Host-portcullis-access={}", f.token(&["user"], 600));
+    let resp = f
+        .send(
+            Request::post("/api/admin/x")
+                .header(header::HOST, "app.example.com")
+                .header(header::COOKIE, &cookie)
+                .header(header::ORIGIN, "https://evil.example")
+                .body(Body::empty())
+                .expect("request"),
+        )
+        .await;
+    assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+    assert_eq!(body_json(resp).await, json!({ "error": "forbidden" }));
+    // CSRF before forwarding: an allowed cross-site cookie POST never reaches the (dead) upstream.
+    let resp = f
+        .send(
+            Request::post("/api/orders/1")
+                .header(header::HOST, "app.example.com")
+                .header(header::COOKIE, &cookie)
+                .header(header::ORIGIN, "https://evil.example")
+                .body(Body::empty())
+                .expect("request"),
+        )
+        .await;
+    assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+    assert_eq!(body_json(resp).await["message"], "cross-site request");
+    // Everything passed: the dead upstream is the only problem left.
+    let resp = f
+        .send(
+            get("/api/orders/1")
+                .header(
+                    header::AUTHORIZATION,
+                    format!("Bearer {}", f.token(&["user"], 600)),
+                )
+                .body(Body::empty())
+                .expect("request"),
+        )
+        .await;
+    assert_eq!(resp.status(), StatusCode::BAD_GATEWAY);
+}
+
+#[tokio::test]
+async fn refusals_are_rendered_per_route_kind() {
+    let f = fixture("http://127.0.0.1:9");
+    let resp = f
+        .send(
+            get("/admin/settings?tab=2")
+                .body(Body::empty())
+                .expect("request"),
+        )
+        .await;
+    assert_eq!(resp.status(), StatusCode::FOUND);
+    assert_eq!(
+        resp.headers()[header::LOCATION],
+        "/auth/login?return_to=%2Fadmin%2Fsettings%3Ftab%3D2"
+    );
+    let user = f.token(&["user"], 600);
+    let resp = f
+        .send(
+            get("/admin/settings")
+                .header(header::AUTHORIZATION, format!("Bearer {user}"))
+                .body(Body::empty())
+                .expect("request"),
+        )
+        .await;
+    assert_eq!(
+        (
+            resp.status(),
+            resp.headers()[header::LOCATION].to_str().ok()
+        ),
+        (StatusCode::FOUND, Some("/")),
+        "signed in but not allowed: home"
+    );
+    let resp = f
+        .send(get("/api/orders/1").body(Body::empty()).expect("request"))
+        .await;
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        resp.headers()[header::WWW_AUTHENTICATE],
+        "Bearer realm=\"portcullis\""
+    );
+}
+
+#[tokio::test]
+async fn the_test_clock_expires_tokens_exactly_at_exp() {
+    let up = upstream().await;
+    let f = fixture(&up);
+    let token = f.token(&["user"], 60);
+    let call = || {
+        f.send(
+            get("/api/orders/7")
+                .header(header::AUTHORIZATION, format!("Bearer {token}"))
+                .body(Body::empty())
+                .expect("request"),
+        )
+    };
+    let resp = call().await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(
+        resp.headers()[header::CACHE_CONTROL],
+        "private, no-cache",
+        "a protected answer is private"
+    );
+    assert_eq!(
+        body_json(resp).await,
+        json!({ "path": "/api/orders/7", "username": "ada" })
+    );
+    f.clock.advance(59);
+    assert_eq!(
+        call().await.status(),
+        StatusCode::OK,
+        "cached, one second left"
+    );
+    f.clock.advance(1);
+    assert_eq!(
+        call().await.status(),
+        StatusCode::UNAUTHORIZED,
+        "refused from the second of exp on, cached or not"
+    );
+}

@@ -1,0 +1,405 @@
+//! One refusal type for the whole request path. Every stage returns `Result<_, Reject>`; a
+//! refusal knows its stage, whose fault it is, its metric label, how it is logged and how it
+//! becomes an answer for each route kind — all here, in one place (as linkerd2-proxy turns an
+//! authorization error into a response in one layer).
+
+use axum::body::Body;
+use axum::http::{HeaderValue, Response, StatusCode, header};
+use serde_json::json;
+
+use crate::authn::AuthError;
+use crate::respond::{bad_request, closing, error, json, redirect};
+use crate::settings::{GatewaySettings, RouteKind};
+
+/// Whose fault a refusal is: what decides its status class and its log level.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// The request is malformed, unauthenticated or not allowed: 4xx, INFO.
+    Client,
+    /// The upstream failed, was too slow or misbehaved: 5xx, WARN.
+    Upstream,
+    /// A bug of ours: 500, ERROR.
+    Us,
+}
+
+/// Why a request was not forwarded or served.
+#[derive(Debug)]
+pub enum Reject {
+    /// Framing, `Host` or `Connection` that could mean two things to two parsers: 400, closed.
+    Framing(&'static str),
+    /// A request target that is not a canonical origin-form path: 400.
+    Target { reason: String, path: String },
+    /// No route matches: 404.
+    NoRoute,
+    /// No valid credential: 401 (APIs) or a sign-in redirect back to `return_to` (pages).
+    Unauthenticated { error: AuthError, return_to: String },
+    /// The policies do not allow it: 403 (APIs) or the forbidden page (pages).
+    Denied { sub: String, decision: String },
+    /// An unsafe cookie-authenticated request from another origin: 403.
+    CrossSite { sub: String },
+    /// A WebSocket handshake the route does not allow, or a malformed one: 400.
+    Upgrade(&'static str),
+    /// A body over `gateway.max_body`: 413 (closed when it was streaming).
+    BodyTooLarge { streaming: bool },
+    /// The client did not finish its body before the upstream gave up: 408, closed.
+    BodyTooSlow,
+    /// The client's body broke off or was badly framed: 400, closed.
+    BadBody,
+    /// The upstream could not be reached or broke off: 502.
+    UpstreamFailed { upstream: String, error: String },
+    /// No answer from the upstream in time: 504.
+    UpstreamTimeout { upstream: String },
+    /// The upstream switched protocols unasked (or to another than WebSocket): 502, closed.
+    UpstreamSwitched { upstream: String },
+    /// A bug: 500.
+    Internal(&'static str),
+}
+
+impl Reject {
+    /// The stage that refused.
+    pub fn stage(&self) -> &'static str {
+        match self {
+            Reject::Framing(_) => "framing",
+            Reject::Target { .. } => "canonical",
+            Reject::NoRoute => "route",
+            Reject::Unauthenticated { .. } => "authn",
+            Reject::Denied { .. } => "authz",
+            Reject::CrossSite { .. } => "csrf",
+            Reject::Upgrade(_)
+            | Reject::BodyTooLarge { .. }
+            | Reject::BodyTooSlow
+            | Reject::BadBody
+            | Reject::UpstreamFailed { .. }
+            | Reject::UpstreamTimeout { .. }
+            | Reject::UpstreamSwitched { .. }
+            | Reject::Internal(_) => "forward",
+        }
+    }
+
+    pub fn fault(&self) -> Fault {
+        match self {
+            Reject::UpstreamFailed { .. }
+            | Reject::UpstreamTimeout { .. }
+            | Reject::UpstreamSwitched { .. } => Fault::Upstream,
+            Reject::Internal(_) => Fault::Us,
+            _ => Fault::Client,
+        }
+    }
+
+    /// The `decision` label of the request metrics (a bounded set).
+    pub fn label(&self) -> &'static str {
+        match self {
+            Reject::NoRoute => "no_route",
+            Reject::Unauthenticated { .. } => "unauthenticated",
+            Reject::Denied { .. } => "denied",
+            Reject::CrossSite { .. } => "cross_site",
+            _ => match self.fault() {
+                Fault::Client => "bad_request",
+                Fault::Upstream => "upstream_error",
+                Fault::Us => "internal_error",
+            },
+        }
+    }
+
+    /// The one log line of a refusal (`path`: the canonical path when there is one). Never a
+    /// token or a query.
+    pub(crate) fn log(&self, path: &str) {
+        let stage = self.stage();
+        match self {
+            Reject::NoRoute => {}
+            Reject::Unauthenticated { error, .. } => {
+                metrics::counter!("portcullis_gateway_auth_failures_total", "reason" => auth_reason(*error)).increment(1);
+                tracing::info!(path, stage, reason = %error, "request refused: not authenticated");
+            }
+            Reject::Denied { sub, decision } => {
+                tracing::info!(path, stage, sub, decision, "request denied");
+            }
+            Reject::CrossSite { sub } => {
+                tracing::info!(
+                    path,
+                    stage,
+                    sub,
+                    "request refused: cross-site request with a cookie credential"
+                );
+            }
+            Reject::Target { reason, path } => {
+                tracing::info!(path = %path.escape_debug(), stage, reason, "request refused: bad path");
+            }
+            Reject::Framing(reason) | Reject::Upgrade(reason) => {
+                tracing::info!(path, stage, reason, "request refused");
+            }
+            Reject::BodyTooLarge { .. } => {
+                tracing::info!(path, stage, "request refused: body over gateway.max_body");
+            }
+            Reject::BodyTooSlow => {
+                tracing::info!(
+                    path,
+                    stage,
+                    "request refused: the client did not send its body in time"
+                );
+            }
+            Reject::BadBody => {
+                tracing::info!(
+                    path,
+                    stage,
+                    "request refused: malformed or incomplete request body"
+                );
+            }
+            Reject::UpstreamFailed { upstream, error } => {
+                tracing::warn!(path, upstream, error, "upstream failed");
+            }
+            Reject::UpstreamTimeout { upstream } => {
+                tracing::warn!(path, upstream, "upstream timed out");
+            }
+            Reject::UpstreamSwitched { upstream } => {
+                tracing::warn!(
+                    path,
+                    upstream,
+                    "upstream switched protocols unasked; refused"
+                );
+            }
+            Reject::Internal(what) => tracing::error!(path, stage, what, "request failed: a bug"),
+        }
+    }
+
+    /// The answer, for a route of `kind` (`None`: before a route was found).
+    pub(crate) fn render(
+        self,
+        kind: Option<RouteKind>,
+        settings: &GatewaySettings,
+    ) -> Response<Body> {
+        let page = kind == Some(RouteKind::Page);
+        match self {
+            Reject::Framing(message) => closing(bad_request(message)),
+            Reject::Target { reason, .. } => bad_request(&reason),
+            Reject::NoRoute => error(StatusCode::NOT_FOUND, "not_found"),
+            Reject::Unauthenticated { return_to, .. } if page => {
+                let encoded: String =
+                    url::form_urlencoded::byte_serialize(return_to.as_bytes()).collect();
+                redirect(&format!("{}?return_to={encoded}", settings.login_url))
+            }
+            Reject::Unauthenticated { error: e, .. } => {
+                let challenge = if e == AuthError::Missing {
+                    "Bearer realm=\"portcullis\""
+                } else {
+                    "Bearer realm=\"portcullis\", error=\"invalid_token\""
+                };
+                let mut r = error(StatusCode::UNAUTHORIZED, "unauthorized");
+                r.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static(challenge),
+                );
+                r
+            }
+            Reject::Denied { .. } if page => redirect(&settings.forbidden_url),
+            Reject::Denied { .. } => error(StatusCode::FORBIDDEN, "forbidden"),
+            Reject::CrossSite { .. } => json(
+                StatusCode::FORBIDDEN,
+                json!({ "error": "forbidden", "message": "cross-site request" }),
+            ),
+            Reject::Upgrade(message) => bad_request(message),
+            Reject::BodyTooLarge { streaming } => {
+                let r = error(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large");
+                if streaming { closing(r) } else { r }
+            }
+            Reject::BodyTooSlow => closing(error(StatusCode::REQUEST_TIMEOUT, "request_timeout")),
+            Reject::BadBody => closing(bad_request("the request body is malformed or incomplete")),
+            Reject::UpstreamFailed { .. } => error(StatusCode::BAD_GATEWAY, "bad_gateway"),
+            Reject::UpstreamTimeout { .. } => error(StatusCode::GATEWAY_TIMEOUT, "gateway_timeout"),
+            Reject::UpstreamSwitched { .. } => {
+                closing(error(StatusCode::BAD_GATEWAY, "bad_gateway"))
+            }
+            Reject::Internal(_) => error(StatusCode::INTERNAL_SERVER_ERROR, "internal_error"),
+        }
+    }
+}
+
+fn auth_reason(e: AuthError) -> &'static str {
+    match e {
+        AuthError::Missing => "missing",
+        AuthError::Ambiguous => "ambiguous",
+        AuthError::MalformedHeader => "malformed",
+        AuthError::Invalid(_) => "invalid",
+        AuthError::Revoked => "revoked",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings() -> GatewaySettings {
+        crate::settings::test_settings()
+    }
+
+    #[test]
+    fn each_refusal_has_its_status_label_and_fault() {
+        let s = settings();
+        let cases: Vec<(Reject, Option<RouteKind>, u16, &str, Fault)> = vec![
+            (
+                Reject::Framing("two Hosts"),
+                None,
+                400,
+                "bad_request",
+                Fault::Client,
+            ),
+            (
+                Reject::Target {
+                    reason: "dot segment".into(),
+                    path: "/a/../b".into(),
+                },
+                None,
+                400,
+                "bad_request",
+                Fault::Client,
+            ),
+            (Reject::NoRoute, None, 404, "no_route", Fault::Client),
+            (
+                Reject::Unauthenticated {
+                    error: AuthError::Missing,
+                    return_to: "/a?b=1".into(),
+                },
+                Some(RouteKind::Api),
+                401,
+                "unauthenticated",
+                Fault::Client,
+            ),
+            (
+                Reject::Unauthenticated {
+                    error: AuthError::Revoked,
+                    return_to: "/a?b=1".into(),
+                },
+                Some(RouteKind::Page),
+                302,
+                "unauthenticated",
+                Fault::Client,
+            ),
+            (
+                Reject::Denied {
+                    sub: "u".into(),
+                    decision: "no".into(),
+                },
+                Some(RouteKind::Api),
+                403,
+                "denied",
+                Fault::Client,
+            ),
+            (
+                Reject::Denied {
+                    sub: "u".into(),
+                    decision: "no".into(),
+                },
+                Some(RouteKind::Page),
+                302,
+                "denied",
+                Fault::Client,
+            ),
+            (
+                Reject::CrossSite { sub: "u".into() },
+                Some(RouteKind::Page),
+                403,
+                "cross_site",
+                Fault::Client,
+            ),
+            (
+                Reject::Upgrade("no"),
+                Some(RouteKind::Api),
+                400,
+                "bad_request",
+                Fault::Client,
+            ),
+            (
+                Reject::BodyTooLarge { streaming: true },
+                Some(RouteKind::Api),
+                413,
+                "bad_request",
+                Fault::Client,
+            ),
+            (
+                Reject::BodyTooSlow,
+                Some(RouteKind::Api),
+                408,
+                "bad_request",
+                Fault::Client,
+            ),
+            (
+                Reject::BadBody,
+                Some(RouteKind::Api),
+                400,
+                "bad_request",
+                Fault::Client,
+            ),
+            (
+                Reject::UpstreamFailed {
+                    upstream: "u".into(),
+                    error: "refused".into(),
+                },
+                Some(RouteKind::Api),
+                502,
+                "upstream_error",
+                Fault::Upstream,
+            ),
+            (
+                Reject::UpstreamTimeout {
+                    upstream: "u".into(),
+                },
+                Some(RouteKind::Api),
+                504,
+                "upstream_error",
+                Fault::Upstream,
+            ),
+            (
+                Reject::UpstreamSwitched {
+                    upstream: "u".into(),
+                },
+                Some(RouteKind::Api),
+                502,
+                "upstream_error",
+                Fault::Upstream,
+            ),
+            (
+                Reject::Internal("bug"),
+                Some(RouteKind::Api),
+                500,
+                "internal_error",
+                Fault::Us,
+            ),
+        ];
+        for (reject, kind, status, label, fault) in cases {
+            let what = format!("{reject:?}");
+            assert_eq!((reject.label(), reject.fault()), (label, fault), "{what}");
+            let r = reject.render(kind, &s);
+            assert_eq!(r.status().as_u16(), status, "{what}");
+            assert_eq!(
+                r.headers().get(header::CACHE_CONTROL).map(|v| v.as_bytes()),
+                Some(b"no-store".as_slice()),
+                "refusals are never cached: {what}"
+            );
+        }
+    }
+
+    #[test]
+    fn pages_go_to_sign_in_with_their_path_and_apis_get_a_challenge() {
+        let s = settings();
+        let page = Reject::Unauthenticated {
+            error: AuthError::Missing,
+            return_to: "/admin/x?tab=2".into(),
+        }
+        .render(Some(RouteKind::Page), &s);
+        assert_eq!(
+            page.headers()[header::LOCATION],
+            "/auth/login?return_to=%2Fadmin%2Fx%3Ftab%3D2"
+        );
+        let api = Reject::Unauthenticated {
+            error: AuthError::Revoked,
+            return_to: String::new(),
+        }
+        .render(Some(RouteKind::Api), &s);
+        assert_eq!(
+            api.headers()[header::WWW_AUTHENTICATE],
+            "Bearer realm=\"portcullis\", error=\"invalid_token\""
+        );
+        let closed = Reject::Framing("x").render(None, &s);
+        assert_eq!(closed.headers()[header::CONNECTION], "close");
+    }
+}
