@@ -83,7 +83,7 @@ impl Gateway {
         let auth = Authenticator::new(
             settings.issuer.clone(),
             settings.groups_claim.clone(),
-            settings.access_cookie.clone(),
+            settings.cookies.access().to_owned(),
             settings.token_leeway,
             keys.clone(),
             external,

@@ -45,9 +45,7 @@ pub(crate) struct Sessions {
     refresher: std::sync::OnceLock<Arc<dyn Refresher>>,
     /// One refresh per refresh token at a time: parallel requests of a burst share its result.
     flights: moka::sync::Cache<String, Arc<tokio::sync::OnceCell<Option<Refreshed>>>>,
-    access_cookie: String,
-    refresh_cookie: String,
-    cookie_secure: bool,
+    cookies: portcullis_token::cookie::CookiePolicy,
     /// Seconds before `exp` from which a cookie session is refreshed.
     margin: i64,
     clock: Clock,
@@ -61,9 +59,7 @@ impl Sessions {
                 .max_capacity(100_000)
                 .time_to_live(Duration::from_secs(30))
                 .build(),
-            access_cookie: settings.access_cookie.clone(),
-            refresh_cookie: settings.refresh_cookie.clone(),
-            cookie_secure: settings.cookie_secure,
+            cookies: settings.cookies.clone(),
             margin: settings.refresh_margin,
             clock,
         }
@@ -153,7 +149,7 @@ impl Sessions {
             .get_all(header::COOKIE)
             .iter()
             .filter_map(|v| v.to_str().ok());
-        portcullis_token::cookie::single(values, &self.refresh_cookie)
+        portcullis_token::cookie::single(values, self.cookies.refresh())
             .ok()
             .flatten()
     }
@@ -180,9 +176,13 @@ impl Sessions {
             .clone()
             .ok_or(AuthError::Revoked)?;
         let id = auth.authenticate(&refreshed.access).await?;
-        set_cookies.extend(self.cookie(&self.access_cookie, &refreshed.access, refreshed.max_age));
         set_cookies.extend(self.cookie(
-            &self.refresh_cookie,
+            self.cookies.access(),
+            &refreshed.access,
+            refreshed.max_age,
+        ));
+        set_cookies.extend(self.cookie(
+            self.cookies.refresh(),
             &refreshed.refresh,
             refreshed.max_age,
         ));
@@ -191,10 +191,12 @@ impl Sessions {
     }
 
     fn cookie(&self, name: &str, value: &str, max_age: i64) -> Option<HeaderValue> {
-        let secure = if self.cookie_secure { "; Secure" } else { "" };
-        HeaderValue::from_str(&format!(
-            "{name}={value}; Path=/; HttpOnly; SameSite=Lax{secure}; Max-Age={max_age}"
-        ))
-        .ok()
+        let set = self.cookies.set(
+            name,
+            value,
+            Some(max_age),
+            portcullis_token::cookie::SameSite::Lax,
+        );
+        HeaderValue::from_str(&set).ok()
     }
 }

@@ -86,12 +86,8 @@ pub struct GatewaySettings {
     pub login_url: String,
     /// Where signed-in visitors without permission go.
     pub forbidden_url: String,
-    /// Name of the access-token cookie.
-    pub access_cookie: String,
-    /// Name of the refresh-token cookie.
-    pub refresh_cookie: String,
-    /// Cookies carry `Secure` (false only in plain-http development mode).
-    pub cookie_secure: bool,
+    /// Every cookie's name and attributes (the access cookie is a credential source).
+    pub cookies: portcullis_token::cookie::CookiePolicy,
     /// Scheme + host (+ port) browsers use; unsafe cookie-authenticated requests must come from it.
     pub public_origin: String,
     pub connect_timeout: Duration,
@@ -121,9 +117,7 @@ pub(crate) fn test_settings() -> GatewaySettings {
         groups_claim: "groups".into(),
         login_url: "/auth/login".into(),
         forbidden_url: "/".into(),
-        access_cookie: "__Host-portcullis-access".into(),
-        refresh_cookie: "__Host-portcullis-refresh".into(),
-        cookie_secure: true,
+        cookies: portcullis_token::cookie::CookiePolicy::new(true, "__Host-portcullis-access"),
         public_origin: "http://localhost:8080".into(),
         connect_timeout: Duration::from_secs(1),
         upstream_timeout: Duration::from_secs(30),

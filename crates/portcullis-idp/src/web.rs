@@ -14,6 +14,7 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use base64::Engine;
+use portcullis_token::cookie::{CookiePolicy, SameSite};
 use portcullis_token::{Secret, constant_time_eq};
 use serde_json::json;
 
@@ -28,6 +29,7 @@ const MAX_FORM: usize = 16 * 1024;
 struct Web {
     provider: Provider,
     templates: Arc<Templates>,
+    cookies: Arc<CookiePolicy>,
     attempts: Arc<Mutex<Attempts>>,
 }
 
@@ -58,10 +60,11 @@ fn network_of(ip: IpAddr) -> IpAddr {
 
 /// The provider's routes, to be merged into the server's router. The server must be run with
 /// `into_make_service_with_connect_info::<SocketAddr>()` so sign-in throttling sees addresses.
-pub fn router(provider: Provider, templates: Templates) -> Router {
+pub fn router(provider: Provider, templates: Templates, cookies: CookiePolicy) -> Router {
     let web = Web {
         provider,
         templates: Arc::new(templates),
+        cookies: Arc::new(cookies),
         attempts: Arc::new(Mutex::new(Attempts::default())),
     };
     Router::new()
@@ -114,41 +117,15 @@ fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
 }
 
 impl Web {
-    fn session_cookie_name(&self) -> &'static str {
-        if self.provider.settings().secure_cookies {
-            "__Host-portcullis-idp"
-        } else {
-            "portcullis-idp"
-        }
-    }
-
-    fn csrf_cookie_name(&self) -> &'static str {
-        if self.provider.settings().secure_cookies {
-            "__Host-portcullis-csrf"
-        } else {
-            "portcullis-csrf"
-        }
-    }
-
     fn set_cookie(
         &self,
         name: &str,
         value: &str,
         max_age: Option<i64>,
-        same_site: &str,
+        same_site: SameSite,
     ) -> HeaderValue {
-        let secure = if self.provider.settings().secure_cookies {
-            "; Secure"
-        } else {
-            ""
-        };
-        let age = max_age
-            .map(|a| format!("; Max-Age={a}"))
-            .unwrap_or_default();
-        HeaderValue::from_str(&format!(
-            "{name}={value}; Path=/; HttpOnly; SameSite={same_site}{secure}{age}"
-        ))
-        .unwrap_or_else(|_| HeaderValue::from_static("invalid=; Max-Age=0"))
+        HeaderValue::from_str(&self.cookies.set(name, value, max_age, same_site))
+            .unwrap_or_else(|_| HeaderValue::from_static("invalid=; Max-Age=0"))
     }
 
     fn page(&self, status: StatusCode, template: &str, ctx: serde_json::Value) -> Response {
@@ -361,7 +338,7 @@ async fn authorize(
             ));
         }
     };
-    let session = match cookie(&headers, web.session_cookie_name()) {
+    let session = match cookie(&headers, web.cookies.idp_session()) {
         Some(secret) => match web.provider.session_from_cookie(secret).await {
             Ok(s) => s,
             Err(_) => {
@@ -436,7 +413,7 @@ async fn login_page(State(web): State<Web>, uri: Uri, headers: HeaderMap) -> Res
         return web.error_page(StatusCode::BAD_REQUEST, "This sign-in page has expired.");
     };
     // Double-submit CSRF token: a random cookie, echoed in the form.
-    let (csrf, new_cookie) = match cookie(&headers, web.csrf_cookie_name()) {
+    let (csrf, new_cookie) = match cookie(&headers, web.cookies.csrf()) {
         Some(c) if c.len() == 43 => (c.to_owned(), None),
         _ => {
             let c = random_token().expose().clone();
@@ -456,7 +433,7 @@ async fn login_page(State(web): State<Web>, uri: Uri, headers: HeaderMap) -> Res
     if let Some(c) = new_cookie {
         r.headers_mut().append(
             header::SET_COOKIE,
-            web.set_cookie(web.csrf_cookie_name(), &c, None, "Strict"),
+            web.set_cookie(web.cookies.csrf(), &c, None, SameSite::Strict),
         );
     }
     r
@@ -481,7 +458,7 @@ async fn login_submit(
         );
     };
     let field = |k: &str| form.get(k).map(String::as_str).unwrap_or_default();
-    let csrf_cookie = cookie(&headers, web.csrf_cookie_name()).unwrap_or_default();
+    let csrf_cookie = cookie(&headers, web.cookies.csrf()).unwrap_or_default();
     if csrf_cookie.is_empty() || !constant_time_eq(csrf_cookie.as_bytes(), field("csrf").as_bytes())
     {
         return web.error_page(StatusCode::FORBIDDEN, "The sign-in form expired or was sent from another site. Go back to the application and try again.");
@@ -581,7 +558,12 @@ async fn login_submit(
             let ttl = web.provider.settings().session_ttl;
             r.headers_mut().append(
                 header::SET_COOKIE,
-                web.set_cookie(web.session_cookie_name(), secret.expose(), Some(ttl), "Lax"),
+                web.set_cookie(
+                    web.cookies.idp_session(),
+                    secret.expose(),
+                    Some(ttl),
+                    SameSite::Lax,
+                ),
             );
             r
         }
@@ -775,7 +757,7 @@ async fn logout(State(web): State<Web>, uri: Uri, headers: HeaderMap) -> Respons
             Err(_) => return web.error_page(StatusCode::SERVICE_UNAVAILABLE, "The sign-in service is unavailable. Try again shortly."),
         }
     }
-    if let Some(secret) = cookie(&headers, web.session_cookie_name())
+    if let Some(secret) = cookie(&headers, web.cookies.idp_session())
         && let Ok(Some((session, _))) = web.provider.session_from_cookie(secret).await
         && let Err(e) = web.provider.end_session(&session.sid).await
     {
@@ -791,7 +773,7 @@ async fn logout(State(web): State<Web>, uri: Uri, headers: HeaderMap) -> Respons
     };
     r.headers_mut().append(
         header::SET_COOKIE,
-        web.set_cookie(web.session_cookie_name(), "", Some(0), "Lax"),
+        web.set_cookie(web.cookies.idp_session(), "", Some(0), SameSite::Lax),
     );
     r
 }

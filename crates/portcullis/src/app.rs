@@ -132,6 +132,16 @@ impl App {
     }
 }
 
+/// Every cookie's name and attributes: one policy for the gateway, the hosted pages and the
+/// browser sessions. `__Host-` cookies require `Secure`; in plain-http development mode they
+/// drop the prefix.
+pub fn cookie_policy(config: &Config) -> portcullis_token::cookie::CookiePolicy {
+    portcullis_token::cookie::CookiePolicy::new(
+        config.idp.secure_cookies,
+        &config.gateway.access_cookie,
+    )
+}
+
 /// The gateway's settings from the configuration and the identity provider's.
 fn gateway_settings(config: &Config) -> GatewaySettings {
     let g = &config.gateway;
@@ -145,18 +155,7 @@ fn gateway_settings(config: &Config) -> GatewaySettings {
         groups_claim: config.idp.groups_claim.clone(),
         login_url: g.login_url.clone(),
         forbidden_url: g.forbidden_url.clone(),
-        // `__Host-` cookies require `Secure`; in plain-http development mode they drop the prefix.
-        access_cookie: if config.idp.secure_cookies {
-            g.access_cookie.clone()
-        } else {
-            g.access_cookie.trim_start_matches("__Host-").to_owned()
-        },
-        refresh_cookie: if config.idp.secure_cookies {
-            "__Host-portcullis-refresh".into()
-        } else {
-            "portcullis-refresh".into()
-        },
-        cookie_secure: config.idp.secure_cookies,
+        cookies: cookie_policy(config),
         public_origin: origin,
         connect_timeout: g.connect_timeout,
         upstream_timeout: g.upstream_timeout,

@@ -72,8 +72,7 @@ pub async fn run_config(
     let sessions = crate::sessions::Sessions::new(
         app.provider.clone(),
         &g.public_origin,
-        &g.access_cookie,
-        &g.refresh_cookie,
+        g.cookies.clone(),
         &app.instance_secret,
         external_sessions(&app).await?,
         app.config.sessions_access_ttl,
@@ -295,9 +294,13 @@ where
 {
     let templates = portcullis_idp::Templates::load(app.config.idp.templates_dir.as_deref())
         .map_err(|e| Failure::user(format!("branding.templates_dir: {e}")))?;
-    let idp = portcullis_idp::router(app.provider.clone(), templates)
-        .layer(timeout)
-        .layer(guard);
+    let idp = portcullis_idp::router(
+        app.provider.clone(),
+        templates,
+        app.gateway.settings().cookies.clone(),
+    )
+    .layer(timeout)
+    .layer(guard);
     // Everything that is not a portcullis endpoint goes through the gateway. A service of its
     // own rather than a handler on the `App` state: per request it costs one reference count,
     // not one per field of the state.

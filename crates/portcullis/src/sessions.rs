@@ -13,6 +13,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use portcullis_gateway::{Refreshed, Refresher};
 use portcullis_idp::{NewClient, Provider, pkce_s256, random_token};
+use portcullis_token::cookie::{CookiePolicy, SameSite};
 use portcullis_token::jwt::{self, Expect, TokenUse};
 use portcullis_token::{KeyEncryptionKey, Secret};
 use serde_json::json;
@@ -35,10 +36,8 @@ struct Inner {
     provider: Provider,
     origin: String,
     redirect_uri: String,
-    secure: bool,
-    access_cookie: String,
-    refresh_cookie: String,
-    flow_prefix: &'static str,
+    /// Names and attributes of the access, refresh and flow cookies.
+    cookies: CookiePolicy,
     sealer: KeyEncryptionKey,
     /// Sign in at an external provider instead of this instance's.
     external: Option<External>,
@@ -58,8 +57,7 @@ impl Sessions {
     pub async fn new(
         provider: Provider,
         origin: &str,
-        access_cookie: &str,
-        refresh_cookie: &str,
+        cookies: CookiePolicy,
         instance_secret: &Secret<String>,
         external: Option<External>,
         access_ttl: i64,
@@ -84,20 +82,12 @@ impl Sessions {
         }
         let sealer = KeyEncryptionKey::derive_for(instance_secret, "browser sign-in flow v1")
             .map_err(|e| e.to_string())?;
-        let secure = provider.settings().secure_cookies;
         Ok(Sessions {
             inner: Arc::new(Inner {
                 provider,
                 origin: origin.to_owned(),
                 redirect_uri,
-                secure,
-                access_cookie: access_cookie.to_owned(),
-                refresh_cookie: refresh_cookie.to_owned(),
-                flow_prefix: if secure {
-                    "__Host-portcullis-flow-"
-                } else {
-                    "portcullis-flow-"
-                },
+                cookies,
                 sealer,
                 external,
             }),
@@ -121,11 +111,12 @@ impl Sessions {
     }
 
     fn cookie(&self, name: &str, value: &str, max_age: i64) -> HeaderValue {
-        let secure = if self.inner.secure { "; Secure" } else { "" };
-        HeaderValue::from_str(&format!(
-            "{name}={value}; Path=/; HttpOnly; SameSite=Lax{secure}; Max-Age={max_age}"
-        ))
-        .unwrap_or_else(|_| HeaderValue::from_static("portcullis-invalid=; Max-Age=0"))
+        let set = self
+            .inner
+            .cookies
+            .set(name, value, Some(max_age), SameSite::Lax);
+        HeaderValue::from_str(&set)
+            .unwrap_or_else(|_| HeaderValue::from_static("portcullis-invalid=; Max-Age=0"))
     }
 
     async fn client(&self) -> Option<portcullis_store::Client> {
@@ -316,7 +307,7 @@ async fn login(State(s): State<Sessions>, uri: Uri, headers: HeaderMap) -> Respo
     let mut older: Vec<(i64, String)> = cookies(&headers)
         .into_iter()
         .filter_map(|(k, v)| {
-            let fid = k.strip_prefix(s.inner.flow_prefix)?;
+            let fid = k.strip_prefix(s.inner.cookies.flow_prefix())?;
             let exp = s
                 .inner
                 .sealer
@@ -336,7 +327,11 @@ async fn login(State(s): State<Sessions>, uri: Uri, headers: HeaderMap) -> Respo
     }
     r.headers_mut().append(
         header::SET_COOKIE,
-        s.cookie(&format!("{}{id}", s.inner.flow_prefix), &sealed, FLOW_TTL),
+        s.cookie(
+            &format!("{}{id}", s.inner.cookies.flow_prefix()),
+            &sealed,
+            FLOW_TTL,
+        ),
     );
     r
 }
@@ -364,7 +359,7 @@ async fn callback(State(s): State<Sessions>, uri: Uri, headers: HeaderMap) -> Re
             "The sign-in response is missing its state.",
         );
     };
-    let cookie_name = format!("{}{id}", s.inner.flow_prefix);
+    let cookie_name = format!("{}{id}", s.inner.cookies.flow_prefix());
     let flow = cookies(&headers)
         .into_iter()
         .find(|(k, _)| *k == cookie_name)
@@ -496,11 +491,11 @@ async fn callback(State(s): State<Sessions>, uri: Uri, headers: HeaderMap) -> Re
     h.append(header::SET_COOKIE, clear_flow);
     h.append(
         header::SET_COOKIE,
-        s.cookie(&s.inner.access_cookie, &access, max_age),
+        s.cookie(s.inner.cookies.access(), &access, max_age),
     );
     h.append(
         header::SET_COOKIE,
-        s.cookie(&s.inner.refresh_cookie, &refresh, max_age),
+        s.cookie(s.inner.cookies.refresh(), &refresh, max_age),
     );
     r
 }
@@ -532,7 +527,7 @@ async fn logout(State(s): State<Sessions>, headers: HeaderMap) -> Response {
     let end_idp = if let Some(x) = &s.inner.external {
         let refresh = jar
             .iter()
-            .find(|(k, _)| *k == s.inner.refresh_cookie)
+            .find(|(k, _)| *k == s.inner.cookies.refresh())
             .and_then(|(_, v)| s.open_refresh(v));
         if let (Some(endpoint), Some(refresh)) = (&x.revocation_endpoint, refresh)
             && let Err(e) = x
@@ -560,9 +555,9 @@ async fn logout(State(s): State<Sessions>, headers: HeaderMap) -> Response {
             // Revoking the refresh token ends the whole session: its access tokens are rejected
             // by the gateway within a second, on every node.
             for (name, value) in &jar {
-                let token = if *name == s.inner.refresh_cookie {
+                let token = if *name == s.inner.cookies.refresh() {
                     s.open_refresh(value)
-                } else if *name == s.inner.access_cookie {
+                } else if *name == s.inner.cookies.access() {
                     Some((*value).to_owned())
                 } else {
                     None
@@ -580,10 +575,14 @@ async fn logout(State(s): State<Sessions>, headers: HeaderMap) -> Response {
     if let Ok(v) = HeaderValue::from_str(&end_idp) {
         r.headers_mut().insert(header::LOCATION, v);
     }
-    r.headers_mut()
-        .append(header::SET_COOKIE, s.cookie(&s.inner.access_cookie, "", 0));
-    r.headers_mut()
-        .append(header::SET_COOKIE, s.cookie(&s.inner.refresh_cookie, "", 0));
+    r.headers_mut().append(
+        header::SET_COOKIE,
+        s.cookie(s.inner.cookies.access(), "", 0),
+    );
+    r.headers_mut().append(
+        header::SET_COOKIE,
+        s.cookie(s.inner.cookies.refresh(), "", 0),
+    );
     r
 }
 
@@ -622,7 +621,7 @@ async fn me(State(s): State<Sessions>, headers: HeaderMap) -> Response {
     let jar = cookies(&headers);
     let access = jar
         .iter()
-        .find(|(k, _)| *k == s.inner.access_cookie)
+        .find(|(k, _)| *k == s.inner.cookies.access())
         .map(|(_, v)| (*v).to_owned());
     let mut set = Vec::new();
     let mut who = match &access {
@@ -630,12 +629,12 @@ async fn me(State(s): State<Sessions>, headers: HeaderMap) -> Response {
         None => None,
     };
     if who.is_none()
-        && let Some((_, refresh)) = jar.iter().find(|(k, _)| *k == s.inner.refresh_cookie)
+        && let Some((_, refresh)) = jar.iter().find(|(k, _)| *k == s.inner.cookies.refresh())
         && let Some(new) = s.refresh_cookie(refresh).await
     {
         who = whoami(&s, &new.access).await;
-        set.push(s.cookie(&s.inner.access_cookie, &new.access, new.max_age));
-        set.push(s.cookie(&s.inner.refresh_cookie, &new.refresh, new.max_age));
+        set.push(s.cookie(s.inner.cookies.access(), &new.access, new.max_age));
+        set.push(s.cookie(s.inner.cookies.refresh(), &new.refresh, new.max_age));
     }
     let Some((sub, username, groups)) = who else {
         return (

@@ -7,6 +7,8 @@ use std::net::IpAddr;
 use axum::body::Body;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Request, Response, Uri, header};
 
+use portcullis_token::cookie::CookiePolicy;
+
 use crate::authn::Identity;
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1) and proxy credentials: never forwarded.
@@ -175,19 +177,12 @@ fn strip(name: &str, connection_listed: &[String], extra: &[HeaderPattern]) -> b
 }
 
 /// Removes portcullis' own cookies from a Cookie header value; `None` when nothing is left.
-/// Ours are the configured names (the access cookie may be named anything) and any name of the
-/// `portcullis` families (sign-in flow state, the IdP session).
-fn without_our_cookies(value: &str, ours: &[&str]) -> Option<String> {
+fn without_our_cookies(value: &str, cookies: &CookiePolicy) -> Option<String> {
     let kept: Vec<&str> = value
         .split(';')
         .map(str::trim)
         .filter(|c| !c.is_empty())
-        .filter(|c| {
-            let name = c.split('=').next().unwrap_or_default().trim();
-            !(ours.contains(&name)
-                || name.starts_with("__Host-portcullis")
-                || name.starts_with("portcullis-"))
-        })
+        .filter(|c| !cookies.is_ours(c.split('=').next().unwrap_or_default().trim()))
         .collect();
     (!kept.is_empty()).then(|| kept.join("; "))
 }
@@ -204,8 +199,8 @@ pub struct Forwarding<'a> {
     pub identity: Option<&'a Identity>,
     /// `gateway.strip_request_headers`.
     pub strip: &'a [HeaderPattern],
-    /// The access and refresh cookie names: never forwarded.
-    pub our_cookies: [&'a str; 2],
+    /// Which cookies are ours: never forwarded.
+    pub cookies: &'a CookiePolicy,
 }
 
 /// Builds the upstream request: `base` + canonical encoded path + the query as sent.
@@ -237,7 +232,7 @@ pub fn upstream_request(
             .map(str::to_owned)
             .collect();
         headers.remove(header::COOKIE);
-        if let Some(kept) = without_our_cookies(&cookies.join("; "), &fwd.our_cookies)
+        if let Some(kept) = without_our_cookies(&cookies.join("; "), fwd.cookies)
             && let Ok(v) = HeaderValue::from_str(&kept)
         {
             headers.insert(header::COOKIE, v);
@@ -462,7 +457,7 @@ mod tests {
 
     #[test]
     fn our_cookies_are_removed() {
-        let ours = ["session", "__Host-portcullis-refresh"];
+        let ours = CookiePolicy::new(true, "session");
         assert_eq!(
             without_our_cookies("a=1; __Host-portcullis-access=tok; b=2", &ours).as_deref(),
             Some("a=1; b=2")

@@ -48,8 +48,7 @@ pub(crate) struct Forwarder {
     upstream_timeout: Duration,
     total_timeout: Duration,
     strip: Vec<HeaderPattern>,
-    access_cookie: String,
-    refresh_cookie: String,
+    cookies: portcullis_token::cookie::CookiePolicy,
 }
 
 impl Forwarder {
@@ -70,8 +69,7 @@ impl Forwarder {
             upstream_timeout: settings.upstream_timeout,
             total_timeout: settings.total_timeout,
             strip: settings.strip_request_headers.clone(),
-            access_cookie: settings.access_cookie.clone(),
-            refresh_cookie: settings.refresh_cookie.clone(),
+            cookies: settings.cookies.clone(),
         }
     }
 
@@ -124,7 +122,7 @@ impl Forwarder {
             preserve_host: *preserve_host,
             identity,
             strip: &self.strip,
-            our_cookies: [&self.access_cookie, &self.refresh_cookie],
+            cookies: &self.cookies,
         };
         let mut upstream = upstream_request(Request::from_parts(parts, body), base, encoded, &fwd)
             .map_err(|e| {
