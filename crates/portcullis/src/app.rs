@@ -1,5 +1,9 @@
-//! Wiring: configuration → store → user pool. `serve`, `demo` and every CLI command start here,
-//! so they share one code path.
+//! Wiring: configuration → store → user pool → identity provider → gateway.
+//!
+//! Two ways in. A CLI command opens an [`Admin`]: the store and the user pool, plus the identity
+//! provider only for the commands that need the signing keys — and writes nothing it was not
+//! asked to. `serve` and `demo` open an [`App`], whose start-up step also applies the declared
+//! configuration (clients, resource servers, seeded policies) and builds the gateway.
 
 use std::path::{Path, PathBuf};
 
@@ -37,6 +41,76 @@ pub fn load_config(explicit: Option<&Path>) -> Result<Config, Failure> {
     )?)
 }
 
+/// What CLI commands work with: the store (migrated) and the user pool over it.
+#[derive(Debug, Clone)]
+pub struct Admin {
+    pub config: Arc<Config>,
+    pub store: Store,
+    pub pool: UserPool,
+    pub clock: Clock,
+}
+
+impl Admin {
+    /// Opens the store and the user pool; resolves no instance secret, loads no keys, applies
+    /// no declared configuration.
+    pub async fn open(config: Config) -> Result<Admin, Failure> {
+        let clock = Clock::system();
+        create_private_dir(&config.data_dir).map_err(|e| {
+            Failure::user(format!(
+                "cannot create the data directory {}: {e}. Set data_dir (or PORTCULLIS_DATA_DIR) to a writable directory",
+                config.data_dir.display()
+            ))
+        })?;
+        let store = Store::open(&config.store).await?;
+        let hasher = PasswordHasher::new(config.hash_concurrency)
+            .map_err(|e| Failure::internal(e.to_string()))?;
+        let pool = UserPool::new(
+            store.clone(),
+            hasher,
+            config.password_policy.clone(),
+            clock.clone(),
+        );
+        Ok(Admin {
+            config: Arc::new(config),
+            store,
+            pool,
+            clock,
+        })
+    }
+
+    /// The instance secret: given (environment or file), else the stored one (generated on
+    /// first use). A given secret that does not match the store's check value is refused.
+    async fn instance_secret(&self) -> Result<Secret<String>, Failure> {
+        let provided = match (
+            &self.config.instance_secret,
+            &self.config.instance_secret_file,
+        ) {
+            (Some(s), _) => Some(s.clone()),
+            (None, Some(path)) => Some(read_secret_file(path)?),
+            (None, None) => None,
+        };
+        Ok(resolve_instance_secret(&self.store, provided, self.clock.now()).await?)
+    }
+
+    /// The identity provider, with its signing keys (for the commands that need them).
+    pub async fn provider(&self) -> Result<Provider, Failure> {
+        let secret = self.instance_secret().await?;
+        self.open_provider(&secret).await
+    }
+
+    async fn open_provider(&self, secret: &Secret<String>) -> Result<Provider, Failure> {
+        Provider::open(
+            self.store.clone(),
+            self.pool.clone(),
+            self.config.idp.clone(),
+            secret,
+            self.clock.clone(),
+        )
+        .await
+        .map_err(|e| Failure::internal(format!("cannot load the signing keys: {e}")))
+    }
+}
+
 /// An opened instance: the store and the services built on it.
 #[derive(Debug, Clone)]
 pub struct App {
@@ -67,39 +141,19 @@ impl KeySource for ProviderKeys {
 }
 
 impl App {
+    /// Opens the instance for serving. The start-up step: the instance secret is settled (so a
+    /// node with the wrong secret stops here), the keys loaded, the declared clients and resource
+    /// servers applied, the configured policies seeded into an empty store, the gateway built.
     pub async fn open(config: Config) -> Result<App, Failure> {
-        let clock = Clock::system();
-        create_private_dir(&config.data_dir).map_err(|e| {
-            Failure::user(format!(
-                "cannot create the data directory {}: {e}. Set data_dir (or PORTCULLIS_DATA_DIR) to a writable directory",
-                config.data_dir.display()
-            ))
-        })?;
-        let store = Store::open(&config.store).await?;
-        let provided = match (&config.instance_secret, &config.instance_secret_file) {
-            (Some(s), _) => Some(s.clone()),
-            (None, Some(path)) => Some(read_secret_file(path)?),
-            (None, None) => None,
-        };
-        // Settled at every start so a node with the wrong secret stops here; it seals the signing keys.
-        let instance_secret = resolve_instance_secret(&store, provided, clock.now()).await?;
-        let hasher = PasswordHasher::new(config.hash_concurrency)
-            .map_err(|e| Failure::internal(e.to_string()))?;
-        let pool = UserPool::new(
-            store.clone(),
-            hasher,
-            config.password_policy.clone(),
-            clock.clone(),
-        );
-        let provider = Provider::open(
-            store.clone(),
-            pool.clone(),
-            config.idp.clone(),
-            &instance_secret,
-            clock.clone(),
-        )
-        .await
-        .map_err(|e| Failure::internal(format!("cannot load the signing keys: {e}")))?;
+        let admin = Admin::open(config).await?;
+        let instance_secret = admin.instance_secret().await?;
+        let provider = admin.open_provider(&instance_secret).await?;
+        let Admin {
+            config,
+            store,
+            pool,
+            clock,
+        } = admin;
         apply_declared(&provider, &config).await?;
         if let Some(seed) = &config.policy_seed
             && let Some(v) = store
@@ -122,7 +176,7 @@ impl App {
         )
         .map_err(|e| Failure::user(format!("routes: {e}")))?;
         Ok(App {
-            config: Arc::new(config),
+            config,
             store,
             pool,
             provider,

@@ -10,7 +10,7 @@ use portcullis_store::{Group, User};
 use portcullis_token::Secret;
 use serde_json::json;
 
-use crate::app::App;
+use crate::app::Admin;
 use crate::failure::Failure;
 use crate::{
     ClientCommand, GroupCommand, KeysCommand, PolicyCommand, ResourceServerCommand, UserCommand,
@@ -135,7 +135,7 @@ fn announce_password(username: &str, password: &Secret<String>) {
     );
 }
 
-pub async fn user(app: &App, cmd: UserCommand, json: bool) -> Result<(), Failure> {
+pub async fn user(app: &Admin, cmd: UserCommand, json: bool) -> Result<(), Failure> {
     let pool = &app.pool;
     match cmd {
         UserCommand::Add {
@@ -242,7 +242,7 @@ pub async fn user(app: &App, cmd: UserCommand, json: bool) -> Result<(), Failure
     Ok(())
 }
 
-pub async fn group(app: &App, cmd: GroupCommand, json: bool) -> Result<(), Failure> {
+pub async fn group(app: &Admin, cmd: GroupCommand, json: bool) -> Result<(), Failure> {
     let pool = &app.pool;
     match cmd {
         GroupCommand::Add {
@@ -378,7 +378,7 @@ fn redact_url(url: &str) -> String {
     }
 }
 
-pub async fn store_check(app: &App, json: bool) -> Result<(), Failure> {
+pub async fn store_check(app: &Admin, json: bool) -> Result<(), Failure> {
     app.store.integrity_check().await?;
     let counts = (
         app.pool.list_users().await?.len(),
@@ -424,7 +424,7 @@ fn client_error(e: portcullis_idp::ClientError) -> Failure {
     }
 }
 
-pub async fn client(app: &App, cmd: ClientCommand, json: bool) -> Result<(), Failure> {
+pub async fn client(app: &Admin, cmd: ClientCommand, json: bool) -> Result<(), Failure> {
     let store = &app.store;
     match cmd {
         ClientCommand::Add {
@@ -456,7 +456,8 @@ pub async fn client(app: &App, cmd: ClientCommand, json: bool) -> Result<(), Fai
                 allow_insecure_http: false,
             };
             let (client, secret) = app
-                .provider
+                .provider()
+                .await?
                 .create_client(req)
                 .await
                 .map_err(client_error)?;
@@ -515,7 +516,8 @@ pub async fn client(app: &App, cmd: ClientCommand, json: bool) -> Result<(), Fai
         }
         ClientCommand::RotateSecret { client_id } => {
             let secret = app
-                .provider
+                .provider()
+                .await?
                 .rotate_client_secret(&client_id)
                 .await
                 .map_err(client_error)?;
@@ -540,7 +542,7 @@ fn valid_scope_name(s: &str) -> bool {
 }
 
 pub async fn resource_server(
-    app: &App,
+    app: &Admin,
     cmd: ResourceServerCommand,
     json: bool,
 ) -> Result<(), Failure> {
@@ -565,7 +567,7 @@ pub async fn resource_server(
                 identifier,
                 name,
                 scopes,
-                created_at: app.provider.now(),
+                created_at: app.clock.now(),
             };
             store.create_resource_server(&rs).await?;
             let full: Vec<String> = rs
@@ -609,9 +611,10 @@ pub async fn resource_server(
     Ok(())
 }
 
-pub async fn keys(app: &App, cmd: KeysCommand, json: bool) -> Result<(), Failure> {
-    let now = app.provider.now();
-    let ring = app.provider.keys();
+pub async fn keys(app: &Admin, cmd: KeysCommand, json: bool) -> Result<(), Failure> {
+    let provider = app.provider().await?;
+    let now = provider.now();
+    let ring = provider.keys();
     if let KeysCommand::Rotate = cmd {
         let new = ring
             .rotate(now)
@@ -665,7 +668,7 @@ pub async fn keys(app: &App, cmd: KeysCommand, json: bool) -> Result<(), Failure
     Ok(())
 }
 
-async fn set_policy(app: &App, file: &Path, comment: &str, json: bool) -> Result<(), Failure> {
+async fn set_policy(app: &Admin, file: &Path, comment: &str, json: bool) -> Result<(), Failure> {
     let text = std::fs::read_to_string(file)
         .map_err(|e| Failure::user(format!("cannot read {}: {e}", file.display())))?;
     let docs = portcullis_policy::parse_file(&text)
@@ -679,7 +682,7 @@ async fn set_policy(app: &App, file: &Path, comment: &str, json: bool) -> Result
     };
     let version = app
         .store
-        .add_policy_version(&canonical, &comment, app.provider.now(), false)
+        .add_policy_version(&canonical, &comment, app.clock.now(), false)
         .await?
         .unwrap_or_default();
     if json {
@@ -704,7 +707,7 @@ fn sample_path(pattern: &str) -> String {
     if p.is_empty() { "/".into() } else { p }
 }
 
-pub async fn policy(app: &App, cmd: PolicyCommand, json: bool) -> Result<(), Failure> {
+pub async fn policy(app: &Admin, cmd: PolicyCommand, json: bool) -> Result<(), Failure> {
     let store = &app.store;
     let current = || async {
         let v = store.current_policy().await?;
@@ -772,7 +775,7 @@ pub async fn policy(app: &App, cmd: PolicyCommand, json: bool) -> Result<(), Fai
                 .add_policy_version(
                     &old.document,
                     &format!("rollback to version {version}"),
-                    app.provider.now(),
+                    app.clock.now(),
                     false,
                 )
                 .await?
@@ -838,9 +841,9 @@ pub async fn policy(app: &App, cmd: PolicyCommand, json: bool) -> Result<(), Fai
                 docs.iter().map(|d| d.principal.clone()).collect();
             // Rows: the configured routes; without any (a CLI run without the server's config
             // file), the path patterns the documents mention.
-            let mut targets: Vec<(String, Vec<String>, bool)> = app
-                .gateway
-                .routes()
+            let routes = portcullis_gateway::route::RouteTable::new(&app.config.routes)
+                .map_err(|e| Failure::user(format!("routes: {e}")))?;
+            let mut targets: Vec<(String, Vec<String>, bool)> = routes
                 .routes()
                 .iter()
                 .map(|r| {

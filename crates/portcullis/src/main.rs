@@ -382,31 +382,31 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             Ok(())
         }
         Command::User(cmd) => {
-            let app = app::App::open(app::load_config(cli.config.as_deref())?).await?;
+            let app = app::Admin::open(app::load_config(cli.config.as_deref())?).await?;
             commands::user(&app, cmd, json).await
         }
         Command::Group(cmd) => {
-            let app = app::App::open(app::load_config(cli.config.as_deref())?).await?;
+            let app = app::Admin::open(app::load_config(cli.config.as_deref())?).await?;
             commands::group(&app, cmd, json).await
         }
         Command::Client(cmd) => {
-            let app = app::App::open(app::load_config(cli.config.as_deref())?).await?;
+            let app = app::Admin::open(app::load_config(cli.config.as_deref())?).await?;
             commands::client(&app, cmd, json).await
         }
         Command::ResourceServer(cmd) => {
-            let app = app::App::open(app::load_config(cli.config.as_deref())?).await?;
+            let app = app::Admin::open(app::load_config(cli.config.as_deref())?).await?;
             commands::resource_server(&app, cmd, json).await
         }
         Command::Keys(cmd) => {
-            let app = app::App::open(app::load_config(cli.config.as_deref())?).await?;
+            let app = app::Admin::open(app::load_config(cli.config.as_deref())?).await?;
             commands::keys(&app, cmd, json).await
         }
         Command::Policy(cmd) => {
-            let app = app::App::open(app::load_config(cli.config.as_deref())?).await?;
+            let app = app::Admin::open(app::load_config(cli.config.as_deref())?).await?;
             commands::policy(&app, cmd, json).await
         }
         Command::Store(StoreCommand::Check) => {
-            let app = app::App::open(app::load_config(cli.config.as_deref())?).await?;
+            let app = app::Admin::open(app::load_config(cli.config.as_deref())?).await?;
             commands::store_check(&app, json).await
         }
     }

@@ -270,3 +270,70 @@ fn the_same_commands_work_on_postgresql() {
     let out = i.run(&["store", "check"]).ok();
     assert!(out.contains("postgres://127.0.0.1"), "{out}");
 }
+
+/// The user and group commands open the store and nothing else: on a store whose instance secret
+/// came from the environment they work without it (they failed with "the instance secret given
+/// does not match" although none was given), and a read command writes nothing — no declared
+/// client applied, no policy seeded, no signing key made.
+#[test]
+fn user_and_group_commands_need_no_secret_and_read_commands_write_nothing() {
+    let declared = r#"
+[[clients]]
+id = "declared-app"
+redirect_uris = ["https://app.example.com/callback"]
+
+[[policy]]
+principal = "group:user"
+statements = [{ effect = "allow", paths = ["/api/**"] }]
+"#;
+    let i = Instance::with_config(declared);
+    let secret = "env-secret-0123456789abcdef-0123456789ab";
+    let out = i
+        .command(&["user", "list"])
+        .env("PORTCULLIS_INSTANCE_SECRET", secret)
+        .output()
+        .expect("run");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for read in [
+        &["user", "list"][..],
+        &["group", "list"],
+        &["--json", "user", "list"],
+        &["store", "check"],
+    ] {
+        i.run(read).ok();
+    }
+    i.run(&["group", "add", "user"]).ok();
+    i.run(&["user", "add", "ann", "--group", "user"]).ok();
+    let history = i.run(&["--json", "policy", "history"]).ok();
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&history).expect("json"),
+        serde_json::json!([]),
+        "no policy was seeded by a CLI command"
+    );
+    let clients = i.run(&["client", "list"]).ok();
+    assert!(!clients.contains("declared-app"), "{clients}");
+    // The commands that use the keys still settle the secret and refuse a wrong one.
+    let out = i
+        .command(&["keys", "list"])
+        .env("PORTCULLIS_INSTANCE_SECRET", secret)
+        .output()
+        .expect("run");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = i
+        .command(&["keys", "list"])
+        .env(
+            "PORTCULLIS_INSTANCE_SECRET",
+            "wrong-secret-0123456789abcdef-012345678",
+        )
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(1));
+}

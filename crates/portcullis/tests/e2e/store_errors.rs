@@ -120,18 +120,20 @@ fn the_database_file_is_private() {
     assert_eq!(mode & 0o077, 0, "data dir mode {mode:o}");
 }
 
+/// (Commands that use the signing keys settle the secret — `keys`, `client add`, `serve`; the
+/// user and group commands never read it, see `cli::user_and_group_commands_need_no_secret…`.)
 #[test]
 fn a_changed_instance_secret_is_refused() {
     let i = Instance::new().env(
         "PORTCULLIS_INSTANCE_SECRET",
         "first-secret-0123456789abcdef-0123456789",
     );
-    i.run(&["user", "list"]).ok();
+    i.run(&["keys", "list"]).ok();
     let i = i.env(
         "PORTCULLIS_INSTANCE_SECRET",
         "other-secret-0123456789abcdef-0123456789",
     );
-    let err = i.run(&["user", "list"]).user_error();
+    let err = i.run(&["keys", "list"]).user_error();
     assert!(err.contains("does not match"), "{err}");
     assert!(
         !err.contains("other-secret") && !err.contains("first-secret"),
