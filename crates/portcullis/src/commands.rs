@@ -378,6 +378,25 @@ fn redact_url(url: &str) -> String {
     }
 }
 
+/// After `config apply`: what the store now holds of the declared configuration.
+pub async fn config_applied(app: &crate::app::App, json: bool) -> Result<(), Failure> {
+    let clients = app.config.clients.len();
+    let servers = app.config.resource_servers.len();
+    let policy = app.store.policy_version().await?;
+    if json {
+        print_json(&json!({
+            "clients": clients,
+            "resource_servers": servers,
+            "policy_version": policy,
+        }));
+    } else {
+        println!(
+            "declared configuration applied: {clients} client(s), {servers} resource server(s); policy version in force: {policy}"
+        );
+    }
+    Ok(())
+}
+
 pub async fn store_check(app: &Admin, json: bool) -> Result<(), Failure> {
     app.store.integrity_check().await?;
     let counts = (

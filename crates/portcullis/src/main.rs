@@ -249,6 +249,10 @@ enum ConfigCommand {
     },
     /// Print the reference of every key (Markdown), as in docs/configuration.md.
     Reference,
+    /// Apply the declared configuration to the store without serving: create or update the
+    /// [[clients]] and [[resource_servers]], seed [[policy]] into an empty store (what `serve`
+    /// does at start).
+    Apply,
 }
 
 #[derive(Debug, Subcommand)]
@@ -380,6 +384,10 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Config(ConfigCommand::Reference) => {
             print!("{}", config::reference());
             Ok(())
+        }
+        Command::Config(ConfigCommand::Apply) => {
+            let app = app::App::open(app::load_config(cli.config.as_deref())?).await?;
+            commands::config_applied(&app, json).await
         }
         Command::User(cmd) => {
             let app = app::Admin::open(app::load_config(cli.config.as_deref())?).await?;

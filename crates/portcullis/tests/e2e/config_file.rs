@@ -111,6 +111,10 @@ scopes = ["orders/read"]
 async fn clients_and_resource_servers_declared_in_the_config_file_are_applied() {
     let secret = "declared-billing-secret-0123456789abcdef";
     let i = Instance::with_config(DECLARED).env("BILLING_SECRET", secret);
+    // Declared clients are applied by serve's start-up step, or by `config apply`; another
+    // command (a read above all) changes nothing.
+    i.run(&["client", "show", "web"]).user_error();
+    i.run(&["config", "apply"]).ok();
     let web: serde_json::Value =
         serde_json::from_str(&i.run(&["--json", "client", "show", "web"]).ok()).expect("json");
     assert_eq!(web["access_ttl"], 900);
@@ -138,6 +142,7 @@ async fn clients_and_resource_servers_declared_in_the_config_file_are_applied() 
         ),
     )
     .expect("write");
+    i.run(&["config", "apply"]).ok();
     let web: serde_json::Value =
         serde_json::from_str(&i.run(&["--json", "client", "show", "web"]).ok()).expect("json");
     assert_eq!(web["access_ttl"], 1800);
@@ -163,9 +168,10 @@ fn declared_client_errors_name_the_client_and_the_problem() {
     let i = Instance::with_config(
         "[[clients]]\nid = \"x\"\nredirect_uris = [\"http://evil.example/cb\"]\n",
     );
-    let err = i.run(&["user", "list"]).user_error();
+    let err = i.run(&["config", "apply"]).user_error();
     assert!(
         err.contains("client x in the configuration") && err.contains("plain http"),
         "{err}"
     );
+    // (serve runs the same start-up step, App::open, before it listens.)
 }
