@@ -30,7 +30,7 @@ mod pipeline_tests;
 
 pub use csrf::same_origin;
 pub use reject::{Fault, Reject};
-pub use session::{Refreshed, Refresher};
+pub use session::{RefreshError, Refreshed, Refresher};
 
 use std::net::SocketAddr;
 use std::sync::Arc;

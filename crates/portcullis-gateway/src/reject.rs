@@ -33,6 +33,9 @@ pub enum Reject {
     NoRoute,
     /// No valid credential: 401 (APIs) or a sign-in redirect back to `return_to` (pages).
     Unauthenticated { error: AuthError, return_to: String },
+    /// A browser session needed refreshing and its store or provider does not answer: 503 with
+    /// `Retry-After` (not a sign-in page: the session may be alive).
+    SessionUnavailable,
     /// The policies do not allow it: 403 (APIs) or the forbidden page (pages).
     Denied { sub: String, decision: String },
     /// An unsafe cookie-authenticated request from another origin: 403.
@@ -62,7 +65,7 @@ impl Reject {
             Reject::Framing(_) => "framing",
             Reject::Target { .. } => "canonical",
             Reject::NoRoute => "route",
-            Reject::Unauthenticated { .. } => "authn",
+            Reject::Unauthenticated { .. } | Reject::SessionUnavailable => "authn",
             Reject::Denied { .. } => "authz",
             Reject::CrossSite { .. } => "csrf",
             Reject::Upgrade(_)
@@ -80,7 +83,8 @@ impl Reject {
         match self {
             Reject::UpstreamFailed { .. }
             | Reject::UpstreamTimeout { .. }
-            | Reject::UpstreamSwitched { .. } => Fault::Upstream,
+            | Reject::UpstreamSwitched { .. }
+            | Reject::SessionUnavailable => Fault::Upstream,
             Reject::Internal(_) => Fault::Us,
             _ => Fault::Client,
         }
@@ -93,6 +97,7 @@ impl Reject {
             Reject::Unauthenticated { .. } => "unauthenticated",
             Reject::Denied { .. } => "denied",
             Reject::CrossSite { .. } => "cross_site",
+            Reject::SessionUnavailable => "unavailable",
             _ => match self.fault() {
                 Fault::Client => "bad_request",
                 Fault::Upstream => "upstream_error",
@@ -143,6 +148,13 @@ impl Reject {
                     path,
                     stage,
                     "request refused: malformed or incomplete request body"
+                );
+            }
+            Reject::SessionUnavailable => {
+                tracing::warn!(
+                    path,
+                    stage,
+                    "session refresh unavailable: its store or provider does not answer"
                 );
             }
             Reject::UpstreamFailed { upstream, error } => {
@@ -208,6 +220,15 @@ impl Reject {
             Reject::UpstreamTimeout { .. } => error(StatusCode::GATEWAY_TIMEOUT, "gateway_timeout"),
             Reject::UpstreamSwitched { .. } => {
                 closing(error(StatusCode::BAD_GATEWAY, "bad_gateway"))
+            }
+            Reject::SessionUnavailable => {
+                let mut r = json(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    json!({ "error": "temporarily_unavailable", "message": "the session cannot be renewed right now; try again shortly" }),
+                );
+                r.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+                r
             }
             Reject::Internal(_) => error(StatusCode::INTERNAL_SERVER_ERROR, "internal_error"),
         }

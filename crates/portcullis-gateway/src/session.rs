@@ -24,13 +24,35 @@ pub struct Refreshed {
     pub max_age: i64,
 }
 
+/// Why a browser session could not be refreshed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum RefreshError {
+    /// The session is over (signed out, revoked, expired, or the cookie is not ours): sign in
+    /// again (401, or the sign-in page).
+    #[error("the session has ended")]
+    Ended,
+    /// The store or the session's provider does not answer: try again shortly (503). The
+    /// session may well be alive, so the browser is not sent to sign in.
+    #[error("the session cannot be refreshed now: its store or provider does not answer")]
+    Unavailable,
+}
+
 /// Refreshes a browser session (the identity provider's refresh grant, in process, or a remote
 /// provider's token endpoint).
 pub trait Refresher: Send + Sync {
     fn refresh(
         &self,
-        refresh_token: String,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Option<Refreshed>> + Send + '_>>;
+        refresh_cookie: String,
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Refreshed, RefreshError>> + Send + '_>,
+    >;
+}
+
+/// Why a session refresh gave no identity.
+#[derive(Debug)]
+enum SessionError {
+    Auth(AuthError),
+    Unavailable,
 }
 
 /// Who a request is, and whether the credential came from the cookie (CSRF applies then).
@@ -44,7 +66,7 @@ pub(crate) struct Authenticated {
 pub(crate) struct Sessions {
     refresher: std::sync::OnceLock<Arc<dyn Refresher>>,
     /// One refresh per refresh token at a time: parallel requests of a burst share its result.
-    flights: moka::sync::Cache<String, Arc<tokio::sync::OnceCell<Option<Refreshed>>>>,
+    flights: moka::sync::Cache<String, Arc<tokio::sync::OnceCell<Result<Refreshed, RefreshError>>>>,
     cookies: portcullis_token::cookie::CookiePolicy,
     /// Seconds before `exp` from which a cookie session is refreshed.
     margin: i64,
@@ -80,13 +102,21 @@ impl Sessions {
         (headers, uri): (&HeaderMap, &Uri),
         set_cookies: &mut Vec<HeaderValue>,
     ) -> Result<Authenticated, Reject> {
-        let refreshed = |fresh: Result<Arc<Identity>, AuthError>| {
-            fresh.map(|identity| Authenticated {
+        let unauthenticated = |error| Reject::Unauthenticated {
+            error,
+            return_to: uri
+                .path_and_query()
+                .map_or_else(|| "/".to_owned(), |p| p.as_str().to_owned()),
+        };
+        let refreshed = |fresh: Result<Arc<Identity>, SessionError>| match fresh {
+            Ok(identity) => Ok(Authenticated {
                 identity,
                 from_cookie: true,
-            })
+            }),
+            Err(SessionError::Auth(e)) => Err(unauthenticated(e)),
+            Err(SessionError::Unavailable) => Err(Reject::SessionUnavailable),
         };
-        let result = match auth.credential(headers, &route.sources) {
+        match auth.credential(headers, &route.sources) {
             Ok((token, from_cookie)) => match auth.authenticate(token).await {
                 // An expired access cookie with a live refresh cookie: refresh in line, so the
                 // browser never sees an expiry while its session is alive.
@@ -100,24 +130,23 @@ impl Sessions {
                         && self.expires_soon(&identity)
                         && self.refresh_cookie(headers).is_some() =>
                 {
-                    match self.refresh(auth, headers, set_cookies).await {
-                        Ok(fresh) => Ok(Authenticated {
-                            identity: fresh,
-                            from_cookie: true,
-                        }),
+                    let identity = match self.refresh(auth, headers, set_cookies).await {
+                        Ok(fresh) => fresh,
                         Err(e) => {
-                            tracing::debug!(reason = %e, "early session refresh failed; the access token is still valid");
-                            Ok(Authenticated {
-                                identity,
-                                from_cookie: true,
-                            })
+                            tracing::debug!(reason = ?e, "early session refresh failed; the access token is still valid");
+                            identity
                         }
-                    }
+                    };
+                    Ok(Authenticated {
+                        identity,
+                        from_cookie: true,
+                    })
                 }
-                other => other.map(|identity| Authenticated {
+                Ok(identity) => Ok(Authenticated {
                     identity,
                     from_cookie,
                 }),
+                Err(e) => Err(unauthenticated(e)),
             },
             Err(AuthError::Missing)
                 if route.sources.contains(&TokenSource::Cookie)
@@ -125,14 +154,8 @@ impl Sessions {
             {
                 refreshed(self.refresh(auth, headers, set_cookies).await)
             }
-            Err(e) => Err(e),
-        };
-        result.map_err(|error| Reject::Unauthenticated {
-            error,
-            return_to: uri
-                .path_and_query()
-                .map_or_else(|| "/".to_owned(), |p| p.as_str().to_owned()),
-        })
+            Err(e) => Err(unauthenticated(e)),
+        }
     }
 
     /// Whether a cookie session's access token is within `gateway.refresh_margin` of its end
@@ -161,21 +184,36 @@ impl Sessions {
         auth: &Authenticator,
         headers: &HeaderMap,
         set_cookies: &mut Vec<HeaderValue>,
-    ) -> Result<Arc<Identity>, AuthError> {
-        let refresher = self.refresher.get().ok_or(AuthError::Missing)?;
+    ) -> Result<Arc<Identity>, SessionError> {
+        let refresher = self
+            .refresher
+            .get()
+            .ok_or(SessionError::Auth(AuthError::Missing))?;
         let refresh = self
             .refresh_cookie(headers)
-            .ok_or(AuthError::Missing)?
+            .ok_or(SessionError::Auth(AuthError::Missing))?
             .to_owned();
         let flight = self
             .flights
             .get_with(refresh.clone(), || Arc::new(tokio::sync::OnceCell::new()));
-        let refreshed = flight
-            .get_or_init(|| refresher.refresh(refresh))
+        let result = flight
+            .get_or_init(|| refresher.refresh(refresh.clone()))
             .await
-            .clone()
-            .ok_or(AuthError::Revoked)?;
-        let id = auth.authenticate(&refreshed.access).await?;
+            .clone();
+        let refreshed = match result {
+            Ok(r) => r,
+            Err(RefreshError::Ended) => return Err(SessionError::Auth(AuthError::Revoked)),
+            Err(RefreshError::Unavailable) => {
+                // Not remembered: the next request tries again, so the session heals as soon
+                // as the store answers.
+                self.flights.invalidate(&refresh);
+                return Err(SessionError::Unavailable);
+            }
+        };
+        let id = auth
+            .authenticate(&refreshed.access)
+            .await
+            .map_err(SessionError::Auth)?;
         set_cookies.extend(self.cookie(
             self.cookies.access(),
             &refreshed.access,

@@ -11,7 +11,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use portcullis_gateway::{Refreshed, Refresher};
+use portcullis_gateway::{RefreshError, Refreshed, Refresher};
 use portcullis_idp::{NewClient, Provider, pkce_s256, random_token};
 use portcullis_token::cookie::{CookiePolicy, SameSite};
 use portcullis_token::jwt::{self, Expect, TokenUse};
@@ -152,15 +152,18 @@ impl Sessions {
     }
 
     /// Refreshes the session behind a refresh cookie; the answer carries the new cookie value.
-    async fn refresh_cookie(&self, cookie: &str) -> Option<Refreshed> {
-        let refresh_token = self.open_refresh(cookie)?;
+    async fn refresh_cookie(&self, cookie: &str) -> Result<Refreshed, RefreshError> {
+        let refresh_token = self.open_refresh(cookie).ok_or(RefreshError::Ended)?;
         let mut refreshed = self.refresh_token(refresh_token).await?;
-        refreshed.refresh = self.seal_refresh(&refreshed.refresh)?;
-        Some(refreshed)
+        refreshed.refresh = self
+            .seal_refresh(&refreshed.refresh)
+            .ok_or(RefreshError::Ended)?;
+        Ok(refreshed)
     }
 
-    /// Runs the refresh grant at the session's provider.
-    async fn refresh_token(&self, refresh_token: String) -> Option<Refreshed> {
+    /// Runs the refresh grant at the session's provider. A provider or store that does not
+    /// answer is `Unavailable` (the session may be alive); any refusal is `Ended`.
+    async fn refresh_token(&self, refresh_token: String) -> Result<Refreshed, RefreshError> {
         if let Some(x) = &self.inner.external {
             let body = x
                 .post(
@@ -171,33 +174,52 @@ impl Sessions {
                     ],
                 )
                 .await
-                .map_err(|e| tracing::info!(error = %e, "browser session could not be refreshed"))
-                .ok()?;
+                .map_err(|e| {
+                    tracing::info!(error = %e, "browser session could not be refreshed");
+                    match e {
+                        PostError::Unreachable(_) => RefreshError::Unavailable,
+                        PostError::Refused(_) => RefreshError::Ended,
+                    }
+                })?;
             // Providers that do not rotate refresh tokens (Cognito) return none: keep ours.
             let refresh = body["refresh_token"]
                 .as_str()
                 .map(str::to_owned)
                 .unwrap_or(refresh_token);
-            return Some(Refreshed {
-                access: body["access_token"].as_str()?.to_owned(),
+            return Ok(Refreshed {
+                access: body["access_token"]
+                    .as_str()
+                    .ok_or(RefreshError::Ended)?
+                    .to_owned(),
                 refresh,
                 max_age: EXTERNAL_COOKIE_AGE,
             });
         }
-        let client = self.client().await?;
+        let client = match self.inner.provider.store().client(BFF_CLIENT).await {
+            Ok(Some(c)) => c,
+            Ok(None) => return Err(RefreshError::Ended),
+            Err(e) if e.is_unavailable() => return Err(RefreshError::Unavailable),
+            Err(e) => {
+                tracing::error!(error = %e, "browser session could not be refreshed");
+                return Err(RefreshError::Ended);
+            }
+        };
         let params = BTreeMap::from([
             ("grant_type".to_owned(), "refresh_token".to_owned()),
             ("refresh_token".to_owned(), refresh_token),
         ]);
         match self.inner.provider.token(&client, &params).await {
-            Ok(t) => Some(Refreshed {
+            Ok(t) => Ok(Refreshed {
                 access: t.access_token,
-                refresh: t.refresh_token?,
+                refresh: t.refresh_token.ok_or(RefreshError::Ended)?,
                 max_age: client.refresh_ttl,
             }),
+            Err(portcullis_idp::OAuthError::TemporarilyUnavailable) => {
+                Err(RefreshError::Unavailable)
+            }
             Err(e) => {
                 tracing::info!(error = e.code(), "browser session could not be refreshed");
-                None
+                Err(RefreshError::Ended)
             }
         }
     }
@@ -207,7 +229,9 @@ impl Refresher for Sessions {
     fn refresh(
         &self,
         refresh_cookie: String,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Option<Refreshed>> + Send + '_>> {
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Refreshed, RefreshError>> + Send + '_>,
+    > {
         Box::pin(async move { self.refresh_cookie(&refresh_cookie).await })
     }
 }
@@ -630,7 +654,7 @@ async fn me(State(s): State<Sessions>, headers: HeaderMap) -> Response {
     };
     if who.is_none()
         && let Some((_, refresh)) = jar.iter().find(|(k, _)| *k == s.inner.cookies.refresh())
-        && let Some(new) = s.refresh_cookie(refresh).await
+        && let Ok(new) = s.refresh_cookie(refresh).await
     {
         who = whoami(&s, &new.access).await;
         set.push(s.cookie(s.inner.cookies.access(), &new.access, new.max_age));
@@ -675,6 +699,17 @@ pub struct External {
 /// Sessions at an external provider last as long as its refresh token allows; the cookies are
 /// kept this long (30 days) and the provider decides.
 const EXTERNAL_COOKIE_AGE: i64 = 30 * 86400;
+
+/// Why a call to the external provider failed.
+#[derive(Debug, thiserror::Error)]
+enum PostError {
+    /// No answer, or a 5xx: the provider is unavailable.
+    #[error("{0}")]
+    Unreachable(String),
+    /// A 4xx: the provider refused (an invalid grant, say).
+    #[error("{0}")]
+    Refused(String),
+}
 
 impl External {
     pub async fn discover(
@@ -725,7 +760,7 @@ impl External {
         })
     }
 
-    async fn post(&self, url: &str, form: &[(&str, &str)]) -> Result<serde_json::Value, String> {
+    async fn post(&self, url: &str, form: &[(&str, &str)]) -> Result<serde_json::Value, PostError> {
         let mut form: Vec<(&str, &str)> = form.to_vec();
         let mut req = self.http.post(url);
         match &self.secret {
@@ -736,16 +771,19 @@ impl External {
             .form(&form)
             .send()
             .await
-            .map_err(|e| format!("{url}: {e}"))?;
+            .map_err(|e| PostError::Unreachable(format!("{url}: {e}")))?;
         let status = resp.status();
         let body = portcullis_gateway::issuers::json_body_capped(resp, url)
             .await
             .unwrap_or_default();
+        if status.is_server_error() {
+            return Err(PostError::Unreachable(format!("{url}: HTTP {status}")));
+        }
         if !status.is_success() {
-            return Err(format!(
+            return Err(PostError::Refused(format!(
                 "{url}: HTTP {status} {}",
                 body["error"].as_str().unwrap_or("")
-            ));
+            )));
         }
         Ok(body)
     }

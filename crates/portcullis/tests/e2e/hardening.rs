@@ -907,3 +907,72 @@ statements = [{{ effect = "allow", methods = ["GET"], paths = ["/api/orders/**"]
         "the gateway kept serving Bearer tokens: {statuses:?}"
     );
 }
+
+/// A browser session that needs renewing while the database is down gets 503 with
+/// `Retry-After` — not the sign-in page (the session may be alive) — and renews itself as soon
+/// as the database is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_refresh_during_an_outage_is_503_not_a_sign_in() {
+    let Some(pg) = crate::harness::PrivatePostgres::start() else {
+        return;
+    };
+    let upstream = Upstream::start().await;
+    let i = crate::harness::Instance::with_config(&format!(
+        r#"
+[[routes]]
+path = "/api/**"
+kind = "api"
+upstream = "{u}"
+
+[[routes]]
+path = "/app/**"
+kind = "page"
+upstream = "{u}"
+
+[[policy]]
+principal = "group:user"
+statements = [{{ effect = "allow", methods = ["GET"], paths = ["/api/orders/**", "/app/**"] }}]
+"#,
+        u = upstream.base
+    ))
+    .env("PORTCULLIS_STORE_URL", &pg.url());
+    let mut idp = crate::oidc::setup_on(i);
+    crate::sessions::browser_sign_in(&mut idp, "ada", "/").await;
+    // The access cookie is gone (expired, say): only the refresh cookie is sent.
+    let refresh = format!(
+        "__Host-portcullis-refresh={}",
+        idp.cookies["__Host-portcullis-refresh"]
+    );
+    let call = |path: &'static str| {
+        let req = idp.http.get(idp.url(path)).header("cookie", &refresh);
+        async move { req.send().await.expect("send") }
+    };
+    pg.down();
+    // Wait for the store to be known down (the monitor probes four times a second).
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    for path in ["/api/orders/1", "/app/home"] {
+        let resp = call(path).await;
+        assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE, "{path}");
+        assert!(resp.headers().contains_key("retry-after"), "{path}");
+    }
+    pg.up();
+    let started = Instant::now();
+    loop {
+        let resp = call("/api/orders/1").await;
+        if resp.status() == StatusCode::OK {
+            assert!(
+                resp.headers().get_all("set-cookie").iter().any(|c| c
+                    .to_str()
+                    .is_ok_and(|c| c.starts_with("__Host-portcullis-access="))),
+                "renewed in line"
+            );
+            break;
+        }
+        assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the session did not renew after the database came back"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

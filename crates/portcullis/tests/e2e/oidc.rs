@@ -60,7 +60,11 @@ pub(crate) fn add_users(i: &Instance) {
 }
 
 pub(crate) fn setup(extra_config: &str) -> Idp {
-    let i = Instance::with_config(extra_config);
+    setup_on(Instance::with_config(extra_config))
+}
+
+/// [`setup`] on an instance made by the caller (PostgreSQL, say).
+pub(crate) fn setup_on(i: Instance) -> Idp {
     add_users(&i);
     i.run(&[
         "resource-server",
