@@ -33,6 +33,31 @@ pub struct IssuerConfig {
     pub fold_group_case: bool,
 }
 
+/// The fields of an OpenID provider's discovery document portcullis reads (OpenID Connect
+/// Discovery 1.0 §3).
+#[derive(Clone, Debug, Deserialize)]
+pub struct Discovery {
+    pub issuer: String,
+    pub jwks_uri: String,
+    pub authorization_endpoint: Option<String>,
+    pub token_endpoint: Option<String>,
+    pub revocation_endpoint: Option<String>,
+    pub end_session_endpoint: Option<String>,
+}
+
+/// Reads `ISSUER/.well-known/openid-configuration` (at most [`MAX_DOCUMENT_BYTES`]); its
+/// `issuer` must be exactly the one asked for (OpenID Connect Discovery §4.3).
+pub async fn discover(http: &reqwest::Client, issuer: &str) -> Result<Discovery, String> {
+    let issuer = issuer.trim_end_matches('/');
+    let url = format!("{issuer}/.well-known/openid-configuration");
+    let doc: Discovery = serde_json::from_value(get_json_capped(http, &url).await?)
+        .map_err(|e| format!("{url}: {e}"))?;
+    if doc.issuer != issuer {
+        return Err(format!("{url} names another issuer ({})", doc.issuer));
+    }
+    Ok(doc)
+}
+
 /// The largest discovery document or JWKS read from an issuer. Real ones are a few KiB.
 pub const MAX_DOCUMENT_BYTES: usize = 256 * 1024;
 
@@ -189,17 +214,7 @@ impl ExternalIssuer {
     async fn fetch(&self) -> Result<KeySet, String> {
         let jwks_uri = match &self.jwks_uri {
             Some(u) => u.clone(),
-            None => {
-                let url = format!("{}/.well-known/openid-configuration", self.issuer);
-                let doc: serde_json::Value = self.get_json(&url).await?;
-                if doc["issuer"].as_str() != Some(self.issuer.as_str()) {
-                    return Err("the discovery document names another issuer".into());
-                }
-                doc["jwks_uri"]
-                    .as_str()
-                    .ok_or("the discovery document has no jwks_uri")?
-                    .to_owned()
-            }
+            None => discover(&self.http, &self.issuer).await?.jwks_uri,
         };
         let jwks: serde_json::Value = self.get_json(&jwks_uri).await?;
         let keys = jwks["keys"]

@@ -23,8 +23,8 @@ pub use names::{NameError, validate_email, validate_group_name, validate_usernam
 pub use password::{HashError, PasswordError, PasswordHasher, PasswordPolicy, generate_password};
 pub use pool::{AddUser, PoolError, UserPool};
 pub use provider::{
-    AuthorizeError, AuthorizeRequest, ClientError, NewClient, OAuthError, Provider, TokenResponse,
-    validate_registered_uri,
+    AuthorizeError, AuthorizeRequest, ClientError, Grant, NewClient, OAuthError, Provider,
+    TokenResponse, validate_registered_uri,
 };
 pub use settings::{Branding, IdpSettings, is_localhost};
 pub use templates::Templates;

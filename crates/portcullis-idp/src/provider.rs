@@ -96,6 +96,58 @@ impl From<KeyRingError> for OAuthError {
     }
 }
 
+/// A grant at the token endpoint (RFC 6749 §4), typed: what each one needs, nothing else.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Grant {
+    /// `authorization_code` (with PKCE).
+    AuthorizationCode {
+        code: String,
+        redirect_uri: Option<String>,
+        code_verifier: Option<String>,
+    },
+    /// `refresh_token` (rotated on every use), optionally narrowing the scope.
+    RefreshToken {
+        refresh_token: String,
+        scope: Option<String>,
+    },
+    /// `client_credentials` (confidential clients, custom scopes).
+    ClientCredentials { scope: Option<String> },
+}
+
+impl Grant {
+    /// The grant's `grant_type`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Grant::AuthorizationCode { .. } => "authorization_code",
+            Grant::RefreshToken { .. } => "refresh_token",
+            Grant::ClientCredentials { .. } => "client_credentials",
+        }
+    }
+
+    /// Reads the token endpoint's form parameters.
+    pub fn from_params(params: &BTreeMap<String, String>) -> Result<Grant, OAuthError> {
+        let get = |k: &str| params.get(k).cloned();
+        let required =
+            |k: &str| get(k).ok_or_else(|| OAuthError::InvalidRequest(format!("{k} is required")));
+        match params.get("grant_type").map(String::as_str) {
+            None | Some("") => Err(OAuthError::InvalidRequest("grant_type is required".into())),
+            Some("authorization_code") => Ok(Grant::AuthorizationCode {
+                code: required("code")?,
+                redirect_uri: get("redirect_uri"),
+                code_verifier: get("code_verifier"),
+            }),
+            Some("refresh_token") => Ok(Grant::RefreshToken {
+                refresh_token: required("refresh_token")?,
+                scope: get("scope"),
+            }),
+            Some("client_credentials") => Ok(Grant::ClientCredentials {
+                scope: get("scope"),
+            }),
+            Some(_) => Err(OAuthError::UnsupportedGrantType),
+        }
+    }
+}
+
 /// A validated authorization request.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct AuthorizeRequest {
@@ -716,43 +768,60 @@ impl Provider {
 
     // ---- tokens -----------------------------------------------------------------------------
 
-    /// `/oauth2/token` for an authenticated client.
+    /// `/oauth2/token` for an authenticated client: the form parameters read into a [`Grant`].
     pub async fn token(
         &self,
         client: &Client,
         params: &BTreeMap<String, String>,
     ) -> Result<TokenResponse, OAuthError> {
-        let grant = params
-            .get("grant_type")
-            .map(String::as_str)
-            .unwrap_or_default();
-        if grant.is_empty() {
-            return Err(OAuthError::InvalidRequest("grant_type is required".into()));
-        }
-        if !GRANTS.contains(&grant) {
-            return Err(OAuthError::UnsupportedGrantType);
-        }
-        if !client.allows_grant(grant) {
+        self.grant(client, Grant::from_params(params)?).await
+    }
+
+    /// Runs a grant for an authenticated client (the token endpoint, and the browser sessions
+    /// in process).
+    pub async fn grant(&self, client: &Client, grant: Grant) -> Result<TokenResponse, OAuthError> {
+        let name = grant.name();
+        if !client.allows_grant(name) {
             return Err(OAuthError::UnauthorizedClient(format!(
-                "this client may not use the {grant} grant"
+                "this client may not use the {name} grant"
             )));
         }
         self.inner.keys.refresh(self.now()).await?;
         match grant {
-            "authorization_code" => self.code_grant(client, params).await,
-            "refresh_token" => self.refresh_grant(client, params).await,
-            _ => self.client_credentials_grant(client, params).await,
+            Grant::AuthorizationCode {
+                code,
+                redirect_uri,
+                code_verifier,
+            } => {
+                self.code_grant(
+                    client,
+                    &code,
+                    redirect_uri.as_deref(),
+                    code_verifier.as_deref(),
+                )
+                .await
+            }
+            Grant::RefreshToken {
+                refresh_token,
+                scope,
+            } => {
+                self.refresh_grant(client, &refresh_token, scope.as_deref())
+                    .await
+            }
+            Grant::ClientCredentials { scope } => {
+                self.client_credentials_grant(client, scope.as_deref())
+                    .await
+            }
         }
     }
 
     async fn code_grant(
         &self,
         client: &Client,
-        params: &BTreeMap<String, String>,
+        code: &str,
+        redirect_uri: Option<&str>,
+        code_verifier: Option<&str>,
     ) -> Result<TokenResponse, OAuthError> {
-        let code = params
-            .get("code")
-            .ok_or_else(|| OAuthError::InvalidRequest("code is required".into()))?;
         let now = self.now();
         let grant = match self
             .inner
@@ -777,12 +846,12 @@ impl Provider {
         if grant.expires_at < now {
             return Err(OAuthError::InvalidGrant("the code has expired".into()));
         }
-        if params.get("redirect_uri") != Some(&grant.redirect_uri) {
+        if redirect_uri != Some(grant.redirect_uri.as_str()) {
             return Err(OAuthError::InvalidGrant(
                 "redirect_uri does not match the authorization request".into(),
             ));
         }
-        match (&grant.code_challenge, params.get("code_verifier")) {
+        match (&grant.code_challenge, code_verifier) {
             (Some(challenge), Some(verifier))
                 if is_pkce_value(verifier)
                     && constant_time_eq(pkce_s256(verifier).as_bytes(), challenge.as_bytes()) => {}
@@ -840,11 +909,9 @@ impl Provider {
     async fn refresh_grant(
         &self,
         client: &Client,
-        params: &BTreeMap<String, String>,
+        presented: &str,
+        requested_scope: Option<&str>,
     ) -> Result<TokenResponse, OAuthError> {
-        let presented = params
-            .get("refresh_token")
-            .ok_or_else(|| OAuthError::InvalidRequest("refresh_token is required".into()))?;
         let now = self.now();
         let next = random_token();
         let next_hash = sha256_hex(next.expose());
@@ -883,7 +950,7 @@ impl Provider {
             .filter(|s| !s.is_empty())
             .map(str::to_owned)
             .collect();
-        let scope = match params.get("scope") {
+        let scope = match requested_scope {
             Some(requested) => {
                 let requested: Vec<String> = requested
                     .split(' ')
@@ -914,10 +981,10 @@ impl Provider {
     async fn client_credentials_grant(
         &self,
         client: &Client,
-        params: &BTreeMap<String, String>,
+        requested_scope: Option<&str>,
     ) -> Result<TokenResponse, OAuthError> {
         let allowed: Vec<&String> = client.scopes.iter().filter(|s| s.contains('/')).collect();
-        let scope: Vec<String> = match params.get("scope") {
+        let scope: Vec<String> = match requested_scope {
             Some(s) => {
                 let requested: Vec<String> = s
                     .split(' ')

@@ -8,7 +8,6 @@ mod demo;
 mod demo_app;
 mod failure;
 mod serve;
-mod sessions;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -69,15 +69,12 @@ pub async fn run_config(
     let app = App::open(config).await?;
     before(&app).await?;
     let g = app.gateway.settings();
-    let sessions = crate::sessions::Sessions::new(
-        app.provider.clone(),
+    let sessions = portcullis_session::Sessions::new(
+        session_provider(&app).await?,
         &g.public_origin,
         g.cookies.clone(),
         &app.instance_secret,
-        external_sessions(&app).await?,
-        app.config.sessions_access_ttl,
     )
-    .await
     .map_err(Failure::internal)?;
     app.gateway.set_refresher(Arc::new(sessions.clone()));
     app.gateway.spawn_refresh(app.store.clone()).await?;
@@ -426,9 +423,21 @@ async fn admin_listener(
 }
 
 /// The external provider of browser sessions, if `sessions.issuer` names one.
-async fn external_sessions(app: &App) -> Result<Option<crate::sessions::External>, Failure> {
+/// Where browser sessions sign in: this instance's provider (registering the session client),
+/// or the external one `sessions.issuer` names.
+async fn session_provider(
+    app: &App,
+) -> Result<std::sync::Arc<dyn portcullis_session::SessionProvider>, Failure> {
+    let origin = &app.gateway.settings().public_origin;
     let Some((issuer, client_id, secret)) = &app.config.sessions_external else {
-        return Ok(None);
+        let own = portcullis_session::OwnProvider::register(
+            app.provider.clone(),
+            origin,
+            app.config.sessions_access_ttl,
+        )
+        .await
+        .map_err(Failure::internal)?;
+        return Ok(std::sync::Arc::new(own));
     };
     let groups_claim = app
         .config
@@ -437,8 +446,14 @@ async fn external_sessions(app: &App) -> Result<Option<crate::sessions::External
         .find(|i| i.issuer.trim_end_matches('/') == issuer)
         .and_then(|i| i.groups_claim.clone())
         .unwrap_or_else(|| "groups".into());
-    crate::sessions::External::discover(issuer, client_id, secret.clone(), &groups_claim)
-        .await
-        .map(Some)
-        .map_err(|e| Failure::user(format!("sessions.issuer: cannot use {issuer}: {e}")))
+    portcullis_session::RemoteProvider::discover(
+        issuer,
+        client_id,
+        secret.clone(),
+        &groups_claim,
+        origin,
+    )
+    .await
+    .map(|p| std::sync::Arc::new(p) as std::sync::Arc<dyn portcullis_session::SessionProvider>)
+    .map_err(|e| Failure::user(format!("sessions.issuer: cannot use {issuer}: {e}")))
 }
