@@ -13,6 +13,24 @@ use crate::gateway::{raw_async, raw_to, token_for, trusting_gateway};
 use crate::gateway_upstream::{Upstream, bearer_status, key_server, sign_jws};
 use crate::oidc::setup;
 
+/// `extra` (settings sections), then an `api` route `/api/**` to `upstream` on which `group:user`
+/// may GET `/api/orders/**`.
+fn orders_api(upstream: &str, extra: &str) -> String {
+    format!(
+        r#"{extra}
+
+[[routes]]
+path = "/api/**"
+kind = "api"
+upstream = "{upstream}"
+
+[[policy]]
+principal = "group:user"
+statements = [{{ effect = "allow", methods = ["GET"], paths = ["/api/orders/**"] }}]
+"#
+    )
+}
+
 /// What a raw upstream received: request heads, and any bytes after a protocol switch.
 #[derive(Clone, Default)]
 struct Wire(Arc<Mutex<Vec<String>>>);
@@ -327,22 +345,9 @@ statements = [{{ effect = "allow", methods = ["GET"], paths = ["/api/orders/**",
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn other_gateways_identity_headers_never_reach_the_upstream() {
     let upstream = Upstream::start().await;
-    let mut idp = setup(&format!(
-        r#"
-[gateway]
-strip_request_headers = "X-Tenant, X-Corp-*"
-access_cookie = "session"
-
-[[routes]]
-path = "/api/**"
-kind = "api"
-upstream = "{u}"
-
-[[policy]]
-principal = "group:user"
-statements = [{{ effect = "allow", methods = ["GET"], paths = ["/api/orders/**"] }}]
-"#,
-        u = upstream.base
+    let mut idp = setup(&orders_api(
+        &upstream.base,
+        "[gateway]\nstrip_request_headers = \"X-Tenant, X-Corp-*\"\naccess_cookie = \"session\"",
     ));
     let ada = token_for(&mut idp, "ada").await;
     let forged = [
@@ -585,24 +590,9 @@ async fn expired_tokens_are_refused_unless_a_leeway_is_configured() {
 #[tokio::test]
 async fn a_cookie_session_is_refreshed_before_its_token_expires() {
     let upstream = Upstream::start().await;
-    let mut idp = setup(&format!(
-        r#"
-[sessions]
-access_ttl = "6s"
-
-[gateway]
-refresh_margin = "3s"
-
-[[routes]]
-path = "/api/**"
-kind = "api"
-upstream = "{u}"
-
-[[policy]]
-principal = "group:user"
-statements = [{{ effect = "allow", methods = ["GET"], paths = ["/api/orders/**"] }}]
-"#,
-        u = upstream.base
+    let mut idp = setup(&orders_api(
+        &upstream.base,
+        "[sessions]\naccess_ttl = \"6s\"\n\n[gateway]\nrefresh_margin = \"3s\"",
     ));
     crate::sessions::browser_sign_in(&mut idp, "ada", "/").await;
     let first = idp.cookies["__Host-portcullis-access"].clone();
