@@ -128,45 +128,70 @@ impl std::fmt::Debug for ExternalIssuer {
     }
 }
 
+/// A trusted issuer the configuration declares but the gateway cannot use.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("gateway.issuers ({issuer}): {problem}")]
+pub struct IssuerError {
+    pub issuer: String,
+    pub problem: IssuerProblem,
+}
+
+/// What is wrong with an issuer entry.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum IssuerProblem {
+    #[error("{url:?}: {reason}")]
+    Url { url: String, reason: String },
+    #[error("{0:?} must be https (plain http only for localhost)")]
+    NotHttps(String),
+    #[error("audiences must list the client ids or audiences to accept")]
+    NoAudiences,
+    #[error("token_use {0:?}: use access, id or any")]
+    TokenUse(String),
+    #[error("leeway {0:?} must be a duration up to 5m, such as \"0s\" or \"30s\"")]
+    Leeway(String),
+    #[error("cannot build its HTTP client: {0}")]
+    Client(String),
+}
+
 /// Checks an issuer entry; returns it ready to use (keys not fetched yet).
-pub fn external(cfg: &IssuerConfig) -> Result<ExternalIssuer, String> {
-    let at = |m: String| format!("gateway.issuers ({}): {m}", cfg.issuer);
+pub fn external(cfg: &IssuerConfig) -> Result<ExternalIssuer, IssuerError> {
+    let at = |problem: IssuerProblem| IssuerError {
+        issuer: cfg.issuer.clone(),
+        problem,
+    };
     for url in std::iter::once(&cfg.issuer).chain(cfg.jwks_uri.iter()) {
-        let u = url::Url::parse(url).map_err(|e| at(format!("{url:?}: {e}")))?;
+        let u = url::Url::parse(url).map_err(|e| {
+            at(IssuerProblem::Url {
+                url: url.clone(),
+                reason: e.to_string(),
+            })
+        })?;
         let local = matches!(u.host_str(), Some("localhost" | "127.0.0.1" | "[::1]"));
         if u.scheme() != "https" && !(u.scheme() == "http" && local) {
-            return Err(at(format!(
-                "{url:?} must be https (plain http only for localhost)"
-            )));
+            return Err(at(IssuerProblem::NotHttps(url.clone())));
         }
     }
     if cfg.audiences.is_empty() {
-        return Err(at(
-            "audiences must list the client ids or audiences to accept".into(),
-        ));
+        return Err(at(IssuerProblem::NoAudiences));
     }
     let token_use = match cfg.token_use.as_deref().unwrap_or("access") {
         "access" => Some(TokenUse::Access),
         "id" => Some(TokenUse::Id),
         "any" => None,
-        other => return Err(at(format!("token_use {other:?}: use access, id or any"))),
+        other => return Err(at(IssuerProblem::TokenUse(other.to_owned()))),
     };
     let leeway = match cfg.leeway.as_deref() {
         None => 0,
         Some(text) => match humantime::parse_duration(text) {
             Ok(d) if d <= Duration::from_secs(300) => i64::try_from(d.as_secs()).unwrap_or(0),
-            _ => {
-                return Err(at(format!(
-                    "leeway {text:?} must be a duration up to 5m, such as \"0s\" or \"30s\""
-                )));
-            }
+            _ => return Err(at(IssuerProblem::Leeway(text.to_owned()))),
         },
     };
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(5))
         .redirect(reqwest::redirect::Policy::none())
         .build()
-        .map_err(|e| at(e.to_string()))?;
+        .map_err(|e| at(IssuerProblem::Client(e.to_string())))?;
     Ok(ExternalIssuer {
         issuer: cfg.issuer.trim_end_matches('/').to_owned(),
         audiences: cfg.audiences.clone(),

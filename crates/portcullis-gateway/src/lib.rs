@@ -46,6 +46,15 @@ use crate::route::{RouteTable, Target};
 use crate::settings::{GatewaySettings, RouteConfig, RouteKind};
 use crate::telemetry::Outcome;
 
+/// Why the gateway cannot be built from its configuration.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum GatewayError {
+    #[error(transparent)]
+    Route(#[from] route::RouteError),
+    #[error(transparent)]
+    Issuer(#[from] issuers::IssuerError),
+}
+
 /// The gateway.
 pub struct Gateway {
     settings: GatewaySettings,
@@ -74,7 +83,7 @@ impl Gateway {
         issuers: &[issuers::IssuerConfig],
         keys: Arc<dyn KeySource>,
         clock: Clock,
-    ) -> Result<Gateway, String> {
+    ) -> Result<Gateway, GatewayError> {
         let routes = RouteTable::new(routes)?;
         let external = issuers
             .iter()

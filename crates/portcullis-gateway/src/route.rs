@@ -59,31 +59,76 @@ pub struct RouteTable {
     routes: Vec<Arc<Route>>,
 }
 
+/// A route the configuration declares but the gateway cannot use.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("routes[{index}] ({path}): {problem}")]
+pub struct RouteError {
+    /// Its position in `[[routes]]`.
+    pub index: usize,
+    pub path: String,
+    pub problem: RouteProblem,
+}
+
+/// What is wrong with a route.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RouteProblem {
+    #[error(transparent)]
+    Pattern(#[from] portcullis_policy::PatternError),
+    #[error("upstream {url:?}: {reason}")]
+    UpstreamUrl { url: String, reason: String },
+    #[error("upstream {0:?} must be http://host[:port][/base] without a query")]
+    UpstreamShape(String),
+    #[error("{name} {value:?} must be a duration of at least 10ms, such as \"30s\" or \"1h\"")]
+    Timeout { name: &'static str, value: String },
+    #[error("static_dir {0} is not a directory")]
+    NotADirectory(String),
+    #[error("give exactly one of upstream or static_dir")]
+    Target,
+    #[error("an api route forwards to an upstream")]
+    ApiNeedsUpstream,
+    #[error("upstream_timeout, total_timeout and preserve_host apply to upstream routes only")]
+    UpstreamOnly,
+    #[error("token_sources must name header, cookie or both")]
+    NoTokenSources,
+    #[error("assertion needs an upstream")]
+    AssertionNeedsUpstream,
+    #[error("websocket needs an upstream")]
+    WebSocketNeedsUpstream,
+}
+
 impl RouteTable {
     /// Validates and orders the configured routes.
-    pub fn new(configs: &[RouteConfig]) -> Result<RouteTable, String> {
+    pub fn new(configs: &[RouteConfig]) -> Result<RouteTable, RouteError> {
         let mut routes = Vec::new();
         for (n, c) in configs.iter().enumerate() {
-            let at = |m: String| format!("routes[{n}] ({}): {m}", c.path);
-            let pattern = PathPattern::parse(&c.path).map_err(at)?;
+            let at = |problem: RouteProblem| RouteError {
+                index: n,
+                path: c.path.clone(),
+                problem,
+            };
+            let pattern = PathPattern::parse(&c.path).map_err(|e| at(RouteProblem::Pattern(e)))?;
             let target = match (&c.upstream, &c.static_dir) {
                 (Some(u), None) => {
-                    let url = url::Url::parse(u).map_err(|e| at(format!("upstream {u:?}: {e}")))?;
+                    let url = url::Url::parse(u).map_err(|e| {
+                        at(RouteProblem::UpstreamUrl {
+                            url: u.clone(),
+                            reason: e.to_string(),
+                        })
+                    })?;
                     if !matches!(url.scheme(), "http")
                         || url.host_str().is_none()
                         || url.query().is_some()
                     {
-                        return Err(at(format!(
-                            "upstream {u:?} must be http://host[:port][/base] without a query"
-                        )));
+                        return Err(at(RouteProblem::UpstreamShape(u.clone())));
                     }
-                    let timeout = |name: &str, v: &Option<String>| match v {
+                    let timeout = |name: &'static str, v: &Option<String>| match v {
                         None => Ok(None),
                         Some(text) => match humantime::parse_duration(text) {
                             Ok(d) if d >= std::time::Duration::from_millis(10) => Ok(Some(d)),
-                            _ => Err(at(format!(
-                                "{name} {text:?} must be a duration of at least 10ms, such as \"30s\" or \"1h\""
-                            ))),
+                            _ => Err(at(RouteProblem::Timeout {
+                                name,
+                                value: text.clone(),
+                            })),
                         },
                     };
                     Target::Upstream {
@@ -95,25 +140,22 @@ impl RouteTable {
                 }
                 (None, Some(d)) => {
                     if !d.is_dir() {
-                        return Err(at(format!("static_dir {} is not a directory", d.display())));
+                        return Err(at(RouteProblem::NotADirectory(d.display().to_string())));
                     }
                     Target::Static {
                         dir: d.clone(),
                         spa_fallback: c.spa_fallback,
                     }
                 }
-                _ => return Err(at("give exactly one of upstream or static_dir".into())),
+                _ => return Err(at(RouteProblem::Target)),
             };
             if c.kind == RouteKind::Api && matches!(target, Target::Static { .. }) {
-                return Err(at("an api route forwards to an upstream".into()));
+                return Err(at(RouteProblem::ApiNeedsUpstream));
             }
             if matches!(target, Target::Static { .. })
                 && (c.upstream_timeout.is_some() || c.total_timeout.is_some() || c.preserve_host)
             {
-                return Err(at(
-                    "upstream_timeout, total_timeout and preserve_host apply to upstream routes only"
-                        .into(),
-                ));
+                return Err(at(RouteProblem::UpstreamOnly));
             }
             let methods = c
                 .methods
@@ -122,17 +164,17 @@ impl RouteTable {
                 .filter(|m| m != "*")
                 .collect();
             if c.token_sources.is_empty() && c.kind != RouteKind::Public {
-                return Err(at("token_sources must name header, cookie or both".into()));
+                return Err(at(RouteProblem::NoTokenSources));
             }
             let assertion = match (&target, c.assertion) {
                 (Target::Upstream { base, .. }, true) => {
                     Some(c.audience.clone().unwrap_or_else(|| base.clone()))
                 }
-                (_, true) => return Err(at("assertion needs an upstream".into())),
+                (_, true) => return Err(at(RouteProblem::AssertionNeedsUpstream)),
                 (_, false) => None,
             };
             if c.websocket && !matches!(target, Target::Upstream { .. }) {
-                return Err(at("websocket needs an upstream".into()));
+                return Err(at(RouteProblem::WebSocketNeedsUpstream));
             }
             routes.push(Arc::new(Route {
                 label: Arc::from(pattern.as_str()),
@@ -253,12 +295,23 @@ mod tests {
         ));
         c.total_timeout = Some("soon".into());
         let e = RouteTable::new(&[c]).expect_err("bad duration");
-        assert!(e.contains("total_timeout") && e.contains("soon"), "{e}");
+        assert_eq!(
+            e.problem,
+            RouteProblem::Timeout {
+                name: "total_timeout",
+                value: "soon".into()
+            }
+        );
+        assert!(
+            e.to_string().contains("total_timeout") && e.to_string().contains("soon"),
+            "{e}"
+        );
         let mut s = cfg("/files/**", RouteKind::Public);
         s.upstream = None;
         s.static_dir = Some(std::env::temp_dir());
         s.total_timeout = Some("1s".into());
         let e = RouteTable::new(&[s]).expect_err("static route with a timeout");
-        assert!(e.contains("upstream routes only"), "{e}");
+        assert_eq!(e.problem, RouteProblem::UpstreamOnly);
+        assert!(e.to_string().contains("upstream routes only"), "{e}");
     }
 }

@@ -206,7 +206,7 @@ pub fn parse_file(text: &str) -> Result<Vec<PolicyDocument>, PolicyError> {
                 .iter()
                 .map(|p| PathPattern::parse(p))
                 .collect::<Result<Vec<_>, _>>()
-                .map_err(invalid)?;
+                .map_err(|e| invalid(e.to_string()))?;
             statements.push(Statement {
                 effect: st.effect,
                 methods,

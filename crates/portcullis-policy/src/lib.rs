@@ -17,4 +17,4 @@ mod pattern;
 
 pub use document::{Effect, PolicyDocument, PolicyError, Principal, Statement, export, parse_file};
 pub use engine::{Decision, PolicySet, Reason};
-pub use pattern::{PathPattern, path_segments};
+pub use pattern::{PathPattern, PatternError, path_segments};

@@ -28,13 +28,32 @@ pub fn path_segments(path: &str) -> Vec<String> {
     trimmed.split('/').map(str::to_ascii_lowercase).collect()
 }
 
+/// Why a path pattern was refused (the pattern as written, and what is wrong with it).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum PatternError {
+    #[error("path pattern {0:?} must start with /")]
+    NotAbsolute(String),
+    #[error("{0:?}: `**` may only be the last segment")]
+    RestNotLast(String),
+    #[error("{0:?}: empty segment (`//`)")]
+    EmptySegment(String),
+    #[error("{0:?}: `.` and `..` segments never match a canonical path")]
+    DotSegment(String),
+    #[error("{0:?}: `*` must be a whole segment")]
+    PartialWildcard(String),
+    #[error(
+        "{pattern:?}: segment {segment:?} has a character that never appears in a canonical path"
+    )]
+    Character { pattern: String, segment: String },
+}
+
 impl PathPattern {
     /// Parses a pattern. It must start with `/`; `**` may only be the last segment; `*` and `**`
     /// must stand alone in their segment; segments are ASCII without `%`, `\`, `;`, `?`, `#`,
     /// and are never `.` or `..`.
-    pub fn parse(raw: &str) -> Result<PathPattern, String> {
+    pub fn parse(raw: &str) -> Result<PathPattern, PatternError> {
         if !raw.starts_with('/') {
-            return Err(format!("path pattern {raw:?} must start with /"));
+            return Err(PatternError::NotAbsolute(raw.to_owned()));
         }
         let body = raw.trim_start_matches('/').trim_end_matches('/');
         let mut segments = Vec::new();
@@ -43,24 +62,21 @@ impl PathPattern {
             for (i, part) in parts.iter().enumerate() {
                 let seg = match *part {
                     "**" if i + 1 == parts.len() => Segment::Rest,
-                    "**" => return Err(format!("{raw:?}: `**` may only be the last segment")),
+                    "**" => return Err(PatternError::RestNotLast(raw.to_owned())),
                     "*" => Segment::One,
-                    "" => return Err(format!("{raw:?}: empty segment (`//`)")),
-                    "." | ".." => {
-                        return Err(format!(
-                            "{raw:?}: `.` and `..` segments never match a canonical path"
-                        ));
-                    }
+                    "" => return Err(PatternError::EmptySegment(raw.to_owned())),
+                    "." | ".." => return Err(PatternError::DotSegment(raw.to_owned())),
                     lit if lit.contains('*') => {
-                        return Err(format!("{raw:?}: `*` must be a whole segment"));
+                        return Err(PatternError::PartialWildcard(raw.to_owned()));
                     }
                     lit if !lit
                         .bytes()
                         .all(|b| b.is_ascii_graphic() && !b"%\\;?#".contains(&b)) =>
                     {
-                        return Err(format!(
-                            "{raw:?}: segment {lit:?} has a character that never appears in a canonical path"
-                        ));
+                        return Err(PatternError::Character {
+                            pattern: raw.to_owned(),
+                            segment: lit.to_owned(),
+                        });
                     }
                     lit => Segment::Literal(lit.to_ascii_lowercase()),
                 };

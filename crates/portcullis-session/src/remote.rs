@@ -83,7 +83,8 @@ impl RemoteProvider {
             // The sessions' provider is also a [[gateway.issuers]] entry, which decides how the
             // gateway matches its groups; these keys only check tokens at sign-in and /auth/me.
             fold_group_case: false,
-        })?;
+        })
+        .map_err(|e| e.to_string())?;
         keys.refresh().await;
         Ok(RemoteProvider {
             issuer: doc.issuer,

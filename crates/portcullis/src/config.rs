@@ -815,7 +815,7 @@ pub fn load(source: Option<&Path>, text: Option<&str>, env: &Env) -> Result<Conf
         return Err(ConfigErrors(vec![ConfigError {
             location: file_label,
             key: "routes".into(),
-            message: e,
+            message: e.to_string(),
         }]));
     }
     config.routes = declared.routes;
@@ -824,7 +824,7 @@ pub fn load(source: Option<&Path>, text: Option<&str>, env: &Env) -> Result<Conf
             return Err(ConfigErrors(vec![ConfigError {
                 location: file_label.clone(),
                 key: "gateway.issuers".into(),
-                message: e,
+                message: e.to_string(),
             }]));
         }
     }
