@@ -23,7 +23,7 @@ pub use names::{NameError, validate_email, validate_group_name, validate_usernam
 pub use password::{HashError, PasswordError, PasswordHasher, PasswordPolicy, generate_password};
 pub use pool::{AddUser, PoolError, UserPool};
 pub use provider::{
-    AuthorizeError, AuthorizeRequest, ClientError, Grant, NewClient, OAuthError, Provider,
+    AuthorizeError, AuthorizeRequest, ClientError, Grant, NewClient, OAuthError, Provider, SignIn,
     TokenResponse, validate_registered_uri,
 };
 pub use settings::{Branding, IdpSettings, is_localhost};

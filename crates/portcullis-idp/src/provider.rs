@@ -96,6 +96,20 @@ impl From<KeyRingError> for OAuthError {
     }
 }
 
+/// What a sign-in attempt came to.
+#[derive(Debug)]
+pub enum SignIn {
+    /// Signed in: a new session, and the secret of its cookie.
+    Session {
+        session: Box<Session>,
+        secret: Secret<String>,
+    },
+    /// Unknown user, wrong password or disabled account: one answer for all.
+    Refused,
+    /// Too many failures: wait this many seconds.
+    Locked { seconds: i64 },
+}
+
 /// A grant at the token endpoint (RFC 6749 §4), typed: what each one needs, nothing else.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Grant {
@@ -670,6 +684,54 @@ impl Provider {
         let bytes = self.inner.request_signer.open(sealed)?;
         let req: AuthorizeRequest = serde_json::from_slice(&bytes).ok()?;
         (req.expires_at > self.now()).then_some(req)
+    }
+
+    /// The hosted sign-in's decision for a username and password: the per-account lockout
+    /// (failures doubling the wait, Cognito's behaviour), the password check (the same answer
+    /// and the same work for an unknown user, a wrong password and a disabled account), and a
+    /// new session on success.
+    pub async fn sign_in(
+        &self,
+        username: &str,
+        password: Secret<String>,
+    ) -> Result<SignIn, OAuthError> {
+        let key = username.to_ascii_lowercase();
+        let now = self.now();
+        let store = &self.inner.store;
+        let until = store.login_locked_until(&key).await?;
+        if until > now {
+            return Ok(SignIn::Locked {
+                seconds: until - now,
+            });
+        }
+        let user = self
+            .inner
+            .pool
+            .authenticate(username, password)
+            .await
+            .map_err(|e| {
+                tracing::error!(error = %e, "password check failed");
+                OAuthError::TemporarilyUnavailable
+            })?;
+        let Some(user) = user else {
+            let s = &self.inner.settings;
+            store
+                .record_login_failure(
+                    &key,
+                    now,
+                    s.lockout_threshold,
+                    s.lockout_base_delay,
+                    s.lockout_max_delay,
+                )
+                .await?;
+            return Ok(SignIn::Refused);
+        };
+        store.clear_login_failures(&key).await?;
+        let (session, secret) = self.start_session(&user).await?;
+        Ok(SignIn::Session {
+            session: Box::new(session),
+            secret,
+        })
     }
 
     /// Starts a session for a user who just proved their password. Returns the cookie secret.

@@ -19,7 +19,7 @@ use portcullis_token::{Secret, constant_time_eq};
 use serde_json::json;
 
 use crate::crypto::random_token;
-use crate::provider::{AuthorizeError, AuthorizeRequest, MAX_PARAM, OAuthError, Provider};
+use crate::provider::{AuthorizeError, AuthorizeRequest, MAX_PARAM, OAuthError, Provider, SignIn};
 use crate::templates::Templates;
 
 /// Largest form body accepted by the token, revoke and sign-in endpoints.
@@ -480,15 +480,13 @@ async fn login_submit(
             &name,
         );
     }
-    let key = username.to_ascii_lowercase();
-    let now = web.provider.now();
-    let store = web.provider.store();
-    match store.login_locked_until(&key).await {
-        Ok(until) if until > now => {
-            let wait = until - now;
+    let password = Secret::new(field("password").to_owned());
+    let (session, secret) = match web.provider.sign_in(&username, password).await {
+        Ok(SignIn::Session { session, secret }) => (*session, secret),
+        Ok(SignIn::Locked { seconds }) => {
             let msg = format!(
-                "Too many failed attempts. Try again in {wait} second{}.",
-                if wait == 1 { "" } else { "s" }
+                "Too many failed attempts. Try again in {seconds} second{}.",
+                if seconds == 1 { "" } else { "s" }
             );
             return login_form(
                 &web,
@@ -500,50 +498,19 @@ async fn login_submit(
                 &name,
             );
         }
-        Ok(_) => {}
-        Err(_) => {
-            return web.error_page(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "The sign-in service is unavailable. Try again shortly.",
+        Ok(SignIn::Refused) => {
+            tracing::info!(client_id = %req.client_id, "sign-in failed");
+            // One message for an unknown user, a wrong password and a disabled account.
+            return login_form(
+                &web,
+                &req,
+                sealed,
+                csrf_cookie,
+                &username,
+                Some("Incorrect username or password."),
+                &name,
             );
         }
-    }
-    let password = Secret::new(field("password").to_owned());
-    let user = match web.provider.pool().authenticate(&username, password).await {
-        Ok(u) => u,
-        Err(_) => {
-            return web.error_page(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "The sign-in service is unavailable. Try again shortly.",
-            );
-        }
-    };
-    let Some(user) = user else {
-        let s = web.provider.settings();
-        let _ = store
-            .record_login_failure(
-                &key,
-                now,
-                s.lockout_threshold,
-                s.lockout_base_delay,
-                s.lockout_max_delay,
-            )
-            .await;
-        tracing::info!(client_id = %req.client_id, "sign-in failed");
-        // One message for an unknown user, a wrong password and a disabled account.
-        return login_form(
-            &web,
-            &req,
-            sealed,
-            csrf_cookie,
-            &username,
-            Some("Incorrect username or password."),
-            &name,
-        );
-    };
-    let _ = store.clear_login_failures(&key).await;
-    let (session, secret) = match web.provider.start_session(&user).await {
-        Ok(s) => s,
         Err(_) => {
             return web.error_page(
                 StatusCode::SERVICE_UNAVAILABLE,
