@@ -10,20 +10,21 @@ use ipnet::IpNet;
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct TrustedProxies(Vec<IpNet>);
 
+/// An entry of `server.trusted_proxies` that is neither an address nor a range.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is neither an IP address nor a CIDR range such as \"10.0.0.0/8\"")]
+pub struct NotAnAddress(pub String);
+
 impl TrustedProxies {
     /// Comma-separated addresses and CIDR ranges; empty means none.
-    pub fn parse(list: &str) -> Result<Self, String> {
+    pub fn parse(list: &str) -> Result<Self, NotAnAddress> {
         let mut nets = Vec::new();
         for item in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
             let net = match item.parse::<IpNet>() {
                 Ok(net) => net.trunc(),
                 Err(_) => match item.parse::<IpAddr>() {
                     Ok(ip) => IpNet::from(ip),
-                    Err(_) => {
-                        return Err(format!(
-                            "{item:?} is neither an IP address nor a CIDR range such as \"10.0.0.0/8\""
-                        ));
-                    }
+                    Err(_) => return Err(NotAnAddress(item.to_owned())),
                 },
             };
             nets.push(net);
@@ -165,7 +166,8 @@ mod tests {
     #[test]
     fn bad_lists_say_which_item() {
         let e = TrustedProxies::parse("10.0.0.0/8, 10.0.0.300").expect_err("bad");
-        assert!(e.contains("10.0.0.300"), "{e}");
+        assert_eq!(e, NotAnAddress("10.0.0.300".into()));
+        assert!(e.to_string().contains("10.0.0.300"), "{e}");
         assert!(TrustedProxies::parse("").expect("empty").is_empty());
         assert!(TrustedProxies::parse("10.0.0.0/33").is_err());
         assert!(

@@ -24,8 +24,8 @@ pub use password::{HashError, PasswordError, PasswordHasher, PasswordPolicy, gen
 pub use pool::{AddUser, PoolError, UserPool};
 pub use provider::{
     AuthorizeError, AuthorizeRequest, ClientError, Grant, NewClient, OAuthError, Provider, SignIn,
-    TokenResponse, validate_registered_uri,
+    TokenResponse, UriError, validate_registered_uri,
 };
 pub use settings::{Branding, IdpSettings, is_localhost};
-pub use templates::Templates;
+pub use templates::{TemplateError, Templates};
 pub use web::router;

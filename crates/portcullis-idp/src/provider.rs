@@ -269,20 +269,41 @@ impl std::fmt::Debug for Provider {
 
 /// Validates a redirect or sign-out URI for registration: absolute http(s) without fragment or
 /// userinfo; plain http only for loopback hosts (RFC 8252 §7.3).
-pub fn validate_registered_uri(uri: &str) -> Result<(), String> {
-    let u = url::Url::parse(uri).map_err(|e| format!("{uri:?} is not an absolute URL: {e}"))?;
+pub fn validate_registered_uri(uri: &str) -> Result<(), UriError> {
+    let u = url::Url::parse(uri).map_err(|e| UriError::NotAbsolute {
+        uri: uri.to_owned(),
+        reason: e.to_string(),
+    })?;
     if u.fragment().is_some() {
-        return Err(format!("{uri:?} must not contain a fragment"));
+        return Err(UriError::Fragment(uri.to_owned()));
     }
     if !u.username().is_empty() || u.password().is_some() {
-        return Err(format!("{uri:?} must not contain user information"));
+        return Err(UriError::UserInfo(uri.to_owned()));
     }
     match u.scheme() {
         "https" => Ok(()),
         "http" if crate::settings::is_localhost(uri) => Ok(()),
-        "http" => Err(format!("{uri:?}: plain http is allowed only for localhost")),
-        other => Err(format!("{uri:?}: scheme {other} is not allowed")),
+        "http" => Err(UriError::PlainHttp(uri.to_owned())),
+        other => Err(UriError::Scheme {
+            uri: uri.to_owned(),
+            scheme: other.to_owned(),
+        }),
     }
+}
+
+/// Why a redirect or sign-out URI cannot be registered.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum UriError {
+    #[error("{uri:?} is not an absolute URL: {reason}")]
+    NotAbsolute { uri: String, reason: String },
+    #[error("{0:?} must not contain a fragment")]
+    Fragment(String),
+    #[error("{0:?} must not contain user information")]
+    UserInfo(String),
+    #[error("{0:?}: plain http is allowed only for localhost")]
+    PlainHttp(String),
+    #[error("{uri:?}: scheme {scheme} is not allowed")]
+    Scheme { uri: String, scheme: String },
 }
 
 impl Provider {
@@ -408,7 +429,7 @@ impl Provider {
             if let Err(e) = validate_registered_uri(uri)
                 && !(req.allow_insecure_http && uri.starts_with("http://"))
             {
-                return Err(invalid(e));
+                return Err(invalid(e.to_string()));
             }
         }
         let custom: BTreeSet<String> = self.custom_scopes().await?;

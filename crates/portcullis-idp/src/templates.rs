@@ -18,6 +18,15 @@ const EMBEDDED: &[(&str, &str)] = &[
     ),
 ];
 
+/// Why the templates (with an override directory) cannot be used.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum TemplateError {
+    #[error("cannot read {path}: {reason}")]
+    Read { path: String, reason: String },
+    #[error("template {name}: {reason}")]
+    Syntax { name: &'static str, reason: String },
+}
+
 /// The compiled templates.
 #[derive(Debug)]
 pub struct Templates {
@@ -26,16 +35,21 @@ pub struct Templates {
 
 impl Templates {
     /// Embedded templates, overridden by same-named files in `dir`.
-    pub fn load(dir: Option<&Path>) -> Result<Templates, String> {
+    pub fn load(dir: Option<&Path>) -> Result<Templates, TemplateError> {
         let mut env = Environment::new();
         for (name, source) in EMBEDDED {
             let source = match dir.map(|d| d.join(name)).filter(|p| p.is_file()) {
-                Some(path) => std::fs::read_to_string(&path)
-                    .map_err(|e| format!("cannot read {}: {e}", path.display()))?,
+                Some(path) => std::fs::read_to_string(&path).map_err(|e| TemplateError::Read {
+                    path: path.display().to_string(),
+                    reason: e.to_string(),
+                })?,
                 None => (*source).to_owned(),
             };
             env.add_template_owned((*name).to_owned(), source)
-                .map_err(|e| format!("template {name}: {e}"))?;
+                .map_err(|e| TemplateError::Syntax {
+                    name,
+                    reason: e.to_string(),
+                })?;
         }
         Ok(Templates { env })
     }

@@ -26,9 +26,8 @@ pub enum Principal {
 
 impl Principal {
     /// Parses `group:NAME`, `scope:NAME`, `client:ID` or `authenticated`.
-    pub fn parse(s: &str) -> Result<Principal, String> {
-        let bad =
-            || format!("principal {s:?}: use group:NAME, scope:NAME, client:ID or authenticated");
+    pub fn parse(s: &str) -> Result<Principal, PrincipalError> {
+        let bad = || PrincipalError(s.to_owned());
         if s == "authenticated" {
             return Ok(Principal::Authenticated);
         }
@@ -44,6 +43,11 @@ impl Principal {
         }
     }
 }
+
+/// A principal that is none of `group:NAME`, `scope:NAME`, `client:ID` or `authenticated`.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("principal {0:?}: use group:NAME, scope:NAME, client:ID or authenticated")]
+pub struct PrincipalError(pub String);
 
 impl Principal {
     /// The principal as the policy index keys it: group names lower-cased.
@@ -160,7 +164,7 @@ pub fn parse_file(text: &str) -> Result<Vec<PolicyDocument>, PolicyError> {
         };
         let principal = Principal::parse(&doc.principal).map_err(|m| PolicyError::Invalid {
             location: at(None),
-            message: m,
+            message: m.to_string(),
         })?;
         if docs
             .iter()

@@ -15,6 +15,8 @@ mod document;
 mod engine;
 mod pattern;
 
-pub use document::{Effect, PolicyDocument, PolicyError, Principal, Statement, export, parse_file};
+pub use document::{
+    Effect, PolicyDocument, PolicyError, Principal, PrincipalError, Statement, export, parse_file,
+};
 pub use engine::{Decision, PolicySet, Reason};
 pub use pattern::{PathPattern, PatternError, path_segments};

@@ -964,7 +964,7 @@ fn build(
             errors.push(ConfigError {
                 location: "gateway".into(),
                 key: "gateway.strip_request_headers".into(),
-                message,
+                message: message.to_string(),
             });
             Vec::new()
         }
@@ -977,7 +977,7 @@ fn build(
             errors.push(ConfigError {
                 location: "server".into(),
                 key: "server.trusted_proxies".into(),
-                message,
+                message: message.to_string(),
             });
             portcullis_gateway::forwarded::TrustedProxies::default()
         }

@@ -101,8 +101,13 @@ pub enum HeaderPattern {
     Prefix(String),
 }
 
+/// An entry of `gateway.strip_request_headers` that is not a header name.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is not a header name (letters, digits and - _ . , with * only at the end)")]
+pub struct NotAHeaderName(pub String);
+
 /// Parses `gateway.strip_request_headers`: comma-separated header names, `*` ending a prefix.
-pub fn parse_header_list(text: &str) -> Result<Vec<HeaderPattern>, String> {
+pub fn parse_header_list(text: &str) -> Result<Vec<HeaderPattern>, NotAHeaderName> {
     let mut out = Vec::new();
     for item in text.split(',').map(str::trim).filter(|i| !i.is_empty()) {
         let (name, prefix) = match item.strip_suffix('*') {
@@ -110,9 +115,7 @@ pub fn parse_header_list(text: &str) -> Result<Vec<HeaderPattern>, String> {
             None => (item, false),
         };
         if name.is_empty() || HeaderName::from_bytes(name.as_bytes()).is_err() {
-            return Err(format!(
-                "{item:?} is not a header name (letters, digits and - _ . , with * only at the end)"
-            ));
+            return Err(NotAHeaderName(item.to_owned()));
         }
         let name = normalized(name);
         out.push(if prefix {
