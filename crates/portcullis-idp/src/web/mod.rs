@@ -1,0 +1,279 @@
+//! HTTP endpoints of the identity provider, one module per endpoint: discovery and JWKS,
+//! authorize, the hosted sign-in page, token and revoke, userinfo, logout. This module holds what
+//! they share (state, parsing, cookies, response shapes); every decision is the provider's.
+
+mod authorize;
+mod discovery;
+mod login;
+mod logout;
+mod token;
+mod userinfo;
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{ConnectInfo, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use base64::Engine;
+use portcullis_token::cookie::{CookiePolicy, SameSite};
+use portcullis_token::{Secret, constant_time_eq};
+use serde_json::json;
+
+use crate::crypto::random_token;
+use crate::provider::{AuthorizeError, AuthorizeRequest, MAX_PARAM, OAuthError, Provider, SignIn};
+use crate::templates::Templates;
+
+/// Largest form body accepted by the token, revoke and sign-in endpoints.
+const MAX_FORM: usize = 16 * 1024;
+
+#[derive(Clone)]
+struct Web {
+    provider: Provider,
+    templates: Arc<Templates>,
+    cookies: Arc<CookiePolicy>,
+    attempts: Arc<Mutex<Attempts>>,
+}
+
+/// Sign-in attempts per network in the current minute.
+#[derive(Default)]
+struct Attempts {
+    by_network: HashMap<IpAddr, (Instant, u32)>,
+    last_sweep: Option<Instant>,
+}
+
+/// How many networks the throttle remembers before it forgets the stale ones.
+const ATTEMPTS_TRACKED: usize = 100_000;
+
+/// The network an address counts for: itself for IPv4, its /64 for IPv6 (one subscriber line or
+/// host gets a whole /64, so per-address counting would give an attacker 2^64 budgets).
+fn network_of(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(v4) => IpAddr::V4(v4),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let s = v6.segments();
+                IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+            }
+        },
+    }
+}
+
+/// The provider's routes, to be merged into the server's router. The server must be run with
+/// `into_make_service_with_connect_info::<SocketAddr>()` so sign-in throttling sees addresses.
+pub fn router(provider: Provider, templates: Templates, cookies: CookiePolicy) -> Router {
+    let web = Web {
+        provider,
+        templates: Arc::new(templates),
+        cookies: Arc::new(cookies),
+        attempts: Arc::new(Mutex::new(Attempts::default())),
+    };
+    Router::new()
+        .route(
+            "/.well-known/openid-configuration",
+            get(discovery::discovery),
+        )
+        .route("/.well-known/jwks.json", get(discovery::jwks))
+        .route(
+            "/oauth2/authorize",
+            get(authorize::authorize).post(authorize::authorize),
+        )
+        .route("/login", get(login::login_page).post(login::login_submit))
+        .route("/oauth2/token", axum::routing::post(token::token))
+        .route(
+            "/oauth2/userInfo",
+            get(userinfo::userinfo).post(userinfo::userinfo),
+        )
+        .route("/oauth2/revoke", axum::routing::post(token::revoke))
+        .route("/logout", get(logout::logout))
+        .with_state(web)
+}
+
+// ---- parsing ------------------------------------------------------------------------------------
+
+/// Form or query parameters; a repeated or oversized parameter is an error (RFC 6749 §3.1).
+fn parse_params(raw: &[u8]) -> Result<BTreeMap<String, String>, String> {
+    let mut map = BTreeMap::new();
+    for (k, v) in url::form_urlencoded::parse(raw) {
+        if v.len() > MAX_PARAM || k.len() > 64 {
+            return Err(format!("parameter {k} is too long"));
+        }
+        if map.insert(k.to_string(), v.into_owned()).is_some() {
+            return Err(format!("parameter {k} is repeated"));
+        }
+    }
+    Ok(map)
+}
+
+fn is_form(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| {
+            v.trim()
+                .eq_ignore_ascii_case("application/x-www-form-urlencoded")
+        })
+}
+
+fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    let values = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok());
+    portcullis_token::cookie::pairs(values)
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
+}
+
+impl Web {
+    fn set_cookie(
+        &self,
+        name: &str,
+        value: &str,
+        max_age: Option<i64>,
+        same_site: SameSite,
+    ) -> HeaderValue {
+        HeaderValue::from_str(&self.cookies.set(name, value, max_age, same_site))
+            .unwrap_or_else(|_| HeaderValue::from_static("invalid=; Max-Age=0"))
+    }
+
+    fn page(&self, status: StatusCode, template: &str, ctx: serde_json::Value) -> Response {
+        match self
+            .templates
+            .render(template, &self.provider.settings().branding, ctx)
+        {
+            Ok(html) => html_response(status, html),
+            Err(e) => {
+                tracing::error!(error = %e, template, "template failed");
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "The page could not be shown.",
+                )
+                    .into_response()
+            }
+        }
+    }
+
+    fn error_page(&self, status: StatusCode, message: &str) -> Response {
+        self.page(status, "error.html", json!({ "message": message }))
+    }
+
+    /// Counts a sign-in attempt from `ip`; false when its network is over its budget.
+    fn address_allowed(&self, ip: IpAddr) -> bool {
+        let Ok(mut attempts) = self.attempts.lock() else {
+            return false;
+        };
+        let now = Instant::now();
+        // Forget stale networks when the map is large, at most once a second: a sweep is a
+        // walk over the whole map, and must not happen on every attempt.
+        if attempts.by_network.len() > ATTEMPTS_TRACKED
+            && attempts
+                .last_sweep
+                .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1))
+        {
+            attempts
+                .by_network
+                .retain(|_, (start, _)| now.duration_since(*start) < Duration::from_secs(60));
+            attempts.last_sweep = Some(now);
+        }
+        let entry = attempts
+            .by_network
+            .entry(network_of(ip))
+            .or_insert((now, 0));
+        if now.duration_since(entry.0) >= Duration::from_secs(60) {
+            *entry = (now, 0);
+        }
+        entry.1 += 1;
+        entry.1 <= self.provider.settings().signin_rate_per_address
+    }
+}
+
+/// Headers every hosted page carries. No `form-action`: Chromium applies it to the redirect back
+/// to the client after the sign-in form is posted, which breaks sign-in on other origins.
+fn html_response(status: StatusCode, html: String) -> Response {
+    let mut r = (status, html).into_response();
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static("default-src 'none'; style-src 'unsafe-inline'; img-src 'self' https: data:; frame-ancestors 'none'; base-uri 'none'"),
+    );
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    r
+}
+
+fn redirect(location: &str) -> Response {
+    let mut r = StatusCode::SEE_OTHER.into_response();
+    if let Ok(v) = HeaderValue::from_str(location) {
+        r.headers_mut().insert(header::LOCATION, v);
+    }
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+fn json_response(status: StatusCode, body: serde_json::Value) -> Response {
+    let mut r = (status, axum::Json(body)).into_response();
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r.headers_mut()
+        .insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+    r
+}
+
+fn oauth_error(e: &OAuthError, basic_auth_used: bool) -> Response {
+    let status = match e {
+        OAuthError::InvalidClient => StatusCode::UNAUTHORIZED,
+        OAuthError::ServerError => StatusCode::INTERNAL_SERVER_ERROR,
+        OAuthError::TemporarilyUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+        _ => StatusCode::BAD_REQUEST,
+    };
+    let mut r = json_response(
+        status,
+        json!({ "error": e.code(), "error_description": e.description() }),
+    );
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+    }
+    if status == StatusCode::UNAUTHORIZED && basic_auth_used {
+        r.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Basic realm=\"portcullis\""),
+        );
+    }
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::network_of;
+
+    #[test]
+    fn ipv6_addresses_count_per_64_and_mapped_ipv4_as_ipv4() {
+        let net = |s: &str| network_of(s.parse().expect("ip"));
+        assert_eq!(net("2001:db8:1:2:aaaa::1"), net("2001:db8:1:2:ffff::9"));
+        assert_ne!(net("2001:db8:1:2::1"), net("2001:db8:1:3::1"));
+        assert_eq!(net("::ffff:192.0.2.7"), net("192.0.2.7"));
+        assert_ne!(net("192.0.2.7"), net("192.0.2.8"));
+    }
+}
