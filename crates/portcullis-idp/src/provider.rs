@@ -96,6 +96,15 @@ impl From<KeyRingError> for OAuthError {
     }
 }
 
+/// The scopes of a space-separated `scope` value (RFC 6749 §3.3), in order, empty ones skipped.
+pub fn split_scope(scope: &str) -> Vec<String> {
+    scope
+        .split(' ')
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
 /// What a sign-in attempt came to.
 #[derive(Debug)]
 pub enum SignIn {
@@ -618,12 +627,7 @@ impl Provider {
                 "only response_mode=query is supported",
             ));
         }
-        let scope: Vec<String> = get("scope")
-            .unwrap_or_default()
-            .split(' ')
-            .filter(|s| !s.is_empty())
-            .map(str::to_owned)
-            .collect();
+        let scope = split_scope(&get("scope").unwrap_or_default());
         if let Some(bad) = scope.iter().find(|s| !client.scopes.contains(s)) {
             return Err(fail(
                 "invalid_scope",
@@ -972,12 +976,7 @@ impl Provider {
         } else {
             None
         };
-        let scope: Vec<String> = grant
-            .scope
-            .split(' ')
-            .filter(|s| !s.is_empty())
-            .map(str::to_owned)
-            .collect();
+        let scope = split_scope(&grant.scope);
         self.user_tokens(
             client,
             &user,
@@ -1027,19 +1026,10 @@ impl Provider {
                 ));
             }
         };
-        let granted: Vec<String> = old
-            .scope
-            .split(' ')
-            .filter(|s| !s.is_empty())
-            .map(str::to_owned)
-            .collect();
+        let granted = split_scope(&old.scope);
         let scope = match requested_scope {
             Some(requested) => {
-                let requested: Vec<String> = requested
-                    .split(' ')
-                    .filter(|s| !s.is_empty())
-                    .map(str::to_owned)
-                    .collect();
+                let requested = split_scope(requested);
                 if let Some(extra) = requested.iter().find(|s| !granted.contains(s)) {
                     return Err(OAuthError::InvalidScope(format!(
                         "scope {extra} was not granted"
@@ -1069,11 +1059,7 @@ impl Provider {
         let allowed: Vec<&String> = client.scopes.iter().filter(|s| s.contains('/')).collect();
         let scope: Vec<String> = match requested_scope {
             Some(s) => {
-                let requested: Vec<String> = s
-                    .split(' ')
-                    .filter(|x| !x.is_empty())
-                    .map(str::to_owned)
-                    .collect();
+                let requested = split_scope(s);
                 if let Some(bad) = requested.iter().find(|r| !allowed.contains(r)) {
                     return Err(OAuthError::InvalidScope(format!(
                         "scope {bad} is not a custom scope allowed for this client"
