@@ -325,7 +325,7 @@ pub const KEYS: &[KeySpec] = &[
         },
         env: "PORTCULLIS_IDP_SIGNIN_RATE_PER_ADDRESS",
         default: "60",
-        doc: "Sign-in attempts accepted per client address (per /64 network for IPv6) per minute on each node; more get \"try again in a minute\". Accounts are throttled separately: after 5 failures a delay that doubles, from 1 s up to 15 min.",
+        doc: "Sign-in attempts accepted per client address (per /64 network for IPv6) per minute on each node: a burst of that many, then one every 60/n seconds; more get \"try again in a minute\". Accounts are throttled separately: after 5 failures a delay that doubles, from 1 s up to 15 min.",
     },
     KeySpec {
         path: "gateway.login_url",

@@ -9,7 +9,7 @@ mod logout;
 mod token;
 mod userinfo;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -37,14 +37,25 @@ struct Web {
     provider: Provider,
     templates: Arc<Templates>,
     cookies: Arc<CookiePolicy>,
-    attempts: Arc<Mutex<Attempts>>,
+    attempts: Arc<Attempts>,
 }
 
-/// Sign-in attempts per network in the current minute.
-#[derive(Default)]
+/// Sign-in attempts per network: governor's keyed GCRA limiter, `idp.signin_rate_per_address`
+/// per minute (a burst of that many, then one every 60/n s), per node.
 struct Attempts {
-    by_network: HashMap<IpAddr, (Instant, u32)>,
-    last_sweep: Option<Instant>,
+    limiter: governor::DefaultKeyedRateLimiter<IpAddr>,
+    /// When stale networks were last forgotten.
+    last_sweep: Mutex<Option<Instant>>,
+}
+
+impl Attempts {
+    fn new(per_minute: u32) -> Attempts {
+        let per_minute = std::num::NonZeroU32::new(per_minute).unwrap_or(std::num::NonZeroU32::MIN);
+        Attempts {
+            limiter: governor::RateLimiter::keyed(governor::Quota::per_minute(per_minute)),
+            last_sweep: Mutex::new(None),
+        }
+    }
 }
 
 /// How many networks the throttle remembers before it forgets the stale ones.
@@ -68,11 +79,12 @@ fn network_of(ip: IpAddr) -> IpAddr {
 /// The provider's routes, to be merged into the server's router. The server must be run with
 /// `into_make_service_with_connect_info::<SocketAddr>()` so sign-in throttling sees addresses.
 pub fn router(provider: Provider, templates: Templates, cookies: CookiePolicy) -> Router {
+    let provider_rate = provider.settings().signin_rate_per_address;
     let web = Web {
         provider,
         templates: Arc::new(templates),
         cookies: Arc::new(cookies),
-        attempts: Arc::new(Mutex::new(Attempts::default())),
+        attempts: Arc::new(Attempts::new(provider_rate)),
     };
     Router::new()
         .route(
@@ -167,31 +179,17 @@ impl Web {
 
     /// Counts a sign-in attempt from `ip`; false when its network is over its budget.
     fn address_allowed(&self, ip: IpAddr) -> bool {
-        let Ok(mut attempts) = self.attempts.lock() else {
-            return false;
-        };
-        let now = Instant::now();
-        // Forget stale networks when the map is large, at most once a second: a sweep is a
-        // walk over the whole map, and must not happen on every attempt.
-        if attempts.by_network.len() > ATTEMPTS_TRACKED
-            && attempts
-                .last_sweep
-                .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1))
+        let attempts = &self.attempts;
+        // Forget networks whose budget is full again when many are tracked, at most once a
+        // second: a sweep walks the whole map and must not happen on every attempt.
+        if attempts.limiter.len() > ATTEMPTS_TRACKED
+            && let Ok(mut last) = attempts.last_sweep.lock()
+            && last.is_none_or(|t| t.elapsed() >= Duration::from_secs(1))
         {
-            attempts
-                .by_network
-                .retain(|_, (start, _)| now.duration_since(*start) < Duration::from_secs(60));
-            attempts.last_sweep = Some(now);
+            attempts.limiter.retain_recent();
+            *last = Some(Instant::now());
         }
-        let entry = attempts
-            .by_network
-            .entry(network_of(ip))
-            .or_insert((now, 0));
-        if now.duration_since(entry.0) >= Duration::from_secs(60) {
-            *entry = (now, 0);
-        }
-        entry.1 += 1;
-        entry.1 <= self.provider.settings().signin_rate_per_address
+        attempts.limiter.check_key(&network_of(ip)).is_ok()
     }
 }
 

@@ -952,3 +952,25 @@ async fn the_refresh_grace_window_is_exact() {
         }
     }
 }
+
+/// The sign-in page counts attempts per client network (per /64 for IPv6): past
+/// `idp.signin_rate_per_address` a minute — whatever the usernames, so account lockout cannot
+/// be sidestepped by spraying many accounts — even the right password gets "wait a minute".
+#[tokio::test]
+async fn sign_in_attempts_are_throttled_per_network() {
+    let mut idp = setup("[idp]\nsignin_rate_per_address = 3\n");
+    let (request, csrf) = idp.open_form(&idp.authorize_url("spa", &[])).await;
+    for user in ["sprayed-1", "sprayed-2", "sprayed-3"] {
+        let resp = idp
+            .post_form(&request, &csrf, user, "some-guess-0000")
+            .await;
+        let body = resp.text().await.expect("html");
+        assert!(body.contains("Incorrect username or password."), "{body}");
+    }
+    let throttled = idp.post_form(&request, &csrf, "ada", PASSWORD).await;
+    let body = throttled.text().await.expect("html");
+    assert!(
+        body.contains("Too many sign-in attempts from your network"),
+        "the fourth attempt in a minute is refused, right password or not: {body}"
+    );
+}
