@@ -94,16 +94,20 @@ pub(super) async fn login_submit(
     };
     let username = field("username").trim().to_owned();
     let name = client_name(&web, &req.client_id).await;
-    if !web.address_allowed(peer.ip()) {
-        return login_form(
+    // The form again, with a message.
+    let again = |message: &str| {
+        login_form(
             &web,
             &req,
             sealed,
             csrf_cookie,
             &username,
-            Some("Too many sign-in attempts from your network. Wait a minute and try again."),
+            Some(message),
             &name,
-        );
+        )
+    };
+    if !web.address_allowed(peer.ip()) {
+        return again("Too many sign-in attempts from your network. Wait a minute and try again.");
     }
     let password = Secret::new(field("password").to_owned());
     let (session, secret) = match web.provider.sign_in(&username, password).await {
@@ -113,28 +117,12 @@ pub(super) async fn login_submit(
                 "Too many failed attempts. Try again in {seconds} second{}.",
                 if seconds == 1 { "" } else { "s" }
             );
-            return login_form(
-                &web,
-                &req,
-                sealed,
-                csrf_cookie,
-                &username,
-                Some(&msg),
-                &name,
-            );
+            return again(&msg);
         }
         Ok(SignIn::Refused) => {
             tracing::info!(client_id = %req.client_id, "sign-in failed");
             // One message for an unknown user, a wrong password and a disabled account.
-            return login_form(
-                &web,
-                &req,
-                sealed,
-                csrf_cookie,
-                &username,
-                Some("Incorrect username or password."),
-                &name,
-            );
+            return again("Incorrect username or password.");
         }
         Err(_) => {
             return web.error_page(
