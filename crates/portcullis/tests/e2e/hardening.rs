@@ -671,8 +671,10 @@ async fn an_endless_jwks_is_cut_off_at_the_size_limit() {
         if text.contains("larger than") {
             break;
         }
+        // The message is the proof (a read that ran into the 5 s client timeout says
+        // "timed out" instead); the bound only keeps a broken build from hanging the suite.
         assert!(
-            started.elapsed() < Duration::from_secs(4),
+            started.elapsed() < Duration::from_secs(60),
             "the JWKS read was not cut off at its limit: {text}"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
