@@ -45,15 +45,40 @@ pub struct Discovery {
     pub end_session_endpoint: Option<String>,
 }
 
+/// Why a document could not be read from an issuer.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum FetchError {
+    /// No answer (connection refused, timeout, TLS), or the body broke off.
+    #[error("{url}: {reason}")]
+    Unreachable { url: String, reason: String },
+    #[error("{url}: HTTP {status}")]
+    Status { url: String, status: u16 },
+    #[error("{url}: document larger than {MAX_DOCUMENT_BYTES} bytes")]
+    TooLarge { url: String },
+    /// Not JSON, or not the expected shape.
+    #[error("{url}: {reason}")]
+    Invalid { url: String, reason: String },
+    #[error("{url} names another issuer ({found})")]
+    WrongIssuer { url: String, found: String },
+}
+
 /// Reads `ISSUER/.well-known/openid-configuration` (at most [`MAX_DOCUMENT_BYTES`]); its
 /// `issuer` must be exactly the one asked for (OpenID Connect Discovery §4.3).
-pub async fn discover(http: &reqwest::Client, issuer: &str) -> Result<Discovery, String> {
+pub async fn discover(http: &reqwest::Client, issuer: &str) -> Result<Discovery, FetchError> {
     let issuer = issuer.trim_end_matches('/');
     let url = format!("{issuer}/.well-known/openid-configuration");
-    let doc: Discovery = serde_json::from_value(get_json_capped(http, &url).await?)
-        .map_err(|e| format!("{url}: {e}"))?;
+    let doc: Discovery =
+        serde_json::from_value(get_json_capped(http, &url).await?).map_err(|e| {
+            FetchError::Invalid {
+                url: url.clone(),
+                reason: e.to_string(),
+            }
+        })?;
     if doc.issuer != issuer {
-        return Err(format!("{url} names another issuer ({})", doc.issuer));
+        return Err(FetchError::WrongIssuer {
+            url,
+            found: doc.issuer,
+        });
     }
     Ok(doc)
 }
@@ -67,14 +92,20 @@ pub const MAX_DOCUMENT_BYTES: usize = 256 * 1024;
 pub async fn get_json_capped(
     http: &reqwest::Client,
     url: &str,
-) -> Result<serde_json::Value, String> {
+) -> Result<serde_json::Value, FetchError> {
     let resp = http
         .get(url)
         .send()
         .await
-        .map_err(|e| format!("{url}: {e}"))?;
+        .map_err(|e| FetchError::Unreachable {
+            url: url.to_owned(),
+            reason: e.to_string(),
+        })?;
     if !resp.status().is_success() {
-        return Err(format!("{url}: HTTP {}", resp.status()));
+        return Err(FetchError::Status {
+            url: url.to_owned(),
+            status: resp.status().as_u16(),
+        });
     }
     json_body_capped(resp, url).await
 }
@@ -83,8 +114,10 @@ pub async fn get_json_capped(
 pub async fn json_body_capped(
     mut resp: reqwest::Response,
     url: &str,
-) -> Result<serde_json::Value, String> {
-    let too_large = || format!("{url}: document larger than {MAX_DOCUMENT_BYTES} bytes");
+) -> Result<serde_json::Value, FetchError> {
+    let too_large = || FetchError::TooLarge {
+        url: url.to_owned(),
+    };
     if resp
         .content_length()
         .is_some_and(|n| n > MAX_DOCUMENT_BYTES as u64)
@@ -92,13 +125,19 @@ pub async fn json_body_capped(
         return Err(too_large());
     }
     let mut body = Vec::new();
-    while let Some(chunk) = resp.chunk().await.map_err(|e| format!("{url}: {e}"))? {
+    while let Some(chunk) = resp.chunk().await.map_err(|e| FetchError::Unreachable {
+        url: url.to_owned(),
+        reason: e.to_string(),
+    })? {
         if body.len() + chunk.len() > MAX_DOCUMENT_BYTES {
             return Err(too_large());
         }
         body.extend_from_slice(&chunk);
     }
-    serde_json::from_slice(&body).map_err(|e| format!("{url}: {e}"))
+    serde_json::from_slice(&body).map_err(|e| FetchError::Invalid {
+        url: url.to_owned(),
+        reason: e.to_string(),
+    })
 }
 
 /// Minimum time between two JWKS fetches of one issuer (unknown `kid` cannot be used to make
@@ -236,24 +275,21 @@ impl ExternalIssuer {
         }
     }
 
-    async fn fetch(&self) -> Result<KeySet, String> {
+    async fn fetch(&self) -> Result<KeySet, FetchError> {
         let jwks_uri = match &self.jwks_uri {
             Some(u) => u.clone(),
             None => discover(&self.http, &self.issuer).await?.jwks_uri,
         };
-        let jwks: serde_json::Value = self.get_json(&jwks_uri).await?;
-        let keys = jwks["keys"]
-            .as_array()
-            .ok_or("the JWKS has no keys array")?;
+        let jwks = get_json_capped(&self.http, &jwks_uri).await?;
+        let keys = jwks["keys"].as_array().ok_or_else(|| FetchError::Invalid {
+            url: jwks_uri.clone(),
+            reason: "the JWKS has no keys array".into(),
+        })?;
         // Keys we cannot use (encryption keys, unsupported types) are skipped, not fatal.
         let usable: Vec<VerifyingKey> = keys
             .iter()
             .filter_map(|k| VerifyingKey::from_jwk(k).ok())
             .collect();
         Ok(KeySet::new(usable))
-    }
-
-    async fn get_json(&self, url: &str) -> Result<serde_json::Value, String> {
-        get_json_capped(&self.http, url).await
     }
 }

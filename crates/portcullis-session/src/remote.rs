@@ -72,7 +72,7 @@ impl RemoteProvider {
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| e.to_string())?;
-        let doc = discover(&http, issuer).await?;
+        let doc = discover(&http, issuer).await.map_err(|e| e.to_string())?;
         let keys = external(&IssuerConfig {
             issuer: doc.issuer.clone(),
             jwks_uri: Some(doc.jwks_uri.clone()),
