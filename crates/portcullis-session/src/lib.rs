@@ -187,13 +187,7 @@ pub fn safe_return_to(raw: Option<&str>) -> String {
 }
 
 fn found(location: &str) -> Response {
-    let mut r = StatusCode::FOUND.into_response();
-    if let Ok(v) = HeaderValue::from_str(location) {
-        r.headers_mut().insert(header::LOCATION, v);
-    }
-    r.headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    r
+    portcullis_http::redirect(StatusCode::FOUND, location)
 }
 
 async fn login(State(s): State<Sessions>, uri: Uri, headers: HeaderMap) -> Response {

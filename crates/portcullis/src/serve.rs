@@ -269,7 +269,7 @@ fn unavailable(req: &axum::extract::Request) -> Response {
         header::RETRY_AFTER,
         header::HeaderValue::from_static(RETRY_AFTER_SECONDS),
     );
-    no_store(response)
+    portcullis_http::no_store(response)
 }
 
 fn router<L>(
@@ -325,42 +325,35 @@ where
 }
 
 async fn healthz() -> Response {
-    no_store((StatusCode::OK, axum::Json(json!({ "status": "ok" }))))
+    portcullis_http::no_store((StatusCode::OK, axum::Json(json!({ "status": "ok" }))))
 }
 
 async fn readyz(State(app): State<App>) -> Response {
     if !app.store.is_available() {
-        return no_store((
+        return portcullis_http::no_store((
             StatusCode::SERVICE_UNAVAILABLE,
             axum::Json(json!({ "status": "unavailable", "reason": "store" })),
         ));
     }
     match tokio::time::timeout(READY_TIMEOUT, app.store.ping()).await {
-        Ok(Ok(())) => no_store((StatusCode::OK, axum::Json(json!({ "status": "ready" })))),
+        Ok(Ok(())) => {
+            portcullis_http::no_store((StatusCode::OK, axum::Json(json!({ "status": "ready" }))))
+        }
         Ok(Err(e)) => {
             tracing::warn!(error = %e, "readiness check failed: store error");
-            no_store((
+            portcullis_http::no_store((
                 StatusCode::SERVICE_UNAVAILABLE,
                 axum::Json(json!({ "status": "unavailable", "reason": "store" })),
             ))
         }
         Err(_) => {
             tracing::warn!("readiness check failed: store did not answer in time");
-            no_store((
+            portcullis_http::no_store((
                 StatusCode::SERVICE_UNAVAILABLE,
                 axum::Json(json!({ "status": "unavailable", "reason": "store timeout" })),
             ))
         }
     }
-}
-
-fn no_store(response: impl IntoResponse) -> Response {
-    let mut response = response.into_response();
-    response.headers_mut().insert(
-        header::CACHE_CONTROL,
-        header::HeaderValue::from_static("no-store"),
-    );
-    response
 }
 
 async fn shutdown_signal() {

@@ -220,19 +220,12 @@ fn html_response(status: StatusCode, html: String) -> Response {
 }
 
 fn redirect(location: &str) -> Response {
-    let mut r = StatusCode::SEE_OTHER.into_response();
-    if let Ok(v) = HeaderValue::from_str(location) {
-        r.headers_mut().insert(header::LOCATION, v);
-    }
-    r.headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    r
+    portcullis_http::redirect(StatusCode::SEE_OTHER, location)
 }
 
+/// JSON, never cached; `Pragma: no-cache` too, as RFC 6749 §5.1 asks of token responses.
 fn json_response(status: StatusCode, body: serde_json::Value) -> Response {
-    let mut r = (status, axum::Json(body)).into_response();
-    r.headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    let mut r = portcullis_http::json(status, body);
     r.headers_mut()
         .insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
     r
