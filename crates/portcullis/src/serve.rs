@@ -120,9 +120,8 @@ pub async fn run_config(
     // While the database does not answer, the endpoints that need it say so at once (503) instead
     // of each waiting for a connection; the gateway keeps serving Bearer tokens from memory.
     app.store.monitor_availability();
-    let guard = axum::middleware::from_fn_with_state(app.store.clone(), store_guard);
-    let router =
-        router(app, timeout, guard.clone())?.merge(sessions.router().layer(timeout).layer(guard));
+    let store = app.store.clone();
+    let router = router(app, timeout)?.merge(guarded(sessions.router().layer(timeout), store));
     serve_http(listener, router, limits, trusted, shutdown_signal()).await;
     Ok(())
 }
@@ -226,6 +225,11 @@ async fn serve_http(
 /// How long clients are asked to wait while the store is down.
 const RETRY_AFTER_SECONDS: &str = "5";
 
+/// `router` behind [`store_guard`].
+fn guarded(router: Router, store: portcullis_store::Store) -> Router {
+    router.layer(axum::middleware::from_fn_with_state(store, store_guard))
+}
+
 /// Answers 503 at once while the store is known to be unreachable, for the endpoints that need
 /// it (everything of the identity provider and the sessions but discovery and the JWKS, which
 /// relying parties need to keep verifying tokens during an outage).
@@ -272,23 +276,7 @@ fn unavailable(req: &axum::extract::Request) -> Response {
     portcullis_http::no_store(response)
 }
 
-fn router<L>(
-    app: App,
-    timeout: tower_http::timeout::TimeoutLayer,
-    guard: L,
-) -> Result<Router, Failure>
-where
-    L: tower::Layer<axum::routing::Route> + Clone + Send + Sync + 'static,
-    L::Service: tower::Service<
-            axum::extract::Request,
-            Response = Response,
-            Error = std::convert::Infallible,
-        > + Clone
-        + Send
-        + Sync
-        + 'static,
-    <L::Service as tower::Service<axum::extract::Request>>::Future: Send + 'static,
-{
+fn router(app: App, timeout: tower_http::timeout::TimeoutLayer) -> Result<Router, Failure> {
     let templates = portcullis_idp::Templates::load(app.config.idp.templates_dir.as_deref())
         .map_err(|e| Failure::user(format!("branding.templates_dir: {e}")))?;
     let idp = portcullis_idp::router(
@@ -296,8 +284,8 @@ where
         templates,
         app.gateway.settings().cookies.clone(),
     )
-    .layer(timeout)
-    .layer(guard);
+    .layer(timeout);
+    let idp = guarded(idp, app.store.clone());
     // Everything that is not a portcullis endpoint goes through the gateway. A service of its
     // own rather than a handler on the `App` state: per request it costs one reference count,
     // not one per field of the state.
