@@ -105,6 +105,67 @@ pub fn split_scope(scope: &str) -> Vec<String> {
         .collect()
 }
 
+/// An access token's claims (RFC 9068, with Cognito's `client_id`, `token_use` and `username`).
+#[derive(serde::Serialize)]
+struct AccessClaims<'a> {
+    iss: &'a str,
+    sub: &'a str,
+    aud: &'a str,
+    client_id: &'a str,
+    token_use: &'static str,
+    scope: String,
+    iat: i64,
+    exp: i64,
+    jti: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    username: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sid: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    auth_time: Option<i64>,
+    /// The groups under the configured claim name (`idp.groups_claim`), and `cognito:groups`
+    /// in compatibility mode; none for client-credentials tokens.
+    #[serde(flatten)]
+    groups: BTreeMap<&'a str, &'a [String]>,
+}
+
+/// An ID token's claims (OpenID Connect Core §2, with Cognito's extras in compatibility mode).
+#[derive(serde::Serialize)]
+struct IdClaims<'a> {
+    iss: &'a str,
+    sub: &'a str,
+    aud: &'a str,
+    azp: &'a str,
+    token_use: &'static str,
+    auth_time: i64,
+    iat: i64,
+    exp: i64,
+    sid: &'a str,
+    at_hash: String,
+    username: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    nonce: Option<&'a str>,
+    /// With scope `email` (or in compatibility mode); `null` when the user has none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    email: Option<&'a Option<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    email_verified: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    preferred_username: Option<&'a str>,
+    #[serde(rename = "cognito:username", skip_serializing_if = "Option::is_none")]
+    cognito_username: Option<&'a str>,
+    #[serde(flatten)]
+    groups: BTreeMap<&'a str, &'a [String]>,
+}
+
+/// A claims set as the JSON object the signer takes.
+fn claims_map(claims: &impl serde::Serialize) -> Result<Map<String, Value>, OAuthError> {
+    match serde_json::to_value(claims) {
+        Ok(Value::Object(map)) => Ok(map),
+        _ => Err(OAuthError::ServerError),
+    }
+}
+
 /// What a sign-in attempt came to.
 #[derive(Debug)]
 pub enum SignIn {
@@ -1075,19 +1136,24 @@ impl Provider {
             ));
         }
         let now = self.now();
-        let mut claims = Map::new();
-        claims.insert("iss".into(), json!(self.inner.settings.issuer));
-        claims.insert("sub".into(), json!(client.client_id));
-        claims.insert("aud".into(), json!(client.client_id));
-        claims.insert("client_id".into(), json!(client.client_id));
-        claims.insert("token_use".into(), json!("access"));
-        claims.insert("scope".into(), json!(scope.join(" ")));
-        claims.insert("iat".into(), json!(now));
-        claims.insert("exp".into(), json!(now + client.access_ttl));
-        claims.insert("jti".into(), json!(random_id()));
+        let claims = AccessClaims {
+            iss: &self.inner.settings.issuer,
+            sub: &client.client_id,
+            aud: &client.client_id,
+            client_id: &client.client_id,
+            token_use: "access",
+            scope: scope.join(" "),
+            iat: now,
+            exp: now + client.access_ttl,
+            jti: random_id(),
+            username: None,
+            sid: None,
+            auth_time: None,
+            groups: BTreeMap::new(),
+        };
         let key = self.inner.keys.signing_key(Purpose::Access, None, now)?;
-        let access_token =
-            jwt::sign(&key, ACCESS_TOKEN_TYP, &claims).map_err(|_| OAuthError::ServerError)?;
+        let access_token = jwt::sign(&key, ACCESS_TOKEN_TYP, &claims_map(&claims)?)
+            .map_err(|_| OAuthError::ServerError)?;
         Ok(TokenResponse {
             access_token,
             id_token: None,
@@ -1135,58 +1201,57 @@ impl Provider {
                 }
             }
         }
-        let mut access = Map::new();
-        access.insert("iss".into(), json!(s.issuer));
-        access.insert("sub".into(), json!(user.id));
-        access.insert("aud".into(), json!(client.client_id));
-        access.insert("client_id".into(), json!(client.client_id));
-        access.insert("token_use".into(), json!("access"));
-        access.insert("scope".into(), json!(scopes.join(" ")));
-        access.insert(s.groups_claim.clone(), json!(user.groups));
-        access.insert("username".into(), json!(user.username));
-        access.insert("iat".into(), json!(now));
-        access.insert("exp".into(), json!(now + client.access_ttl));
-        access.insert("jti".into(), json!(random_id()));
-        access.insert("sid".into(), json!(sid));
-        access.insert("auth_time".into(), json!(auth_time));
+        // The groups under the configured claim name, and Cognito's too in compatibility mode.
+        let mut groups = BTreeMap::from([(s.groups_claim.as_str(), user.groups.as_slice())]);
         if s.cognito_compat {
-            access.insert("cognito:groups".into(), json!(user.groups));
+            groups.insert("cognito:groups", user.groups.as_slice());
         }
+        let access = AccessClaims {
+            iss: &s.issuer,
+            sub: &user.id,
+            aud: &client.client_id,
+            client_id: &client.client_id,
+            token_use: "access",
+            scope: scopes.join(" "),
+            iat: now,
+            exp: now + client.access_ttl,
+            jti: random_id(),
+            username: Some(&user.username),
+            sid: Some(sid),
+            auth_time: Some(auth_time),
+            groups: groups.clone(),
+        };
         let key = self.inner.keys.signing_key(Purpose::Access, None, now)?;
-        let access_token =
-            jwt::sign(&key, ACCESS_TOKEN_TYP, &access).map_err(|_| OAuthError::ServerError)?;
+        let access_token = jwt::sign(&key, ACCESS_TOKEN_TYP, &claims_map(&access)?)
+            .map_err(|_| OAuthError::ServerError)?;
 
         let id_token = if scope.iter().any(|x| x == "openid") {
-            let mut id = Map::new();
-            id.insert("iss".into(), json!(s.issuer));
-            id.insert("sub".into(), json!(user.id));
-            id.insert("aud".into(), json!(client.client_id));
-            id.insert("azp".into(), json!(client.client_id));
-            id.insert("token_use".into(), json!("id"));
-            id.insert("auth_time".into(), json!(auth_time));
-            id.insert("iat".into(), json!(now));
-            id.insert("exp".into(), json!(now + client.id_ttl));
-            id.insert("sid".into(), json!(sid));
-            id.insert("at_hash".into(), json!(at_hash(&access_token)));
-            id.insert(s.groups_claim.clone(), json!(user.groups));
-            id.insert("username".into(), json!(user.username));
-            if let Some(n) = nonce {
-                id.insert("nonce".into(), json!(n));
-            }
-            if scope.iter().any(|x| x == "email") || s.cognito_compat {
-                id.insert("email".into(), json!(user.email));
-                id.insert("email_verified".into(), json!(user.email_verified));
-            }
-            if scope.iter().any(|x| x == "profile") {
-                id.insert("preferred_username".into(), json!(user.username));
-            }
-            if s.cognito_compat {
-                id.insert("cognito:groups".into(), json!(user.groups));
-                id.insert("cognito:username".into(), json!(user.username));
-            }
+            let email = scope.iter().any(|x| x == "email") || s.cognito_compat;
+            let id = IdClaims {
+                iss: &s.issuer,
+                sub: &user.id,
+                aud: &client.client_id,
+                azp: &client.client_id,
+                token_use: "id",
+                auth_time,
+                iat: now,
+                exp: now + client.id_ttl,
+                sid,
+                at_hash: at_hash(&access_token),
+                username: &user.username,
+                nonce,
+                email: email.then_some(&user.email),
+                email_verified: email.then_some(user.email_verified),
+                preferred_username: scope
+                    .iter()
+                    .any(|x| x == "profile")
+                    .then_some(user.username.as_str()),
+                cognito_username: s.cognito_compat.then_some(user.username.as_str()),
+                groups,
+            };
             let alg = Algorithm::parse(&client.id_token_alg);
             let key = self.inner.keys.signing_key(Purpose::Id, alg, now)?;
-            Some(jwt::sign(&key, "JWT", &id).map_err(|_| OAuthError::ServerError)?)
+            Some(jwt::sign(&key, "JWT", &claims_map(&id)?).map_err(|_| OAuthError::ServerError)?)
         } else {
             None
         };
