@@ -154,45 +154,7 @@ impl Forwarder {
         .await;
         metrics::histogram!("portcullis_gateway_upstream_seconds")
             .record(sent.elapsed().as_secs_f64());
-        let upstream = || base.clone();
-        match result {
-            Ok(Ok(mut resp)) => {
-                if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-                    // Switching to a protocol nobody asked for (or to another than WebSocket)
-                    // would join the two connections past every check.
-                    return match upgrade {
-                        Some(client_side) if accepts_websocket(&resp) => {
-                            upgrade::join(client_side, hyper::upgrade::on(&mut resp));
-                            // 101 keeps its Upgrade/Connection headers: they are the answer.
-                            Ok(resp.map(Body::new))
-                        }
-                        _ => Err(Reject::UpstreamSwitched {
-                            upstream: upstream(),
-                        }),
-                    };
-                }
-                let mut resp = resp.map(|b| Body::new(Deadline::new(b, deadline)));
-                headers::clean_response(&mut resp);
-                Ok(resp)
-            }
-            // A chunked body grew past gateway.max_body while it streamed: the upstream got an
-            // aborted request, the client gets the reason; the rest of its body is unread.
-            Ok(Err(e)) if body::over_limit(&e) => Err(Reject::BodyTooLarge { streaming: true }),
-            // The client's body broke off or was badly framed (a malformed chunk size, say): the
-            // upstream got an aborted request, and the fault is the client's.
-            Ok(Err(_)) if body_state.as_ref().is_some_and(|s| s.failed()) => Err(Reject::BadBody),
-            Ok(Err(e)) => Err(Reject::UpstreamFailed {
-                upstream: upstream(),
-                error: e.to_string(),
-            }),
-            // Still waiting for the client's body when the upstream gave up: the client's delay.
-            Err(_) if body_state.as_ref().is_some_and(|s| !s.finished()) => {
-                Err(Reject::BodyTooSlow)
-            }
-            Err(_) => Err(Reject::UpstreamTimeout {
-                upstream: upstream(),
-            }),
-        }
+        answer(result, upgrade, body_state.as_deref(), base, deadline)
     }
 
     /// The upgrade rule: only a WebSocket handshake on a route that allows it becomes a tunnel
@@ -242,5 +204,56 @@ impl Forwarder {
         }
         let (tracked, state) = ReadToEnd::new(body);
         (Body::new(tracked), Some(state))
+    }
+}
+
+/// What the upstream's answer (or its absence) becomes: the response streamed back within the
+/// deadline, a WebSocket tunnel, or the refusal that says whose fault it was.
+fn answer(
+    result: Result<
+        Result<Response<hyper::body::Incoming>, hyper_util::client::legacy::Error>,
+        tokio::time::error::Elapsed,
+    >,
+    upgrade: Option<hyper::upgrade::OnUpgrade>,
+    body_state: Option<&BodyState>,
+    base: &str,
+    deadline: tokio::time::Instant,
+) -> Result<Response<Body>, Reject> {
+    let upstream = || base.to_owned();
+    match result {
+        Ok(Ok(mut resp)) => {
+            if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+                // Switching to a protocol nobody asked for (or to another than WebSocket)
+                // would join the two connections past every check.
+                return match upgrade {
+                    Some(client_side) if accepts_websocket(&resp) => {
+                        upgrade::join(client_side, hyper::upgrade::on(&mut resp));
+                        // 101 keeps its Upgrade/Connection headers: they are the answer.
+                        Ok(resp.map(Body::new))
+                    }
+                    _ => Err(Reject::UpstreamSwitched {
+                        upstream: upstream(),
+                    }),
+                };
+            }
+            let mut resp = resp.map(|b| Body::new(Deadline::new(b, deadline)));
+            headers::clean_response(&mut resp);
+            Ok(resp)
+        }
+        // A chunked body grew past gateway.max_body while it streamed: the upstream got an
+        // aborted request, the client gets the reason; the rest of its body is unread.
+        Ok(Err(e)) if body::over_limit(&e) => Err(Reject::BodyTooLarge { streaming: true }),
+        // The client's body broke off or was badly framed (a malformed chunk size, say): the
+        // upstream got an aborted request, and the fault is the client's.
+        Ok(Err(_)) if body_state.is_some_and(|s| s.failed()) => Err(Reject::BadBody),
+        Ok(Err(e)) => Err(Reject::UpstreamFailed {
+            upstream: upstream(),
+            error: e.to_string(),
+        }),
+        // Still waiting for the client's body when the upstream gave up: the client's delay.
+        Err(_) if body_state.is_some_and(|s| !s.finished()) => Err(Reject::BodyTooSlow),
+        Err(_) => Err(Reject::UpstreamTimeout {
+            upstream: upstream(),
+        }),
     }
 }
