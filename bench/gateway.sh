@@ -21,6 +21,7 @@ cd "$(dirname "$0")/.."
 DURATION=${DURATION:-10s}
 CONNS=${CONNS:-32}
 ROUNDS=${ROUNDS:-3}   # targets run interleaved, ROUNDS times; the table shows each one's median
+PEER_THREADS=${PEER_THREADS:-$(nproc)}   # nginx workers / HAProxy threads: peers at their best
 if [[ "${1:-}" == "--install" ]]; then
     apt-get install -y -qq nginx haproxy wrk >/dev/null
 fi
@@ -81,11 +82,12 @@ start_portcullis "$BIN" current
 base="http://localhost:$pc_port"
 
 HYPER_FLOOR="hyper floor: bare hyper proxy, no logic (examples/minproxy)"
-NGINX_PLAIN="nginx plain proxy (defaults, 1 worker)"
-NGINX_KEEPALIVE="nginx proxy + upstream keep-alive (1 worker)"
+NGINX_PLAIN="nginx plain proxy (defaults, $PEER_THREADS workers)"
+NGINX_KEEPALIVE="nginx proxy + upstream keep-alive ($PEER_THREADS workers)"
+HAPROXY="haproxy jwt_verify ES256 ($PEER_THREADS threads)"
 targets=("direct|http://127.0.0.1:$up_port/api/admin/x||$up_pid")
 if command -v nginx >/dev/null; then
-    # Two nginx configurations, one worker each:
+    # Two nginx configurations, PEER_THREADS workers each (all cores by default, access log off):
     #   plain      `proxy_pass` and nothing else, nginx's defaults (HTTP/1.0 to the upstream, a new
     #              connection per request). The gateway issue's reference: "nginx plain proxy
     #              ~16k req/s" on this machine class is this configuration.
@@ -94,7 +96,7 @@ if command -v nginx >/dev/null; then
     nk_port=$(free_port)
     mkdir -p "$tmp/nginx"
     cat > "$tmp/nginx/nginx.conf" <<NGINX
-worker_processes 1;
+worker_processes $PEER_THREADS;
 pid $tmp/nginx/nginx.pid;
 error_log $tmp/nginx/error.log;
 events { worker_connections 1024; }
@@ -114,7 +116,7 @@ NGINX
     nginx -c "$tmp/nginx/nginx.conf" -p "$tmp/nginx" -g 'daemon off;' & pids+=($!)
     ng_master=$!
     sleep 0.5
-    ng_pid=$(pgrep -P "$ng_master" | head -1)  # the one worker does the proxying
+    ng_pid=$(pgrep -P "$ng_master" | paste -sd, -)  # every worker (CPU is summed over them)
     targets+=("$NGINX_PLAIN|http://127.0.0.1:$ng_port/api/admin/x||$ng_pid")
     targets+=("$NGINX_KEEPALIVE|http://127.0.0.1:$nk_port/api/admin/x||$ng_pid")
 fi
@@ -131,7 +133,7 @@ print("-----BEGIN PUBLIC KEY-----\n" + "\n".join(textwrap.wrap(base64.b64encode(
     hp_port=$(free_port)
     cat > "$tmp/haproxy.cfg" <<HAPROXY
 global
-    nbthread 1
+    nbthread $PEER_THREADS
 defaults
     mode http
     timeout connect 2s
@@ -152,7 +154,7 @@ HAPROXY
     hp_pid=$!
     sleep 0.5
     if [[ $(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $token" "http://127.0.0.1:$hp_port/api/admin/x") == 200 ]]; then
-        targets+=("haproxy jwt_verify ES256 (1 thread)|http://127.0.0.1:$hp_port/api/admin/x|bearer|$hp_pid")
+        targets+=("$HAPROXY|http://127.0.0.1:$hp_port/api/admin/x|bearer|$hp_pid")
     else
         echo "haproxy: setup check failed; see $tmp/haproxy.log" >&2
     fi
@@ -175,7 +177,11 @@ echo
 declare -A rates p50s p99s bads cpus
 # CPU time (user + system, in clock ticks of 10 ms) of the process doing the proxying: per
 # request it depends far less on what else the machine runs than req/s does.
-cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
+cpu_ticks() { # $1: pids separated by commas
+    local total=0 p
+    for p in ${1//,/ }; do total=$((total + $(awk '{ print $14 + $15 }' "/proc/$p/stat"))); done
+    echo "$total"
+}
 for round in $(seq "$ROUNDS"); do
     for t in "${targets[@]}"; do
         IFS='|' read -r name url auth pid <<<"$t"
@@ -214,8 +220,8 @@ echo "cookie / Bearer: $(ratio 'portcullis cookie ES256 + policy' 'portcullis Be
 if [[ -n "${BASELINE_BIN:-}" ]]; then
     echo "current / baseline, public: $(ratio 'portcullis public route (no auth)' 'baseline public route (no auth)'), Bearer: $(ratio 'portcullis Bearer ES256 + policy' 'baseline Bearer ES256 + policy'), cookie: $(ratio 'portcullis cookie ES256 + policy' 'baseline cookie ES256 + policy')"
 fi
-if [[ -n "${rate['haproxy jwt_verify ES256 (1 thread)']:-}" ]]; then
-    echo "full auth (Bearer) / HAProxy jwt_verify: $(ratio 'portcullis Bearer ES256 + policy' 'haproxy jwt_verify ES256 (1 thread)')"
+if [[ -n "${rate[$HAPROXY]:-}" ]]; then
+    echo "full auth (Bearer) / HAProxy jwt_verify: $(ratio 'portcullis Bearer ES256 + policy' "$HAPROXY")"
 fi
 if [[ -n "${rate[$NGINX_PLAIN]:-}" ]]; then
     echo "full auth (Bearer) / nginx plain proxy: $(ratio 'portcullis Bearer ES256 + policy' "$NGINX_PLAIN")"

@@ -94,24 +94,29 @@ statements = [{ effect = "allow", methods = ["GET", "POST"], paths = ["/api/orde
 impl Fixture {
     /// An access token of ours for a member of `groups`, valid for `ttl` seconds from now.
     fn token(&self, groups: &[&str], ttl: i64) -> String {
-        let now = self.clock.now();
-        let claims = json!({
-            "iss": test_settings().issuer, "sub": "u-1", "username": "ada", "client_id": "spa",
-            "token_use": "access", "scope": "openid", "groups": groups, "jti": "j-1",
-            "iat": now, "exp": now + ttl,
-        });
-        portcullis_token::jwt::sign(
-            &self.key,
-            portcullis_token::jwt::ACCESS_TOKEN_TYP,
-            claims.as_object().expect("object"),
-        )
-        .expect("sign")
+        mint(&self.key, &self.clock, groups, ttl)
     }
 
     async fn send(&self, req: Request<Body>) -> Response<Body> {
         let peer: SocketAddr = "127.0.0.1:40000".parse().expect("addr");
         self.gateway.clone().handle(peer, req).await
     }
+}
+
+/// An access token signed with `key`, issued now by `clock`, valid for `ttl` seconds.
+fn mint(key: &SigningKey, clock: &Clock, groups: &[&str], ttl: i64) -> String {
+    let now = clock.now();
+    let claims = json!({
+        "iss": test_settings().issuer, "sub": "u-1", "username": "ada", "client_id": "spa",
+        "token_use": "access", "scope": "openid", "groups": groups, "jti": "j-1",
+        "iat": now, "exp": now + ttl,
+    });
+    portcullis_token::jwt::sign(
+        key,
+        portcullis_token::jwt::ACCESS_TOKEN_TYP,
+        claims.as_object().expect("object"),
+    )
+    .expect("sign")
 }
 
 fn get(path: &str) -> axum::http::request::Builder {
@@ -182,29 +187,19 @@ async fn stages_refuse_in_order() {
     // Authorization before CSRF: a denied cross-site cookie POST is "forbidden", not
     // "cross-site request".
     let cookie = format!("__Host-portcullis-access={}", f.token(&["user"], 600));
-    let resp = f
-        .send(
-            Request::post("/api/admin/x")
-                .header(header::HOST, "app.example.com")
-                .header(header::COOKIE, &cookie)
-                .header(header::ORIGIN, "https://evil.example")
-                .body(Body::empty())
-                .expect("request"),
-        )
-        .await;
+    let cross_site_post = |path: &str| {
+        Request::post(path)
+            .header(header::HOST, "app.example.com")
+            .header(header::COOKIE, &cookie)
+            .header(header::ORIGIN, "https://evil.example")
+            .body(Body::empty())
+            .expect("request")
+    };
+    let resp = f.send(cross_site_post("/api/admin/x")).await;
     assert_eq!(resp.status(), StatusCode::FORBIDDEN);
     assert_eq!(body_json(resp).await, json!({ "error": "forbidden" }));
     // CSRF before forwarding: an allowed cross-site cookie POST never reaches the (dead) upstream.
-    let resp = f
-        .send(
-            Request::post("/api/orders/1")
-                .header(header::HOST, "app.example.com")
-                .header(header::COOKIE, &cookie)
-                .header(header::ORIGIN, "https://evil.example")
-                .body(Body::empty())
-                .expect("request"),
-        )
-        .await;
+    let resp = f.send(cross_site_post("/api/orders/1")).await;
     assert_eq!(resp.status(), StatusCode::FORBIDDEN);
     assert_eq!(body_json(resp).await["message"], "cross-site request");
     // Everything passed: the dead upstream is the only problem left.
@@ -300,4 +295,93 @@ async fn the_test_clock_expires_tokens_exactly_at_exp() {
         StatusCode::UNAUTHORIZED,
         "refused from the second of exp on, cached or not"
     );
+}
+
+/// A refresher that mints a fresh token with the fixture's key, or fails as told.
+struct TestRefresher {
+    key: Arc<SigningKey>,
+    clock: Clock,
+    fail: Option<crate::RefreshError>,
+}
+
+impl crate::Refresher for TestRefresher {
+    fn refresh(
+        &self,
+        _refresh_cookie: String,
+    ) -> std::pin::Pin<
+        Box<
+            dyn std::future::Future<Output = Result<crate::Refreshed, crate::RefreshError>>
+                + Send
+                + '_,
+        >,
+    > {
+        Box::pin(async move {
+            if let Some(e) = self.fail {
+                return Err(e);
+            }
+            Ok(crate::Refreshed {
+                access: mint(&self.key, &self.clock, &["user"], 60),
+                refresh: "next-refresh".into(),
+                max_age: 3600,
+            })
+        })
+    }
+}
+
+/// With a manual clock: a cookie session is renewed in line once its token has less than the
+/// margin left (30 s, at most half of a 60 s token), not before; a refresh that cannot be tried
+/// is a 503, not a sign-in.
+#[tokio::test]
+async fn cookie_sessions_renew_before_expiry_by_the_clock() {
+    let up = upstream().await;
+    let f = fixture(&up);
+    f.gateway.set_refresher(Arc::new(TestRefresher {
+        key: f.key.clone(),
+        clock: f.clock.clone(),
+        fail: None,
+    }));
+    let token = f.token(&["user"], 60);
+    let call = || {
+        f.send(
+            get("/api/orders/1")
+                .header(
+                    header::COOKIE,
+                    format!("__Host-portcullis-access={token}; __Host-portcullis-refresh=r"),
+                )
+                .body(Body::empty())
+                .expect("request"),
+        )
+    };
+    let renewed = |resp: &Response<Body>| {
+        resp.headers()
+            .get_all(header::SET_COOKIE)
+            .iter()
+            .any(|c| c.as_bytes().starts_with(b"__Host-portcullis-access="))
+    };
+    let resp = call().await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert!(!renewed(&resp), "59 s left: no refresh");
+    f.clock.advance(29);
+    assert!(!renewed(&call().await), "31 s left: no refresh");
+    f.clock.advance(1);
+    let resp = call().await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert!(renewed(&resp), "30 s left: renewed in line");
+
+    let g = fixture(&up);
+    g.gateway.set_refresher(Arc::new(TestRefresher {
+        key: g.key.clone(),
+        clock: g.clock.clone(),
+        fail: Some(crate::RefreshError::Unavailable),
+    }));
+    let resp = g
+        .send(
+            get("/api/orders/1")
+                .header(header::COOKIE, "__Host-portcullis-refresh=r")
+                .body(Body::empty())
+                .expect("request"),
+        )
+        .await;
+    assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(resp.headers().contains_key(header::RETRY_AFTER));
 }

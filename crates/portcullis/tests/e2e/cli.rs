@@ -288,16 +288,20 @@ statements = [{ effect = "allow", paths = ["/api/**"] }]
 "#;
     let i = Instance::with_config(declared);
     let secret = "env-secret-0123456789abcdef-0123456789ab";
-    let out = i
-        .command(&["user", "list"])
-        .env("PORTCULLIS_INSTANCE_SECRET", secret)
-        .output()
-        .expect("run");
+    let with_secret = |args: &[&str], secret: &str| {
+        i.command(args)
+            .env("PORTCULLIS_INSTANCE_SECRET", secret)
+            .output()
+            .expect("run")
+    };
+    // The store is set up with a secret from the environment (a key command settles it)…
+    let out = with_secret(&["keys", "list"], secret);
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // …and the user and group commands run without it.
     for read in [
         &["user", "list"][..],
         &["group", "list"],
