@@ -223,14 +223,14 @@ impl Authenticator {
         access_cookie: String,
         own_leeway: i64,
         keys: Arc<dyn KeySource>,
-        external: Vec<crate::issuers::ExternalIssuer>,
+        external: Vec<Arc<crate::issuers::ExternalIssuer>>,
         clock: Clock,
     ) -> Self {
         Authenticator {
             issuer,
             external: external
                 .into_iter()
-                .map(|e| (e.issuer.clone(), Arc::new(e)))
+                .map(|e| (e.issuer.clone(), e))
                 .collect(),
             groups_claim,
             access_cookie,

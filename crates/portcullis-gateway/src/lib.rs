@@ -43,17 +43,8 @@ use portcullis_token::Clock;
 
 use crate::authn::{Authenticator, KeySource};
 use crate::route::{RouteTable, Target};
-use crate::settings::{GatewaySettings, RouteConfig, RouteKind};
+use crate::settings::{GatewaySettings, RouteKind};
 use crate::telemetry::Outcome;
-
-/// Why the gateway cannot be built from its configuration.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum GatewayError {
-    #[error(transparent)]
-    Route(#[from] route::RouteError),
-    #[error(transparent)]
-    Issuer(#[from] issuers::IssuerError),
-}
 
 /// The gateway.
 pub struct Gateway {
@@ -79,16 +70,11 @@ impl std::fmt::Debug for Gateway {
 impl Gateway {
     pub fn new(
         settings: GatewaySettings,
-        routes: &[RouteConfig],
-        issuers: &[issuers::IssuerConfig],
+        routes: RouteTable,
+        external: Vec<Arc<issuers::ExternalIssuer>>,
         keys: Arc<dyn KeySource>,
         clock: Clock,
-    ) -> Result<Gateway, GatewayError> {
-        let routes = RouteTable::new(routes)?;
-        let external = issuers
-            .iter()
-            .map(issuers::external)
-            .collect::<Result<Vec<_>, _>>()?;
+    ) -> Gateway {
         let auth = Authenticator::new(
             settings.issuer.clone(),
             settings.groups_claim.clone(),
@@ -98,7 +84,7 @@ impl Gateway {
             external,
             clock.clone(),
         );
-        Ok(Gateway {
+        Gateway {
             sessions: session::Sessions::new(&settings, clock.clone()),
             forwarder: forward::Forwarder::new(&settings, keys, clock.clone()),
             no_route: Arc::from("-"),
@@ -107,7 +93,7 @@ impl Gateway {
             auth,
             policies: ArcSwap::from_pointee(PolicySet::default()),
             clock,
-        })
+        }
     }
 
     pub fn settings(&self) -> &GatewaySettings {

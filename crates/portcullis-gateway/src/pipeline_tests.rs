@@ -14,6 +14,7 @@ use serde_json::{Value, json};
 
 use crate::Gateway;
 use crate::authn::KeySource;
+use crate::route::RouteTable;
 use crate::settings::{RouteConfig, RouteKind, test_settings};
 
 const NOW: i64 = 1_800_000_000;
@@ -66,15 +67,15 @@ fn fixture(upstream: &str) -> Fixture {
     let clock = Clock::manual(NOW);
     let gateway = Gateway::new(
         test_settings(),
-        &[
+        RouteTable::new(&[
             route("/api/**", RouteKind::Api, upstream),
             route("/admin/**", RouteKind::Page, upstream),
-        ],
-        &[],
+        ])
+        .expect("routes"),
+        Vec::new(),
         Arc::new(TestKeys { key: key.clone() }),
         clock.clone(),
-    )
-    .expect("gateway");
+    );
     let docs = parse_file(
         r#"
 [[policy]]

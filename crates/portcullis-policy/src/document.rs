@@ -120,14 +120,15 @@ struct RawFile {
     policy: Vec<RawDocument>,
 }
 
-#[derive(Deserialize, Serialize)]
+/// A policy document as written (a `[[policy]]` table), before [`build_documents`] checks it.
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-struct RawDocument {
+pub struct RawDocument {
     principal: String,
     statements: Vec<RawStatement>,
 }
 
-#[derive(Deserialize, Serialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 struct RawStatement {
     effect: Effect,
@@ -138,8 +139,7 @@ struct RawStatement {
 
 const METHODS: &[&str] = &["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"];
 
-/// Parses a policy file (`[[policy]]` tables). Every document must be valid; two documents for
-/// one principal are refused (merge them) so that a review sees one place per principal.
+/// Parses a policy file (`[[policy]]` tables) and checks it as [`build_documents`] does.
 pub fn parse_file(text: &str) -> Result<Vec<PolicyDocument>, PolicyError> {
     let raw: RawFile = toml::from_str(text).map_err(|e| {
         let location = e.span().map_or_else(
@@ -156,8 +156,16 @@ pub fn parse_file(text: &str) -> Result<Vec<PolicyDocument>, PolicyError> {
             message: e.message().lines().next().unwrap_or_default().to_owned(),
         }
     })?;
+    build_documents(raw.policy)
+}
+
+/// Checks documents as written. Every document must be valid; two documents for one principal
+/// are refused (merge them) so that a review sees one place per principal.
+pub fn build_documents(
+    raw: impl IntoIterator<Item = RawDocument>,
+) -> Result<Vec<PolicyDocument>, PolicyError> {
     let mut docs: Vec<PolicyDocument> = Vec::new();
-    for (d, doc) in raw.policy.into_iter().enumerate() {
+    for (d, doc) in raw.into_iter().enumerate() {
         let at = |s: Option<usize>| match s {
             Some(s) => format!("policy {} ({}), statement {}", d + 1, doc.principal, s + 1),
             None => format!("policy {} ({})", d + 1, doc.principal),

@@ -16,7 +16,8 @@ mod engine;
 mod pattern;
 
 pub use document::{
-    Effect, PolicyDocument, PolicyError, Principal, PrincipalError, Statement, export, parse_file,
+    Effect, PolicyDocument, PolicyError, Principal, PrincipalError, RawDocument, Statement,
+    build_documents, export, parse_file,
 };
 pub use engine::{Decision, PolicySet, Reason};
 pub use pattern::{PathPattern, PatternError, path_segments};

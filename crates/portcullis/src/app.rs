@@ -155,10 +155,10 @@ impl App {
             clock,
         } = admin;
         apply_declared(&provider, &config).await?;
-        if let Some(seed) = &config.policy_seed
+        if !config.policies.is_empty()
             && let Some(v) = store
                 .add_policy_version(
-                    seed,
+                    &portcullis_policy::export(&config.policies),
                     "seeded from the configuration file",
                     clock.now(),
                     true,
@@ -169,12 +169,11 @@ impl App {
         }
         let gateway = Gateway::new(
             gateway_settings(&config),
-            &config.routes,
-            &config.issuers,
+            config.routes.clone(),
+            config.issuers.clone(),
             Arc::new(ProviderKeys(provider.clone())),
             clock.clone(),
-        )
-        .map_err(|e| Failure::user(format!("routes: {e}")))?;
+        );
         Ok(App {
             config,
             store,
@@ -233,10 +232,8 @@ async fn apply_declared(provider: &Provider, config: &Config) -> Result<(), Fail
         };
         provider.store().upsert_resource_server(&stored).await?;
     }
-    let secs = |v: &Option<String>| {
-        v.as_deref()
-            .and_then(|d| humantime::parse_duration(d).ok())
-            .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+    let secs = |v: &Option<crate::config::setting::Set<crate::config::setting::Lifetime>>| {
+        v.as_ref().map(|d| d.value.secs())
     };
     for c in &config.clients {
         let secret = match (&c.secret, &c.secret_file) {

@@ -410,7 +410,7 @@ async fn session_provider(
     app: &App,
 ) -> Result<std::sync::Arc<dyn portcullis_session::SessionProvider>, Failure> {
     let origin = &app.gateway.settings().public_origin;
-    let Some((issuer, client_id, secret)) = &app.config.sessions_external else {
+    let Some(external) = &app.config.sessions_external else {
         let own = portcullis_session::OwnProvider::register(
             app.provider.clone(),
             origin,
@@ -420,21 +420,19 @@ async fn session_provider(
         .map_err(Failure::internal)?;
         return Ok(std::sync::Arc::new(own));
     };
-    let groups_claim = app
-        .config
-        .issuers
-        .iter()
-        .find(|i| i.issuer.trim_end_matches('/') == issuer)
-        .and_then(|i| i.groups_claim.clone())
-        .unwrap_or_else(|| "groups".into());
     portcullis_session::RemoteProvider::discover(
-        issuer,
-        client_id,
-        secret.clone(),
-        &groups_claim,
+        &external.issuer,
+        &external.client_id,
+        external.client_secret.clone(),
+        &external.groups_claim,
         origin,
     )
     .await
     .map(|p| std::sync::Arc::new(p) as std::sync::Arc<dyn portcullis_session::SessionProvider>)
-    .map_err(|e| Failure::user(format!("sessions.issuer: cannot use {issuer}: {e}")))
+    .map_err(|e| {
+        Failure::user(format!(
+            "sessions.issuer: cannot use {}: {e}",
+            external.issuer
+        ))
+    })
 }
