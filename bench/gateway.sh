@@ -12,18 +12,26 @@
 #   bench/gateway.sh --install      # also apt-get install nginx haproxy first
 #   BASELINE_BIN=old/portcullis bench/gateway.sh   # adds rows for another build, same run
 #
-# With HAProxy installed, a row for HAProxy verifying the same ES256 token with `jwt_verify`
-# against portcullis' published key (converted from the JWKS to PEM) on every request.
+# With HAProxy installed, rows for HAProxy `jwt_verify` on every request: the same ES256 token
+# against portcullis' published key (converted from the JWKS to PEM), and an RS256 token (its
+# cheapest check; key and token made with openssl, as HAProxy checks only the signature).
 #
-# The upstream is `examples/upstream.rs` (hyper, "200 ok"). Loopback only, bounded in time.
+#   UPSTREAM=hyper (default)  `examples/upstream.rs` (hyper, "200 ok")
+#   UPSTREAM=nginx            an nginx serving a 1 KB JSON body, one worker
+#
+# Then the latency at half of portcullis' saturation rate (hey, constant rate, keep-alive):
+# direct, nginx keep-alive and portcullis full auth, p50/p99, and p99 over direct
+# (LATENCY=0 skips it). Loopback only, bounded in time.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION=${DURATION:-10s}
 CONNS=${CONNS:-32}
 ROUNDS=${ROUNDS:-3}   # targets run interleaved, ROUNDS times; the table shows each one's median
 PEER_THREADS=${PEER_THREADS:-$(nproc)}   # nginx workers / HAProxy threads: peers at their best
+UPSTREAM=${UPSTREAM:-hyper}
+LATENCY=${LATENCY:-1}
 if [[ "${1:-}" == "--install" ]]; then
-    apt-get install -y -qq nginx haproxy wrk >/dev/null
+    apt-get install -y -qq nginx haproxy wrk hey >/dev/null
 fi
 command -v wrk >/dev/null || { echo "install wrk: apt-get install wrk" >&2; exit 1; }
 target=${CARGO_TARGET_DIR:-target}
@@ -38,8 +46,39 @@ trap cleanup EXIT
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 
 up_port=$(free_port)
-"$target/release/examples/upstream" "127.0.0.1:$up_port" & pids+=($!)
-up_pid=$!
+if [[ "$UPSTREAM" == nginx ]]; then
+    command -v nginx >/dev/null || { echo "UPSTREAM=nginx needs nginx: bench/gateway.sh --install" >&2; exit 1; }
+    mkdir -p "$tmp/upstream"
+    # About 1 KB of JSON: as many orders as fit.
+    body=$(python3 -c '
+import json
+orders = []
+while len(json.dumps({"orders": orders})) < 940:
+    i = len(orders)
+    orders.append({"id": i, "item": "widget-%03d" % i, "quantity": i % 7 + 1, "status": "shipped"})
+print(json.dumps({"orders": orders}))')
+    cat > "$tmp/upstream/nginx.conf" <<NGINX
+worker_processes 1;
+pid $tmp/upstream/nginx.pid;
+error_log $tmp/upstream/error.log;
+events { worker_connections 1024; }
+http {
+    access_log off;
+    keepalive_requests 1000000;
+    server {
+        listen 127.0.0.1:$up_port;
+        location / { default_type application/json; return 200 '$body'; }
+    }
+}
+NGINX
+    nginx -c "$tmp/upstream/nginx.conf" -p "$tmp/upstream" -g 'daemon off;' & pids+=($!)
+    sleep 0.5
+    up_pid=$(pgrep -P $! | paste -sd, -)
+    [[ $(curl -s "http://127.0.0.1:$up_port/x" | wc -c) -gt 900 ]] || { echo "upstream nginx did not start" >&2; exit 1; }
+else
+    "$target/release/examples/upstream" "127.0.0.1:$up_port" & pids+=($!)
+    up_pid=$!
+fi
 
 # Starts a portcullis from binary $1 with its own data in $tmp/$2; sets pc_port, pc_pid, token.
 start_portcullis() {
@@ -85,6 +124,7 @@ HYPER_FLOOR="hyper floor: bare hyper proxy, no logic (examples/minproxy)"
 NGINX_PLAIN="nginx plain proxy (defaults, $PEER_THREADS workers)"
 NGINX_KEEPALIVE="nginx proxy + upstream keep-alive ($PEER_THREADS workers)"
 HAPROXY="haproxy jwt_verify ES256 ($PEER_THREADS threads)"
+HAPROXY_RS="haproxy jwt_verify RS256 ($PEER_THREADS threads)"
 targets=("direct|http://127.0.0.1:$up_port/api/admin/x||$up_pid")
 if command -v nginx >/dev/null; then
     # Two nginx configurations, PEER_THREADS workers each (all cores by default, access log off):
@@ -130,7 +170,14 @@ d = lambda s: base64.urlsafe_b64decode(s + "=" * (-len(s) % 4))
 der = bytes.fromhex("3059301306072a8648ce3d020106082a8648ce3d030107034200") + b"\x04" + d(k["x"]) + d(k["y"])
 print("-----BEGIN PUBLIC KEY-----\n" + "\n".join(textwrap.wrap(base64.b64encode(der).decode(), 64)) + "\n-----END PUBLIC KEY-----")
 ' "$(python3 -c 'import base64,json,sys; h=sys.argv[1].split(".")[0]; print(json.loads(base64.urlsafe_b64decode(h + "=" * (-len(h) % 4)))["kid"])' "$token")" > "$tmp/es256.pem"
+    # RS256: a 2048-bit key and a token signed with it (HAProxy checks the signature only).
+    openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$tmp/rs256.key" 2>/dev/null
+    openssl pkey -in "$tmp/rs256.key" -pubout -out "$tmp/rs256.pem"
+    b64url() { base64 -w0 | tr '+/' '-_' | tr -d '='; }
+    rs_signing_input="$(printf '{"alg":"RS256","typ":"JWT"}' | b64url).$(python3 -c 'import base64,sys; p=sys.argv[1].split(".")[1]; sys.stdout.write(p)' "$token")"
+    rs_token="$rs_signing_input.$(printf '%s' "$rs_signing_input" | openssl dgst -sha256 -sign "$tmp/rs256.key" -binary | b64url)"
     hp_port=$(free_port)
+    hr_port=$(free_port)
     cat > "$tmp/haproxy.cfg" <<HAPROXY
 global
     nbthread $PEER_THREADS
@@ -146,6 +193,13 @@ frontend fe
     http-request deny unless { var(txn.alg) -m str ES256 }
     http-request deny unless { var(txn.bearer),jwt_verify(txn.alg,"$tmp/es256.pem") -m int 1 }
     default_backend up
+frontend fe_rs
+    bind 127.0.0.1:$hr_port
+    http-request set-var(txn.bearer) http_auth_bearer
+    http-request set-var(txn.alg) var(txn.bearer),jwt_header_query('\$.alg')
+    http-request deny unless { var(txn.alg) -m str RS256 }
+    http-request deny unless { var(txn.bearer),jwt_verify(txn.alg,"$tmp/rs256.pem") -m int 1 }
+    default_backend up
 backend up
     http-reuse always
     server s1 127.0.0.1:$up_port
@@ -155,6 +209,8 @@ HAPROXY
     sleep 0.5
     if [[ $(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $token" "http://127.0.0.1:$hp_port/api/admin/x") == 200 ]]; then
         targets+=("$HAPROXY|http://127.0.0.1:$hp_port/api/admin/x|bearer|$hp_pid")
+        [[ $(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $rs_token" "http://127.0.0.1:$hr_port/api/admin/x") == 200 ]] \
+            && targets+=("$HAPROXY_RS|http://127.0.0.1:$hr_port/api/admin/x|bearer-rs|$hp_pid")
     else
         echo "haproxy: setup check failed; see $tmp/haproxy.log" >&2
     fi
@@ -172,7 +228,7 @@ if [[ -n "${BASELINE_BIN:-}" ]]; then
     targets+=("baseline cookie ES256 + policy|http://127.0.0.1:$bl_port/api/admin/x|cookie-baseline|$bl_pid")
 fi
 
-echo "gateway benchmark, $(date -u +%Y-%m-%d), $(nproc) cores, wrk -t1 -c$CONNS -d$DURATION, GET /api/admin/x, median of $ROUNDS interleaved rounds"
+echo "gateway benchmark, $(date -u +%Y-%m-%d), $(nproc) cores, upstream $UPSTREAM, wrk -t1 -c$CONNS -d$DURATION, GET /api/admin/x, median of $ROUNDS interleaved rounds"
 echo
 declare -A rates p50s p99s bads cpus
 # CPU time (user + system, in clock ticks of 10 ms) of the process doing the proxying: per
@@ -188,6 +244,7 @@ for round in $(seq "$ROUNDS"); do
         hdr=()
         [[ "$auth" == bearer ]] && hdr=(-H "Authorization: Bearer $token")
         [[ "$auth" == cookie ]] && hdr=(-H "Cookie: __Host-portcullis-access=$token")
+        [[ "$auth" == bearer-rs ]] && hdr=(-H "Authorization: Bearer $rs_token")
         [[ "$auth" == bearer-baseline ]] && hdr=(-H "Authorization: Bearer $bl_token")
         [[ "$auth" == cookie-baseline ]] && hdr=(-H "Cookie: __Host-portcullis-access=$bl_token")
         before=$(cpu_ticks "$pid")
@@ -221,10 +278,42 @@ if [[ -n "${BASELINE_BIN:-}" ]]; then
     echo "current / baseline, public: $(ratio 'portcullis public route (no auth)' 'baseline public route (no auth)'), Bearer: $(ratio 'portcullis Bearer ES256 + policy' 'baseline Bearer ES256 + policy'), cookie: $(ratio 'portcullis cookie ES256 + policy' 'baseline cookie ES256 + policy')"
 fi
 if [[ -n "${rate[$HAPROXY]:-}" ]]; then
-    echo "full auth (Bearer) / HAProxy jwt_verify: $(ratio 'portcullis Bearer ES256 + policy' "$HAPROXY")"
+    echo "full auth (Bearer) / HAProxy jwt_verify ES256: $(ratio 'portcullis Bearer ES256 + policy' "$HAPROXY")"
+fi
+if [[ -n "${rate[$HAPROXY_RS]:-}" ]]; then
+    echo "full auth (Bearer) / HAProxy jwt_verify RS256: $(ratio 'portcullis Bearer ES256 + policy' "$HAPROXY_RS")"
 fi
 if [[ -n "${rate[$NGINX_PLAIN]:-}" ]]; then
     echo "full auth (Bearer) / nginx plain proxy: $(ratio 'portcullis Bearer ES256 + policy' "$NGINX_PLAIN")"
     echo "full auth (Bearer) / nginx with upstream keep-alive: $(ratio 'portcullis Bearer ES256 + policy' "$NGINX_KEEPALIVE")"
     echo "hyper floor / nginx with upstream keep-alive: $(ratio "$HYPER_FLOOR" "$NGINX_KEEPALIVE")"
+fi
+
+# Latency at half of portcullis' saturation rate (constant rate with hey, keep-alive, CONNS
+# connections): what a request pays for passing through, when the proxy is not the bottleneck.
+if [[ "$LATENCY" != 0 ]] && command -v hey >/dev/null; then
+    half=$(awk -v r="${rate['portcullis Bearer ES256 + policy']}" 'BEGIN { printf "%d", r / 2 }')
+    per_conn=$(awk -v r="$half" -v c="$CONNS" 'BEGIN { printf "%.1f", r / c }')
+    echo
+    echo "latency at $half req/s (half of portcullis full auth's median), hey -c $CONNS -q $per_conn -z $DURATION:"
+    echo
+    echo "| target | req/s | p50 | p99 | p99 over direct |"
+    echo "|---|---:|---:|---:|---:|"
+    direct_p99=""
+    lat_targets=("direct|http://127.0.0.1:$up_port/api/admin/x|")
+    [[ -n "${rate[$NGINX_KEEPALIVE]:-}" ]] && lat_targets+=("$NGINX_KEEPALIVE|http://127.0.0.1:$nk_port/api/admin/x|")
+    lat_targets+=("portcullis Bearer ES256 + policy|http://127.0.0.1:$pc_port/api/admin/x|Authorization: Bearer $token")
+    for t in "${lat_targets[@]}"; do
+        IFS='|' read -r name url header <<<"$t"
+        args=(-c "$CONNS" -q "$per_conn" -z "$DURATION")
+        [[ -n "$header" ]] && args+=(-H "$header")
+        hey "${args[@]}" "$url" > "$tmp/hey.out"
+        got=$(grep -oP 'Requests/sec:\s+\K[0-9.]+' "$tmp/hey.out")
+        p50=$(grep -oP '50% in \K[0-9.]+' "$tmp/hey.out")
+        p99=$(grep -oP '99% in \K[0-9.]+' "$tmp/hey.out")
+        [[ -z "$direct_p99" ]] && direct_p99=$p99
+        awk -v n="$name" -v g="$got" -v a="$p50" -v b="$p99" -v d="$direct_p99" \
+            'BEGIN { printf "| %s | %.0f | %.2fms | %.2fms | %+.2fms |\n", n, g, a * 1000, b * 1000, (b - d) * 1000 }'
+        grep -q '\[200\]' "$tmp/hey.out" || { echo "  (no 200 answers from $name)"; }
+    done
 fi
