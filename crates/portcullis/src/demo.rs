@@ -37,7 +37,7 @@ pub async fn run(data_dir: PathBuf, listen: SocketAddr, reset: bool) -> Result<(
     let site = data_dir.join("site");
     write_site(&site)?;
     // The demo backend fetches portcullis' JWKS to verify the gateway's assertions.
-    let issuer = crate::config::issuer_for(listen);
+    let issuer = crate::config::issuer_for(listen, false);
     let jwks = format!("http://127.0.0.1:{}/.well-known/jwks.json", listen.port());
     let backend = crate::demo_app::start(&issuer, &jwks)
         .await

@@ -8,6 +8,7 @@ mod demo;
 mod demo_app;
 mod failure;
 mod serve;
+mod tls;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -51,7 +51,7 @@ pub async fn run_config(
         .local_addr()
         .map_err(|e| Failure::internal(e.to_string()))?;
     if !config.issuer_configured {
-        let issuer = crate::config::issuer_for(local);
+        let issuer = crate::config::issuer_for(local, !config.certificates.is_empty());
         config.idp.secure_cookies = portcullis_idp::is_localhost(&issuer);
         config.idp.issuer = issuer;
     }
@@ -95,7 +95,17 @@ pub async fn run_config(
     }
     // The last line of the start-up banner on stdout, so scripts and tests started with port 0
     // learn the port.
-    println!("listening on http://{local}");
+    let tls = if app.config.certificates.is_empty() {
+        None
+    } else {
+        let resolver = crate::tls::Resolver::new(app.config.certificates.clone());
+        crate::tls::spawn_reload(resolver.clone(), portcullis_token::Clock::system());
+        let config = crate::tls::server_config(resolver)
+            .map_err(|e| Failure::internal(format!("cannot set up TLS: {e}")))?;
+        Some(tokio_rustls::TlsAcceptor::from(config))
+    };
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    println!("listening on {scheme}://{local}");
     let _ = std::io::stdout().flush();
     tracing::info!(address = %local, store = app.store.location(), issuer = %app.config.idp.issuer, "portcullis is serving");
 
@@ -122,7 +132,7 @@ pub async fn run_config(
     app.store.monitor_availability();
     let store = app.store.clone();
     let router = router(app, timeout)?.merge(guarded(sessions.router().layer(timeout), store));
-    serve_http(listener, router, limits, trusted, shutdown_signal()).await;
+    serve_http(listener, tls, router, limits, trusted, shutdown_signal()).await;
     Ok(())
 }
 
@@ -135,16 +145,17 @@ struct Limits {
     shutdown_grace: Duration,
 }
 
-/// Serves HTTP/1.1 on `listener` until `stop` completes, then lets in-flight requests finish
-/// within the grace period.
+/// Serves HTTP/1.1 (over TLS when `tls` is given) on `listener` until `stop` completes, then
+/// lets in-flight requests finish within the grace period.
 ///
 /// Written here rather than `axum::serve`, which runs hyper without a timer: with no timer
 /// there is no header timeout, so a client that sends its headers a byte at a time (or an idle
-/// keep-alive connection) holds a connection forever. HTTP/1.1 only: portcullis sits behind a
-/// TLS terminator or load balancer, which speaks HTTP/1.1 to it, and the gateway takes
-/// origin-form request targets only.
+/// keep-alive connection) holds a connection forever. The TLS handshake runs in the
+/// connection's own task and must finish within the header timeout too. HTTP/1.1 only: the
+/// gateway takes origin-form request targets only.
 async fn serve_http(
     listener: tokio::net::TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     router: Router,
     limits: Limits,
     trusted: Arc<TrustedProxies>,
@@ -200,12 +211,36 @@ async fn serve_http(
                     .insert(axum::extract::ConnectInfo(client));
                 router.clone().oneshot(req)
             });
-        let conn = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), service)
-            .into_owned();
-        let conn = graceful.watch(conn);
+        let builder = builder.clone();
+        let graceful = graceful.watcher();
+        let tls = tls.clone();
+        let header_timeout = limits.header_timeout;
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
+            let result = match tls {
+                None => {
+                    let conn =
+                        builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                    graceful.watch(conn.into_owned()).await
+                }
+                Some(acceptor) => {
+                    match tokio::time::timeout(header_timeout, acceptor.accept(stream)).await {
+                        Ok(Ok(stream)) => {
+                            let conn = builder
+                                .serve_connection_with_upgrades(TokioIo::new(stream), service);
+                            graceful.watch(conn.into_owned()).await
+                        }
+                        Ok(Err(e)) => {
+                            tracing::debug!(error = %e, "TLS handshake failed");
+                            Ok(())
+                        }
+                        Err(_) => {
+                            tracing::debug!("TLS handshake timed out");
+                            Ok(())
+                        }
+                    }
+                }
+            };
+            if let Err(e) = result {
                 tracing::debug!(error = %e, "connection ended with an error");
             }
             drop(slot);

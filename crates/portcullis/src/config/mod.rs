@@ -133,6 +133,8 @@ pub struct Config {
     pub request_timeout: Duration,
     /// Client connections served at once.
     pub max_connections: usize,
+    /// `[[server.certificates]]`, loaded and checked: with any, the listener speaks TLS.
+    pub certificates: Vec<crate::tls::Loaded>,
     pub store: StoreOptions,
     pub password_policy: PasswordPolicy,
     pub hash_concurrency: usize,
@@ -381,8 +383,18 @@ fn validate(
                 Default::default()
             });
 
+    let now = portcullis_token::Clock::system().now();
+    let mut certificates = Vec::new();
+    for entry in &server.certificates {
+        match crate::tls::load(entry.get_ref(), now) {
+            Ok(loaded) => certificates.push(loaded),
+            Err(e) => check.error(Some(&entry.span()), "server.certificates", e.to_string()),
+        }
+    }
+
     let issuer = idp_file.issuer.value.map(|u| u.0);
-    let mut idp = IdpSettings::new(issuer.clone().unwrap_or_else(|| issuer_for(listen)));
+    let tls = !server.certificates.is_empty();
+    let mut idp = IdpSettings::new(issuer.clone().unwrap_or_else(|| issuer_for(listen, tls)));
     idp.groups_claim = idp_file.groups_claim.value;
     if idp.groups_claim.is_empty() {
         check.error(
@@ -505,6 +517,7 @@ fn validate(
         max_header_bytes: server.max_header_bytes.value.get(),
         request_timeout: server.request_timeout.value.0,
         max_connections: server.max_connections.value.get(),
+        certificates,
         store,
         password_policy,
         hash_concurrency: passwords.hash_concurrency.value.get(),
@@ -546,13 +559,14 @@ fn declared_client(
     c
 }
 
-/// The issuer a server listening on `addr` has when none is configured: `http://localhost:PORT`
-/// for loopback and wildcard addresses, else `http://ADDR`.
-pub fn issuer_for(addr: SocketAddr) -> String {
+/// The issuer a server listening on `addr` has when none is configured: `http(s)://localhost:PORT`
+/// for loopback and wildcard addresses, else `http(s)://ADDR`.
+pub fn issuer_for(addr: SocketAddr, tls: bool) -> String {
+    let scheme = if tls { "https" } else { "http" };
     if addr.ip().is_loopback() || addr.ip().is_unspecified() {
-        format!("http://localhost:{}", addr.port())
+        format!("{scheme}://localhost:{}", addr.port())
     } else {
-        format!("http://{addr}")
+        format!("{scheme}://{addr}")
     }
 }
 

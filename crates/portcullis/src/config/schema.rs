@@ -133,6 +133,7 @@ pub fn keys() -> impl Iterator<Item = &'static KeyDoc> {
 
 /// The arrays of tables (`[[...]]`), by path.
 pub const TABLE_ARRAYS: &[&str] = &[
+    "server.certificates",
     "clients",
     "resource_servers",
     "routes",
@@ -226,6 +227,11 @@ section! {
         /// Largest request head (request line and headers), in bytes: beyond it the answer is 431 and
         /// the connection is closed.
         max_header_bytes: Int<8192, 1_048_576> = "65536";
+        tables {
+            /// `[[server.certificates]]`: PEM certificate chains and keys; with any, the listener
+            /// speaks TLS (docs/tls.md).
+            certificates: Vec<Spanned<crate::tls::CertificateFiles>>;
+        }
     }
 }
 

@@ -14,3 +14,4 @@ mod oidc;
 mod serve;
 mod sessions;
 mod store_errors;
+mod tls;

@@ -1,0 +1,287 @@
+//! TLS termination: certificates chosen by SNI, TLS 1.2 and 1.3 only, reloading without
+//! dropping open connections, a bad replacement refused, the files checked by `config check`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+
+use crate::harness::{Instance, Server};
+
+/// A test certificate authority.
+struct Ca {
+    issuer: Issuer<'static, KeyPair>,
+    pem: String,
+}
+
+impl Ca {
+    fn new() -> Ca {
+        let key = KeyPair::generate().expect("CA key");
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let cert = params.self_signed(&key).expect("CA certificate");
+        Ca {
+            pem: cert.pem(),
+            issuer: Issuer::new(params, key),
+        }
+    }
+
+    /// A leaf certificate for `names`, written to `dir/<file>.pem` and `dir/<file>.key`;
+    /// returns the two paths and the leaf's DER.
+    fn leaf(&self, dir: &Path, file: &str, names: &[&str]) -> (PathBuf, PathBuf, Vec<u8>) {
+        self.leaf_with(dir, file, names, |_| {})
+    }
+
+    fn leaf_with(
+        &self,
+        dir: &Path,
+        file: &str,
+        names: &[&str],
+        edit: impl FnOnce(&mut CertificateParams),
+    ) -> (PathBuf, PathBuf, Vec<u8>) {
+        let key = KeyPair::generate().expect("leaf key");
+        let mut params =
+            CertificateParams::new(names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>())
+                .expect("leaf params");
+        edit(&mut params);
+        let cert = params.signed_by(&key, &self.issuer).expect("leaf");
+        let chain = dir.join(format!("{file}.pem"));
+        let key_path = dir.join(format!("{file}.key"));
+        std::fs::write(&chain, cert.pem()).expect("write chain");
+        std::fs::write(&key_path, key.serialize_pem()).expect("write key");
+        (chain, key_path, cert.der().to_vec())
+    }
+
+    /// A client trusting this CA that sends `name` as SNI and resolves it to `addr`.
+    fn client(&self, name: &str, addr: SocketAddr) -> reqwest::Client {
+        reqwest::Client::builder()
+            .add_root_certificate(reqwest::Certificate::from_pem(self.pem.as_bytes()).expect("CA"))
+            .resolve(name, addr)
+            .tls_info(true)
+            .build()
+            .expect("client")
+    }
+}
+
+fn certificates(entries: &[(&Path, &Path)]) -> String {
+    entries
+        .iter()
+        .map(|(chain, key)| format!("[[server.certificates]]\nchain = {chain:?}\nkey = {key:?}\n"))
+        .collect()
+}
+
+fn address(server: &Server) -> SocketAddr {
+    let rest = server
+        .base
+        .strip_prefix("https://")
+        .expect("the server says https");
+    rest.parse().expect("address")
+}
+
+/// The certificate the server presented, and the answer's status.
+async fn handshake(client: &reqwest::Client, url: &str) -> (u16, Vec<u8>) {
+    let resp = client.get(url).send().await.expect("https request");
+    let info = resp
+        .extensions()
+        .get::<reqwest::tls::TlsInfo>()
+        .expect("TLS info");
+    let cert = info.peer_certificate().expect("peer certificate").to_vec();
+    (resp.status().as_u16(), cert)
+}
+
+#[tokio::test]
+async fn the_certificate_is_chosen_by_sni_and_only_tls_1_2_and_1_3_are_spoken() {
+    let dir = tempfile::tempdir().expect("dir");
+    let ca = Ca::new();
+    let (a_chain, a_key, a_der) = ca.leaf(dir.path(), "a", &["a.test"]);
+    let (b_chain, b_key, b_der) = ca.leaf(dir.path(), "b", &["*.b.test"]);
+    let i = Instance::with_config(&certificates(&[(&a_chain, &a_key), (&b_chain, &b_key)]));
+    let server = i.serve();
+    let addr = address(&server);
+    let port = addr.port();
+
+    let (status, cert) = handshake(
+        &ca.client("a.test", addr),
+        &format!("https://a.test:{port}/healthz"),
+    )
+    .await;
+    assert_eq!(
+        (status, cert == a_der),
+        (200, true),
+        "a.test gets its certificate"
+    );
+    let (status, cert) = handshake(
+        &ca.client("app.b.test", addr),
+        &format!("https://app.b.test:{port}/healthz"),
+    )
+    .await;
+    assert_eq!(
+        (status, cert == b_der),
+        (200, true),
+        "the wildcard matches one label"
+    );
+    // A name no certificate has: the first certificate, which the client then refuses.
+    let err = ca
+        .client("other.test", addr)
+        .get(format!("https://other.test:{port}/healthz"))
+        .send()
+        .await
+        .expect_err("a certificate for another name");
+    assert!(format!("{err:?}").contains("NotValidForName"), "{err:?}");
+    // The issuer, and so the cookies, follow the listener: https.
+    let discovery: serde_json::Value = ca
+        .client("a.test", addr)
+        .get(format!(
+            "https://a.test:{port}/.well-known/openid-configuration"
+        ))
+        .send()
+        .await
+        .expect("discovery")
+        .json()
+        .await
+        .expect("json");
+    assert!(
+        discovery["issuer"]
+            .as_str()
+            .is_some_and(|i| i.starts_with("https://")),
+        "{discovery}"
+    );
+
+    // A real TLS client library nobody here wrote: OpenSSL's s_client. 1.2 and 1.3 succeed;
+    // 1.1 and 1.0 are refused by the server (the client is allowed them explicitly).
+    let openssl = |args: &[&str]| {
+        let out = std::process::Command::new("openssl")
+            .args([
+                "s_client",
+                "-connect",
+                &addr.to_string(),
+                "-servername",
+                "a.test",
+            ])
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("openssl s_client (apt-get install openssl)");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    for version in ["-tls1_2", "-tls1_3"] {
+        let (ok, out) = openssl(&[version]);
+        assert!(ok && out.contains("BEGIN CERTIFICATE"), "{version}: {out}");
+    }
+    for version in ["-tls1_1", "-tls1"] {
+        let (ok, out) = openssl(&[version, "-cipher", "DEFAULT@SECLEVEL=0"]);
+        assert!(
+            !ok && !out.contains("BEGIN CERTIFICATE"),
+            "{version} must fail: {out}"
+        );
+    }
+    // Session resumption: a TLS 1.2 session saved by one connection is resumed by the next.
+    let session = dir.path().join("session");
+    let session = session.to_str().expect("utf-8");
+    let (ok, _) = openssl(&["-tls1_2", "-sess_out", session]);
+    assert!(ok);
+    let (ok, out) = openssl(&["-tls1_2", "-sess_in", session]);
+    assert!(ok && out.contains("Reused, TLSv1.2"), "resumed: {out}");
+    // Plain HTTP on the TLS port is not served.
+    let plain = reqwest::get(format!("http://{addr}/healthz")).await;
+    assert!(plain.map(|r| r.status().as_u16() != 200).unwrap_or(true));
+}
+
+#[tokio::test]
+async fn certificates_reload_on_sighup_and_on_change_without_dropping_connections() {
+    let dir = tempfile::tempdir().expect("dir");
+    let ca = Ca::new();
+    let (chain, key, first) = ca.leaf(dir.path(), "a", &["a.test"]);
+    let i = Instance::with_config(&certificates(&[(&chain, &key)]));
+    let server = i.serve();
+    let addr = address(&server);
+    let url = format!("https://a.test:{}/healthz", addr.port());
+    let kept = ca.client("a.test", addr);
+    assert_eq!(handshake(&kept, &url).await, (200, first.clone()));
+
+    // New files, then SIGHUP: new connections get the new certificate at once...
+    let (_, _, second) = ca.leaf(dir.path(), "a", &["a.test"]);
+    server.signal("HUP");
+    let mut seen = Vec::new();
+    for _ in 0..50 {
+        seen = handshake(&ca.client("a.test", addr), &url).await.1;
+        if seen == second {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(seen == second, "a new connection sees the new certificate");
+    // ...while the open keep-alive connection carries on with the old one.
+    assert_eq!(handshake(&kept, &url).await, (200, first));
+
+    // A broken replacement is logged and the last good certificate kept.
+    std::fs::write(&chain, "not a certificate").expect("break the chain");
+    server.signal("HUP");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        handshake(&ca.client("a.test", addr), &url).await,
+        (200, second)
+    );
+
+    // Without a signal, a changed file is noticed within the reload interval (5 s).
+    let (_, _, third) = ca.leaf(dir.path(), "a", &["a.test"]);
+    let mut seen = Vec::new();
+    for _ in 0..80 {
+        seen = handshake(&ca.client("a.test", addr), &url).await.1;
+        if seen == third {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        seen == third,
+        "a changed file is picked up without a signal"
+    );
+}
+
+#[test]
+fn config_check_names_what_is_wrong_with_a_certificate() {
+    let dir = tempfile::tempdir().expect("dir");
+    let ca = Ca::new();
+    let (chain, key, _) = ca.leaf(dir.path(), "good", &["a.test"]);
+    let (other_chain, _, _) = ca.leaf(dir.path(), "other", &["b.test"]);
+    let (old_chain, old_key, _) = ca.leaf_with(dir.path(), "old", &["a.test"], |p| {
+        p.not_before = rcgen::date_time_ymd(2020, 1, 1);
+        p.not_after = rcgen::date_time_ymd(2021, 1, 1);
+    });
+    let missing = dir.path().join("missing.pem");
+    let i = Instance::with_config(&certificates(&[
+        (&chain, &key),
+        (&other_chain, &key),
+        (&old_chain, &old_key),
+        (&missing, &key),
+    ]));
+    let err = i.run(&["config", "check"]).user_error();
+    assert!(err.contains("3 errors"), "{err}");
+    assert!(
+        err.contains("`server.certificates`: the key in")
+            && err.contains("does not belong to the certificate"),
+        "{err}"
+    );
+    assert!(
+        err.contains("expired on") && err.contains("renew it"),
+        "{err}"
+    );
+    assert!(
+        err.contains("cannot read") && err.contains("missing.pem"),
+        "{err}"
+    );
+    // Every error names its line.
+    assert_eq!(err.matches("portcullis.toml:").count(), 3, "{err}");
+
+    let ok = Instance::with_config(&certificates(&[(&chain, &key)]));
+    assert!(
+        ok.run(&["config", "check"])
+            .ok()
+            .contains("configuration is valid")
+    );
+}
