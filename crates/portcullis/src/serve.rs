@@ -52,7 +52,8 @@ pub async fn run_config(
         .map_err(|e| Failure::internal(e.to_string()))?;
     if !config.issuer_configured {
         let issuer = crate::config::issuer_for(local, !config.certificates.is_empty());
-        config.idp.secure_cookies = portcullis_idp::is_localhost(&issuer);
+        config.idp.secure_cookies =
+            issuer.starts_with("https://") || portcullis_idp::is_localhost(&issuer);
         config.idp.issuer = issuer;
     }
     if !config.idp.secure_cookies && !config.allow_insecure_http {
@@ -93,8 +94,12 @@ pub async fn run_config(
         );
         tokio::spawn(async move { axum::serve(listener, metrics).await });
     }
-    // The last line of the start-up banner on stdout, so scripts and tests started with port 0
-    // learn the port.
+    let limits = Limits {
+        header_timeout: app.config.header_timeout,
+        max_header_bytes: app.config.max_header_bytes,
+        max_connections: app.config.max_connections,
+        shutdown_grace: app.config.shutdown_grace,
+    };
     let tls = if app.config.certificates.is_empty() {
         None
     } else {
@@ -105,16 +110,17 @@ pub async fn run_config(
         Some(tokio_rustls::TlsAcceptor::from(config))
     };
     let scheme = if tls.is_some() { "https" } else { "http" };
+    let hsts = tls.as_ref().and_then(|_| hsts_header(&app.config));
+    if let (Some(addr), Some(_)) = (app.config.redirect_listen, &tls) {
+        let origin = app.gateway.settings().public_origin.clone();
+        spawn_redirect_listener(addr, origin, limits).await?;
+    }
+    // The last line of the start-up banner on stdout, so scripts and tests started with port 0
+    // learn the port.
     println!("listening on {scheme}://{local}");
     let _ = std::io::stdout().flush();
     tracing::info!(address = %local, store = app.store.location(), issuer = %app.config.idp.issuer, "portcullis is serving");
 
-    let limits = Limits {
-        header_timeout: app.config.header_timeout,
-        max_header_bytes: app.config.max_header_bytes,
-        max_connections: app.config.max_connections,
-        shutdown_grace: app.config.shutdown_grace,
-    };
     let trusted = Arc::new(app.config.trusted_proxies.clone());
     if trusted.trusts_everyone() {
         tracing::warn!(
@@ -132,7 +138,84 @@ pub async fn run_config(
     app.store.monitor_availability();
     let store = app.store.clone();
     let router = router(app, timeout)?.merge(guarded(sessions.router().layer(timeout), store));
+    let router = match hsts {
+        Some(value) => router.layer(axum::middleware::map_response(
+            move |mut response: Response| {
+                let value = value.clone();
+                async move {
+                    response
+                        .headers_mut()
+                        .entry(header::STRICT_TRANSPORT_SECURITY)
+                        .or_insert(value);
+                    response
+                }
+            },
+        )),
+        None => router,
+    };
     serve_http(listener, tls, router, limits, trusted, shutdown_signal()).await;
+    Ok(())
+}
+
+/// `Strict-Transport-Security` for https answers: `server.hsts_max_age`, by default one year
+/// when the issuer is not localhost; `None` when off.
+fn hsts_header(config: &Config) -> Option<axum::http::HeaderValue> {
+    const YEAR: Duration = Duration::from_secs(365 * 86_400);
+    let max_age = match config.hsts_max_age {
+        Some(d) => d,
+        None if portcullis_idp::is_localhost(&config.idp.issuer) => Duration::ZERO,
+        None => YEAR,
+    };
+    if max_age.is_zero() {
+        return None;
+    }
+    axum::http::HeaderValue::from_str(&format!("max-age={}", max_age.as_secs())).ok()
+}
+
+/// `server.redirect_listen`: plain HTTP that answers every request with 308 to the same path
+/// and query on the https origin. It never reads a body nor trusts `Host` for the target, and
+/// has the main listener's limits (header timeout, connection cap).
+async fn spawn_redirect_listener(
+    addr: SocketAddr,
+    origin: String,
+    limits: Limits,
+) -> Result<(), Failure> {
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+        Failure::user(format!(
+            "cannot listen on {addr} (server.redirect_listen): {e}"
+        ))
+    })?;
+    let local = listener
+        .local_addr()
+        .map_err(|e| Failure::internal(e.to_string()))?;
+    println!("redirecting http://{local} to {origin}");
+    let redirect = Router::new().fallback(move |uri: axum::http::Uri| {
+        let origin = origin.clone();
+        async move {
+            let target = uri.path_and_query().map_or("/", |p| p.as_str());
+            // Only origin-form targets are redirected; anything else gets the origin's root.
+            let target = if target.starts_with('/') && !target.starts_with("//") {
+                target
+            } else {
+                "/"
+            };
+            (
+                StatusCode::PERMANENT_REDIRECT,
+                [
+                    (header::LOCATION, format!("{origin}{target}")),
+                    (header::CACHE_CONTROL, "no-store".to_owned()),
+                ],
+            )
+        }
+    });
+    tokio::spawn(serve_http(
+        listener,
+        None,
+        redirect,
+        limits,
+        Arc::new(TrustedProxies::default()),
+        shutdown_signal(),
+    ));
     Ok(())
 }
 

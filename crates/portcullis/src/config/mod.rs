@@ -135,6 +135,10 @@ pub struct Config {
     pub max_connections: usize,
     /// `[[server.certificates]]`, loaded and checked: with any, the listener speaks TLS.
     pub certificates: Vec<crate::tls::Loaded>,
+    /// The plain-HTTP listener that redirects to https, if any.
+    pub redirect_listen: Option<SocketAddr>,
+    /// `server.hsts_max_age` as set (`None`: one year on an https issuer that is not localhost).
+    pub hsts_max_age: Option<Duration>,
     pub store: StoreOptions,
     pub password_policy: PasswordPolicy,
     pub hash_concurrency: usize,
@@ -394,6 +398,13 @@ fn validate(
 
     let issuer = idp_file.issuer.value.map(|u| u.0);
     let tls = !server.certificates.is_empty();
+    if !tls && server.redirect_listen.value.is_some() {
+        check.error(
+            server.redirect_listen.span.as_ref(),
+            "server.redirect_listen",
+            "redirects to https, so it needs [[server.certificates]]",
+        );
+    }
     let mut idp = IdpSettings::new(issuer.clone().unwrap_or_else(|| issuer_for(listen, tls)));
     idp.groups_claim = idp_file.groups_claim.value;
     if idp.groups_claim.is_empty() {
@@ -518,6 +529,8 @@ fn validate(
         request_timeout: server.request_timeout.value.0,
         max_connections: server.max_connections.value.get(),
         certificates,
+        redirect_listen: server.redirect_listen.value,
+        hsts_max_age: server.hsts_max_age.value.map(|d| d.0),
         store,
         password_policy,
         hash_concurrency: passwords.hash_concurrency.value.get(),

@@ -227,6 +227,14 @@ section! {
         /// Largest request head (request line and headers), in bytes: beyond it the answer is 431 and
         /// the connection is closed.
         max_header_bytes: Int<8192, 1_048_576> = "65536";
+        /// With TLS: a plain-HTTP listener (such as "0.0.0.0:80") that answers every request
+        /// with a permanent redirect (308) to the same path on the https public origin. Empty:
+        /// none.
+        redirect_listen: Option<SocketAddr> = "";
+        /// With TLS: `Strict-Transport-Security: max-age=…` on every answer, so browsers use
+        /// https only. "0s" turns it off. By default one year when the issuer is https and not
+        /// localhost (pinning localhost would follow a developer to every local project).
+        hsts_max_age: Option<Dur<0, 63_072_000_000>> = "" shown "1y (https, not localhost)";
         tables {
             /// `[[server.certificates]]`: PEM certificate chains and keys; with any, the listener
             /// speaks TLS (docs/tls.md).

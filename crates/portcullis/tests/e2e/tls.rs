@@ -285,3 +285,81 @@ fn config_check_names_what_is_wrong_with_a_certificate() {
             .contains("configuration is valid")
     );
 }
+
+#[tokio::test]
+async fn plain_http_is_redirected_to_https_and_https_answers_carry_hsts() {
+    let dir = tempfile::tempdir().expect("dir");
+    let ca = Ca::new();
+    let (chain, key, _) = ca.leaf(dir.path(), "a", &["a.test"]);
+    let i = Instance::with_config(&format!(
+        "[server]\nredirect_listen = \"127.0.0.1:0\"\nhsts_max_age = \"1d\"\n{}",
+        certificates(&[(&chain, &key)])
+    ));
+    let server = i.serve();
+    let addr = address(&server);
+    let line = server
+        .banner
+        .iter()
+        .find_map(|l| l.strip_prefix("redirecting http://"))
+        .expect("the redirect listener is announced");
+    let (plain, origin) = line.split_once(" to ").expect("redirecting A to B");
+    assert_eq!(origin, format!("https://localhost:{}", addr.port()));
+
+    let no_follow = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client");
+    for (target, expected) in [("/orders?page=2", "/orders?page=2"), ("/", "/")] {
+        let resp = no_follow
+            .post(format!("http://{plain}{target}"))
+            .body("ignored")
+            .send()
+            .await
+            .expect("plain http");
+        assert_eq!(resp.status(), 308, "{target}");
+        assert_eq!(
+            resp.headers()["location"],
+            format!("{origin}{expected}").as_str(),
+            "the same path on the https origin, whatever Host says"
+        );
+        assert!(resp.headers().get("strict-transport-security").is_none());
+    }
+    // An absolute-form target does not choose where the redirect goes.
+    let raw = crate::gateway::raw_to(
+        plain,
+        "GET http://evil.example/steal HTTP/1.1\r\nHost: evil.example\r\nConnection: close\r\n\r\n",
+    );
+    assert!(
+        raw.starts_with("HTTP/1.1 308") || raw.starts_with("HTTP/1.1 400"),
+        "{raw}"
+    );
+    assert!(
+        !raw.to_ascii_lowercase().contains("location: https://evil"),
+        "{raw}"
+    );
+
+    // Every https answer carries HSTS: our endpoints, and a gateway refusal.
+    let client = ca.client("a.test", addr);
+    for path in ["/healthz", "/no/such/route"] {
+        let resp = client
+            .get(format!("https://a.test:{}{path}", addr.port()))
+            .send()
+            .await
+            .expect("https");
+        assert_eq!(
+            resp.headers()
+                .get("strict-transport-security")
+                .map(|v| v.to_str().ok()),
+            Some(Some("max-age=86400")),
+            "{path}"
+        );
+    }
+
+    // A redirect listener without TLS is a configuration error.
+    let bad = Instance::with_config("[server]\nredirect_listen = \"127.0.0.1:0\"\n");
+    let err = bad.run(&["config", "check"]).user_error();
+    assert!(
+        err.contains("`server.redirect_listen`") && err.contains("[[server.certificates]]"),
+        "{err}"
+    );
+}
