@@ -76,7 +76,7 @@ pub enum RouteProblem {
     Pattern(#[from] portcullis_policy::PatternError),
     #[error("upstream {url:?}: {reason}")]
     UpstreamUrl { url: String, reason: String },
-    #[error("upstream {0:?} must be http://host[:port][/base] without a query")]
+    #[error("upstream {0:?} must be http(s)://host[:port][/base] without a query")]
     UpstreamShape(String),
     #[error("{name} {value:?} must be a duration of at least 10ms, such as \"30s\" or \"1h\"")]
     Timeout { name: &'static str, value: String },
@@ -115,7 +115,7 @@ impl RouteTable {
                             reason: e.to_string(),
                         })
                     })?;
-                    if !matches!(url.scheme(), "http")
+                    if !matches!(url.scheme(), "http" | "https")
                         || url.host_str().is_none()
                         || url.query().is_some()
                     {
@@ -272,9 +272,15 @@ mod tests {
 
     #[test]
     fn bad_routes_are_refused() {
+        for bad in ["ftp://x", "https://x/?q=1", "x:9000", "https://"] {
+            let mut c = cfg("/api/**", RouteKind::Api);
+            c.upstream = Some(bad.into());
+            assert!(RouteTable::new(&[c]).is_err(), "{bad}");
+        }
+        // https upstreams are allowed (verified when connecting).
         let mut c = cfg("/api/**", RouteKind::Api);
         c.upstream = Some("https://x".into());
-        assert!(RouteTable::new(&[c]).is_err());
+        assert!(RouteTable::new(&[c]).is_ok());
         let mut c = cfg("/api/**", RouteKind::Api);
         c.upstream = None;
         assert!(RouteTable::new(&[c]).is_err());

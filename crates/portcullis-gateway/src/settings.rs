@@ -107,6 +107,8 @@ pub struct GatewaySettings {
     /// Request headers removed before forwarding, besides the built-in identity and rewrite
     /// headers: names (any spelling of `-`, `_`, `.`), or prefixes ending in `*`.
     pub strip_request_headers: Vec<crate::forward::HeaderPattern>,
+    /// TLS to `https://` upstreams (`forward::upstream_tls`).
+    pub upstream_tls: std::sync::Arc<rustls::ClientConfig>,
 }
 
 /// Settings for unit tests.
@@ -127,5 +129,6 @@ pub(crate) fn test_settings() -> GatewaySettings {
         token_leeway: 0,
         refresh_margin: 30,
         strip_request_headers: Vec::new(),
+        upstream_tls: crate::forward::upstream_tls(None).expect("default upstream TLS"),
     }
 }

@@ -218,6 +218,7 @@ fn gateway_settings(config: &Config) -> GatewaySettings {
         token_leeway: i64::try_from(g.token_leeway.as_secs()).unwrap_or(0),
         refresh_margin: i64::try_from(g.refresh_margin.as_secs()).unwrap_or(0),
         strip_request_headers: g.strip_request_headers.clone(),
+        upstream_tls: g.upstream_tls.clone(),
     }
 }
 

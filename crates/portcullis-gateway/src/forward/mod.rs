@@ -26,16 +26,77 @@ use crate::reject::Reject;
 use crate::route::{Route, Target};
 use crate::settings::GatewaySettings;
 
-/// The pooled upstream client.
-pub type UpstreamClient = Client<HttpConnector, Body>;
+/// The pooled upstream client: plain HTTP, or TLS for `https://` upstreams.
+pub type UpstreamClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Body>;
 
-pub fn client(connect_timeout: Duration) -> UpstreamClient {
+pub fn client(connect_timeout: Duration, tls: Arc<rustls::ClientConfig>) -> UpstreamClient {
     let mut connector = HttpConnector::new();
     connector.set_connect_timeout(Some(connect_timeout));
     connector.set_nodelay(true);
+    connector.enforce_http(false);
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(Arc::unwrap_or_clone(tls))
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(connector);
     Client::builder(TokioExecutor::new())
         .pool_idle_timeout(Duration::from_secs(60))
         .build(connector)
+}
+
+/// Why the TLS settings for upstreams cannot be built.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamTlsError {
+    #[error("cannot read {path}: {reason}")]
+    Read { path: String, reason: String },
+    #[error("{path} holds no PEM certificate")]
+    Empty { path: String },
+    #[error("{0}")]
+    Tls(#[from] rustls::Error),
+}
+
+/// TLS to `https://` upstreams: TLS 1.2/1.3, certificates verified against `ca_file` (a PEM
+/// bundle) or else the system's roots; the upstream URL's host is the SNI name and the name
+/// checked.
+pub fn upstream_tls(
+    ca_file: Option<&std::path::Path>,
+) -> Result<Arc<rustls::ClientConfig>, UpstreamTlsError> {
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    match ca_file {
+        Some(path) => {
+            let read = |e: &dyn std::fmt::Display| UpstreamTlsError::Read {
+                path: path.display().to_string(),
+                reason: e.to_string(),
+            };
+            let pem = std::fs::read(path).map_err(|e| read(&e))?;
+            let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&pem)
+                .collect::<Result<_, _>>()
+                .map_err(|e| read(&e))?;
+            if certs.is_empty() {
+                return Err(UpstreamTlsError::Empty {
+                    path: path.display().to_string(),
+                });
+            }
+            for cert in certs {
+                roots.add(cert)?;
+            }
+        }
+        None => {
+            // Unreadable system certificates are skipped: an upstream they would have
+            // verified then fails its handshake (502), nothing is trusted by mistake.
+            for cert in rustls_native_certs::load_native_certs().certs {
+                let _ = roots.add(cert);
+            }
+        }
+    }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
 }
 
 /// Forwards allowed requests.
@@ -58,7 +119,7 @@ impl Forwarder {
         clock: Clock,
     ) -> Forwarder {
         Forwarder {
-            client: client(settings.connect_timeout),
+            client: client(settings.connect_timeout, settings.upstream_tls.clone()),
             assertions: assertion::Assertions::new(settings.issuer.clone(), keys, clock),
             forwarded_proto: if settings.public_origin.starts_with("https://") {
                 "https"

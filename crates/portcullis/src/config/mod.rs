@@ -188,6 +188,8 @@ pub struct GatewayConfig {
     pub token_leeway: Duration,
     pub refresh_margin: Duration,
     pub strip_request_headers: Vec<portcullis_gateway::forward::HeaderPattern>,
+    /// TLS to `https://` upstreams, built (roots from `gateway.upstream_ca_file` or the system).
+    pub upstream_tls: Arc<rustls::ClientConfig>,
 }
 
 /// The Markdown table of every key: what `config reference` prints and what
@@ -376,6 +378,21 @@ fn validate(
                 );
                 Vec::new()
             });
+    let upstream_tls = portcullis_gateway::forward::upstream_tls(
+        gateway
+            .upstream_ca_file
+            .value
+            .as_ref()
+            .map(|p| p.0.as_path()),
+    )
+    .map_err(|e| {
+        check.error(
+            gateway.upstream_ca_file.span.as_ref(),
+            "gateway.upstream_ca_file",
+            e.to_string(),
+        );
+    })
+    .ok();
     let trusted_proxies =
         portcullis_gateway::forwarded::TrustedProxies::parse(&server.trusted_proxies.value)
             .unwrap_or_else(|e| {
@@ -516,6 +533,7 @@ fn validate(
             token_leeway: gateway.token_leeway.value.0,
             refresh_margin: gateway.refresh_margin.value.0,
             strip_request_headers,
+            upstream_tls: upstream_tls?,
         },
         source: path.map(Path::to_path_buf),
         data_dir,

@@ -373,6 +373,9 @@ section! {
         /// matched in any case and with `_` or `.` for `-`; a name ending in `*` is a prefix
         /// (`X-MyCorp-*`).
         strip_request_headers: String = "";
+        /// A PEM bundle of the certificate authorities trusted for `https://` upstreams,
+        /// instead of the system's. Empty: the system's roots.
+        upstream_ca_file: Option<FilePath> = "";
         tables {
             /// `[[gateway.issuers]]`: trusted external issuers.
             issuers: Vec<Spanned<portcullis_gateway::issuers::IssuerConfig>>;

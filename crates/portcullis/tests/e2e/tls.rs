@@ -363,3 +363,98 @@ async fn plain_http_is_redirected_to_https_and_https_answers_carry_hsts() {
         "{err}"
     );
 }
+
+/// An HTTPS upstream in this process with the certificate in `chain`/`key`: answers every
+/// request with 200 and `tls upstream <path>`.
+async fn tls_upstream(chain: &Path, key: &Path) -> SocketAddr {
+    use rustls_pki_types::pem::PemObject;
+    let certs = rustls_pki_types::CertificateDer::pem_file_iter(chain)
+        .expect("chain")
+        .collect::<Result<Vec<_>, _>>()
+        .expect("certificates");
+    let key = rustls_pki_types::PrivateKeyDer::from_pem_file(key).expect("key");
+    let config = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .expect("server config");
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(stream).await else {
+                    return;
+                };
+                let service = hyper::service::service_fn(
+                    |req: hyper::Request<hyper::body::Incoming>| async move {
+                        Ok::<_, std::convert::Infallible>(hyper::Response::new(format!(
+                            "tls upstream {}",
+                            req.uri().path()
+                        )))
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn https_upstreams_are_verified_against_the_configured_authorities() {
+    let dir = tempfile::tempdir().expect("dir");
+    let ca = Ca::new();
+    let (chain, key, _) = ca.leaf(dir.path(), "upstream", &["localhost"]);
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, &ca.pem).expect("write CA");
+    let upstream = tls_upstream(&chain, &key).await;
+    let routes = format!(
+        "[[routes]]\npath = \"/secure/**\"\nkind = \"public\"\nupstream = \"https://localhost:{port}\"\n\
+         [[routes]]\npath = \"/wrong-name/**\"\nkind = \"public\"\nupstream = \"https://127.0.0.1:{port}\"\n",
+        port = upstream.port()
+    );
+    let trusting = Instance::with_config(&format!(
+        "[gateway]\nupstream_ca_file = {ca_file:?}\n{routes}"
+    ));
+    let server = trusting.serve();
+    let resp = reqwest::get(server.url("/secure/orders"))
+        .await
+        .expect("request");
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        resp.text().await.expect("body"),
+        "tls upstream /secure/orders"
+    );
+    // The certificate is checked against the URL's host: issued to localhost, not 127.0.0.1.
+    let resp = reqwest::get(server.url("/wrong-name/x"))
+        .await
+        .expect("request");
+    assert_eq!(resp.status(), 502);
+
+    // Without the test CA (the system's roots only) the same upstream is refused.
+    let system = Instance::with_config(&routes);
+    let server = system.serve();
+    let resp = reqwest::get(server.url("/secure/orders"))
+        .await
+        .expect("request");
+    assert_eq!(resp.status(), 502);
+
+    // A bundle that is not one is a configuration error.
+    std::fs::write(&ca_file, "junk").expect("write");
+    let bad = Instance::with_config(&format!("[gateway]\nupstream_ca_file = {ca_file:?}\n"));
+    let err = bad.run(&["config", "check"]).user_error();
+    assert!(
+        err.contains("`gateway.upstream_ca_file`") && err.contains("no PEM certificate"),
+        "{err}"
+    );
+}
