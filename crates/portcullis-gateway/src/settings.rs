@@ -129,6 +129,6 @@ pub(crate) fn test_settings() -> GatewaySettings {
         token_leeway: 0,
         refresh_margin: 30,
         strip_request_headers: Vec::new(),
-        upstream_tls: crate::forward::upstream_tls(None).expect("default upstream TLS"),
+        upstream_tls: crate::forward::upstream_tls(None, None).expect("default upstream TLS"),
     }
 }

@@ -51,18 +51,30 @@ pub enum UpstreamTlsError {
     Read { path: String, reason: String },
     #[error("{path} holds no PEM certificate")]
     Empty { path: String },
-    #[error("{0}")]
+    #[error("{path} holds no PEM private key")]
+    NoKey { path: String },
+    #[error("the client certificate: {0}")]
     Tls(#[from] rustls::Error),
+}
+
+/// A client certificate portcullis presents to `https://` upstreams that ask for one (mTLS).
+#[derive(Clone, Debug)]
+pub struct ClientCertificate {
+    /// PEM chain, leaf first.
+    pub chain: std::path::PathBuf,
+    /// Its PEM private key.
+    pub key: std::path::PathBuf,
 }
 
 /// TLS to `https://` upstreams: TLS 1.2/1.3, certificates verified against `ca_file` (a PEM
 /// bundle) or else the system's roots; the upstream URL's host is the SNI name and the name
-/// checked.
+/// checked. With `client`, that certificate is presented to upstreams that ask for one.
 pub fn upstream_tls(
     ca_file: Option<&std::path::Path>,
+    client: Option<&ClientCertificate>,
 ) -> Result<Arc<rustls::ClientConfig>, UpstreamTlsError> {
-    use rustls_pki_types::CertificateDer;
     use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
     let mut roots = rustls::RootCertStore::empty();
     match ca_file {
         Some(path) => {
@@ -92,10 +104,33 @@ pub fn upstream_tls(
         }
     }
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+        .with_root_certificates(roots);
+    let config = match client {
+        None => builder.with_no_client_auth(),
+        Some(c) => {
+            let read = |path: &std::path::Path, e: &dyn std::fmt::Display| UpstreamTlsError::Read {
+                path: path.display().to_string(),
+                reason: e.to_string(),
+            };
+            let pem = std::fs::read(&c.chain).map_err(|e| read(&c.chain, &e))?;
+            let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&pem)
+                .collect::<Result<_, _>>()
+                .map_err(|e| read(&c.chain, &e))?;
+            if chain.is_empty() {
+                return Err(UpstreamTlsError::Empty {
+                    path: c.chain.display().to_string(),
+                });
+            }
+            let pem = std::fs::read(&c.key).map_err(|e| read(&c.key, &e))?;
+            let key = PrivateKeyDer::from_pem_slice(&pem).map_err(|_| UpstreamTlsError::NoKey {
+                path: c.key.display().to_string(),
+            })?;
+            // Checks that the key belongs to the certificate.
+            builder.with_client_auth_cert(chain, key)?
+        }
+    };
     Ok(Arc::new(config))
 }
 

@@ -378,21 +378,55 @@ fn validate(
                 );
                 Vec::new()
             });
-    let upstream_tls = portcullis_gateway::forward::upstream_tls(
-        gateway
-            .upstream_ca_file
-            .value
-            .as_ref()
-            .map(|p| p.0.as_path()),
-    )
-    .map_err(|e| {
-        check.error(
-            gateway.upstream_ca_file.span.as_ref(),
-            "gateway.upstream_ca_file",
-            e.to_string(),
-        );
-    })
-    .ok();
+    let client_certificate = match (
+        &gateway.upstream_client_cert.value,
+        &gateway.upstream_client_key.value,
+    ) {
+        (Some(chain), Some(key)) => Some(portcullis_gateway::forward::ClientCertificate {
+            chain: chain.0.clone(),
+            key: key.0.clone(),
+        }),
+        (None, None) => None,
+        _ => {
+            let span = gateway
+                .upstream_client_cert
+                .span
+                .as_ref()
+                .or(gateway.upstream_client_key.span.as_ref());
+            check.error(
+                span,
+                "gateway.upstream_client_cert",
+                "needs gateway.upstream_client_key, and the other way round",
+            );
+            None
+        }
+    };
+    let ca_file = gateway
+        .upstream_ca_file
+        .value
+        .as_ref()
+        .map(|p| p.0.as_path());
+    let upstream_tls =
+        portcullis_gateway::forward::upstream_tls(ca_file, client_certificate.as_ref())
+            .map_err(|e| {
+                // The bundle's own problems are located at its key, the rest at the client
+                // certificate's.
+                let about_bundle =
+                    ca_file.is_some_and(|p| e.to_string().contains(&p.display().to_string()));
+                let (span, key) = if about_bundle {
+                    (
+                        gateway.upstream_ca_file.span.as_ref(),
+                        "gateway.upstream_ca_file",
+                    )
+                } else {
+                    (
+                        gateway.upstream_client_cert.span.as_ref(),
+                        "gateway.upstream_client_cert",
+                    )
+                };
+                check.error(span, key, e.to_string());
+            })
+            .ok();
     let trusted_proxies =
         portcullis_gateway::forwarded::TrustedProxies::parse(&server.trusted_proxies.value)
             .unwrap_or_else(|e| {

@@ -376,6 +376,11 @@ section! {
         /// A PEM bundle of the certificate authorities trusted for `https://` upstreams,
         /// instead of the system's. Empty: the system's roots.
         upstream_ca_file: Option<FilePath> = "";
+        /// A PEM certificate chain portcullis presents to `https://` upstreams that ask for a
+        /// client certificate (mTLS); with `gateway.upstream_client_key`.
+        upstream_client_cert: Option<FilePath> = "";
+        /// The private key of `gateway.upstream_client_cert`, as PEM.
+        upstream_client_key: Option<FilePath> = "";
         tables {
             /// `[[gateway.issuers]]`: trusted external issuers.
             issuers: Vec<Spanned<portcullis_gateway::issuers::IssuerConfig>>;

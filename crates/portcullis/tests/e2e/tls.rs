@@ -365,8 +365,9 @@ async fn plain_http_is_redirected_to_https_and_https_answers_carry_hsts() {
 }
 
 /// An HTTPS upstream in this process with the certificate in `chain`/`key`: answers every
-/// request with 200 and `tls upstream <path>`.
-async fn tls_upstream(chain: &Path, key: &Path) -> SocketAddr {
+/// request with 200 and `tls upstream <path>`. With `client_ca`, clients must present a
+/// certificate that CA issued (mTLS).
+async fn tls_upstream(chain: &Path, key: &Path, client_ca: Option<&str>) -> SocketAddr {
     use rustls_pki_types::pem::PemObject;
     let certs = rustls_pki_types::CertificateDer::pem_file_iter(chain)
         .expect("chain")
@@ -377,8 +378,23 @@ async fn tls_upstream(chain: &Path, key: &Path) -> SocketAddr {
         rustls::crypto::aws_lc_rs::default_provider(),
     ))
     .with_safe_default_protocol_versions()
-    .expect("versions")
-    .with_no_client_auth()
+    .expect("versions");
+    let config = match client_ca {
+        None => config.with_no_client_auth(),
+        Some(pem) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for cert in rustls_pki_types::CertificateDer::pem_slice_iter(pem.as_bytes()) {
+                roots.add(cert.expect("CA")).expect("root");
+            }
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                std::sync::Arc::new(roots),
+                std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider()),
+            )
+            .build()
+            .expect("client verifier");
+            config.with_client_cert_verifier(verifier)
+        }
+    }
     .with_single_cert(certs, key)
     .expect("server config");
     let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
@@ -417,7 +433,7 @@ async fn https_upstreams_are_verified_against_the_configured_authorities() {
     let (chain, key, _) = ca.leaf(dir.path(), "upstream", &["localhost"]);
     let ca_file = dir.path().join("ca.pem");
     std::fs::write(&ca_file, &ca.pem).expect("write CA");
-    let upstream = tls_upstream(&chain, &key).await;
+    let upstream = tls_upstream(&chain, &key, None).await;
     let routes = format!(
         "[[routes]]\npath = \"/secure/**\"\nkind = \"public\"\nupstream = \"https://localhost:{port}\"\n\
          [[routes]]\npath = \"/wrong-name/**\"\nkind = \"public\"\nupstream = \"https://127.0.0.1:{port}\"\n",
@@ -457,4 +473,51 @@ async fn https_upstreams_are_verified_against_the_configured_authorities() {
         err.contains("`gateway.upstream_ca_file`") && err.contains("no PEM certificate"),
         "{err}"
     );
+}
+
+#[tokio::test]
+async fn a_client_certificate_is_presented_to_upstreams_that_require_one() {
+    let dir = tempfile::tempdir().expect("dir");
+    let ca = Ca::new();
+    let (chain, key, _) = ca.leaf(dir.path(), "upstream", &["localhost"]);
+    let (client_chain, client_key, _) = ca.leaf(dir.path(), "gateway", &["gateway.test"]);
+    let (_, other_key, _) = ca.leaf(dir.path(), "other", &["other.test"]);
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, &ca.pem).expect("write CA");
+    let upstream = tls_upstream(&chain, &key, Some(&ca.pem)).await;
+    let route = format!(
+        "[[routes]]\npath = \"/secure/**\"\nkind = \"public\"\nupstream = \"https://localhost:{}\"\n",
+        upstream.port()
+    );
+    // Without a client certificate the upstream refuses the handshake: 502.
+    let without = Instance::with_config(&format!(
+        "[gateway]\nupstream_ca_file = {ca_file:?}\n{route}"
+    ));
+    let server = without.serve();
+    let resp = reqwest::get(server.url("/secure/x"))
+        .await
+        .expect("request");
+    assert_eq!(resp.status(), 502);
+    drop(server);
+    // With one it is let through.
+    let with = Instance::with_config(&format!(
+        "[gateway]\nupstream_ca_file = {ca_file:?}\nupstream_client_cert = {client_chain:?}\nupstream_client_key = {client_key:?}\n{route}"
+    ));
+    let server = with.serve();
+    let resp = reqwest::get(server.url("/secure/x"))
+        .await
+        .expect("request");
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.text().await.expect("body"), "tls upstream /secure/x");
+    // A key that is not the certificate's, or a certificate without a key: configuration errors.
+    let bad = Instance::with_config(&format!(
+        "[gateway]\nupstream_client_cert = {client_chain:?}\nupstream_client_key = {other_key:?}\n"
+    ));
+    let err = bad.run(&["config", "check"]).user_error();
+    assert!(err.contains("`gateway.upstream_client_cert`"), "{err}");
+    let half = Instance::with_config(&format!(
+        "[gateway]\nupstream_client_cert = {client_chain:?}\n"
+    ));
+    let err = half.run(&["config", "check"]).user_error();
+    assert!(err.contains("needs gateway.upstream_client_key"), "{err}");
 }
