@@ -7,6 +7,7 @@ mod config;
 mod demo;
 mod demo_app;
 mod failure;
+mod http_server;
 mod serve;
 mod tls;
 
@@ -421,7 +422,14 @@ async fn run(cli: Cli) -> Result<(), Failure> {
 }
 
 fn init_logging(filter: &str, format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+    // rustls warns about what clients send in their handshakes (an IP address as SNI, say):
+    // any client could fill the log with them. Its errors only, unless the filter names it.
+    let filter = if filter.contains("rustls") {
+        filter.to_owned()
+    } else {
+        format!("{filter},rustls=error")
+    };
+    let filter = tracing_subscriber::EnvFilter::try_new(&filter)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     use std::io::IsTerminal;
     let builder = tracing_subscriber::fmt()

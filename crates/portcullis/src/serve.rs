@@ -18,6 +18,7 @@ use portcullis_gateway::forwarded::TrustedProxies;
 use crate::app::App;
 use crate::config::Config;
 use crate::failure::Failure;
+use crate::http_server::Limits;
 
 /// How long `/readyz` waits for the store before answering 503.
 const READY_TIMEOUT: Duration = Duration::from_secs(2);
@@ -99,13 +100,14 @@ pub async fn run_config(
         max_header_bytes: app.config.max_header_bytes,
         max_connections: app.config.max_connections,
         shutdown_grace: app.config.shutdown_grace,
+        max_streams: app.config.http2_max_streams,
     };
     let tls = if app.config.certificates.is_empty() {
         None
     } else {
         let resolver = crate::tls::Resolver::new(app.config.certificates.clone());
         crate::tls::spawn_reload(resolver.clone(), portcullis_token::Clock::system());
-        let config = crate::tls::server_config(resolver)
+        let config = crate::tls::server_config(resolver, app.config.http2)
             .map_err(|e| Failure::internal(format!("cannot set up TLS: {e}")))?;
         Some(tokio_rustls::TlsAcceptor::from(config))
     };
@@ -153,7 +155,7 @@ pub async fn run_config(
         )),
         None => router,
     };
-    serve_http(listener, tls, router, limits, trusted, shutdown_signal()).await;
+    crate::http_server::serve(listener, tls, router, limits, trusted, shutdown_signal()).await;
     Ok(())
 }
 
@@ -208,7 +210,7 @@ async fn spawn_redirect_listener(
             )
         }
     });
-    tokio::spawn(serve_http(
+    tokio::spawn(crate::http_server::serve(
         listener,
         None,
         redirect,
@@ -217,127 +219,6 @@ async fn spawn_redirect_listener(
         shutdown_signal(),
     ));
     Ok(())
-}
-
-/// What the HTTP server allows a client.
-#[derive(Clone, Copy, Debug)]
-struct Limits {
-    header_timeout: Duration,
-    max_header_bytes: usize,
-    max_connections: usize,
-    shutdown_grace: Duration,
-}
-
-/// Serves HTTP/1.1 (over TLS when `tls` is given) on `listener` until `stop` completes, then
-/// lets in-flight requests finish within the grace period.
-///
-/// Written here rather than `axum::serve`, which runs hyper without a timer: with no timer
-/// there is no header timeout, so a client that sends its headers a byte at a time (or an idle
-/// keep-alive connection) holds a connection forever. The TLS handshake runs in the
-/// connection's own task and must finish within the header timeout too. HTTP/1.1 only: the
-/// gateway takes origin-form request targets only.
-async fn serve_http(
-    listener: tokio::net::TcpListener,
-    tls: Option<tokio_rustls::TlsAcceptor>,
-    router: Router,
-    limits: Limits,
-    trusted: Arc<TrustedProxies>,
-    stop: impl std::future::Future<Output = ()>,
-) {
-    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-    use tower::ServiceExt;
-
-    let mut builder =
-        hyper_util::server::conn::auto::Builder::new(TokioExecutor::new()).http1_only();
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_timeout)
-        .max_buf_size(limits.max_header_bytes);
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    // One permit per open connection: at the limit, stop accepting (the kernel queues the rest).
-    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
-    let mut stop = std::pin::pin!(stop);
-    loop {
-        let slot = tokio::select! {
-            slot = slots.clone().acquire_owned() => match slot {
-                Ok(slot) => slot,
-                Err(_) => break, // never closed
-            },
-            () = &mut stop => break,
-        };
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    // Out of file descriptors and the like: wait rather than spin, keep serving.
-                    tracing::warn!(error = %e, "cannot accept a connection");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-            () = &mut stop => break,
-        };
-        let _ = stream.set_nodelay(true);
-        let router = router.clone();
-        let trusted = trusted.clone();
-        let service =
-            hyper::service::service_fn(move |req: axum::http::Request<hyper::body::Incoming>| {
-                let mut req = req.map(axum::body::Body::new);
-                // The client's address: the peer, or whom a trusted proxy forwards for.
-                let client = if trusted.is_empty() {
-                    peer
-                } else {
-                    SocketAddr::new(trusted.client(peer.ip(), req.headers()), peer.port())
-                };
-                req.extensions_mut()
-                    .insert(axum::extract::ConnectInfo(client));
-                router.clone().oneshot(req)
-            });
-        let builder = builder.clone();
-        let graceful = graceful.watcher();
-        let tls = tls.clone();
-        let header_timeout = limits.header_timeout;
-        tokio::spawn(async move {
-            let result = match tls {
-                None => {
-                    let conn =
-                        builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-                    graceful.watch(conn.into_owned()).await
-                }
-                Some(acceptor) => {
-                    match tokio::time::timeout(header_timeout, acceptor.accept(stream)).await {
-                        Ok(Ok(stream)) => {
-                            let conn = builder
-                                .serve_connection_with_upgrades(TokioIo::new(stream), service);
-                            graceful.watch(conn.into_owned()).await
-                        }
-                        Ok(Err(e)) => {
-                            tracing::debug!(error = %e, "TLS handshake failed");
-                            Ok(())
-                        }
-                        Err(_) => {
-                            tracing::debug!("TLS handshake timed out");
-                            Ok(())
-                        }
-                    }
-                }
-            };
-            if let Err(e) = result {
-                tracing::debug!(error = %e, "connection ended with an error");
-            }
-            drop(slot);
-        });
-    }
-    drop(listener);
-    tracing::info!("shutting down; finishing in-flight requests");
-    tokio::select! {
-        () = graceful.shutdown() => {}
-        () = tokio::time::sleep(limits.shutdown_grace) => tracing::warn!(
-            "shutdown grace of {} expired; closing remaining connections",
-            humantime::format_duration(limits.shutdown_grace)
-        ),
-    }
 }
 
 /// How long clients are asked to wait while the store is down.

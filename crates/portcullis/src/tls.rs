@@ -219,15 +219,22 @@ impl ResolvesServerCert for Resolver {
     }
 }
 
-/// The server's TLS configuration: TLS 1.2 and 1.3, HTTP/1.1 by ALPN, resumption by tickets
-/// and by a session cache.
-pub fn server_config(resolver: Arc<Resolver>) -> Result<Arc<rustls::ServerConfig>, rustls::Error> {
+/// The server's TLS configuration: TLS 1.2 and 1.3, HTTP/2 (when `http2`) and HTTP/1.1 by
+/// ALPN, resumption by tickets and by a session cache.
+pub fn server_config(
+    resolver: Arc<Resolver>,
+    http2: bool,
+) -> Result<Arc<rustls::ServerConfig>, rustls::Error> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
         .with_no_client_auth()
         .with_cert_resolver(resolver);
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config.alpn_protocols = if http2 {
+        vec![b"h2".to_vec(), b"http/1.1".to_vec()]
+    } else {
+        vec![b"http/1.1".to_vec()]
+    };
     config.ticketer = rustls::crypto::aws_lc_rs::Ticketer::new()?;
     Ok(Arc::new(config))
 }

@@ -137,6 +137,10 @@ pub struct Config {
     pub certificates: Vec<crate::tls::Loaded>,
     /// The plain-HTTP listener that redirects to https, if any.
     pub redirect_listen: Option<SocketAddr>,
+    /// Offer HTTP/2 to TLS clients.
+    pub http2: bool,
+    /// Concurrent streams per HTTP/2 connection.
+    pub http2_max_streams: u32,
     /// `server.hsts_max_age` as set (`None`: one year on an https issuer that is not localhost).
     pub hsts_max_age: Option<Duration>,
     pub store: StoreOptions,
@@ -582,6 +586,8 @@ fn validate(
         max_connections: server.max_connections.value.get(),
         certificates,
         redirect_listen: server.redirect_listen.value,
+        http2: server.http2.value,
+        http2_max_streams: server.http2_max_streams.value.get(),
         hsts_max_age: server.hsts_max_age.value.map(|d| d.0),
         store,
         password_policy,

@@ -231,6 +231,11 @@ section! {
         /// with a permanent redirect (308) to the same path on the https public origin. Empty:
         /// none.
         redirect_listen: Option<SocketAddr> = "";
+        /// With TLS: offer HTTP/2 to clients (by ALPN, HTTP/1.1 on the same port). Every HTTP/2
+        /// request is checked exactly as an HTTP/1.1 one and forwarded to upstreams as HTTP/1.1.
+        http2: bool = "true";
+        /// Requests one HTTP/2 connection may have in progress at once.
+        http2_max_streams: Int<1, 10_000> = "100";
         /// With TLS: `Strict-Transport-Security: max-age=…` on every answer, so browsers use
         /// https only. "0s" turns it off. By default one year when the issuer is https and not
         /// localhost (pinning localhost would follow a developer to every local project).

@@ -30,9 +30,10 @@ impl Upstream {
                 // A test can ask for the answer's Cache-Control.
                 let cache_control = req.headers().get("x-test-cache-control").cloned();
                 let method = req.method().to_string();
+                let version = format!("{:?}", req.version());
                 let uri = req.uri().to_string();
                 let body = axum::body::to_bytes(req.into_body(), 1 << 20).await.unwrap_or_default();
-                let record = json!({ "method": method, "uri": uri, "headers": headers, "body": String::from_utf8_lossy(&body) });
+                let record = json!({ "method": method, "version": version, "uri": uri, "headers": headers, "body": String::from_utf8_lossy(&body) });
                 log.lock().expect("log").push(record.clone());
                 let mut resp = axum::response::IntoResponse::into_response(axum::Json(record));
                 if let Some(cc) = cache_control {

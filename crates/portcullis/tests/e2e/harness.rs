@@ -240,6 +240,17 @@ impl Server {
         format!("{}{path}", self.base)
     }
 
+    /// The server's resident memory, in kilobytes (Linux `VmRSS`).
+    pub fn rss_kb(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .expect("the server's /proc status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS")
+    }
+
     /// Sends a signal (`"HUP"`, `"TERM"`) to the server.
     pub fn signal(&self, name: &str) {
         let pid = self.child.id().to_string();

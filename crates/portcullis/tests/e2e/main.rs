@@ -7,6 +7,7 @@ mod config_file;
 mod durability;
 mod gateway;
 mod gateway_upstream;
+mod h2wire;
 mod hardening;
 mod harness;
 mod interop;

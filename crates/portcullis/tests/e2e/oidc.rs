@@ -65,6 +65,18 @@ pub(crate) fn setup(extra_config: &str) -> Idp {
 
 /// [`setup`] on an instance made by the caller (PostgreSQL, say).
 pub(crate) fn setup_on(i: Instance) -> Idp {
+    setup_with(i, reqwest::Client::builder())
+}
+
+/// [`setup`] on an instance serving https with a certificate from the test authority whose
+/// PEM is `ca`.
+pub(crate) fn setup_tls(extra_config: &str, ca: &str) -> Idp {
+    let http = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(ca.as_bytes()).expect("CA"));
+    setup_with(Instance::with_config(extra_config), http)
+}
+
+fn setup_with(i: Instance, http: reqwest::ClientBuilder) -> Idp {
     add_users(&i);
     i.run(&[
         "resource-server",
@@ -109,7 +121,7 @@ pub(crate) fn setup_on(i: Instance) -> Idp {
         .ok();
     let backend: Value = serde_json::from_str(&out).expect("json");
     let server = i.serve();
-    let http = reqwest::Client::builder()
+    let http = http
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .expect("client");

@@ -10,16 +10,21 @@ use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
 use crate::harness::{Instance, Server};
 
 /// A test certificate authority.
-struct Ca {
+pub(crate) struct Ca {
     issuer: Issuer<'static, KeyPair>,
-    pem: String,
+    pub(crate) pem: String,
 }
 
 impl Ca {
-    fn new() -> Ca {
+    pub(crate) fn new() -> Ca {
         let key = KeyPair::generate().expect("CA key");
         let mut params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        // Distinct names for the authority and its leaves: OpenSSL takes a leaf whose issuer is
+        // its own subject for self-signed.
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "portcullis test CA");
         let cert = params.self_signed(&key).expect("CA certificate");
         Ca {
             pem: cert.pem(),
@@ -29,7 +34,12 @@ impl Ca {
 
     /// A leaf certificate for `names`, written to `dir/<file>.pem` and `dir/<file>.key`;
     /// returns the two paths and the leaf's DER.
-    fn leaf(&self, dir: &Path, file: &str, names: &[&str]) -> (PathBuf, PathBuf, Vec<u8>) {
+    pub(crate) fn leaf(
+        &self,
+        dir: &Path,
+        file: &str,
+        names: &[&str],
+    ) -> (PathBuf, PathBuf, Vec<u8>) {
         self.leaf_with(dir, file, names, |_| {})
     }
 
@@ -44,6 +54,10 @@ impl Ca {
         let mut params =
             CertificateParams::new(names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>())
                 .expect("leaf params");
+        params.distinguished_name.push(
+            rcgen::DnType::CommonName,
+            names.first().copied().unwrap_or("leaf"),
+        );
         edit(&mut params);
         let cert = params.signed_by(&key, &self.issuer).expect("leaf");
         let chain = dir.join(format!("{file}.pem"));
@@ -64,14 +78,14 @@ impl Ca {
     }
 }
 
-fn certificates(entries: &[(&Path, &Path)]) -> String {
+pub(crate) fn certificates(entries: &[(&Path, &Path)]) -> String {
     entries
         .iter()
         .map(|(chain, key)| format!("[[server.certificates]]\nchain = {chain:?}\nkey = {key:?}\n"))
         .collect()
 }
 
-fn address(server: &Server) -> SocketAddr {
+pub(crate) fn address(server: &Server) -> SocketAddr {
     let rest = server
         .base
         .strip_prefix("https://")
@@ -189,6 +203,96 @@ async fn the_certificate_is_chosen_by_sni_and_only_tls_1_2_and_1_3_are_spoken() 
     // Plain HTTP on the TLS port is not served.
     let plain = reqwest::get(format!("http://{addr}/healthz")).await;
     assert!(plain.map(|r| r.status().as_u16() != 200).unwrap_or(true));
+}
+
+/// A scanner nobody here wrote (sslscan) against an RSA and an ECDSA certificate: nothing below
+/// TLS 1.2, only forward-secret AEAD suites, no renegotiation, no compression.
+#[tokio::test]
+async fn sslscan_finds_no_old_protocol_and_no_weak_suite() {
+    let dir = tempfile::tempdir().expect("dir");
+    let ca = Ca::new();
+    let (ec_chain, ec_key, _) = ca.leaf(dir.path(), "ec", &["ec.test"]);
+    // An RSA key from OpenSSL, signed by the test authority.
+    let (rsa_chain, rsa_key) = (dir.path().join("rsa.pem"), dir.path().join("rsa.key"));
+    let out = std::process::Command::new("openssl")
+        .args([
+            "genpkey",
+            "-algorithm",
+            "RSA",
+            "-pkeyopt",
+            "rsa_keygen_bits:2048",
+            "-out",
+        ])
+        .arg(&rsa_key)
+        .output()
+        .expect("openssl genpkey");
+    assert!(out.status.success(), "{out:?}");
+    let key =
+        KeyPair::from_pem(&std::fs::read_to_string(&rsa_key).expect("read key")).expect("RSA key");
+    let mut params = CertificateParams::new(vec!["rsa.test".to_owned()]).expect("params");
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "rsa.test");
+    let cert = params.signed_by(&key, &ca.issuer).expect("RSA leaf");
+    std::fs::write(&rsa_chain, cert.pem()).expect("write chain");
+    let i = Instance::with_config(&certificates(&[
+        (&ec_chain, &ec_key),
+        (&rsa_chain, &rsa_key),
+    ]));
+    let server = i.serve();
+    let addr = address(&server);
+    for name in ["ec.test", "rsa.test"] {
+        let out = std::process::Command::new("sslscan")
+            .args([
+                "--no-colour",
+                "--no-check-certificate",
+                "--no-heartbleed",
+                "--no-groups",
+            ])
+            .args(["--no-fallback", "--no-compression", "--sni-name", name])
+            .arg(addr.to_string())
+            .output()
+            .expect("sslscan (apt-get install sslscan)");
+        let report = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(out.status.success(), "{report}");
+        for old in ["SSLv2", "SSLv3", "TLSv1.0", "TLSv1.1"] {
+            assert!(
+                report
+                    .lines()
+                    .any(|l| l.starts_with(old) && l.ends_with("disabled")),
+                "{name}: {old} must be disabled: {report}"
+            );
+        }
+        for new in ["TLSv1.2", "TLSv1.3"] {
+            assert!(
+                report
+                    .lines()
+                    .any(|l| l.starts_with(new) && l.ends_with("enabled")),
+                "{name}: {new} must be enabled: {report}"
+            );
+        }
+        let suites: Vec<&str> = report
+            .lines()
+            .filter(|l| l.starts_with("Preferred") || l.starts_with("Accepted"))
+            .collect();
+        assert!(suites.len() >= 3, "{name}: {report}");
+        for line in &suites {
+            let suite = line.split_whitespace().nth(4).unwrap_or_default();
+            let forward_secret = suite.starts_with("TLS_") || suite.starts_with("ECDHE-");
+            let aead = suite.contains("GCM")
+                || suite.contains("CHACHA20-POLY1305")
+                || suite.contains("CHACHA20_POLY1305");
+            assert!(forward_secret && aead, "{name}: weak suite {line}");
+        }
+        assert!(
+            report.contains("Session renegotiation not supported"),
+            "{name}: {report}"
+        );
+        eprintln!(
+            "{name}: {} suites, all TLS 1.2/1.3 ECDHE AEAD",
+            suites.len()
+        );
+    }
 }
 
 #[tokio::test]

@@ -6,6 +6,7 @@
 mod authn;
 mod authz;
 mod forward;
+mod http2;
 mod paths;
 mod telemetry;
 
@@ -104,6 +105,46 @@ struct Env {
 
 async fn env() -> Env {
     let upstream = Upstream::start().await;
+    let files = site_files();
+    let mut idp = setup(&config(&upstream.base, files.path()));
+    let ada = token_for(&mut idp, "ada").await;
+    let root = token_for(&mut idp, "root").await;
+    Env {
+        _files: files,
+        idp,
+        upstream,
+        ada,
+        root,
+    }
+}
+
+/// [`env`] over https with a certificate for `localhost` and `127.0.0.1` from a test authority
+/// (HTTP/2 on, as by default); the authority's PEM comes along.
+async fn env_tls() -> (Env, String) {
+    let upstream = Upstream::start().await;
+    let files = site_files();
+    let ca = crate::tls::Ca::new();
+    let (chain, key, _) = ca.leaf(files.path(), "server", &["localhost", "127.0.0.1"]);
+    let config = format!(
+        "{}\n{}",
+        config(&upstream.base, files.path()),
+        crate::tls::certificates(&[(&chain, &key)])
+    );
+    let mut idp = crate::oidc::setup_tls(&config, &ca.pem);
+    let ada = token_for(&mut idp, "ada").await;
+    let root = token_for(&mut idp, "root").await;
+    let env = Env {
+        _files: files,
+        idp,
+        upstream,
+        ada,
+        root,
+    };
+    (env, ca.pem)
+}
+
+/// The static files the routes of [`config`] serve.
+fn site_files() -> tempfile::TempDir {
     let files = tempfile::tempdir().expect("dir");
     let dir = files.path().join("static");
     std::fs::create_dir(&dir).expect("mkdir");
@@ -121,16 +162,7 @@ async fn env() -> Env {
         "<!doctype html><title>spa</title>",
     )
     .expect("write");
-    let mut idp = setup(&config(&upstream.base, files.path()));
-    let ada = token_for(&mut idp, "ada").await;
-    let root = token_for(&mut idp, "root").await;
-    Env {
-        _files: files,
-        idp,
-        upstream,
-        ada,
-        root,
-    }
+    files
 }
 
 pub(crate) async fn token_for(idp: &mut Idp, user: &str) -> String {

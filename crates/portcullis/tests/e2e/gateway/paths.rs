@@ -186,14 +186,23 @@ async fn request_bodies_over_the_limit_are_refused() {
     );
 }
 
-/// Hostile request targets and headers, generated: none gets a 500 or takes the server down,
-/// and nothing ambiguous reaches the upstream.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn generated_hostile_requests_get_no_500_and_reach_nothing_ambiguous() {
-    let e = env().await;
+/// One generated hostile request: method, target, one extra header line (`Name: value\r\n`
+/// or empty), and whether it carries a valid token.
+pub(super) struct Generated {
+    pub(super) method: &'static str,
+    pub(super) path: String,
+    pub(super) head: &'static str,
+    pub(super) token: bool,
+}
+
+/// The seed of [`generated`], printed with a failure so it can be replayed.
+pub(super) const SEED: u64 = 0x9E37_79B9_7F4A_7C15;
+
+/// Hostile request targets and headers, generated deterministically from [`SEED`] (the same
+/// list for HTTP/1.1 and HTTP/2).
+pub(super) fn generated(count: usize) -> Vec<Generated> {
     // xorshift64*: deterministic, so a failure can be replayed from the seed it prints.
-    let seed: u64 = 0x9E37_79B9_7F4A_7C15;
-    let mut state = seed;
+    let mut state = SEED;
     let mut next = move || {
         state ^= state >> 12;
         state ^= state << 25;
@@ -251,8 +260,8 @@ async fn generated_hostile_requests_get_no_500_and_reach_nothing_ambiguous() {
     let methods = [
         "GET", "GET", "POST", "DELETE", "OPTIONS", "HEAD", "PUT", "PATCH",
     ];
-    let before = e.upstream.count();
-    for n in 0..300 {
+    let mut out = Vec::with_capacity(count);
+    for n in 0..count {
         let mut pick = |list: &[&'static str]| list[(next() % list.len() as u64) as usize];
         let mut path = format!("/{}", pick(&first));
         for _ in 0..(pick(&["0", "1", "2", "3"]).len() + n % 3) {
@@ -266,33 +275,21 @@ async fn generated_hostile_requests_get_no_500_and_reach_nothing_ambiguous() {
         }
         let method = pick(&methods);
         let head = pick(&heads);
-        let token = if pick(&["t", "-"]) == "t" {
-            format!("Authorization: Bearer {}\r\n", e.ada)
-        } else {
-            String::new()
-        };
-        // A chunked request carries its (empty) body; one that never sends it is below.
-        let body = if head.contains("chunked") {
-            "0\r\n\r\n"
-        } else {
-            ""
-        };
-        let request = format!(
-            "{method} {path} HTTP/1.1\r\nHost: x\r\n{head}{token}Connection: close\r\n\r\n{body}"
-        );
-        let resp = raw_request(&e, &request);
-        assert!(
-            !resp.starts_with("HTTP/1.1 5"),
-            "request {n} (seed {seed:#x}) {request:?} -> {resp}"
-        );
+        let token = pick(&["t", "-"]) == "t";
+        out.push(Generated {
+            method,
+            path,
+            head,
+            token,
+        });
     }
-    let seen = e.upstream.seen.lock().expect("log").clone();
-    let forwarded = seen.len() - before;
-    eprintln!("{forwarded} of 300 generated requests were forwarded");
-    assert!(
-        forwarded > 10,
-        "the generator should also make requests that pass"
-    );
+    out
+}
+
+/// Fails if a request the upstream saw since `before` has a path that means more than one
+/// thing.
+pub(super) fn assert_nothing_ambiguous_forwarded(upstream: &Upstream, before: usize) -> usize {
+    let seen = upstream.seen.lock().expect("log").clone();
     for r in &seen[before..] {
         let uri = r["uri"].as_str().unwrap_or_default().to_ascii_lowercase();
         let path = uri.split('?').next().unwrap_or_default();
@@ -303,6 +300,43 @@ async fn generated_hostile_requests_get_no_500_and_reach_nothing_ambiguous() {
             );
         }
     }
+    seen.len() - before
+}
+
+/// Hostile request targets and headers, generated: none gets a 500 or takes the server down,
+/// and nothing ambiguous reaches the upstream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn generated_hostile_requests_get_no_500_and_reach_nothing_ambiguous() {
+    let e = env().await;
+    let before = e.upstream.count();
+    for (n, g) in generated(300).into_iter().enumerate() {
+        let token = if g.token {
+            format!("Authorization: Bearer {}\r\n", e.ada)
+        } else {
+            String::new()
+        };
+        // A chunked request carries its (empty) body; one that never sends it is below.
+        let body = if g.head.contains("chunked") {
+            "0\r\n\r\n"
+        } else {
+            ""
+        };
+        let request = format!(
+            "{} {} HTTP/1.1\r\nHost: x\r\n{}{token}Connection: close\r\n\r\n{body}",
+            g.method, g.path, g.head
+        );
+        let resp = raw_request(&e, &request);
+        assert!(
+            !resp.starts_with("HTTP/1.1 5"),
+            "request {n} (seed {SEED:#x}) {request:?} -> {resp}"
+        );
+    }
+    let forwarded = assert_nothing_ambiguous_forwarded(&e.upstream, before);
+    eprintln!("{forwarded} of 300 generated requests were forwarded");
+    assert!(
+        forwarded > 10,
+        "the generator should also make requests that pass"
+    );
     // A body promised and never sent: the client's delay (408), not the upstream's (504).
     let resp = raw_request(
         &e,
