@@ -31,7 +31,7 @@ PEER_THREADS=${PEER_THREADS:-$(nproc)}   # nginx workers / HAProxy threads: peer
 UPSTREAM=${UPSTREAM:-hyper}
 LATENCY=${LATENCY:-1}
 if [[ "${1:-}" == "--install" ]]; then
-    apt-get install -y -qq nginx haproxy wrk hey >/dev/null
+    apt-get install -y -qq nginx haproxy wrk hey nghttp2-client >/dev/null
 fi
 command -v wrk >/dev/null || { echo "install wrk: apt-get install wrk" >&2; exit 1; }
 target=${CARGO_TARGET_DIR:-target}

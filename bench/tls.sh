@@ -5,6 +5,8 @@
 #   keep-alive   HTTPS keep-alive through each proxy to the same upstream: nginx plain proxying
 #                (upstream keep-alive, 2 workers), portcullis with full authorization (ES256
 #                Bearer token, policy)
+#   http2        the same over HTTP/2 with h2load (-c CONNS, -m H2_STREAMS streams each); nginx
+#                terminates HTTP/2 and proxies HTTP/1.1 with upstream keep-alive, as portcullis does
 #
 #   bench/tls.sh                 # 10 s per target; DURATION=30s ROUNDS=3 for steadier numbers
 set -euo pipefail
@@ -13,7 +15,9 @@ DURATION=${DURATION:-10s}
 ROUNDS=${ROUNDS:-3}
 CONNS=${CONNS:-32}
 PEER_THREADS=${PEER_THREADS:-$(nproc)}
-command -v wrk >/dev/null && command -v nginx >/dev/null || { echo "needs wrk and nginx: bench/gateway.sh --install" >&2; exit 1; }
+H2_STREAMS=${H2_STREAMS:-4}
+command -v wrk >/dev/null && command -v nginx >/dev/null && command -v h2load >/dev/null \
+    || { echo "needs wrk, nginx and h2load: bench/gateway.sh --install" >&2; exit 1; }
 target=${CARGO_TARGET_DIR:-target}
 cargo build --release --quiet
 cargo build --release --quiet -p portcullis-gateway --example upstream
@@ -71,7 +75,7 @@ http {
     ssl_protocols TLSv1.2 TLSv1.3;
     ssl_session_cache shared:SSL:10m;
     server {
-        listen 127.0.0.1:$ng_port ssl;
+        listen 127.0.0.1:$ng_port ssl http2;
         ssl_certificate $tmp/cert.pem;
         ssl_certificate_key $tmp/key.pem;
         location = /healthz { return 200 'ok'; }
@@ -90,6 +94,8 @@ targets=(
     "portcullis: new TLS handshake per request|https://localhost:$pc_port/healthz|close|$pc_pid"
     "nginx: HTTPS keep-alive, plain proxy (2 workers)|https://localhost:$ng_port/api/admin/x||$ng_pid"
     "portcullis: HTTPS keep-alive, full auth|https://localhost:$pc_port/api/admin/x|bearer|$pc_pid"
+    "nginx: HTTP/2, plain proxy (2 workers)|https://localhost:$ng_port/api/admin/x|h2|$ng_pid"
+    "portcullis: HTTP/2, full auth|https://localhost:$pc_port/api/admin/x|h2 bearer|$pc_pid"
 )
 declare -A rates cpus
 for _ in $(seq "$ROUNDS"); do
@@ -98,16 +104,29 @@ for _ in $(seq "$ROUNDS"); do
         hdr=()
         [[ "$mode" == close ]] && hdr=(-H "Connection: close")
         [[ "$mode" == bearer ]] && hdr=(-H "Authorization: Bearer $token")
+        [[ "$mode" == "h2 bearer" ]] && hdr=(-H "Authorization: Bearer $token")
         before=$(cpu_ticks "$pid")
-        wrk -t1 -c"$CONNS" -d"$DURATION" "${hdr[@]}" "$url" > "$tmp/wrk.out"
+        if [[ "$mode" == h2* ]]; then
+            h2load -t1 -c"$CONNS" -m"$H2_STREAMS" -D"${DURATION%s}" "${hdr[@]}" "$url" > "$tmp/h2.out"
+            grep -q 'Application protocol: h2' "$tmp/h2.out" || { cat "$tmp/h2.out" >&2; exit 1; }
+            requests=$(grep -oP 'requests: \d+ total, \d+ started, \K\d+(?= done)' "$tmp/h2.out")
+            rate=$(grep -oP 'finished in [0-9.]+s, \K[0-9.]+(?= req/s)' "$tmp/h2.out")
+            ok=$(grep -oP 'status codes: \K\d+(?= 2xx)' "$tmp/h2.out")
+            # Requests cut off by the end of the run are not answered; any other non-2xx is reported.
+            (( requests - ok <= requests / 1000 )) || { echo "$name: only $ok of $requests answered 2xx" >&2; cat "$tmp/h2.out" >&2; exit 1; }
+            (( requests == ok )) || echo "note: $name: $((requests - ok)) of $requests not answered 2xx" >&2
+        else
+            wrk -t1 -c"$CONNS" -d"$DURATION" "${hdr[@]}" "$url" > "$tmp/wrk.out"
+            requests=$(grep -oP '^\s*\K[0-9]+(?= requests in)' "$tmp/wrk.out")
+            rate=$(grep -oP 'Requests/sec:\s+\K[0-9.]+' "$tmp/wrk.out")
+        fi
         after=$(cpu_ticks "$pid")
-        requests=$(grep -oP '^\s*\K[0-9]+(?= requests in)' "$tmp/wrk.out")
-        rates[$name]+="$(grep -oP 'Requests/sec:\s+\K[0-9.]+' "$tmp/wrk.out") "
+        rates[$name]+="$rate "
         cpus[$name]+="$(awk -v t=$((after - before)) -v n="$requests" 'BEGIN { printf "%.1f", t * 10000 / n }') "
     done
 done
 median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }'; }
-echo "TLS benchmark, $(date -u +%Y-%m-%d), $(nproc) cores, ECDSA P-256, wrk -t1 -c$CONNS -d$DURATION, median of $ROUNDS rounds"
+echo "TLS benchmark, $(date -u +%Y-%m-%d), $(nproc) cores, ECDSA P-256, wrk -t1 -c$CONNS -d$DURATION (HTTP/2: h2load -t1 -c$CONNS -m$H2_STREAMS), median of $ROUNDS rounds"
 echo
 echo "| target | req/s (median) | all rounds | CPU µs/request |"
 echo "|---|---:|---|---:|"
@@ -121,3 +140,4 @@ echo
 ratio() { awk -v a="${rate[$1]}" -v b="${rate[$2]}" 'BEGIN { printf "%.2f", a / b }'; }
 echo "handshakes, portcullis / nginx: $(ratio "portcullis: new TLS handshake per request" "nginx: new TLS handshake per request (2 workers)")"
 echo "HTTPS keep-alive, portcullis full auth / nginx plain proxy: $(ratio "portcullis: HTTPS keep-alive, full auth" "nginx: HTTPS keep-alive, plain proxy (2 workers)")"
+echo "HTTP/2, portcullis full auth / nginx plain proxy: $(ratio "portcullis: HTTP/2, full auth" "nginx: HTTP/2, plain proxy (2 workers)")"

@@ -7,6 +7,7 @@
 //! share, and runs through sqlx's `Any` driver; backend-specific set-up (SQLite pragmas, the
 //! migration lock) lives in [`open`](Store::open) only.
 
+mod acme;
 mod availability;
 mod clients;
 mod error;
@@ -22,6 +23,7 @@ mod users;
 #[cfg(test)]
 mod tests;
 
+pub use acme::{AcmeCertificate, AcmeChallenge};
 pub use clients::{Client, ResourceServer};
 pub use error::StoreError;
 pub use groups::{Group, NewGroup};

@@ -27,6 +27,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "refresh rotation in milliseconds",
         include_str!("../migrations/0004_refresh_rotation_ms.sql"),
     ),
+    (5, "acme", include_str!("../migrations/0005_acme.sql")),
 ];
 
 pub(crate) async fn run(store: &Store) -> Result<(), StoreError> {

@@ -11,8 +11,8 @@ use std::time::Duration;
 use sqlx::Executor;
 
 use crate::{
-    AuthCode, Client, CodeUse, NewGroup, NewUser, RefreshToken, ResourceServer, Rotation, Session,
-    Store, StoreError, StoreOptions, StoredKey, UserStatus,
+    AcmeCertificate, AcmeChallenge, AuthCode, Client, CodeUse, NewGroup, NewUser, RefreshToken,
+    ResourceServer, Rotation, Session, Store, StoreError, StoreOptions, StoredKey, UserStatus,
 };
 
 /// Keeps a test's database alive for the length of the test.
@@ -96,7 +96,130 @@ both_backends!(
     login_failures_lock_with_doubling_delay,
     signing_keys_publish_and_retire,
     policy_versions,
+    acme_state_is_shared_and_one_node_holds_the_lease,
 );
+
+async fn acme_state_is_shared_and_one_node_holds_the_lease(store: Store) {
+    let dir = "https://acme.example/directory";
+    assert_eq!(
+        store
+            .acme_account_get_or_insert(dir, None, 1)
+            .await
+            .expect("get"),
+        None
+    );
+    let first = store
+        .acme_account_get_or_insert(dir, Some("sealed-a"), 1)
+        .await
+        .expect("put");
+    let second = store
+        .acme_account_get_or_insert(dir, Some("sealed-b"), 2)
+        .await
+        .expect("put");
+    assert_eq!(
+        (first.as_deref(), second.as_deref()),
+        (Some("sealed-a"), Some("sealed-a")),
+        "the first account wins"
+    );
+
+    let mut cert = AcmeCertificate {
+        names: "a.example,b.example".into(),
+        chain_pem: "chain-1".into(),
+        sealed_key: "key-1".into(),
+        not_after: 100,
+        updated_at: 10,
+    };
+    store.acme_certificate_put(&cert).await.expect("put");
+    cert.chain_pem = "chain-2".into();
+    cert.updated_at = 20;
+    store.acme_certificate_put(&cert).await.expect("replace");
+    assert_eq!(
+        store
+            .acme_certificate("a.example,b.example")
+            .await
+            .expect("get"),
+        Some(cert)
+    );
+    assert_eq!(
+        store.acme_certificate("a.example").await.expect("get"),
+        None
+    );
+
+    let challenge = |lookup: &str, expires_at| AcmeChallenge {
+        kind: "http-01".into(),
+        lookup: lookup.into(),
+        answer: format!("{lookup}.thumbprint"),
+        expires_at,
+    };
+    store
+        .acme_challenge_put(&challenge("t1", 50))
+        .await
+        .expect("put");
+    store
+        .acme_challenge_put(&challenge("t2", 5))
+        .await
+        .expect("put");
+    assert_eq!(
+        store.acme_challenges(10).await.expect("list"),
+        vec![challenge("t1", 50)]
+    );
+    store
+        .acme_challenge_delete("http-01", "t1", 10)
+        .await
+        .expect("delete");
+    assert!(
+        store.acme_challenges(0).await.expect("list").is_empty(),
+        "t1 removed, t2 expired"
+    );
+
+    assert!(
+        store
+            .acme_lease_take("order", "node-a", 100, 200)
+            .await
+            .expect("take")
+    );
+    assert!(
+        !store
+            .acme_lease_take("order", "node-b", 150, 250)
+            .await
+            .expect("take"),
+        "node-a holds it"
+    );
+    assert!(
+        store
+            .acme_lease_take("order", "node-a", 150, 300)
+            .await
+            .expect("extend")
+    );
+    assert!(
+        store
+            .acme_lease_take("order", "node-b", 300, 400)
+            .await
+            .expect("take"),
+        "expired"
+    );
+    store
+        .acme_lease_release("order", "node-a")
+        .await
+        .expect("release");
+    assert!(
+        !store
+            .acme_lease_take("order", "node-a", 310, 400)
+            .await
+            .expect("take"),
+        "not node-a's to release"
+    );
+    store
+        .acme_lease_release("order", "node-b")
+        .await
+        .expect("release");
+    assert!(
+        store
+            .acme_lease_take("order", "node-a", 310, 400)
+            .await
+            .expect("take")
+    );
+}
 
 fn new_user(name: &str, groups: &[&str]) -> NewUser {
     NewUser {

@@ -120,8 +120,19 @@ pub async fn serve(
                     match tokio::time::timeout(limits.header_timeout, acceptor.accept(stream)).await
                     {
                         Ok(Ok(stream)) => {
-                            let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
-                            if h2 {
+                            let alpn = stream.get_ref().1.alpn_protocol();
+                            if alpn == Some(crate::acme::ACME_TLS_ALPN) {
+                                // A TLS-ALPN-01 validation: the handshake was the answer.
+                                let mut stream = stream;
+                                let _ = tokio::time::timeout(
+                                    Duration::from_secs(1),
+                                    tokio::io::AsyncWriteExt::shutdown(&mut stream),
+                                )
+                                .await;
+                                drop(slot);
+                                return;
+                            }
+                            if alpn == Some(b"h2") {
                                 conn.http2(stream).await
                             } else {
                                 conn.http1(stream).await

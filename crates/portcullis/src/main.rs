@@ -1,6 +1,7 @@
 //! The `portcullis` binary: command line, configuration and wiring. Everything it does is
 //! implemented in the library crates; this crate only connects them.
 
+mod acme;
 mod app;
 mod commands;
 mod config;

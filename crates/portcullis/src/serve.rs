@@ -52,7 +52,8 @@ pub async fn run_config(
         .local_addr()
         .map_err(|e| Failure::internal(e.to_string()))?;
     if !config.issuer_configured {
-        let issuer = crate::config::issuer_for(local, !config.certificates.is_empty());
+        let tls = !config.certificates.is_empty() || config.acme.is_some();
+        let issuer = crate::config::default_issuer(local, tls, config.acme.as_ref());
         config.idp.secure_cookies =
             issuer.starts_with("https://") || portcullis_idp::is_localhost(&issuer);
         config.idp.issuer = issuer;
@@ -102,11 +103,30 @@ pub async fn run_config(
         shutdown_grace: app.config.shutdown_grace,
         max_streams: app.config.http2_max_streams,
     };
-    let tls = if app.config.certificates.is_empty() {
+    let answers = app
+        .config
+        .acme
+        .as_ref()
+        .map(|_| Arc::new(crate::acme::Answers::default()));
+    let tls = if app.config.certificates.is_empty() && app.config.acme.is_none() {
         None
     } else {
-        let resolver = crate::tls::Resolver::new(app.config.certificates.clone());
+        let resolver = crate::tls::Resolver::new(app.config.certificates.clone(), answers.clone());
         crate::tls::spawn_reload(resolver.clone(), portcullis_token::Clock::system());
+        if let (Some(acme), Some(answers)) = (&app.config.acme, &answers) {
+            let sealer =
+                portcullis_token::KeyEncryptionKey::derive_for(&app.instance_secret, "acme v1")
+                    .map_err(|e| Failure::internal(e.to_string()))?;
+            crate::acme::start(
+                acme.clone(),
+                app.store.clone(),
+                sealer,
+                resolver.clone(),
+                answers.clone(),
+                portcullis_token::Clock::system(),
+            )
+            .await;
+        }
         let config = crate::tls::server_config(resolver, app.config.http2)
             .map_err(|e| Failure::internal(format!("cannot set up TLS: {e}")))?;
         Some(tokio_rustls::TlsAcceptor::from(config))
@@ -115,7 +135,7 @@ pub async fn run_config(
     let hsts = tls.as_ref().and_then(|_| hsts_header(&app.config));
     if let (Some(addr), Some(_)) = (app.config.redirect_listen, &tls) {
         let origin = app.gateway.settings().public_origin.clone();
-        spawn_redirect_listener(addr, origin, limits).await?;
+        spawn_redirect_listener(addr, origin, limits, answers.clone()).await?;
     }
     // The last line of the start-up banner on stdout, so scripts and tests started with port 0
     // learn the port.
@@ -176,11 +196,13 @@ fn hsts_header(config: &Config) -> Option<axum::http::HeaderValue> {
 
 /// `server.redirect_listen`: plain HTTP that answers every request with 308 to the same path
 /// and query on the https origin. It never reads a body nor trusts `Host` for the target, and
-/// has the main listener's limits (header timeout, connection cap).
+/// has the main listener's limits (header timeout, connection cap). With ACME it also answers
+/// HTTP-01 challenges (`/.well-known/acme-challenge/<token>`).
 async fn spawn_redirect_listener(
     addr: SocketAddr,
     origin: String,
     limits: Limits,
+    answers: Option<Arc<crate::acme::Answers>>,
 ) -> Result<(), Failure> {
     let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
         Failure::user(format!(
@@ -210,6 +232,25 @@ async fn spawn_redirect_listener(
             )
         }
     });
+    let redirect = match answers {
+        Some(answers) => redirect.route(
+            "/.well-known/acme-challenge/{token}",
+            get(
+                move |axum::extract::Path(token): axum::extract::Path<String>| async move {
+                    match answers.http01(&token) {
+                        Some(key_authorization) => (
+                            StatusCode::OK,
+                            [(header::CONTENT_TYPE, "text/plain")],
+                            key_authorization,
+                        )
+                            .into_response(),
+                        None => StatusCode::NOT_FOUND.into_response(),
+                    }
+                },
+            ),
+        ),
+        None => redirect,
+    };
     tokio::spawn(crate::http_server::serve(
         listener,
         None,

@@ -76,11 +76,6 @@ pub fn load(files: &CertificateFiles, now: i64) -> Result<Loaded, CertificateErr
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&chain_pem)
         .collect::<Result<_, _>>()
         .map_err(|e| read_err(&files.chain, e))?;
-    let Some(leaf) = chain.first() else {
-        return Err(CertificateError::NoCertificate {
-            path: display(&files.chain),
-        });
-    };
     let key_pem = std::fs::read(&files.key).map_err(|e| read_err(&files.key, e))?;
     let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| match e {
         rustls_pki_types::pem::Error::NoItemsFound => CertificateError::NoKey {
@@ -88,15 +83,46 @@ pub fn load(files: &CertificateFiles, now: i64) -> Result<Loaded, CertificateErr
         },
         e => read_err(&files.key, e),
     })?;
+    let (key, names, not_after) = check(
+        chain,
+        key,
+        now,
+        &display(&files.chain),
+        &display(&files.key),
+    )?;
+    Ok(Loaded {
+        files: files.clone(),
+        key,
+        names,
+        not_after,
+        modified,
+    })
+}
+
+/// Checks a parsed chain and key (`chain_label`, `key_label` name them in errors): the leaf
+/// parses, is not expired at `now`, names DNS names, and the key belongs to it.
+fn check(
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+    now: i64,
+    chain_label: &str,
+    key_label: &str,
+) -> Result<(Arc<CertifiedKey>, Vec<String>, i64), CertificateError> {
+    let display = |p: &str| p.to_owned();
+    let Some(leaf) = chain.first() else {
+        return Err(CertificateError::NoCertificate {
+            path: display(chain_label),
+        });
+    };
     let (_, cert) =
         x509_parser::parse_x509_certificate(leaf).map_err(|e| CertificateError::Parse {
-            path: display(&files.chain),
+            path: display(chain_label),
             reason: e.to_string(),
         })?;
     let not_after = cert.validity().not_after.timestamp();
     if not_after < now {
         return Err(CertificateError::Expired {
-            path: display(&files.chain),
+            path: display(chain_label),
             expired: cert.validity().not_after.to_string(),
         });
     }
@@ -119,27 +145,34 @@ pub fn load(files: &CertificateFiles, now: i64) -> Result<Loaded, CertificateErr
         .unwrap_or_default();
     if names.is_empty() {
         return Err(CertificateError::NoNames {
-            path: display(&files.chain),
+            path: display(chain_label),
         });
     }
     let provider = rustls::crypto::aws_lc_rs::default_provider();
     let certified = CertifiedKey::from_der(chain.clone(), key, &provider).map_err(|e| match e {
         rustls::Error::InconsistentKeys(_) => CertificateError::Mismatch {
-            chain: display(&files.chain),
-            key: display(&files.key),
+            chain: display(chain_label),
+            key: display(key_label),
         },
         e => CertificateError::Key {
-            path: display(&files.key),
+            path: display(key_label),
             reason: e.to_string(),
         },
     })?;
-    Ok(Loaded {
-        files: files.clone(),
-        key: Arc::new(certified),
-        names,
-        not_after,
-        modified,
-    })
+    Ok((Arc::new(certified), names, not_after))
+}
+
+/// A chain and key from PEM text (an ACME certificate from the store): the checks of [`load`].
+/// Returns the key rustls serves, the DNS names and `notAfter`.
+pub fn parse(
+    chain_pem: &[u8],
+    key_pem: &[u8],
+) -> Result<(Arc<CertifiedKey>, Vec<String>, i64), String> {
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(chain_pem)
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("the certificate chain: {e}"))?;
+    let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| format!("the key: {e}"))?;
+    check(chain, key, 0, "the certificate", "the key").map_err(|e| e.to_string())
 }
 
 fn mtime(path: &Path) -> Option<SystemTime> {
@@ -148,37 +181,60 @@ fn mtime(path: &Path) -> Option<SystemTime> {
 
 /// Picks the certificate for a handshake by SNI: an exact name, then a wildcard one label deep
 /// (`*.example.com`); without SNI, or for a name no certificate has, the first certificate.
+/// The certificate obtained by ACME, if any, comes after the files' certificates, and with
+/// ACME a validation handshake (ALPN `acme-tls/1`) gets the TLS-ALPN-01 answer for its name.
 #[derive(Debug)]
 pub struct Resolver {
     certs: ArcSwap<Vec<Loaded>>,
+    issued: ArcSwap<Option<crate::acme::Issued>>,
+    answers: Option<Arc<crate::acme::Answers>>,
+}
+
+/// Whether `name` (lowercase) is one of `names`, exactly or by a one-label wildcard.
+fn covers(names: &[String], name: &str) -> bool {
+    names.iter().any(|pattern| {
+        pattern == name
+            || pattern
+                .strip_prefix("*.")
+                .is_some_and(|suffix| name.split_once('.').is_some_and(|(_, rest)| rest == suffix))
+    })
 }
 
 impl Resolver {
-    /// `certs` must not be empty (the configuration refuses an empty list with TLS on).
-    pub fn new(certs: Vec<Loaded>) -> Arc<Resolver> {
+    /// The files' certificates, and with ACME its challenge answers.
+    pub fn new(certs: Vec<Loaded>, answers: Option<Arc<crate::acme::Answers>>) -> Arc<Resolver> {
         Arc::new(Resolver {
             certs: ArcSwap::from_pointee(certs),
+            issued: ArcSwap::from_pointee(None),
+            answers,
         })
+    }
+
+    /// The certificate obtained by ACME that is served now.
+    pub fn issued(&self) -> Option<crate::acme::Issued> {
+        self.issued.load().as_ref().clone()
+    }
+
+    pub fn set_issued(&self, issued: Option<crate::acme::Issued>) {
+        self.issued.store(Arc::new(issued));
     }
 
     fn pick(&self, name: Option<&str>) -> Option<Arc<CertifiedKey>> {
         let certs = self.certs.load();
+        let issued = self.issued.load();
         let name = name.map(str::to_ascii_lowercase);
-        let matches = |c: &&Loaded| {
-            name.as_deref().is_some_and(|n| {
-                c.names.iter().any(|pattern| {
-                    pattern == n
-                        || pattern.strip_prefix("*.").is_some_and(|suffix| {
-                            n.split_once('.').is_some_and(|(_, rest)| rest == suffix)
-                        })
-                })
-            })
-        };
+        if let Some(name) = name.as_deref() {
+            if let Some(c) = certs.iter().find(|c| covers(&c.names, name)) {
+                return Some(c.key.clone());
+            }
+            if let Some(i) = issued.as_ref().as_ref().filter(|i| covers(&i.names, name)) {
+                return Some(i.key.clone());
+            }
+        }
         certs
-            .iter()
-            .find(matches)
-            .or_else(|| certs.first())
+            .first()
             .map(|c| c.key.clone())
+            .or_else(|| issued.as_ref().as_ref().map(|i| i.key.clone()))
     }
 
     /// Reloads every certificate whose files changed (`force`: every certificate). A file that
@@ -215,6 +271,13 @@ impl Resolver {
 
 impl ResolvesServerCert for Resolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let validating = hello
+            .alpn()
+            .is_some_and(|mut offered| offered.any(|p| p == crate::acme::ACME_TLS_ALPN));
+        if validating {
+            // Only the answer, never a real certificate, and nothing without ACME on.
+            return self.answers.as_ref()?.tls_alpn01(hello.server_name()?);
+        }
         self.pick(hello.server_name())
     }
 }
@@ -225,6 +288,7 @@ pub fn server_config(
     resolver: Arc<Resolver>,
     http2: bool,
 ) -> Result<Arc<rustls::ServerConfig>, rustls::Error> {
+    let acme = resolver.answers.is_some();
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
@@ -235,6 +299,11 @@ pub fn server_config(
     } else {
         vec![b"http/1.1".to_vec()]
     };
+    if acme {
+        config
+            .alpn_protocols
+            .push(crate::acme::ACME_TLS_ALPN.to_vec());
+    }
     config.ticketer = rustls::crypto::aws_lc_rs::Ticketer::new()?;
     Ok(Arc::new(config))
 }

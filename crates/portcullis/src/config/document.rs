@@ -115,26 +115,27 @@ pub(super) fn read(
     None
 }
 
-/// Inserts an override at `section.key` (or a top-level key), creating the section if the file
-/// has none. A section that is not a table is left alone: deserializing reports it.
+/// Inserts an override at `section.key` (or a top-level key, or `section.sub.key`), creating
+/// the sections the file lacks. A section that is not a table is left alone: deserializing
+/// reports it.
 fn insert(root: &mut DeTable<'_>, path: &str, value: &str, span: Range<usize>) {
-    let value = Spanned::new(span.clone(), DeValue::String(Cow::Owned(value.to_owned())));
-    let (table, leaf) = match path.split_once('.') {
-        None => (root, path),
-        Some((section, leaf)) => {
+    match path.split_once('.') {
+        None => {
+            let value = Spanned::new(span.clone(), DeValue::String(Cow::Owned(value.to_owned())));
+            root.insert(Spanned::new(span, Cow::Owned(path.to_owned())), value);
+        }
+        Some((section, rest)) => {
             if root.get(section).is_none() {
                 root.insert(
                     Spanned::new(span.clone(), Cow::Owned(section.to_owned())),
                     Spanned::new(span.clone(), DeValue::Table(DeTable::new())),
                 );
             }
-            match root.get_mut(section).map(Spanned::get_mut) {
-                Some(DeValue::Table(t)) => (t, leaf),
-                _ => return,
+            if let Some(DeValue::Table(t)) = root.get_mut(section).map(Spanned::get_mut) {
+                insert(t, rest, value, span);
             }
         }
-    };
-    table.insert(Spanned::new(span, Cow::Owned(leaf.to_owned())), value);
+    }
 }
 
 fn contains(span: &Range<usize>, at: usize) -> bool {

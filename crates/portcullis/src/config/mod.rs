@@ -135,6 +135,8 @@ pub struct Config {
     pub max_connections: usize,
     /// `[[server.certificates]]`, loaded and checked: with any, the listener speaks TLS.
     pub certificates: Vec<crate::tls::Loaded>,
+    /// `[server.acme]`, when it names domains.
+    pub acme: Option<crate::acme::AcmeConfig>,
     /// The plain-HTTP listener that redirects to https, if any.
     pub redirect_listen: Option<SocketAddr>,
     /// Offer HTTP/2 to TLS clients.
@@ -451,16 +453,21 @@ fn validate(
         }
     }
 
+    let acme = acme_config(&server.acme, server.redirect_listen.value.is_some(), check);
     let issuer = idp_file.issuer.value.map(|u| u.0);
-    let tls = !server.certificates.is_empty();
+    let tls = !server.certificates.is_empty() || acme.is_some();
     if !tls && server.redirect_listen.value.is_some() {
         check.error(
             server.redirect_listen.span.as_ref(),
             "server.redirect_listen",
-            "redirects to https, so it needs [[server.certificates]]",
+            "redirects to https, so it needs [[server.certificates]] or [server.acme]",
         );
     }
-    let mut idp = IdpSettings::new(issuer.clone().unwrap_or_else(|| issuer_for(listen, tls)));
+    let mut idp = IdpSettings::new(
+        issuer
+            .clone()
+            .unwrap_or_else(|| default_issuer(listen, tls, acme.as_ref())),
+    );
     idp.groups_claim = idp_file.groups_claim.value;
     if idp.groups_claim.is_empty() {
         check.error(
@@ -585,6 +592,7 @@ fn validate(
         request_timeout: server.request_timeout.value.0,
         max_connections: server.max_connections.value.get(),
         certificates,
+        acme,
         redirect_listen: server.redirect_listen.value,
         http2: server.http2.value,
         http2_max_streams: server.http2_max_streams.value.get(),
@@ -632,6 +640,109 @@ fn declared_client(
 
 /// The issuer a server listening on `addr` has when none is configured: `http(s)://localhost:PORT`
 /// for loopback and wildcard addresses, else `http(s)://ADDR`.
+/// The issuer when none is configured: the first ACME domain (with the port unless 443), or
+/// [`issuer_for`] the listening address.
+pub fn default_issuer(
+    addr: SocketAddr,
+    tls: bool,
+    acme: Option<&crate::acme::AcmeConfig>,
+) -> String {
+    match acme.and_then(|a| a.domains.first()) {
+        Some(domain) if addr.port() == 443 => format!("https://{domain}"),
+        Some(domain) => format!("https://{domain}:{}", addr.port()),
+        None => issuer_for(addr, tls),
+    }
+}
+
+/// Checks `[server.acme]`; `None` when it names no domain.
+fn acme_config(
+    acme: &schema::Acme,
+    redirect_listener: bool,
+    check: &mut Check<'_, '_>,
+) -> Option<crate::acme::AcmeConfig> {
+    let mut domains: Vec<String> = acme
+        .domains
+        .value
+        .split([',', ' '])
+        .map(|d| d.trim().trim_end_matches('.').to_ascii_lowercase())
+        .filter(|d| !d.is_empty())
+        .collect();
+    domains.sort();
+    domains.dedup();
+    if domains.is_empty() {
+        return None;
+    }
+    let span = acme.domains.span.as_ref();
+    for d in &domains {
+        if d.starts_with("*.") {
+            check.error(
+                span,
+                "server.acme.domains",
+                format!("{d}: a wildcard needs the DNS-01 challenge, which portcullis does not answer; list each name"),
+            );
+        } else if !valid_dns_name(d) {
+            check.error(
+                span,
+                "server.acme.domains",
+                format!(
+                    "{d:?} is not a DNS name (letters, digits and hyphens, in dot-separated labels)"
+                ),
+            );
+        }
+    }
+    if domains.len() > 100 {
+        check.error(
+            span,
+            "server.acme.domains",
+            "at most 100 names in one certificate",
+        );
+    }
+    let contact = acme.contact.value.trim().to_owned();
+    if !contact.is_empty()
+        && (!contact.contains('@')
+            || contact.contains(char::is_whitespace)
+            || contact.starts_with("mailto:"))
+    {
+        check.error(
+            acme.contact.span.as_ref(),
+            "server.acme.contact",
+            "an e-mail address such as ops@example.com (without mailto:)",
+        );
+    }
+    let challenge = acme.challenge.value.0;
+    if challenge == crate::acme::ChallengeKind::Http01 && !redirect_listener {
+        check.error(
+            acme.challenge.span.as_ref(),
+            "server.acme.challenge",
+            "http-01 is answered on the plain-HTTP listener: set server.redirect_listen (port 80), or use tls-alpn-01",
+        );
+    }
+    Some(crate::acme::AcmeConfig {
+        domains,
+        contact,
+        directory: acme.directory.value.0.clone(),
+        challenge,
+        directory_ca_file: acme.directory_ca_file.value.clone().map(|f| f.0),
+        renew_before: acme.renew_before.value.0,
+    })
+}
+
+/// A DNS name of at least two labels, each 1–63 letters, digits or inner hyphens.
+fn valid_dns_name(name: &str) -> bool {
+    name.len() <= 253
+        && name.contains('.')
+        && name.parse::<std::net::IpAddr>().is_err()
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
+}
+
 pub fn issuer_for(addr: SocketAddr, tls: bool) -> String {
     let scheme = if tls { "https" } else { "http" };
     if addr.ip().is_loopback() || addr.ip().is_unspecified() {

@@ -122,6 +122,7 @@ const DATA_DIR: KeyDoc = KeyDoc {
 pub fn keys() -> impl Iterator<Item = &'static KeyDoc> {
     std::iter::once(&DATA_DIR)
         .chain(Server::KEYS)
+        .chain(Acme::KEYS)
         .chain(Store::KEYS)
         .chain(Passwords::KEYS)
         .chain(Secrets::KEYS)
@@ -144,6 +145,7 @@ pub const TABLE_ARRAYS: &[&str] = &[
 /// The sections (`[...]`).
 pub const SECTIONS: &[&str] = &[
     "server",
+    "server.acme",
     "store",
     "passwords",
     "secrets",
@@ -244,7 +246,34 @@ section! {
             /// `[[server.certificates]]`: PEM certificate chains and keys; with any, the listener
             /// speaks TLS (docs/tls.md).
             certificates: Vec<Spanned<crate::tls::CertificateFiles>>;
+            /// `[server.acme]`: certificates obtained and renewed automatically.
+            acme: Acme;
         }
+    }
+}
+
+section! {
+    /// `[server.acme]`
+    pub struct Acme in "server.acme." {
+        /// Domain names, comma-separated ("example.com, www.example.com"), to get one certificate
+        /// for from an ACME CA such as Let's Encrypt, renewed automatically (docs/tls.md). Empty:
+        /// no ACME. Each name must resolve to this server (or its load balancer).
+        domains: String = "";
+        /// E-mail address the CA writes to about the account and expiring certificates.
+        contact: String = "";
+        /// The CA's ACME directory URL. Let's Encrypt's staging directory, for trying things out
+        /// without its rate limits, is "https://acme-staging-v02.api.letsencrypt.org/directory".
+        directory: HttpUrl = "https://acme-v02.api.letsencrypt.org/directory";
+        /// How the CA checks that the names are ours: `tls-alpn-01` on the https listener itself
+        /// (which must be reachable on port 443), or `http-01` on `server.redirect_listen` (port
+        /// 80).
+        challenge: OneOf<crate::acme::ChallengeKind> = "tls-alpn-01";
+        /// PEM file of the authorities that sign the directory's own https certificate, for a
+        /// private CA. Empty: the system's roots.
+        directory_ca_file: Option<FilePath> = "";
+        /// Renew this long before the certificate expires (or once a third of its lifetime is
+        /// left, if that is sooner: short-lived certificates).
+        renew_before: Dur<86_400_000, 7_776_000_000> = "30d";
     }
 }
 

@@ -412,6 +412,13 @@ impl Choice for SqliteSync {
         &[("normal", SqliteSync::Normal), ("full", SqliteSync::Full)];
 }
 
+impl Choice for crate::acme::ChallengeKind {
+    const CHOICES: &'static [(&'static str, Self)] = &[
+        ("tls-alpn-01", crate::acme::ChallengeKind::TlsAlpn01),
+        ("http-01", crate::acme::ChallengeKind::Http01),
+    ];
+}
+
 /// The algorithms access tokens may be signed with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct AccessAlg(pub Algorithm);

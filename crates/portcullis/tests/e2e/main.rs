@@ -1,6 +1,7 @@
 //! End-to-end tests: they run the real `portcullis` binary (built by cargo for this test) as a
 //! CLI and as a server on 127.0.0.1, each test in a fresh temporary directory.
 
+mod acme;
 mod browser;
 mod cli;
 mod config_file;
