@@ -71,6 +71,9 @@ error_log $tmp/nginx/error.log;
 events { worker_connections 4096; }
 http {
     access_log off;
+    # At its best: no cap on requests per connection (the default 1000 ends h2load's
+    # connections, which it does not reopen).
+    keepalive_requests 1000000;
     upstream up { server 127.0.0.1:$up_port; keepalive 64; }
     ssl_protocols TLSv1.2 TLSv1.3;
     ssl_session_cache shared:SSL:10m;

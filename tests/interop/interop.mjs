@@ -21,7 +21,8 @@ const ISSUER = env('ISSUER');
 const REDIRECT_URI = env('REDIRECT_URI');
 const LOGOUT_URI = env('LOGOUT_URI');
 const step = (name) => console.log(`ok: ${name}`);
-const insecure = { execute: [client.allowInsecureRequests] };
+// Plain http needs openid-client's explicit opt-in; over https its strict defaults apply.
+const insecure = ISSUER.startsWith('http:') ? { execute: [client.allowInsecureRequests] } : undefined;
 
 // A tiny cookie jar for the hosted pages (the RP library does not drive the browser part).
 const jar = new Map();

@@ -139,6 +139,8 @@ pub struct Config {
     pub acme: Option<crate::acme::AcmeConfig>,
     /// The plain-HTTP listener that redirects to https, if any.
     pub redirect_listen: Option<SocketAddr>,
+    /// Redirect browser navigations on another host name to the public origin.
+    pub canonical_redirect: bool,
     /// Offer HTTP/2 to TLS clients.
     pub http2: bool,
     /// Concurrent streams per HTTP/2 connection.
@@ -595,6 +597,7 @@ fn validate(
         acme,
         redirect_listen: server.redirect_listen.value,
         http2: server.http2.value,
+        canonical_redirect: server.canonical_redirect.value,
         http2_max_streams: server.http2_max_streams.value.get(),
         hsts_max_age: server.hsts_max_age.value.map(|d| d.0),
         store,

@@ -233,6 +233,11 @@ section! {
         /// with a permanent redirect (308) to the same path on the https public origin. Empty:
         /// none.
         redirect_listen: Option<SocketAddr> = "";
+        /// Send a browser that navigates to this server under another name (`127.0.0.1` when the
+        /// issuer is `localhost`, an IP address) to the same path on the public origin, where its
+        /// cookies work. Turn it off behind a load balancer that rewrites `Host` without sending
+        /// `X-Forwarded-Host`, which would make every page redirect to itself.
+        canonical_redirect: bool = "true";
         /// With TLS: offer HTTP/2 to clients (by ALPN, HTTP/1.1 on the same port). Every HTTP/2
         /// request is checked exactly as an HTTP/1.1 one and forwarded to upstreams as HTTP/1.1.
         http2: bool = "true";

@@ -63,6 +63,11 @@ fn driver() -> Option<Driver> {
 }
 
 async fn browser(d: &Driver) -> Client {
+    browser_with(d, &[]).await
+}
+
+/// [`browser`] with more command-line switches.
+async fn browser_with(d: &Driver, extra: &[String]) -> Client {
     let args = [
         "--headless",
         "--no-sandbox",
@@ -75,6 +80,7 @@ async fn browser(d: &Driver) -> Client {
     ];
     let mut args: Vec<String> = args.iter().map(|s| (*s).to_owned()).collect();
     args.push(format!("--user-data-dir={}", d._profile.path().display()));
+    args.extend(extra.iter().cloned());
     let caps = json!({ "goog:chromeOptions": { "binary": "/usr/bin/chromium", "args": args } });
     let caps = caps.as_object().cloned().unwrap_or_default();
     ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
@@ -617,4 +623,65 @@ async fn sign_in_as(c: &Client, user: &str, password: &str) {
         .click()
         .await
         .expect("submit");
+}
+
+/// Over https with a test authority's certificate: Chromium speaks HTTP/2 (ALPN), signs in
+/// through the hosted form, keeps `__Host-` cookies marked Secure and reads the API with them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sign_in_over_https_and_http2() {
+    use base64::Engine;
+    use rcgen::PublicKeyData;
+    let Some(d) = driver() else { return };
+    let certs = tempfile::tempdir().expect("dir");
+    let ca = crate::tls::Ca::new();
+    let (chain, key, _) = ca.leaf(certs.path(), "site", &["localhost"]);
+    // Chromium trusts this one key (not "any certificate"): the SPKI pin of the leaf.
+    let pair = rcgen::KeyPair::from_pem(&std::fs::read_to_string(&key).expect("key")).expect("key");
+    let spki = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &pair.subject_public_key_info());
+    let pin = base64::engine::general_purpose::STANDARD.encode(spki.as_ref());
+    let s = site_with(&crate::tls::certificates(&[(&chain, &key)])).await;
+    assert!(s.base.starts_with("https://localhost:"), "{}", s.base);
+    let c = browser_with(
+        &d,
+        &[format!("--ignore-certificate-errors-spki-list={pin}")],
+    )
+    .await;
+    c.goto(&format!("{}/admin/", s.base)).await.expect("goto");
+    assert!(
+        path_of(&c).await.starts_with("/login?request="),
+        "a signed-out visitor is asked to sign in"
+    );
+    sign_in_on_form(&c, "root").await;
+    wait_for_path(&c, "/admin/").await;
+    assert!(c.source().await.expect("html").contains("Admin area"));
+    let protocol = c
+        .execute(
+            "return performance.getEntriesByType('navigation')[0].nextHopProtocol",
+            vec![],
+        )
+        .await
+        .expect("js");
+    assert_eq!(protocol, "h2", "Chromium chose HTTP/2");
+    let cookie = c
+        .get_named_cookie("__Host-portcullis-access")
+        .await
+        .expect("access cookie");
+    assert_eq!(cookie.secure(), Some(true));
+    assert_eq!(cookie.http_only(), Some(true));
+    let me = c
+        .execute_async(
+            "const done = arguments[0]; fetch('/auth/me').then(r => r.json()).then(done);",
+            vec![],
+        )
+        .await
+        .expect("fetch /auth/me");
+    assert_eq!(me["username"], "root");
+    let status = c
+        .execute_async(
+            "const done = arguments[0]; fetch('/api/orders/1').then(r => r.status).then(done);",
+            vec![],
+        )
+        .await
+        .expect("fetch");
+    assert_eq!(status, 200);
 }

@@ -6,6 +6,24 @@ use crate::harness::Instance;
 
 #[test]
 fn openid_client_runs_every_flow() {
+    run_interop("", None);
+}
+
+/// The same flows over https (and HTTP/2 where Node offers it), with openid-client's strict
+/// defaults: no `allowInsecureRequests`, the certificate verified against a test authority.
+#[test]
+fn openid_client_runs_every_flow_over_https() {
+    let certs = tempfile::tempdir().expect("dir");
+    let ca = crate::tls::Ca::new();
+    let (chain, key, _) = ca.leaf(certs.path(), "server", &["localhost"]);
+    let ca_file = certs.path().join("ca.pem");
+    std::fs::write(&ca_file, &ca.pem).expect("write CA");
+    run_interop(&crate::tls::certificates(&[(&chain, &key)]), Some(&ca_file));
+}
+
+/// Runs tests/interop/interop.mjs against an instance with `extra` configuration; `ca` is the
+/// authority Node must trust for https.
+fn run_interop(extra: &str, ca: Option<&std::path::Path>) {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/interop");
     if !dir.join("node_modules/openid-client").is_dir() {
         if std::env::var("PORTCULLIS_REQUIRE_INTEROP").is_ok_and(|v| v == "1") {
@@ -16,7 +34,7 @@ fn openid_client_runs_every_flow() {
         );
         return;
     }
-    let i = Instance::with_config("[idp]\nrefresh_grace = \"1s\"\n");
+    let i = Instance::with_config(&format!("[idp]\nrefresh_grace = \"1s\"\n\n{extra}"));
     i.run(&["group", "add", "user"]).ok();
     i.run_with_stdin(
         &[
@@ -79,7 +97,11 @@ fn openid_client_runs_every_flow() {
     let server = i.serve();
     // The server listens on 127.0.0.1; Node.js 18 (Debian's) resolves `localhost` to ::1 first
     // and, unlike Node.js 20, does not fall back to IPv4.
-    let out = Command::new("node")
+    let mut node = Command::new("node");
+    if let Some(ca) = ca {
+        node.env("NODE_EXTRA_CA_CERTS", ca);
+    }
+    let out = node
         .arg("--dns-result-order=ipv4first")
         .arg("interop.mjs")
         .current_dir(&dir)

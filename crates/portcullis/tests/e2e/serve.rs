@@ -330,3 +330,69 @@ async fn connections_over_the_limit_wait_for_a_free_slot() {
     );
     drop(second);
 }
+
+/// A browser that navigates to the server under another name than the public origin's
+/// (127.0.0.1 when the issuer is localhost) is sent to the public origin, path and query kept;
+/// API calls, other methods and the public name itself are answered where they are.
+#[tokio::test]
+async fn browser_navigations_on_another_host_name_go_to_the_public_origin() {
+    let i = Instance::new();
+    let server = i.serve();
+    let addr: std::net::SocketAddr = server
+        .base
+        .trim_start_matches("http://")
+        .parse()
+        .expect("address");
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .resolve("localhost", addr)
+        .build()
+        .expect("client");
+    let public = format!("http://localhost:{}", addr.port());
+    let ip = format!("http://127.0.0.1:{}", addr.port());
+    let target = "/oauth2/authorize?client_id=x&state=a%20b";
+    let navigate = |url: String| http.get(url).header("sec-fetch-mode", "navigate").send();
+
+    let resp = navigate(format!("{ip}{target}")).await.expect("request");
+    assert_eq!(resp.status(), 302);
+    assert_eq!(
+        resp.headers()["location"],
+        format!("{public}{target}").as_str()
+    );
+    assert_eq!(resp.headers()["cache-control"], "no-store");
+    // A client without fetch metadata that asks for HTML is a browser too.
+    let resp = http
+        .get(format!("{ip}/healthz"))
+        .header("accept", "text/html,*/*")
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(
+        resp.headers()["location"],
+        format!("{public}/healthz").as_str()
+    );
+    // Not navigations: answered on the name they used.
+    for resp in [
+        http.get(format!("{ip}/healthz"))
+            .header("sec-fetch-mode", "cors")
+            .send()
+            .await,
+        http.get(format!("{ip}/healthz")).send().await,
+        http.post(format!("{ip}/oauth2/token"))
+            .header("sec-fetch-mode", "navigate")
+            .send()
+            .await,
+        navigate(format!("{public}/healthz")).await,
+    ] {
+        let resp = resp.expect("request");
+        assert!(resp.headers().get("location").is_none(), "{resp:?}");
+    }
+    drop(server);
+
+    let i = Instance::with_config("[server]\ncanonical_redirect = false\n");
+    let server = i.serve();
+    let resp = navigate(format!("{}/healthz", server.base))
+        .await
+        .expect("request");
+    assert_eq!(resp.status(), 200, "off: answered where asked");
+}
