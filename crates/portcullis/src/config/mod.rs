@@ -712,6 +712,16 @@ fn acme_config(
             "an e-mail address such as ops@example.com (without mailto:)",
         );
     }
+    let directory_ca_file = acme.directory_ca_file.value.clone().map(|f| f.0);
+    if let Some(file) = &directory_ca_file
+        && let Err(e) = portcullis_gateway::forward::upstream_tls(Some(file), None)
+    {
+        check.error(
+            acme.directory_ca_file.span.as_ref(),
+            "server.acme.directory_ca_file",
+            e.to_string(),
+        );
+    }
     let challenge = acme.challenge.value.0;
     if challenge == crate::acme::ChallengeKind::Http01 && !redirect_listener {
         check.error(
@@ -725,7 +735,7 @@ fn acme_config(
         contact,
         directory: acme.directory.value.0.clone(),
         challenge,
-        directory_ca_file: acme.directory_ca_file.value.clone().map(|f| f.0),
+        directory_ca_file,
         renew_before: acme.renew_before.value.0,
     })
 }

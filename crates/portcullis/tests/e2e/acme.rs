@@ -261,7 +261,7 @@ async fn http_01_obtains_a_certificate_and_one_due_for_renewal_is_replaced() {
 #[test]
 fn config_check_explains_what_is_wrong_with_server_acme() {
     let i = Instance::with_config(
-        "[server.acme]\ndomains = \"*.example.com, bad_name.example.com, ok.example.com\"\ncontact = \"mailto:ops\"\nchallenge = \"http-01\"\n",
+        "[server.acme]\ndomains = \"*.example.com, bad_name.example.com, ok.example.com\"\ncontact = \"mailto:ops\"\nchallenge = \"http-01\"\ndirectory_ca_file = \"/nonexistent/ca.pem\"\n",
     );
     let out = i.run(&["config", "check"]).user_error();
     for expected in [
@@ -269,6 +269,7 @@ fn config_check_explains_what_is_wrong_with_server_acme() {
         "\"bad_name.example.com\" is not a DNS name",
         "server.acme.contact",
         "set server.redirect_listen",
+        "/nonexistent/ca.pem",
     ] {
         assert!(out.contains(expected), "{expected}: {out}");
     }

@@ -637,7 +637,8 @@ async fn sign_in_over_https_and_http2() {
     let (chain, key, _) = ca.leaf(certs.path(), "site", &["localhost"]);
     // Chromium trusts this one key (not "any certificate"): the SPKI pin of the leaf.
     let pair = rcgen::KeyPair::from_pem(&std::fs::read_to_string(&key).expect("key")).expect("key");
-    let spki = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &pair.subject_public_key_info());
+    let spki =
+        aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &pair.subject_public_key_info());
     let pin = base64::engine::general_purpose::STANDARD.encode(spki.as_ref());
     let s = site_with(&crate::tls::certificates(&[(&chain, &key)])).await;
     assert!(s.base.starts_with("https://localhost:"), "{}", s.base);
