@@ -60,6 +60,7 @@ pub async fn serve(
     router: Router,
     limits: Limits,
     trusted: Arc<TrustedProxies>,
+    edge: Arc<Edge>,
     stop: impl Future<Output = ()>,
 ) {
     let mut http1 = hyper::server::conn::http1::Builder::new();
@@ -107,6 +108,7 @@ pub async fn serve(
         let conn = Connection {
             router: router.clone(),
             trusted: trusted.clone(),
+            edge: edge.clone(),
             builders: builders.clone(),
             peer,
             limits,
@@ -173,6 +175,7 @@ pub async fn serve(
 struct Connection {
     router: Router,
     trusted: Arc<TrustedProxies>,
+    edge: Arc<Edge>,
     builders: Arc<(
         hyper::server::conn::http1::Builder,
         hyper::server::conn::http2::Builder<TokioExecutor>,
@@ -189,7 +192,7 @@ impl Connection {
     where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
-        let service = service(self.router, self.trusted, self.peer, None);
+        let service = service(self.router, self.trusted, self.edge, self.peer, None);
         let conn = self
             .builders
             .0
@@ -203,7 +206,13 @@ impl Connection {
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
         let activity = Arc::new(Activity::new());
-        let service = service(self.router, self.trusted, self.peer, Some(activity.clone()));
+        let service = service(
+            self.router,
+            self.trusted,
+            self.edge,
+            self.peer,
+            Some(activity.clone()),
+        );
         let conn = self.builders.1.serve_connection(Io::new(stream), service);
         let idle = Idle {
             activity,
@@ -218,6 +227,7 @@ impl Connection {
 fn service(
     router: Router,
     trusted: Arc<TrustedProxies>,
+    edge: Arc<Edge>,
     peer: SocketAddr,
     h2: Option<Arc<Activity>>,
 ) -> impl hyper::service::Service<
@@ -238,18 +248,95 @@ fn service(
         req.extensions_mut()
             .insert(axum::extract::ConnectInfo(client));
         let router = router.clone();
+        let edge = edge.clone();
         let busy = h2.as_ref().map(|a| a.start());
         async move {
-            if busy.is_some()
+            let mut response = if busy.is_some()
                 && let Err(reason) = as_http1(&mut req)
             {
-                return Ok(refuse(reason));
+                refuse(reason)
+            } else if let Some(location) = edge
+                .canonical
+                .as_ref()
+                .and_then(|c| canonical_location(c, &req))
+            {
+                portcullis_http::redirect(StatusCode::FOUND, &location)
+            } else {
+                router.oneshot(req).await?
+            };
+            if let Some(hsts) = &edge.hsts {
+                response
+                    .headers_mut()
+                    .entry(header::STRICT_TRANSPORT_SECURITY)
+                    .or_insert_with(|| hsts.clone());
             }
-            let response = router.oneshot(req).await;
             drop(busy);
-            response
+            Ok(response)
         }
     })
+}
+
+/// What the server adds around every request: the canonical-origin redirect and HSTS.
+#[derive(Debug, Default)]
+pub struct Edge {
+    pub canonical: Option<Canonical>,
+    /// `Strict-Transport-Security` for every answer that does not set its own.
+    pub hsts: Option<HeaderValue>,
+}
+
+/// The public origin browsers are sent to (`server.canonical_redirect`).
+#[derive(Debug)]
+pub struct Canonical {
+    /// `https://auth.example.com` (no trailing slash).
+    pub origin: String,
+    /// With trusted proxies, the host the client asked for is their `X-Forwarded-Host`.
+    pub behind_proxy: bool,
+}
+
+/// Sends a browser that navigates to a page on another name of this server (`127.0.0.1` when
+/// the issuer is `localhost`, an IP address, a second DNS name) to the same path on the public
+/// origin: sign-in could never complete there, because the cookies belong to the public name.
+/// Only top-level navigations (`Sec-Fetch-Mode: navigate`, or a GET that accepts HTML from a
+/// client that sends no fetch metadata) are redirected; API calls are answered where they are.
+fn canonical_location(canonical: &Canonical, req: &Request<axum::body::Body>) -> Option<String> {
+    if !matches!(
+        *req.method(),
+        axum::http::Method::GET | axum::http::Method::HEAD
+    ) {
+        return None;
+    }
+    let headers = req.headers();
+    let navigation = match headers.get("sec-fetch-mode") {
+        Some(mode) => mode.as_bytes() == b"navigate",
+        None => headers
+            .get(header::ACCEPT)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.contains("text/html")),
+    };
+    if !navigation {
+        return None;
+    }
+    let forwarded = canonical
+        .behind_proxy
+        .then(|| headers.get("x-forwarded-host"))
+        .flatten();
+    let host = forwarded
+        .or_else(|| headers.get(header::HOST))?
+        .to_str()
+        .ok()?;
+    let host = host.split(',').next()?.trim();
+    let public = canonical
+        .origin
+        .split_once("://")
+        .map_or(canonical.origin.as_str(), |(_, rest)| rest);
+    if host.eq_ignore_ascii_case(public) {
+        return None;
+    }
+    let target = req.uri().path_and_query()?.as_str();
+    if !target.starts_with('/') || target.starts_with("//") {
+        return None;
+    }
+    Some(format!("{}{target}", canonical.origin))
 }
 
 /// Turns an HTTP/2 request into the HTTP/1.1 request it means, or says why it has none.

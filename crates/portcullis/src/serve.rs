@@ -159,36 +159,29 @@ pub async fn run_config(
     // of each waiting for a connection; the gateway keeps serving Bearer tokens from memory.
     app.store.monitor_availability();
     let store = app.store.clone();
-    let canonical = app.config.canonical_redirect.then(|| {
-        Arc::new(Canonical {
-            origin: app.gateway.settings().public_origin.clone(),
-            behind_proxy: !app.config.trusted_proxies.is_empty(),
-        })
+    // Applied by the connection loop around the router, not as axum middleware: no boxed future
+    // per request on the gateway's hot path.
+    let edge = Arc::new(crate::http_server::Edge {
+        canonical: app
+            .config
+            .canonical_redirect
+            .then(|| crate::http_server::Canonical {
+                origin: app.gateway.settings().public_origin.clone(),
+                behind_proxy: !app.config.trusted_proxies.is_empty(),
+            }),
+        hsts,
     });
     let router = router(app, timeout)?.merge(guarded(sessions.router().layer(timeout), store));
-    let router = match canonical {
-        Some(canonical) => router.layer(axum::middleware::from_fn_with_state(
-            canonical,
-            canonical_origin,
-        )),
-        None => router,
-    };
-    let router = match hsts {
-        Some(value) => router.layer(axum::middleware::map_response(
-            move |mut response: Response| {
-                let value = value.clone();
-                async move {
-                    response
-                        .headers_mut()
-                        .entry(header::STRICT_TRANSPORT_SECURITY)
-                        .or_insert(value);
-                    response
-                }
-            },
-        )),
-        None => router,
-    };
-    crate::http_server::serve(listener, tls, router, limits, trusted, shutdown_signal()).await;
+    crate::http_server::serve(
+        listener,
+        tls,
+        router,
+        limits,
+        trusted,
+        edge,
+        shutdown_signal(),
+    )
+    .await;
     Ok(())
 }
 
@@ -270,74 +263,10 @@ async fn spawn_redirect_listener(
         redirect,
         limits,
         Arc::new(TrustedProxies::default()),
+        Arc::new(crate::http_server::Edge::default()),
         shutdown_signal(),
     ));
     Ok(())
-}
-
-/// The public origin browsers are sent to (`server.canonical_redirect`).
-struct Canonical {
-    /// `https://auth.example.com` (no trailing slash).
-    origin: String,
-    /// With trusted proxies, the host the client asked for is their `X-Forwarded-Host`.
-    behind_proxy: bool,
-}
-
-/// Sends a browser that navigates to a page on another name of this server (`127.0.0.1` when
-/// the issuer is `localhost`, an IP address, a second DNS name) to the same path on the public
-/// origin: sign-in could never complete there, because the cookies belong to the public name.
-/// Only top-level navigations (`Sec-Fetch-Mode: navigate`, or a GET that accepts HTML from a
-/// client that sends no fetch metadata) are redirected; API calls are answered where they are.
-async fn canonical_origin(
-    State(canonical): State<Arc<Canonical>>,
-    req: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> Response {
-    if let Some(location) = canonical_location(&canonical, &req) {
-        return portcullis_http::redirect(StatusCode::FOUND, &location);
-    }
-    next.run(req).await
-}
-
-fn canonical_location(canonical: &Canonical, req: &axum::extract::Request) -> Option<String> {
-    if !matches!(
-        *req.method(),
-        axum::http::Method::GET | axum::http::Method::HEAD
-    ) {
-        return None;
-    }
-    let headers = req.headers();
-    let navigation = match headers.get("sec-fetch-mode") {
-        Some(mode) => mode.as_bytes() == b"navigate",
-        None => headers
-            .get(header::ACCEPT)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.contains("text/html")),
-    };
-    if !navigation {
-        return None;
-    }
-    let forwarded = canonical
-        .behind_proxy
-        .then(|| headers.get("x-forwarded-host"))
-        .flatten();
-    let host = forwarded
-        .or_else(|| headers.get(header::HOST))?
-        .to_str()
-        .ok()?;
-    let host = host.split(',').next()?.trim();
-    let public = canonical
-        .origin
-        .split_once("://")
-        .map_or(canonical.origin.as_str(), |(_, rest)| rest);
-    if host.eq_ignore_ascii_case(public) {
-        return None;
-    }
-    let target = req.uri().path_and_query()?.as_str();
-    if !target.starts_with('/') || target.starts_with("//") {
-        return None;
-    }
-    Some(format!("{}{target}", canonical.origin))
 }
 
 /// How long clients are asked to wait while the store is down.
