@@ -271,9 +271,12 @@ impl Resolver {
 
 impl ResolvesServerCert for Resolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        let validating = hello
-            .alpn()
-            .is_some_and(|mut offered| offered.any(|p| p == crate::acme::ACME_TLS_ALPN));
+        // RFC 8737 §3: a validation offers `acme-tls/1` and nothing else. A client offering it
+        // among others gets the ordinary certificate (and, by our preference, h2 or HTTP/1.1).
+        let validating = hello.alpn().is_some_and(|offered| {
+            let offered: Vec<&[u8]> = offered.take(2).collect();
+            offered == [crate::acme::ACME_TLS_ALPN]
+        });
         if validating {
             // Only the answer, never a real certificate, and nothing without ACME on.
             return self.answers.as_ref()?.tls_alpn01(hello.server_name()?);

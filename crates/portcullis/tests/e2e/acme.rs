@@ -217,6 +217,24 @@ async fn a_certificate_is_obtained_by_tls_alpn_01_kept_in_the_store_and_served_a
         !String::from_utf8_lossy(&out.stdout).contains("BEGIN CERTIFICATE"),
         "no certificate on acme-tls/1 outside a validation"
     );
+    // Offering acme-tls/1 among other protocols is not a validation (RFC 8737 §3): the real
+    // certificate and HTTP/1.1.
+    let out = Command::new("openssl")
+        .args(["s_client", "-connect", &format!("127.0.0.1:{https}")])
+        .args([
+            "-servername",
+            "portcullis.test",
+            "-alpn",
+            "acme-tls/1,http/1.1",
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .expect("openssl");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("BEGIN CERTIFICATE") && text.contains("ALPN protocol: http/1.1"),
+        "{text}"
+    );
     drop(server);
     // The CA gone, a restart serves the stored certificate at once.
     drop(pebble);
