@@ -574,3 +574,36 @@ async fn idle_and_slow_header_http2_connections_are_closed() {
         .await;
     assert_eq!(answer.status(), Some(200), "{answer:?}");
 }
+
+/// `server.http2 = false`: ALPN offers HTTP/1.1 only, so a client that asks for HTTP/2 speaks
+/// HTTP/1.1.
+#[test]
+fn http2_can_be_turned_off() {
+    let dir = tempfile::tempdir().expect("dir");
+    let ca = crate::tls::Ca::new();
+    let (chain, key, _) = ca.leaf(dir.path(), "server", &["localhost"]);
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, &ca.pem).expect("write CA");
+    let i = crate::harness::Instance::with_config(&format!(
+        "[server]\nhttp2 = false\n\n{}",
+        crate::tls::certificates(&[(&chain, &key)])
+    ));
+    let server = i.serve();
+    let port = crate::tls::address(&server).port();
+    let out = std::process::Command::new("curl")
+        .args([
+            "-sS",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_version} %{http_code}",
+            "--http2",
+        ])
+        .arg("--cacert")
+        .arg(&ca_file)
+        .args(["--resolve", &format!("localhost:{port}:127.0.0.1")])
+        .arg(format!("https://localhost:{port}/healthz"))
+        .output()
+        .expect("curl");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "1.1 200", "{out:?}");
+}
