@@ -5,6 +5,7 @@
 //! Every rule about what a valid username, email, group name or password is lives here, so the
 //! CLI, the admin API and the hosted sign-up page cannot drift apart.
 
+mod accounts;
 mod crypto;
 mod instance;
 mod keyring;
@@ -16,6 +17,7 @@ mod settings;
 mod templates;
 mod web;
 
+pub use accounts::{AccountError, Accounts, SignUp};
 pub use crypto::{pkce_s256, random_token, sha256_hex};
 pub use instance::{InstanceError, resolve_instance_secret};
 pub use keyring::{KeyRing, KeyRingError, Purpose};
@@ -23,9 +25,9 @@ pub use names::{NameError, validate_email, validate_group_name, validate_usernam
 pub use password::{HashError, PasswordError, PasswordHasher, PasswordPolicy, generate_password};
 pub use pool::{AddUser, PoolError, UserPool};
 pub use provider::{
-    AuthorizeError, AuthorizeRequest, ClientError, Grant, NewClient, OAuthError, Provider, SignIn,
-    TokenResponse, UriError, validate_registered_uri,
+    AuthorizeError, AuthorizeRequest, ClientError, Grant, NewClient, OAuthError, PasswordChange,
+    Provider, SignIn, TokenResponse, UriError, validate_registered_uri,
 };
-pub use settings::{Branding, IdpSettings, is_localhost};
-pub use templates::{TemplateError, Templates};
+pub use settings::{AccountSettings, Branding, IdpSettings, SignupMode, is_localhost};
+pub use templates::{RenderedMail, TemplateError, Templates};
 pub use web::router;

@@ -98,6 +98,17 @@ impl PasswordPolicy {
     }
 }
 
+impl PasswordPolicy {
+    /// zxcvbn's score of a password, 0 (very weak) to 4 (very strong), for the strength meter.
+    pub fn strength(&self, password: &str, context: &[&str]) -> u8 {
+        let window: String = password.chars().take(STRENGTH_WINDOW).collect();
+        if window.is_empty() {
+            return 0;
+        }
+        zxcvbn::zxcvbn(&window, context).score() as u8
+    }
+}
+
 /// A random password of 24 letters and digits (about 142 bits), for users created without one.
 pub fn generate_password() -> Secret<String> {
     Secret::new(Alphanumeric.sample_string(&mut rand::rng(), 24))

@@ -53,8 +53,12 @@ pub struct AddUser {
     pub email_verified: bool,
     pub attributes: BTreeMap<String, String>,
     pub groups: Vec<String>,
-    /// `None`: generate one and return it.
+    /// `None`: generate one and return it (unless `no_password`).
     pub password: Option<Secret<String>>,
+    /// The password must be changed at the first sign-in.
+    pub temporary_password: bool,
+    /// Create the user without a password (an invitation sets it).
+    pub no_password: bool,
 }
 
 /// The user pool.
@@ -84,6 +88,10 @@ impl UserPool {
         &self.policy
     }
 
+    pub fn hasher(&self) -> &PasswordHasher {
+        &self.hasher
+    }
+
     /// Adds a user. Returns the generated password when none was given; it is shown once and
     /// never stored in clear.
     pub async fn add_user(
@@ -98,18 +106,18 @@ impl UserPool {
         for group in &req.groups {
             validate_group_name(group)?;
         }
-        let (password, generated) = match req.password {
-            Some(pw) => {
+        let (password_hash, generated) = match (req.password, req.no_password) {
+            (_, true) => (None, None),
+            (Some(pw), false) => {
                 self.policy
                     .check(pw.expose(), &context(&req.username, req.email.as_deref()))?;
-                (pw, None)
+                (Some(self.hasher.hash(pw).await?), None)
             }
-            None => {
+            (None, false) => {
                 let pw = generate_password();
-                (pw.clone(), Some(pw))
+                (Some(self.hasher.hash(pw.clone()).await?), Some(pw))
             }
         };
-        let password_hash = Some(self.hasher.hash(password).await?);
         let new = NewUser {
             id: uuid_v7(),
             username: req.username,
@@ -118,6 +126,7 @@ impl UserPool {
             attributes: req.attributes,
             password_hash,
             groups: req.groups,
+            password_change_required: req.temporary_password,
             now: self.clock.now(),
         };
         let user = self.store.create_user(&new).await?;
@@ -158,11 +167,13 @@ impl UserPool {
             .await?)
     }
 
-    /// Sets a new password (generated when `None`, and returned).
+    /// Sets a new password (generated when `None`, and returned). `temporary`: the user must
+    /// choose another at the next sign-in.
     pub async fn set_password(
         &self,
         username: &str,
         password: Option<Secret<String>>,
+        temporary: bool,
     ) -> Result<Option<Secret<String>>, PoolError> {
         let user = self.user(username).await?;
         let (password, generated) = match password {
@@ -178,7 +189,7 @@ impl UserPool {
         };
         let hash = self.hasher.hash(password).await?;
         self.store
-            .set_password_hash(&user.username, &hash, self.clock.now())
+            .set_password_hash(&user.username, &hash, temporary, self.clock.now())
             .await?;
         // A changed password ends every session: whoever knew the old one is signed out.
         self.store

@@ -178,6 +178,35 @@ pub enum SignIn {
     Refused,
     /// Too many failures: wait this many seconds.
     Locked { seconds: i64 },
+    /// The password was right but the address must be verified first
+    /// (`idp.require_verified_email`).
+    Unverified { user: Box<User> },
+    /// The password was right but was set by an operator as temporary: the user chooses a new
+    /// one before being signed in. The ticket (signed, 10 minutes) carries who through the form.
+    ChangePassword { ticket: String, user: Box<User> },
+}
+
+/// The outcome of the forced password change that follows [`SignIn::ChangePassword`].
+#[derive(Debug)]
+pub enum PasswordChange {
+    /// Changed and signed in.
+    Session {
+        session: Box<Session>,
+        secret: Secret<String>,
+    },
+    /// The new password was refused; the message says why.
+    Invalid(String),
+    /// The ticket is forged, expired or already used.
+    Expired,
+}
+
+/// Who a forced-password-change form is for.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct ChangeTicket {
+    user_id: String,
+    /// The user's `updated_at` when it was issued: a ticket stops working once the user changes.
+    updated_at: i64,
+    expires_at: i64,
 }
 
 /// A grant at the token endpoint (RFC 6749 §4), typed: what each one needs, nothing else.
@@ -321,6 +350,7 @@ struct Inner {
     settings: IdpSettings,
     clock: Clock,
     request_signer: Signer,
+    change_signer: Signer,
 }
 
 /// The identity provider. Cheap to clone.
@@ -396,6 +426,7 @@ impl Provider {
         };
         let keys = KeyRing::open(store.clone(), kek, policy, clock.now()).await?;
         let request_signer = Signer::derive(instance_secret, "authorization request");
+        let change_signer = Signer::derive(instance_secret, "forced password change");
         Ok(Provider {
             inner: Arc::new(Inner {
                 store,
@@ -404,6 +435,7 @@ impl Provider {
                 settings,
                 clock,
                 request_signer,
+                change_signer,
             }),
         })
     }
@@ -813,8 +845,90 @@ impl Provider {
             return Ok(SignIn::Refused);
         };
         store.clear_login_failures(&key).await?;
+        if self.inner.settings.accounts.require_verified_email
+            && user.email.is_some()
+            && !user.email_verified
+        {
+            return Ok(SignIn::Unverified {
+                user: Box::new(user),
+            });
+        }
+        if user.password_change_required {
+            let ticket = ChangeTicket {
+                user_id: user.id.clone(),
+                updated_at: user.updated_at,
+                expires_at: now + 600,
+            };
+            let ticket = self
+                .inner
+                .change_signer
+                .sign(&serde_json::to_vec(&ticket).unwrap_or_default());
+            return Ok(SignIn::ChangePassword {
+                ticket,
+                user: Box::new(user),
+            });
+        }
         let (session, secret) = self.start_session(&user).await?;
         Ok(SignIn::Session {
+            session: Box::new(session),
+            secret,
+        })
+    }
+
+    /// The user a forced-password-change ticket is for, while it is valid.
+    pub async fn change_ticket_user(&self, ticket: &str) -> Result<Option<User>, OAuthError> {
+        let Some(bytes) = self.inner.change_signer.open(ticket) else {
+            return Ok(None);
+        };
+        let Ok(t) = serde_json::from_slice::<ChangeTicket>(&bytes) else {
+            return Ok(None);
+        };
+        if t.expires_at <= self.now() {
+            return Ok(None);
+        }
+        let user = self.inner.store.user_by_id(&t.user_id).await?;
+        Ok(user.filter(|u| {
+            u.status == UserStatus::Enabled
+                && u.password_change_required
+                && u.updated_at == t.updated_at
+        }))
+    }
+
+    /// Completes a sign-in that had to change a temporary password: the new password replaces
+    /// it (ending every other session) and a session starts.
+    pub async fn complete_password_change(
+        &self,
+        ticket: &str,
+        password: Secret<String>,
+    ) -> Result<PasswordChange, OAuthError> {
+        let Some(user) = self.change_ticket_user(ticket).await? else {
+            return Ok(PasswordChange::Expired);
+        };
+        let mut context = vec![user.username.as_str()];
+        context.extend(user.email.as_deref());
+        if let Err(e) = self.inner.pool.policy().check(password.expose(), &context) {
+            return Ok(PasswordChange::Invalid(e.to_string()));
+        }
+        let pool = &self.inner.pool;
+        match pool
+            .set_password(&user.username, Some(password), false)
+            .await
+        {
+            Ok(_) => {}
+            Err(e) if e.is_user_error() => return Ok(PasswordChange::Invalid(e.to_string())),
+            Err(e) => {
+                tracing::error!(error = %e, "password change failed");
+                return Err(OAuthError::TemporarilyUnavailable);
+            }
+        }
+        let user = self
+            .inner
+            .store
+            .user_by_id(&user.id)
+            .await?
+            .ok_or(OAuthError::TemporarilyUnavailable)?;
+        let (session, secret) = self.start_session(&user).await?;
+        Ok(PasswordChange::Session {
             session: Box::new(session),
             secret,
         })

@@ -24,6 +24,62 @@ impl Default for Branding {
     }
 }
 
+/// Who may create an account on the hosted sign-up page (`idp.signup`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SignupMode {
+    /// Nobody: accounts come from operators (the default).
+    Closed,
+    /// Anyone with an e-mail address.
+    Open,
+    /// Anyone with an address in `idp.signup_domains`.
+    Domains,
+    /// Only people an operator invited (`user add --invite`): the page stays closed.
+    Invite,
+}
+
+/// Self-service accounts: sign-up, verification, reset and invitations.
+#[derive(Clone, Debug)]
+pub struct AccountSettings {
+    pub signup: SignupMode,
+    /// Lower-case domains whose addresses may sign up (`SignupMode::Domains`).
+    pub signup_domains: Vec<String>,
+    /// Groups new accounts from the sign-up page join.
+    pub signup_groups: Vec<String>,
+    /// Users whose address is not verified may not sign in.
+    pub require_verified_email: bool,
+    /// Seconds a verification, reset or invitation link works.
+    pub verify_ttl: i64,
+    pub reset_ttl: i64,
+    pub invite_ttl: i64,
+    /// A mail transport is configured: without one, nothing that needs mail is offered.
+    pub mail: bool,
+    /// Sign-ups, resets and resends accepted per client network per hour (per node).
+    pub rate_per_address: u32,
+}
+
+impl Default for AccountSettings {
+    fn default() -> Self {
+        AccountSettings {
+            signup: SignupMode::Closed,
+            signup_domains: Vec::new(),
+            signup_groups: Vec::new(),
+            require_verified_email: false,
+            verify_ttl: 24 * 3600,
+            reset_ttl: 3600,
+            invite_ttl: 7 * 24 * 3600,
+            mail: false,
+            rate_per_address: 20,
+        }
+    }
+}
+
+impl AccountSettings {
+    /// Whether the sign-up page is open.
+    pub fn signup_open(&self) -> bool {
+        self.mail && matches!(self.signup, SignupMode::Open | SignupMode::Domains)
+    }
+}
+
 /// Everything the provider needs to know that is not in the store.
 #[derive(Clone, Debug)]
 pub struct IdpSettings {
@@ -57,6 +113,7 @@ pub struct IdpSettings {
     pub lockout_max_delay: i64,
     /// Sign-in attempts accepted per client address per minute (per node).
     pub signin_rate_per_address: u32,
+    pub accounts: AccountSettings,
 }
 
 impl IdpSettings {
@@ -82,6 +139,7 @@ impl IdpSettings {
             lockout_base_delay: 1,
             lockout_max_delay: 15 * 60,
             signin_rate_per_address: 60,
+            accounts: AccountSettings::default(),
         }
     }
 

@@ -16,7 +16,74 @@ const EMBEDDED: &[(&str, &str)] = &[
         "signed_out.html",
         include_str!("../templates/signed_out.html"),
     ),
+    ("signup.html", include_str!("../templates/signup.html")),
+    ("strength.html", include_str!("../templates/strength.html")),
+    ("notice.html", include_str!("../templates/notice.html")),
+    (
+        "forgot_password.html",
+        include_str!("../templates/forgot_password.html"),
+    ),
+    (
+        "new_password.html",
+        include_str!("../templates/new_password.html"),
+    ),
+    (
+        "verify_email.html",
+        include_str!("../templates/verify_email.html"),
+    ),
+    (
+        "mail_base.html",
+        include_str!("../templates/mail_base.html"),
+    ),
+    (
+        "mail_verify.txt",
+        include_str!("../templates/mail_verify.txt"),
+    ),
+    (
+        "mail_verify.html",
+        include_str!("../templates/mail_verify.html"),
+    ),
+    (
+        "mail_reset.txt",
+        include_str!("../templates/mail_reset.txt"),
+    ),
+    (
+        "mail_reset.html",
+        include_str!("../templates/mail_reset.html"),
+    ),
+    (
+        "mail_invite.txt",
+        include_str!("../templates/mail_invite.txt"),
+    ),
+    (
+        "mail_invite.html",
+        include_str!("../templates/mail_invite.html"),
+    ),
+    (
+        "mail_signup_exists.txt",
+        include_str!("../templates/mail_signup_exists.txt"),
+    ),
+    (
+        "mail_signup_exists.html",
+        include_str!("../templates/mail_signup_exists.html"),
+    ),
+    (
+        "mail_password_changed.txt",
+        include_str!("../templates/mail_password_changed.txt"),
+    ),
+    (
+        "mail_password_changed.html",
+        include_str!("../templates/mail_password_changed.html"),
+    ),
 ];
+
+/// A rendered message: the subject is the text template's first line, `Subject: ...`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RenderedMail {
+    pub subject: String,
+    pub text: String,
+    pub html: String,
+}
 
 /// Why the templates (with an override directory) cannot be used.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -81,5 +148,43 @@ impl Templates {
         self.env
             .get_template(name)?
             .render(minijinja::value::Serde(Value::Object(ctx)))
+    }
+
+    /// Renders the message `mail_<kind>.txt` and `mail_<kind>.html`. The text template starts with
+    /// `Subject: ...` and a blank line; a subject is one line of at most 200 characters.
+    pub fn render_mail(
+        &self,
+        kind: &str,
+        branding: &Branding,
+        ctx: Value,
+    ) -> Result<RenderedMail, minijinja::Error> {
+        let bad = |why: &str| {
+            minijinja::Error::new(
+                minijinja::ErrorKind::InvalidOperation,
+                format!("mail_{kind}.txt: {why}"),
+            )
+        };
+        let text = self.render(&format!("mail_{kind}.txt"), branding, ctx.clone())?;
+        let (first, body) = text.split_once('\n').unwrap_or((&text, ""));
+        let subject = first
+            .strip_prefix("Subject:")
+            .map(str::trim)
+            .filter(|s| {
+                !s.is_empty() && s.chars().count() <= 200 && !s.chars().any(char::is_control)
+            })
+            .ok_or_else(|| {
+                bad("must start with a line `Subject: ...` (one line, at most 200 characters)")
+            })?
+            .to_owned();
+        let mut ctx = ctx;
+        if let Value::Object(m) = &mut ctx {
+            m.insert("subject".into(), Value::from(subject.clone()));
+        }
+        let html = self.render(&format!("mail_{kind}.html"), branding, ctx)?;
+        Ok(RenderedMail {
+            subject,
+            text: body.trim_start_matches(['\r', '\n']).to_owned(),
+            html,
+        })
     }
 }

@@ -7,6 +7,7 @@
 //! share, and runs through sqlx's `Any` driver; backend-specific set-up (SQLite pragmas, the
 //! migration lock) lives in [`open`](Store::open) only.
 
+mod accounts;
 mod acme;
 mod availability;
 mod clients;
@@ -23,6 +24,7 @@ mod users;
 #[cfg(test)]
 mod tests;
 
+pub use accounts::{CodePurpose, NewCode, NewMail, OutboxCounts, QueuedMail, UsedCode};
 pub use acme::{AcmeCertificate, AcmeChallenge};
 pub use clients::{Client, ResourceServer};
 pub use error::StoreError;

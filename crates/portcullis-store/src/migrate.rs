@@ -28,6 +28,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("../migrations/0004_refresh_rotation_ms.sql"),
     ),
     (5, "acme", include_str!("../migrations/0005_acme.sql")),
+    (
+        6,
+        "accounts",
+        include_str!("../migrations/0006_accounts.sql"),
+    ),
 ];
 
 pub(crate) async fn run(store: &Store) -> Result<(), StoreError> {

@@ -11,8 +11,9 @@ use std::time::Duration;
 use sqlx::Executor;
 
 use crate::{
-    AcmeCertificate, AcmeChallenge, AuthCode, Client, CodeUse, NewGroup, NewUser, RefreshToken,
-    ResourceServer, Rotation, Session, Store, StoreError, StoreOptions, StoredKey, UserStatus,
+    AcmeCertificate, AcmeChallenge, AuthCode, Client, CodePurpose, CodeUse, NewCode, NewGroup,
+    NewMail, NewUser, OutboxCounts, RefreshToken, ResourceServer, Rotation, Session, Store,
+    StoreError, StoreOptions, StoredKey, UserStatus,
 };
 
 /// Keeps a test's database alive for the length of the test.
@@ -97,7 +98,254 @@ both_backends!(
     signing_keys_publish_and_retire,
     policy_versions,
     acme_state_is_shared_and_one_node_holds_the_lease,
+    outbox_claims_once_retries_and_keeps_every_message,
+    account_codes_are_single_use_newest_only_and_expire,
+    email_lookup_and_verification_follow_the_current_address,
 );
+
+fn mail(id: &str, now: i64) -> NewMail {
+    NewMail {
+        id: id.into(),
+        recipient: format!("{id}@example.com"),
+        subject: "Hello".into(),
+        text_body: "text".into(),
+        html_body: "<p>html</p>".into(),
+        kind: "verify".into(),
+        now,
+    }
+}
+
+async fn outbox_claims_once_retries_and_keeps_every_message(store: Store) {
+    for (i, id) in ["m1", "m2", "m3"].iter().enumerate() {
+        store
+            .enqueue_mail(&mail(id, 100 + i64::try_from(i).expect("small")))
+            .await
+            .expect("enqueue");
+    }
+    // Two workers at once: each message goes to exactly one of them.
+    let (a, b) = tokio::join!(store.claim_mail(200, 60, 10), store.claim_mail(200, 60, 10));
+    let (a, b) = (a.expect("claim"), b.expect("claim"));
+    let mut ids: Vec<_> = a.iter().chain(&b).map(|m| m.id.clone()).collect();
+    ids.sort();
+    assert_eq!(ids, ["m1", "m2", "m3"], "each message claimed once");
+    // Leased: nobody else gets them until the lease ends.
+    assert!(
+        store
+            .claim_mail(259, 60, 10)
+            .await
+            .expect("claim")
+            .is_empty()
+    );
+    store.mail_sent("m1", 210).await.expect("sent");
+    store
+        .mail_failed("m2", "connection refused", Some(400), 210)
+        .await
+        .expect("retry");
+    store
+        .mail_failed("m3", "550 no such user", None, 210)
+        .await
+        .expect("give up");
+    assert_eq!(
+        store.outbox_counts().await.expect("counts"),
+        OutboxCounts {
+            pending: 1,
+            sent: 1,
+            failed: 1
+        }
+    );
+    // The retry is due at 400, not before; then it comes back with its attempt counted.
+    assert!(
+        store
+            .claim_mail(399, 60, 10)
+            .await
+            .expect("claim")
+            .is_empty()
+    );
+    let again = store.claim_mail(400, 60, 10).await.expect("claim");
+    assert_eq!(again.len(), 1);
+    assert_eq!((again[0].id.as_str(), again[0].attempts), ("m2", 1));
+    assert_eq!(again[0].html_body, "<p>html</p>");
+    // A worker that died mid-send: its lease ends and the message is claimed again.
+    let later = store.claim_mail(461, 60, 10).await.expect("claim");
+    assert_eq!(later.len(), 1, "an expired lease frees the message");
+    store.mail_sent("m2", 462).await.expect("sent");
+    assert_eq!(
+        store.prune_mail(300).await.expect("prune"),
+        2,
+        "m1 and m3 are old"
+    );
+    assert_eq!(
+        store.outbox_counts().await.expect("counts"),
+        OutboxCounts {
+            pending: 0,
+            sent: 1,
+            failed: 0
+        }
+    );
+}
+
+async fn account_codes_are_single_use_newest_only_and_expire(store: Store) {
+    let user = store
+        .create_user(&new_user("lena", &[]))
+        .await
+        .expect("user");
+    let code = |hash: &str, purpose, now| NewCode {
+        code_hash: hash.into(),
+        purpose,
+        user_id: user.id.clone(),
+        email: "lena@example.com".into(),
+        now,
+        expires_at: now + 3600,
+    };
+    store
+        .insert_account_code(&code("r1", CodePurpose::Reset, 100))
+        .await
+        .expect("insert");
+    store
+        .insert_account_code(&code("v1", CodePurpose::Verify, 100))
+        .await
+        .expect("insert");
+    // A newer reset code replaces the older; the verification code is untouched.
+    store
+        .insert_account_code(&code("r2", CodePurpose::Reset, 110))
+        .await
+        .expect("insert");
+    assert_eq!(
+        store
+            .use_account_code("r1", CodePurpose::Reset, 120)
+            .await
+            .expect("use"),
+        None
+    );
+    assert_eq!(
+        store
+            .account_codes_since(&user.id, CodePurpose::Reset, 100)
+            .await
+            .expect("count"),
+        2
+    );
+    // The wrong purpose does not use it.
+    assert_eq!(
+        store
+            .use_account_code("r2", CodePurpose::Verify, 120)
+            .await
+            .expect("use"),
+        None
+    );
+    assert!(
+        store
+            .peek_account_code("r2", CodePurpose::Reset, 120)
+            .await
+            .expect("peek")
+            .is_some()
+    );
+    // Raced: exactly one use wins.
+    let tasks: Vec<_> = (0..6)
+        .map(|_| {
+            let store = store.clone();
+            tokio::spawn(async move { store.use_account_code("r2", CodePurpose::Reset, 130).await })
+        })
+        .collect();
+    let mut won = 0;
+    for t in tasks {
+        if let Some(used) = t.await.expect("task").expect("use") {
+            assert_eq!(used.user_id, user.id);
+            assert_eq!(used.email, "lena@example.com");
+            won += 1;
+        }
+    }
+    assert_eq!(won, 1, "a code is used once");
+    // Expired codes do nothing and are pruned.
+    assert_eq!(
+        store
+            .use_account_code("v1", CodePurpose::Verify, 100 + 3600)
+            .await
+            .expect("use"),
+        None
+    );
+    assert_eq!(store.prune_account_codes(10_000).await.expect("prune"), 3);
+}
+
+async fn email_lookup_and_verification_follow_the_current_address(store: Store) {
+    let mut first = new_user("mo", &[]);
+    first.email = Some("Shared@Example.com".into());
+    first.email_verified = false;
+    let first = store.create_user(&first).await.expect("user");
+    let mut second = new_user("noor", &[]);
+    second.email = Some("shared@example.COM".into());
+    second.now += 1;
+    store.create_user(&second).await.expect("user");
+    assert_eq!(
+        store
+            .usernames_by_email("SHARED@example.com")
+            .await
+            .expect("lookup"),
+        ["mo", "noor"]
+    );
+    assert!(
+        store
+            .usernames_by_email("nobody@example.com")
+            .await
+            .expect("lookup")
+            .is_empty()
+    );
+    // A code sent to the old address proves nothing once the address changed.
+    store
+        .set_email(&first.id, Some("new@example.com"), false, 200)
+        .await
+        .expect("set");
+    assert!(
+        !store
+            .verify_email(&first.id, "shared@example.com", 201)
+            .await
+            .expect("verify")
+    );
+    assert!(
+        store
+            .verify_email(&first.id, "NEW@example.com", 202)
+            .await
+            .expect("verify")
+    );
+    let mo = store.user("mo").await.expect("read").expect("exists");
+    assert_eq!(mo.email.as_deref(), Some("new@example.com"));
+    assert!(mo.email_verified);
+    assert_eq!(
+        store
+            .usernames_by_email("new@example.com")
+            .await
+            .expect("lookup"),
+        ["mo"]
+    );
+    assert!(matches!(
+        store.set_email("no-such-id", None, false, 1).await,
+        Err(StoreError::NotFound { .. })
+    ));
+    // The forced password change is stored and cleared with the next password.
+    store
+        .set_password_hash("mo", "$argon2id$temp", true, 300)
+        .await
+        .expect("set");
+    assert!(
+        store
+            .user("mo")
+            .await
+            .expect("read")
+            .expect("exists")
+            .password_change_required
+    );
+    store
+        .set_password_hash("mo", "$argon2id$own", false, 301)
+        .await
+        .expect("set");
+    assert!(
+        !store
+            .user("mo")
+            .await
+            .expect("read")
+            .expect("exists")
+            .password_change_required
+    );
+}
 
 async fn acme_state_is_shared_and_one_node_holds_the_lease(store: Store) {
     let dir = "https://acme.example/directory";
@@ -230,6 +478,7 @@ fn new_user(name: &str, groups: &[&str]) -> NewUser {
         attributes: BTreeMap::from([("locale".to_owned(), "en".to_owned())]),
         password_hash: Some("$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA".to_owned()),
         groups: groups.iter().map(|g| (*g).to_owned()).collect(),
+        password_change_required: false,
         now: 1_700_000_000,
     }
 }
@@ -460,7 +709,7 @@ async fn status_and_password(store: Store) {
     assert_eq!(gina.status, UserStatus::Disabled);
     assert_eq!(gina.updated_at, 5);
     store
-        .set_password_hash("GINA", "$argon2id$new", 6)
+        .set_password_hash("GINA", "$argon2id$new", false, 6)
         .await
         .expect("password");
     let gina = store.user("gina").await.expect("read").expect("user");
@@ -472,7 +721,7 @@ async fn status_and_password(store: Store) {
         Err(StoreError::NotFound { .. })
     ));
     assert!(matches!(
-        store.set_password_hash("nobody", "x", 7).await,
+        store.set_password_hash("nobody", "x", false, 7).await,
         Err(StoreError::NotFound { .. })
     ));
 }

@@ -51,6 +51,9 @@ pub struct User {
     pub password_hash: Option<String>,
     /// Group names, sorted by precedence then name.
     pub groups: Vec<String>,
+    /// The password was set by an operator (`--temporary`) and must be changed at the next
+    /// sign-in.
+    pub password_change_required: bool,
     pub created_at: i64,
     pub updated_at: i64,
 }
@@ -67,6 +70,8 @@ pub struct NewUser {
     pub password_hash: Option<String>,
     /// Groups to join at creation, in one transaction with the insert.
     pub groups: Vec<String>,
+    /// The password must be changed at the first sign-in.
+    pub password_change_required: bool,
     pub now: i64,
 }
 
@@ -75,7 +80,7 @@ pub(crate) fn name_key(name: &str) -> String {
     name.to_ascii_lowercase()
 }
 
-const USER_COLUMNS: &str = "id, username, email, email_verified, attributes, status, password_hash, created_at, updated_at";
+const USER_COLUMNS: &str = "id, username, email, email_verified, attributes, status, password_hash, password_change_required, created_at, updated_at";
 
 fn user_from_row(row: &AnyRow) -> Result<User, StoreError> {
     let attributes: String = row.try_get("attributes")?;
@@ -90,6 +95,7 @@ fn user_from_row(row: &AnyRow) -> Result<User, StoreError> {
         status: UserStatus::parse(&row.try_get::<String, _>("status")?)?,
         password_hash: row.try_get("password_hash")?,
         groups: Vec::new(),
+        password_change_required: row.try_get::<i64, _>("password_change_required")? != 0,
         created_at: row.try_get("created_at")?,
         updated_at: row.try_get("updated_at")?,
     })
@@ -111,16 +117,18 @@ impl Store {
             .map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let mut tx = self.begin_write().await?;
         let inserted = sqlx::query(
-            "INSERT INTO users (id, username, username_key, email, email_verified, attributes, status, password_hash, created_at, updated_at)
-             VALUES ($1, $2, $3, $4, $5, $6, 'enabled', $7, $8, $8)",
+            "INSERT INTO users (id, username, username_key, email, email_key, email_verified, attributes, status, password_hash, password_change_required, created_at, updated_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, 'enabled', $8, $9, $10, $10)",
         )
         .bind(&new.id)
         .bind(&new.username)
         .bind(name_key(&new.username))
         .bind(&new.email)
+        .bind(new.email.as_deref().map(name_key))
         .bind(i64::from(new.email_verified))
         .bind(&attributes)
         .bind(&new.password_hash)
+        .bind(i64::from(new.password_change_required))
         .bind(new.now)
         .execute(&mut *tx)
         .await;
@@ -220,18 +228,21 @@ impl Store {
         Ok(())
     }
 
-    /// Replaces a user's password hash.
+    /// Replaces a user's password hash; `change_required`: the user must choose a new one at the
+    /// next sign-in.
     pub async fn set_password_hash(
         &self,
         username: &str,
         hash: &str,
+        change_required: bool,
         now: i64,
     ) -> Result<(), StoreError> {
         let _turn = self.write_turn().await;
         let done = sqlx::query(
-            "UPDATE users SET password_hash = $1, updated_at = $2 WHERE username_key = $3",
+            "UPDATE users SET password_hash = $1, password_change_required = $2, updated_at = $3 WHERE username_key = $4",
         )
         .bind(hash)
+        .bind(i64::from(change_required))
         .bind(now)
         .bind(name_key(username))
         .execute(&self.pool)
@@ -240,6 +251,52 @@ impl Store {
             return Err(not_found(username));
         }
         Ok(())
+    }
+
+    /// Sets a user's e-mail address and whether it is verified. Fails with
+    /// [`StoreError::NotFound`] for an unknown user id.
+    pub async fn set_email(
+        &self,
+        user_id: &str,
+        email: Option<&str>,
+        verified: bool,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        let _turn = self.write_turn().await;
+        let done = sqlx::query(
+            "UPDATE users SET email = $1, email_key = $2, email_verified = $3, updated_at = $4 WHERE id = $5",
+        )
+        .bind(email)
+        .bind(email.map(name_key))
+        .bind(i64::from(verified))
+        .bind(now)
+        .bind(user_id)
+        .execute(&self.pool)
+        .await?;
+        if done.rows_affected() == 0 {
+            return Err(not_found(user_id));
+        }
+        Ok(())
+    }
+
+    /// Marks `email` verified for a user, if it is still their address (a code mailed to an
+    /// address they have since changed proves nothing). Returns whether it was.
+    pub async fn verify_email(
+        &self,
+        user_id: &str,
+        email: &str,
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        let _turn = self.write_turn().await;
+        let done = sqlx::query(
+            "UPDATE users SET email_verified = 1, updated_at = $1 WHERE id = $2 AND email_key = $3",
+        )
+        .bind(now)
+        .bind(user_id)
+        .bind(name_key(email))
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
     }
 
     /// Enables or disables a user.

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use portcullis_gateway::Gateway;
 use portcullis_gateway::authn::KeySource;
 use portcullis_gateway::settings::GatewaySettings;
-use portcullis_idp::{PasswordHasher, Provider, UserPool, resolve_instance_secret};
+use portcullis_idp::{Accounts, PasswordHasher, Provider, UserPool, resolve_instance_secret};
 use portcullis_store::Store;
 use portcullis_token::{Clock, Secret};
 
@@ -98,6 +98,18 @@ impl Admin {
         self.open_provider(&secret).await
     }
 
+    /// The account operations (invitations), with the hosted pages' templates.
+    pub fn accounts(&self) -> Result<Accounts, Failure> {
+        let templates = portcullis_idp::Templates::load(self.config.idp.templates_dir.as_deref())
+            .map_err(|e| Failure::user(format!("branding.templates_dir: {e}")))?;
+        Ok(Accounts::new(
+            self.pool.clone(),
+            self.config.idp.clone(),
+            Arc::new(templates),
+            self.clock.clone(),
+        ))
+    }
+
     async fn open_provider(&self, secret: &Secret<String>) -> Result<Provider, Failure> {
         Provider::open(
             self.store.clone(),
@@ -119,6 +131,8 @@ pub struct App {
     pub store: Store,
     pub pool: UserPool,
     pub provider: Provider,
+    /// Sign-up, verification, reset and invitations (and the outbox they fill).
+    pub accounts: Accounts,
     pub gateway: Arc<Gateway>,
     /// Seals browser sign-in flows (`serve` builds the sessions with it).
     pub instance_secret: Arc<Secret<String>>,
@@ -148,6 +162,7 @@ impl App {
         let admin = Admin::open(config).await?;
         let instance_secret = admin.instance_secret().await?;
         let provider = admin.open_provider(&instance_secret).await?;
+        let accounts = admin.accounts()?;
         let Admin {
             config,
             store,
@@ -179,9 +194,25 @@ impl App {
             store,
             pool,
             provider,
+            accounts,
             gateway: Arc::new(gateway),
             instance_secret: Arc::new(instance_secret),
         })
+    }
+}
+
+impl App {
+    /// Refuses to serve when `idp.signup_groups` names a group that does not exist (every
+    /// sign-up would fail after the visitor was told to check their mail).
+    pub async fn check_signup_groups(&self) -> Result<(), Failure> {
+        for group in &self.config.idp.accounts.signup_groups {
+            if self.store.group(group).await?.is_none() {
+                return Err(Failure::user(format!(
+                    "idp.signup_groups names the group {group:?}, which does not exist; create it with `portcullis group add {group}`"
+                )));
+            }
+        }
+        Ok(())
     }
 }
 

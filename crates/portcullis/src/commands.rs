@@ -56,6 +56,15 @@ fn parse_attributes(pairs: &[String]) -> Result<BTreeMap<String, String>, Failur
     Ok(map)
 }
 
+fn account_failure(e: portcullis_idp::AccountError) -> Failure {
+    match e {
+        portcullis_idp::AccountError::Pool(e) => e.into(),
+        portcullis_idp::AccountError::Store(e) => e.into(),
+        e if e.is_user_error() => Failure::user(e.to_string()),
+        e => Failure::internal(e.to_string()),
+    }
+}
+
 fn print_json(value: &serde_json::Value) {
     println!(
         "{}",
@@ -70,6 +79,8 @@ fn user_json(user: &User) -> serde_json::Value {
         "email": user.email,
         "email_verified": user.email_verified,
         "status": user.status,
+        "password_set": user.password_hash.is_some(),
+        "password_change_required": user.password_change_required,
         "groups": user.groups,
         "attributes": user.attributes,
         "created_at": rfc3339(user.created_at),
@@ -145,9 +156,23 @@ pub async fn user(app: &Admin, cmd: UserCommand, json: bool) -> Result<(), Failu
             attributes,
             groups,
             password_stdin,
+            temporary,
+            invite,
         } => {
             let password = if password_stdin {
                 Some(password_from_stdin()?)
+            } else {
+                None
+            };
+            // Checked before the user exists, so a refused invitation leaves nothing behind.
+            let accounts = if invite {
+                let accounts = app.accounts()?;
+                if !accounts.settings().accounts.mail {
+                    return Err(Failure::user(
+                        "--invite mails a link: set mail.transport first (docs/accounts.md)",
+                    ));
+                }
+                Some(accounts)
             } else {
                 None
             };
@@ -158,8 +183,16 @@ pub async fn user(app: &Admin, cmd: UserCommand, json: bool) -> Result<(), Failu
                 attributes: parse_attributes(&attributes)?,
                 groups,
                 password,
+                temporary_password: temporary,
+                no_password: invite,
             };
             let (user, generated) = pool.add_user(req).await?;
+            if let Some(accounts) = accounts {
+                accounts
+                    .invite(&user.username)
+                    .await
+                    .map_err(account_failure)?;
+            }
             if json {
                 let mut doc = user_json(&user);
                 if let Some(pw) = &generated {
@@ -170,6 +203,12 @@ pub async fn user(app: &Admin, cmd: UserCommand, json: bool) -> Result<(), Failu
                 println!("added user {}", user.username);
                 if let Some(pw) = &generated {
                     announce_password(&user.username, pw);
+                }
+                if invite {
+                    println!(
+                        "invitation queued for {}; the running server's mail worker sends it",
+                        user.email.as_deref().unwrap_or_default()
+                    );
                 }
             }
         }
@@ -209,16 +248,22 @@ pub async fn user(app: &Admin, cmd: UserCommand, json: bool) -> Result<(), Failu
             pool.delete_user(&username).await?;
             done(json, &format!("deleted user {username}"));
         }
+        UserCommand::Invite { username } => {
+            let accounts = app.accounts()?;
+            accounts.invite(&username).await.map_err(account_failure)?;
+            done(json, &format!("invitation queued for {username}"));
+        }
         UserCommand::SetPassword {
             username,
             password_stdin,
+            temporary,
         } => {
             let password = if password_stdin {
                 Some(password_from_stdin()?)
             } else {
                 None
             };
-            let generated = pool.set_password(&username, password).await?;
+            let generated = pool.set_password(&username, password, temporary).await?;
             if json {
                 print_json(
                     &json!({ "ok": true, "password": generated.as_ref().map(|p| p.expose().clone()) }),

@@ -150,7 +150,8 @@ async fn seed(app: &App, data_dir: &Path) -> Result<Credentials, Failure> {
                 // The user exists but its password was lost (say, a crash before the file was
                 // written): give it a new one rather than leave the demo unusable.
                 let password = generate_password();
-                pool.set_password(username, Some(password.clone())).await?;
+                pool.set_password(username, Some(password.clone()), false)
+                    .await?;
                 credentials.insert((*username).to_owned(), (password, true));
             }
             (Err(_), _) => {
@@ -211,6 +212,10 @@ fn print_banner(app: &App, credentials: &Credentials) {
     println!(
         "portcullis demo at {url}   (data in {})",
         data_dir.display()
+    );
+    println!(
+        "sign-up and password reset are open; their mail is written to {} instead of being sent",
+        app.config.mail.directory.display()
     );
     if credentials.values().any(|(_, new)| *new) {
         println!(

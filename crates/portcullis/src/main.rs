@@ -9,6 +9,7 @@ mod demo;
 mod demo_app;
 mod failure;
 mod http_server;
+mod mail;
 mod serve;
 mod tls;
 
@@ -276,7 +277,16 @@ enum UserCommand {
         /// Read the password from standard input.
         #[arg(long)]
         password_stdin: bool,
+        /// The user must choose a new password at the first sign-in.
+        #[arg(long, conflicts_with = "invite")]
+        temporary: bool,
+        /// Create the user without a password and mail them a link to choose one (needs
+        /// --email and mail.transport; the running server's mail worker sends it).
+        #[arg(long, requires = "email", conflicts_with = "password_stdin")]
+        invite: bool,
     },
+    /// Mail an invitation again (a new link; earlier ones stop working).
+    Invite { username: String },
     /// List users.
     List,
     /// Show one user.
@@ -288,6 +298,9 @@ enum UserCommand {
         username: String,
         #[arg(long)]
         password_stdin: bool,
+        /// The user must choose a new password at the next sign-in.
+        #[arg(long)]
+        temporary: bool,
     },
     /// Stop a user from signing in.
     Disable { username: String },

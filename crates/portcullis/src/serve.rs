@@ -71,6 +71,7 @@ pub async fn run_config(
     };
     let app = App::open(config).await?;
     before(&app).await?;
+    app.check_signup_groups().await?;
     let g = app.gateway.settings();
     let sessions = portcullis_session::Sessions::new(
         session_provider(&app).await?,
@@ -82,6 +83,13 @@ pub async fn run_config(
     app.gateway.set_refresher(Arc::new(sessions.clone()));
     app.gateway.spawn_refresh(app.store.clone()).await?;
     spawn_key_refresh(&app);
+    crate::mail::spawn(
+        app.config.mail.clone(),
+        app.store.clone(),
+        app.accounts.queued(),
+        portcullis_token::Clock::system(),
+    )
+    .map_err(|e| Failure::user(format!("mail: {e}")))?;
     if let Some((listener, handle)) = admin {
         let addr = listener
             .local_addr()
@@ -324,11 +332,9 @@ fn unavailable(req: &axum::extract::Request) -> Response {
 }
 
 fn router(app: App, timeout: tower_http::timeout::TimeoutLayer) -> Result<Router, Failure> {
-    let templates = portcullis_idp::Templates::load(app.config.idp.templates_dir.as_deref())
-        .map_err(|e| Failure::user(format!("branding.templates_dir: {e}")))?;
     let idp = portcullis_idp::router(
         app.provider.clone(),
-        templates,
+        app.accounts.clone(),
         app.gateway.settings().cookies.clone(),
     )
     .layer(timeout);

@@ -16,7 +16,195 @@ pub(super) fn login_form(
     } else {
         StatusCode::OK
     };
-    web.page(status, "login.html", json!({ "request": sealed, "csrf": csrf, "username": username, "error": error, "client_name": client_name, "_hint": req.login_hint }))
+    let a = &web.provider.settings().accounts;
+    web.page(status, "login.html", json!({ "request": sealed, "csrf": csrf, "username": username, "error": error, "client_name": client_name, "_hint": req.login_hint, "forgot_password": a.mail, "signup": a.signup_open() }))
+}
+
+/// The double-submit CSRF token of a hosted form: the browser's cookie, or a new one to set.
+pub(super) fn csrf_token(web: &Web, headers: &HeaderMap) -> (String, Option<HeaderValue>) {
+    match cookie(headers, web.cookies.csrf()) {
+        Some(c) if c.len() == 43 => (c.to_owned(), None),
+        _ => {
+            let c = random_token().expose().clone();
+            let set = web.set_cookie(web.cookies.csrf(), &c, None, SameSite::Strict);
+            (c, Some(set))
+        }
+    }
+}
+
+/// Adds the CSRF cookie to a form page when it is new.
+pub(super) fn with_csrf_cookie(mut r: Response, set: Option<HeaderValue>) -> Response {
+    if let Some(c) = set {
+        r.headers_mut().append(header::SET_COOKIE, c);
+    }
+    r
+}
+
+/// A posted hosted form: its fields, once its type, size and CSRF token are right; otherwise the
+/// error page to answer with.
+pub(super) fn read_form(
+    web: &Web,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<(BTreeMap<String, String>, String), Response> {
+    if !is_form(headers) || body.len() > MAX_FORM {
+        return Err(web.error_page(StatusCode::BAD_REQUEST, "The form was not sent correctly."));
+    }
+    let Ok(form) = parse_params(body) else {
+        return Err(web.error_page(StatusCode::BAD_REQUEST, "The form was not sent correctly."));
+    };
+    let csrf_cookie = cookie(headers, web.cookies.csrf()).unwrap_or_default();
+    let sent = form.get("csrf").map(String::as_str).unwrap_or_default();
+    if csrf_cookie.is_empty() || !constant_time_eq(csrf_cookie.as_bytes(), sent.as_bytes()) {
+        return Err(web.error_page(StatusCode::FORBIDDEN, "The form expired or was sent from another site. Go back to the application and try again."));
+    }
+    Ok((form, csrf_cookie.to_owned()))
+}
+
+/// A signed-in user goes back to the application with a code, and gets the provider's session
+/// cookie.
+pub(super) async fn finish_sign_in(
+    web: &Web,
+    req: &AuthorizeRequest,
+    session: &portcullis_store::Session,
+    secret: &Secret<String>,
+) -> Response {
+    tracing::info!(client_id = %req.client_id, sid = %session.sid, "signed in");
+    match web.provider.issue_code(req, session).await {
+        Ok(location) => {
+            let mut r = redirect(&location);
+            let ttl = web.provider.settings().session_ttl;
+            r.headers_mut().append(
+                header::SET_COOKIE,
+                web.set_cookie(
+                    web.cookies.idp_session(),
+                    secret.expose(),
+                    Some(ttl),
+                    SameSite::Lax,
+                ),
+            );
+            r
+        }
+        Err(_) => web.error_page(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "The sign-in service is unavailable. Try again shortly.",
+        ),
+    }
+}
+
+/// The form that replaces a temporary password before the sign-in completes.
+fn change_form(
+    web: &Web,
+    sealed: &str,
+    ticket: &str,
+    csrf: &str,
+    user: &portcullis_store::User,
+    error: Option<&str>,
+    strength: Option<u8>,
+) -> Response {
+    let status = if error.is_some() {
+        StatusCode::BAD_REQUEST
+    } else {
+        StatusCode::OK
+    };
+    web.page(
+        status,
+        "new_password.html",
+        json!({
+            "title": "Choose a new password",
+            "intro": "Your password was set by an administrator. Choose your own to continue.",
+            "action": "/login/password",
+            "code": ticket,
+            "request": sealed,
+            "csrf": csrf,
+            "username": user.username,
+            "error": error,
+            "strength": strength,
+            "min_length": web.provider.pool().policy().min_chars,
+            "button": "Change password and continue",
+        }),
+    )
+}
+
+/// `POST /login/password`: the new password after a temporary one.
+pub(super) async fn change_submit(
+    State(web): State<Web>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let (form, csrf) = match read_form(&web, &headers, &body) {
+        Ok(f) => f,
+        Err(r) => return r,
+    };
+    let field = |k: &str| form.get(k).map(String::as_str).unwrap_or_default();
+    let sealed = field("request");
+    let Some(req) = web.provider.open_request(sealed) else {
+        return web.error_page(StatusCode::BAD_REQUEST, "This sign-in page has expired.");
+    };
+    let ticket = field("code");
+    let password = Secret::new(field("password").to_owned());
+    let user = match web.provider.change_ticket_user(ticket).await {
+        Ok(Some(u)) => u,
+        Ok(None) => {
+            return web.error_page(
+                StatusCode::BAD_REQUEST,
+                "This page has expired. Sign in again with the password you were given.",
+            );
+        }
+        Err(_) => {
+            return web.error_page(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "The sign-in service is unavailable. Try again shortly.",
+            );
+        }
+    };
+    let mut context = vec![user.username.as_str()];
+    context.extend(user.email.as_deref());
+    let strength = web
+        .provider
+        .pool()
+        .policy()
+        .strength(password.expose(), &context);
+    match web
+        .provider
+        .complete_password_change(ticket, password)
+        .await
+    {
+        Ok(PasswordChange::Session { session, secret }) => {
+            finish_sign_in(&web, &req, &session, &secret).await
+        }
+        Ok(PasswordChange::Invalid(message)) => change_form(
+            &web,
+            sealed,
+            ticket,
+            &csrf,
+            &user,
+            Some(&sentence(&message)),
+            Some(strength),
+        ),
+        Ok(PasswordChange::Expired) => web.error_page(
+            StatusCode::BAD_REQUEST,
+            "This page has expired. Sign in again with the password you were given.",
+        ),
+        Err(_) => web.error_page(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "The sign-in service is unavailable. Try again shortly.",
+        ),
+    }
+}
+
+/// "the password is too short" → "The password is too short."
+pub(super) fn sentence(s: &str) -> String {
+    let mut c = s.chars();
+    let mut out: String = c
+        .next()
+        .map(|f| f.to_uppercase().collect())
+        .unwrap_or_default();
+    out.push_str(c.as_str());
+    if !out.ends_with('.') {
+        out.push('.');
+    }
+    out
 }
 
 pub(super) async fn client_name(web: &Web, client_id: &str) -> String {
@@ -38,15 +226,9 @@ pub(super) async fn login_page(State(web): State<Web>, uri: Uri, headers: Header
         return web.error_page(StatusCode::BAD_REQUEST, "This sign-in page has expired.");
     };
     // Double-submit CSRF token: a random cookie, echoed in the form.
-    let (csrf, new_cookie) = match cookie(&headers, web.cookies.csrf()) {
-        Some(c) if c.len() == 43 => (c.to_owned(), None),
-        _ => {
-            let c = random_token().expose().clone();
-            (c.clone(), Some(c))
-        }
-    };
+    let (csrf, new_cookie) = csrf_token(&web, &headers);
     let name = client_name(&web, &req.client_id).await;
-    let mut r = login_form(
+    let r = login_form(
         &web,
         &req,
         sealed,
@@ -55,13 +237,7 @@ pub(super) async fn login_page(State(web): State<Web>, uri: Uri, headers: Header
         None,
         &name,
     );
-    if let Some(c) = new_cookie {
-        r.headers_mut().append(
-            header::SET_COOKIE,
-            web.set_cookie(web.cookies.csrf(), &c, None, SameSite::Strict),
-        );
-    }
-    r
+    with_csrf_cookie(r, new_cookie)
 }
 
 pub(super) async fn login_submit(
@@ -124,6 +300,18 @@ pub(super) async fn login_submit(
             // One message for an unknown user, a wrong password and a disabled account.
             return again("Incorrect username or password.");
         }
+        Ok(SignIn::Unverified { user }) => {
+            // The password was right, so telling its owner about their address reveals nothing.
+            if let Err(e) = web.accounts.send_verification(&user, Some(sealed)).await {
+                tracing::error!(error = %e, "verification mail not queued");
+            }
+            return again(
+                "Confirm your e-mail address first: we sent a link to it (check your spam folder too).",
+            );
+        }
+        Ok(SignIn::ChangePassword { ticket, user }) => {
+            return change_form(&web, sealed, &ticket, csrf_cookie, &user, None, None);
+        }
         Err(_) => {
             return web.error_page(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -131,25 +319,5 @@ pub(super) async fn login_submit(
             );
         }
     };
-    tracing::info!(client_id = %req.client_id, sid = %session.sid, "signed in");
-    match web.provider.issue_code(&req, &session).await {
-        Ok(location) => {
-            let mut r = redirect(&location);
-            let ttl = web.provider.settings().session_ttl;
-            r.headers_mut().append(
-                header::SET_COOKIE,
-                web.set_cookie(
-                    web.cookies.idp_session(),
-                    secret.expose(),
-                    Some(ttl),
-                    SameSite::Lax,
-                ),
-            );
-            r
-        }
-        Err(_) => web.error_page(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "The sign-in service is unavailable. Try again shortly.",
-        ),
-    }
+    finish_sign_in(&web, &req, &session, &secret).await
 }

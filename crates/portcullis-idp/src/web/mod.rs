@@ -2,6 +2,7 @@
 //! authorize, the hosted sign-in page, token and revoke, userinfo, logout. This module holds what
 //! they share (state, parsing, cookies, response shapes); every decision is the provider's.
 
+mod accounts;
 mod authorize;
 mod discovery;
 mod login;
@@ -25,8 +26,11 @@ use portcullis_token::cookie::{CookiePolicy, SameSite};
 use portcullis_token::{Secret, constant_time_eq};
 use serde_json::json;
 
+use crate::accounts::Accounts;
 use crate::crypto::random_token;
-use crate::provider::{AuthorizeError, AuthorizeRequest, MAX_PARAM, OAuthError, Provider, SignIn};
+use crate::provider::{
+    AuthorizeError, AuthorizeRequest, MAX_PARAM, OAuthError, PasswordChange, Provider, SignIn,
+};
 use crate::templates::Templates;
 
 /// Largest form body accepted by the token, revoke and sign-in endpoints.
@@ -35,9 +39,13 @@ const MAX_FORM: usize = 16 * 1024;
 #[derive(Clone)]
 struct Web {
     provider: Provider,
+    accounts: Accounts,
     templates: Arc<Templates>,
     cookies: Arc<CookiePolicy>,
     attempts: Arc<Attempts>,
+    /// Sign-ups, resets, verifications and resends per network (`idp.account_rate_per_address`
+    /// per hour).
+    account_attempts: Arc<Attempts>,
 }
 
 /// Sign-in attempts per network: governor's keyed GCRA limiter, `idp.signin_rate_per_address`
@@ -51,10 +59,33 @@ struct Attempts {
 impl Attempts {
     fn new(per_minute: u32) -> Attempts {
         let per_minute = std::num::NonZeroU32::new(per_minute).unwrap_or(std::num::NonZeroU32::MIN);
+        Attempts::with_quota(governor::Quota::per_minute(per_minute))
+    }
+
+    fn per_hour(per_hour: u32) -> Attempts {
+        let per_hour = std::num::NonZeroU32::new(per_hour).unwrap_or(std::num::NonZeroU32::MIN);
+        Attempts::with_quota(governor::Quota::per_hour(per_hour))
+    }
+
+    fn with_quota(quota: governor::Quota) -> Attempts {
         Attempts {
-            limiter: governor::RateLimiter::keyed(governor::Quota::per_minute(per_minute)),
+            limiter: governor::RateLimiter::keyed(quota),
             last_sweep: Mutex::new(None),
         }
+    }
+
+    /// Counts an attempt from `ip`; false when its network is over its budget.
+    fn allowed(&self, ip: IpAddr) -> bool {
+        // Forget networks whose budget is full again when many are tracked, at most once a
+        // second: a sweep walks the whole map and must not happen on every attempt.
+        if self.limiter.len() > ATTEMPTS_TRACKED
+            && let Ok(mut last) = self.last_sweep.lock()
+            && last.is_none_or(|t| t.elapsed() >= Duration::from_secs(1))
+        {
+            self.limiter.retain_recent();
+            *last = Some(Instant::now());
+        }
+        self.limiter.check_key(&network_of(ip)).is_ok()
     }
 }
 
@@ -78,13 +109,16 @@ fn network_of(ip: IpAddr) -> IpAddr {
 
 /// The provider's routes, to be merged into the server's router. The server must be run with
 /// `into_make_service_with_connect_info::<SocketAddr>()` so sign-in throttling sees addresses.
-pub fn router(provider: Provider, templates: Templates, cookies: CookiePolicy) -> Router {
+pub fn router(provider: Provider, accounts: Accounts, cookies: CookiePolicy) -> Router {
     let provider_rate = provider.settings().signin_rate_per_address;
+    let account_rate = provider.settings().accounts.rate_per_address;
     let web = Web {
         provider,
-        templates: Arc::new(templates),
+        templates: accounts.templates().clone(),
+        accounts,
         cookies: Arc::new(cookies),
         attempts: Arc::new(Attempts::new(provider_rate)),
+        account_attempts: Arc::new(Attempts::per_hour(account_rate)),
     };
     Router::new()
         .route(
@@ -97,6 +131,27 @@ pub fn router(provider: Provider, templates: Templates, cookies: CookiePolicy) -
             get(authorize::authorize).post(authorize::authorize),
         )
         .route("/login", get(login::login_page).post(login::login_submit))
+        .route("/login/password", axum::routing::post(login::change_submit))
+        .route(
+            "/signup",
+            get(accounts::signup_page).post(accounts::signup_submit),
+        )
+        .route(
+            "/verifyEmail",
+            get(accounts::verify_page).post(accounts::verify_submit),
+        )
+        .route(
+            "/forgotPassword",
+            get(accounts::forgot_page).post(accounts::forgot_submit),
+        )
+        .route(
+            "/resetPassword",
+            get(accounts::reset_page).post(accounts::reset_submit),
+        )
+        .route(
+            "/invitation",
+            get(accounts::invitation_page).post(accounts::invitation_submit),
+        )
         .route("/oauth2/token", axum::routing::post(token::token))
         .route(
             "/oauth2/userInfo",
@@ -179,17 +234,12 @@ impl Web {
 
     /// Counts a sign-in attempt from `ip`; false when its network is over its budget.
     fn address_allowed(&self, ip: IpAddr) -> bool {
-        let attempts = &self.attempts;
-        // Forget networks whose budget is full again when many are tracked, at most once a
-        // second: a sweep walks the whole map and must not happen on every attempt.
-        if attempts.limiter.len() > ATTEMPTS_TRACKED
-            && let Ok(mut last) = attempts.last_sweep.lock()
-            && last.is_none_or(|t| t.elapsed() >= Duration::from_secs(1))
-        {
-            attempts.limiter.retain_recent();
-            *last = Some(Instant::now());
-        }
-        attempts.limiter.check_key(&network_of(ip)).is_ok()
+        self.attempts.allowed(ip)
+    }
+
+    /// Counts a sign-up, reset, verification or resend from `ip`.
+    fn account_action_allowed(&self, ip: IpAddr) -> bool {
+        self.account_attempts.allowed(ip)
     }
 }
 

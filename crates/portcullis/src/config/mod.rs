@@ -36,6 +36,9 @@ pub use schema::{DeclaredClient, DeclaredResourceServer};
 /// cannot end up in a file that is committed).
 pub const INSTANCE_SECRET_ENV: &str = "PORTCULLIS_INSTANCE_SECRET";
 
+/// The environment variable that may carry the SMTP password.
+pub const SMTP_PASSWORD_ENV: &str = "PORTCULLIS_MAIL_SMTP_PASSWORD";
+
 /// The environment variable with the client secret of browser sessions at an external provider.
 pub const SESSIONS_CLIENT_SECRET_ENV: &str = "PORTCULLIS_SESSIONS_CLIENT_SECRET";
 
@@ -169,6 +172,8 @@ pub struct Config {
     /// `[[policy]]` documents, seeded into an empty store.
     pub policies: Vec<PolicyDocument>,
     pub gateway: GatewayConfig,
+    /// `[mail]`, checked.
+    pub mail: crate::mail::MailConfig,
 }
 
 /// `sessions.issuer`: browser sessions sign in at another OpenID provider.
@@ -317,6 +322,7 @@ fn validate(
         passwords,
         secrets,
         idp: idp_file,
+        mail,
         gateway,
         sessions,
         branding,
@@ -456,6 +462,11 @@ fn validate(
     }
 
     let acme = acme_config(&server.acme, server.redirect_listen.value.is_some(), check);
+    let accounts = account_settings(
+        &idp_file,
+        mail.transport.value.0 != crate::mail::TransportKind::None,
+        check,
+    );
     let issuer = idp_file.issuer.value.map(|u| u.0);
     let tls = !server.certificates.is_empty() || acme.is_some();
     if !tls && server.redirect_listen.value.is_some() {
@@ -494,6 +505,8 @@ fn validate(
         primary_colour: branding.primary_colour.value.0,
     };
     idp.templates_dir = branding.templates_dir.value.map(|p| p.0);
+    let mail = mail_config(&mail, &idp, &data_dir, env, check);
+    idp.accounts = accounts;
 
     let clients = clients
         .into_iter()
@@ -565,6 +578,7 @@ fn validate(
         routes,
         issuers,
         policies,
+        mail,
         sessions_access_ttl: sessions.access_ttl.value.secs(),
         sessions_external,
         gateway: GatewayConfig {
@@ -658,6 +672,204 @@ pub fn default_issuer(
 }
 
 /// Checks `[server.acme]`; `None` when it names no domain.
+/// `[mail]`: the transport, its server and credentials, the sender.
+fn mail_config(
+    mail: &schema::Mail,
+    idp: &IdpSettings,
+    data_dir: &Path,
+    env: &Env,
+    check: &mut Check<'_, '_>,
+) -> crate::mail::MailConfig {
+    use crate::mail::{SmtpConfig, SmtpTls, TransportKind};
+    let transport = mail.transport.value.0;
+    let from_text = if mail.from.value.is_empty() {
+        let host = url::Url::parse(&idp.issuer)
+            .ok()
+            .and_then(|u| u.domain().map(str::to_owned))
+            .unwrap_or_else(|| "localhost".into());
+        let name = idp.branding.app_name.replace(['"', '\\'], "");
+        format!("\"{name}\" <no-reply@{host}>")
+    } else {
+        mail.from.value.clone()
+    };
+    let from = from_text.parse::<lettre::message::Mailbox>().unwrap_or_else(|e| {
+        check.error(
+            mail.from.span.as_ref(),
+            "mail.from",
+            format!("{from_text:?} is not a mailbox ({e}); write `Name <address@example.com>` or an address"),
+        );
+        lettre::message::Mailbox::new(None, lettre::Address::new("no-reply", "localhost").expect("a valid address"))
+    });
+    let tls = mail.smtp_tls.value.0;
+    let smtp = (transport == TransportKind::Smtp).then(|| {
+        let host = mail.smtp_host.value.trim().to_owned();
+        if host.is_empty() {
+            check.error(
+                mail.transport.span.as_ref(),
+                "mail.smtp_host",
+                "mail.transport = \"smtp\" needs the SMTP server's host name in mail.smtp_host",
+            );
+        }
+        let loopback = host == "localhost"
+            || host
+                .trim_matches(['[', ']'])
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback());
+        if tls == SmtpTls::None && !loopback && !host.is_empty() {
+            check.error(
+                mail.smtp_tls.span.as_ref(),
+                "mail.smtp_tls",
+                format!("\"none\" sends passwords and reset links in clear text: allowed only for a relay on loopback, not {host}; use \"starttls\" or \"tls\""),
+            );
+        }
+        let password = match (env.get(SMTP_PASSWORD_ENV), &mail.smtp_password_file.value) {
+            (Some(p), None) => Some(Secret::new(p.to_owned())),
+            (None, Some(path)) => match std::fs::read_to_string(&path.0) {
+                Ok(p) => Some(Secret::new(p.trim_end_matches(['\r', '\n']).to_owned())),
+                Err(e) => {
+                    check.error(
+                        mail.smtp_password_file.span.as_ref(),
+                        "mail.smtp_password_file",
+                        format!("cannot read {}: {e}", path.0.display()),
+                    );
+                    None
+                }
+            },
+            (Some(_), Some(_)) => {
+                check.env_error(
+                    SMTP_PASSWORD_ENV,
+                    "mail.smtp_password_file",
+                    "both are set; keep one source for the SMTP password",
+                );
+                None
+            }
+            (None, None) => None,
+        };
+        let username = Some(mail.smtp_username.value.clone()).filter(|u| !u.is_empty());
+        if username.is_some() != password.is_some() {
+            check.error(
+                mail.smtp_username.span.as_ref(),
+                "mail.smtp_username",
+                format!("SMTP authentication needs both mail.smtp_username and a password ({SMTP_PASSWORD_ENV} or mail.smtp_password_file)"),
+            );
+        }
+        let ca_pem = mail.smtp_ca_file.value.as_ref().and_then(|path| {
+            match std::fs::read(&path.0) {
+                Ok(pem) if String::from_utf8_lossy(&pem).contains("-----BEGIN CERTIFICATE-----") => {
+                    Some(pem)
+                }
+                Ok(_) => {
+                    check.error(
+                        mail.smtp_ca_file.span.as_ref(),
+                        "mail.smtp_ca_file",
+                        format!("{} holds no PEM certificate", path.0.display()),
+                    );
+                    None
+                }
+                Err(e) => {
+                    check.error(
+                        mail.smtp_ca_file.span.as_ref(),
+                        "mail.smtp_ca_file",
+                        format!("cannot read {}: {e}", path.0.display()),
+                    );
+                    None
+                }
+            }
+        });
+        let port = mail.smtp_port.value.map_or(
+            match tls {
+                SmtpTls::Starttls => 587,
+                SmtpTls::Tls => 465,
+                SmtpTls::None => 25,
+            },
+            |p| p.get(),
+        );
+        SmtpConfig {
+            host,
+            port,
+            tls,
+            username,
+            password,
+            ca_pem,
+        }
+    });
+    crate::mail::MailConfig {
+        transport,
+        from,
+        smtp,
+        directory: mail
+            .directory
+            .value
+            .as_ref()
+            .map_or_else(|| data_dir.join("outbox"), |p| p.0.clone()),
+        give_up_after: mail.give_up_after.value.0,
+    }
+}
+
+/// The `idp.signup*` and link settings.
+fn account_settings(
+    idp: &schema::Idp,
+    has_mail: bool,
+    check: &mut Check<'_, '_>,
+) -> portcullis_idp::AccountSettings {
+    use portcullis_idp::SignupMode;
+    let list = |s: &str| -> Vec<String> {
+        s.split(',')
+            .map(|d| d.trim().to_owned())
+            .filter(|d| !d.is_empty())
+            .collect()
+    };
+    let signup = idp.signup.value.0;
+    if signup != SignupMode::Closed && !has_mail {
+        check.error(
+            idp.signup.span.as_ref(),
+            "idp.signup",
+            "sign-up mails each new user a verification link: set mail.transport (docs/accounts.md)",
+        );
+    }
+    let domains: Vec<String> = list(&idp.signup_domains.value)
+        .into_iter()
+        .map(|d| d.trim_start_matches('@').to_ascii_lowercase())
+        .collect();
+    if signup == SignupMode::Domains && domains.is_empty() {
+        check.error(
+            idp.signup.span.as_ref(),
+            "idp.signup_domains",
+            "idp.signup = \"domains\" needs the allowed e-mail domains in idp.signup_domains",
+        );
+    }
+    for d in &domains {
+        if !valid_dns_name(d) {
+            check.error(
+                idp.signup_domains.span.as_ref(),
+                "idp.signup_domains",
+                format!("{d:?} is not a domain name"),
+            );
+        }
+    }
+    let groups = list(&idp.signup_groups.value);
+    for g in &groups {
+        if let Err(e) = portcullis_idp::validate_group_name(g) {
+            check.error(
+                idp.signup_groups.span.as_ref(),
+                "idp.signup_groups",
+                e.to_string(),
+            );
+        }
+    }
+    portcullis_idp::AccountSettings {
+        signup,
+        signup_domains: domains,
+        signup_groups: groups,
+        require_verified_email: idp.require_verified_email.value,
+        verify_ttl: idp.verify_link_ttl.value.secs(),
+        reset_ttl: idp.reset_link_ttl.value.secs(),
+        invite_ttl: idp.invite_link_ttl.value.secs(),
+        mail: has_mail,
+        rate_per_address: idp.account_rate_per_address.value.get(),
+    }
+}
+
 fn acme_config(
     acme: &schema::Acme,
     redirect_listener: bool,

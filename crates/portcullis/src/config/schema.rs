@@ -78,6 +78,7 @@ pub struct File {
     pub passwords: Passwords,
     pub secrets: Secrets,
     pub idp: Idp,
+    pub mail: Mail,
     pub gateway: Gateway,
     pub sessions: Sessions,
     pub branding: Branding,
@@ -100,6 +101,7 @@ impl Default for File {
             passwords: Passwords::default(),
             secrets: Secrets::default(),
             idp: Idp::default(),
+            mail: Mail::default(),
             gateway: Gateway::default(),
             sessions: Sessions::default(),
             branding: Branding::default(),
@@ -127,6 +129,7 @@ pub fn keys() -> impl Iterator<Item = &'static KeyDoc> {
         .chain(Passwords::KEYS)
         .chain(Secrets::KEYS)
         .chain(Idp::KEYS)
+        .chain(Mail::KEYS)
         .chain(Gateway::KEYS)
         .chain(Sessions::KEYS)
         .chain(Branding::KEYS)
@@ -150,6 +153,7 @@ pub const SECTIONS: &[&str] = &[
     "passwords",
     "secrets",
     "idp",
+    "mail",
     "gateway",
     "sessions",
     "branding",
@@ -364,6 +368,61 @@ section! {
         /// Accounts are throttled separately: after 5 failures a delay that doubles, from 1 s up to
         /// 15 min.
         signin_rate_per_address: Int<1, 1_000_000> = "60";
+        /// Who may create an account on the hosted `/signup` page: `closed` (operators only),
+        /// `open` (anyone with an e-mail address), `domains` (addresses in `idp.signup_domains`),
+        /// or `invite` (only people invited with `user add --invite`). Needs `mail.transport`.
+        signup: OneOf<portcullis_idp::SignupMode> = "closed";
+        /// With `idp.signup = "domains"`: the e-mail domains that may sign up, comma-separated
+        /// ("example.com, example.org").
+        signup_domains: String = "";
+        /// Groups a new account from `/signup` joins, comma-separated (each must exist).
+        signup_groups: String = "";
+        /// Users with an e-mail address that is not verified may not sign in; the sign-in page
+        /// mails them a new link instead. `email_verified` in tokens always tells the truth.
+        require_verified_email: bool = "false";
+        /// How long an e-mail verification link works.
+        verify_link_ttl: Dur<60_000, 2_592_000_000> = "24h";
+        /// How long a password-reset link works.
+        reset_link_ttl: Dur<60_000, 86_400_000> = "1h";
+        /// How long an invitation link works.
+        invite_link_ttl: Dur<60_000, 2_592_000_000> = "7d";
+        /// Sign-ups, password-reset requests, verifications and new passwords accepted per client
+        /// address (per /64 network for IPv6) per hour on each node. Each account also gets at most
+        /// 3 mails of a kind per hour.
+        account_rate_per_address: Int<1, 1_000_000> = "20";
+    }
+}
+
+section! {
+    /// `[mail]`
+    pub struct Mail in "mail." {
+        /// How mail leaves: `none` (sign-up, password reset and invitations are not offered),
+        /// `smtp`, or `directory` (each message is written to `mail.directory` as an `.eml`
+        /// file, for development; `demo` uses it).
+        transport: OneOf<crate::mail::TransportKind> = "none";
+        /// The sender, as `Name <address>` or an address.
+        from: String = "" shown "\"<branding.app_name>\" <no-reply@<issuer host>>";
+        /// The SMTP server (submission relay) to send through.
+        smtp_host: String = "";
+        /// Its port. Empty: 587 for `starttls`, 465 for `tls`, 25 for `none`.
+        smtp_port: Option<Int<1, 65_535>> = "" shown "587 / 465 / 25";
+        /// `starttls` (required, never opportunistic), `tls` (TLS from the first byte), or `none`
+        /// (only for a relay on loopback, such as a local Postfix). The server's certificate is
+        /// verified for `mail.smtp_host`.
+        smtp_tls: OneOf<crate::mail::SmtpTls> = "starttls";
+        /// User name for SMTP authentication; the password comes from
+        /// `PORTCULLIS_MAIL_SMTP_PASSWORD` or `mail.smtp_password_file`. Empty: no authentication.
+        smtp_username: String = "";
+        /// A file holding the SMTP password.
+        smtp_password_file: Option<FilePath> = "";
+        /// PEM file of the authorities trusted for the SMTP server's certificate, instead of the
+        /// system's roots (a private CA).
+        smtp_ca_file: Option<FilePath> = "";
+        /// Where `transport = "directory"` writes messages.
+        directory: Option<FilePath> = "" shown "<data_dir>/outbox";
+        /// A message that could not be sent is retried with growing delays (15 s doubling up to
+        /// 30 min) for this long, then given up and logged.
+        give_up_after: Dur<60_000, 2_592_000_000> = "3d";
     }
 }
 

@@ -419,6 +419,31 @@ impl Choice for crate::acme::ChallengeKind {
     ];
 }
 
+impl Choice for portcullis_idp::SignupMode {
+    const CHOICES: &'static [(&'static str, Self)] = &[
+        ("closed", portcullis_idp::SignupMode::Closed),
+        ("open", portcullis_idp::SignupMode::Open),
+        ("domains", portcullis_idp::SignupMode::Domains),
+        ("invite", portcullis_idp::SignupMode::Invite),
+    ];
+}
+
+impl Choice for crate::mail::TransportKind {
+    const CHOICES: &'static [(&'static str, Self)] = &[
+        ("none", crate::mail::TransportKind::None),
+        ("smtp", crate::mail::TransportKind::Smtp),
+        ("directory", crate::mail::TransportKind::Directory),
+    ];
+}
+
+impl Choice for crate::mail::SmtpTls {
+    const CHOICES: &'static [(&'static str, Self)] = &[
+        ("starttls", crate::mail::SmtpTls::Starttls),
+        ("tls", crate::mail::SmtpTls::Tls),
+        ("none", crate::mail::SmtpTls::None),
+    ];
+}
+
 /// The algorithms access tokens may be signed with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct AccessAlg(pub Algorithm);
