@@ -158,17 +158,6 @@ impl Accounts {
     ) -> Result<bool, AccountError> {
         let store = self.inner.pool.store();
         let now = self.now();
-        if store
-            .account_codes_since(&user.id, purpose, now - 3600)
-            .await?
-            >= CODES_PER_HOUR
-        {
-            tracing::info!(
-                purpose = purpose.as_str(),
-                "account code not mailed: hourly limit"
-            );
-            return Ok(false);
-        }
         let a = &self.inner.settings.accounts;
         let (ttl, path, kind) = match purpose {
             CodePurpose::Verify => (a.verify_ttl, "/verifyEmail", "verify"),
@@ -176,16 +165,26 @@ impl Accounts {
             CodePurpose::Invite => (a.invite_ttl, "/invitation", "invite"),
         };
         let code = random_token();
-        store
-            .insert_account_code(&NewCode {
-                code_hash: sha256_hex(code.expose()),
-                purpose,
-                user_id: user.id.clone(),
-                email: email.to_owned(),
-                now,
-                expires_at: now + ttl,
-            })
+        let stored = store
+            .insert_account_code(
+                &NewCode {
+                    code_hash: sha256_hex(code.expose()),
+                    purpose,
+                    user_id: user.id.clone(),
+                    email: email.to_owned(),
+                    now,
+                    expires_at: now + ttl,
+                },
+                CODES_PER_HOUR,
+            )
             .await?;
+        if !stored {
+            tracing::info!(
+                purpose = purpose.as_str(),
+                "account code not mailed: hourly limit"
+            );
+            return Ok(false);
+        }
         let mut link = url::Url::parse(&format!("{}{path}", self.inner.settings.issuer))
             .map_err(|e| AccountError::Template(format!("issuer URL: {e}")))?;
         link.query_pairs_mut().append_pair("code", code.expose());
@@ -222,7 +221,7 @@ impl Accounts {
                 .rsplit_once('@')
                 .map(|(_, d)| d.to_ascii_lowercase())
                 .unwrap_or_default();
-            if !a.signup_domains.iter().any(|d| *d == domain) {
+            if !a.signup_domains.contains(&domain) {
                 return Err(AccountError::Invalid(
                     "Accounts can be created only with an address of the organisation's own domains."
                         .into(),

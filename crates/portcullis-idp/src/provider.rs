@@ -910,6 +910,19 @@ impl Provider {
             return Ok(PasswordChange::Invalid(e.to_string()));
         }
         let pool = &self.inner.pool;
+        let same = pool
+            .hasher()
+            .verify(password.clone(), user.password_hash.clone())
+            .await
+            .map_err(|e| {
+                tracing::error!(error = %e, "password check failed");
+                OAuthError::TemporarilyUnavailable
+            })?;
+        if same {
+            return Ok(PasswordChange::Invalid(
+                "choose a password of your own, not the one you were given".into(),
+            ));
+        }
         match pool
             .set_password(&user.username, Some(password), false)
             .await

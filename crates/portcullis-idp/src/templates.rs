@@ -104,6 +104,9 @@ impl Templates {
     /// Embedded templates, overridden by same-named files in `dir`.
     pub fn load(dir: Option<&Path>) -> Result<Templates, TemplateError> {
         let mut env = Environment::new();
+        env.add_filter("urlencode", |value: String| -> String {
+            url::form_urlencoded::byte_serialize(value.as_bytes()).collect()
+        });
         for (name, source) in EMBEDDED {
             let source = match dir.map(|d| d.join(name)).filter(|p| p.is_file()) {
                 Some(path) => std::fs::read_to_string(&path).map_err(|e| TemplateError::Read {

@@ -42,6 +42,8 @@ pub struct QueuedMail {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct OutboxCounts {
     pub pending: i64,
+    /// Of the pending, those that failed at least once (waiting for a retry).
+    pub retrying: i64,
     pub sent: i64,
     pub failed: i64,
 }
@@ -211,6 +213,7 @@ impl Store {
         let row = sqlx::query(
             "SELECT
                COALESCE(SUM(CASE WHEN sent_at IS NULL AND failed_at IS NULL THEN 1 ELSE 0 END), 0) AS pending,
+               COALESCE(SUM(CASE WHEN sent_at IS NULL AND failed_at IS NULL AND attempts > 0 THEN 1 ELSE 0 END), 0) AS retrying,
                COALESCE(SUM(CASE WHEN sent_at IS NOT NULL THEN 1 ELSE 0 END), 0) AS sent,
                COALESCE(SUM(CASE WHEN failed_at IS NOT NULL THEN 1 ELSE 0 END), 0) AS failed
              FROM mail_outbox",
@@ -219,6 +222,7 @@ impl Store {
         .await?;
         Ok(OutboxCounts {
             pending: row.try_get("pending")?,
+            retrying: row.try_get("retrying")?,
             sent: row.try_get("sent")?,
             failed: row.try_get("failed")?,
         })
@@ -236,10 +240,39 @@ impl Store {
         Ok(done.rows_affected())
     }
 
-    /// Stores a code. Earlier unused codes of the same user and purpose stop working: only the
-    /// newest link in the user's mailbox counts.
-    pub async fn insert_account_code(&self, c: &NewCode) -> Result<(), StoreError> {
+    /// Stores a code, unless `max_per_hour` codes of this user and purpose were stored in the
+    /// hour before `c.now` (then `false`, and nothing changes). Earlier unused codes of the same
+    /// user and purpose stop working: only the newest link in the user's mailbox counts. The
+    /// count and the insert are one transaction that first locks the user's row, so concurrent
+    /// requests cannot both slip under the limit.
+    pub async fn insert_account_code(
+        &self,
+        c: &NewCode,
+        max_per_hour: i64,
+    ) -> Result<bool, StoreError> {
         let mut tx = self.begin_write().await?;
+        let locked = sqlx::query("UPDATE users SET updated_at = updated_at WHERE id = $1")
+            .bind(&c.user_id)
+            .execute(&mut *tx)
+            .await?;
+        if locked.rows_affected() == 0 {
+            return Err(StoreError::NotFound {
+                kind: "user",
+                name: c.user_id.clone(),
+            });
+        }
+        let recent: i64 = sqlx::query(
+            "SELECT COUNT(*) AS n FROM account_codes WHERE user_id = $1 AND purpose = $2 AND created_at > $3",
+        )
+        .bind(&c.user_id)
+        .bind(c.purpose.as_str())
+        .bind(c.now - 3600)
+        .fetch_one(&mut *tx)
+        .await?
+        .try_get("n")?;
+        if recent >= max_per_hour {
+            return Ok(false);
+        }
         sqlx::query(
             "UPDATE account_codes SET used_at = $1 WHERE user_id = $2 AND purpose = $3 AND used_at IS NULL",
         )
@@ -261,7 +294,7 @@ impl Store {
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
-        Ok(())
+        Ok(true)
     }
 
     /// The live code with this digest and purpose, without using it (to show a form).

@@ -30,6 +30,21 @@ impl Store {
             .ok_or_else(|| StoreError::Corrupt(format!("setting {name} vanished")))
     }
 
+    /// Sets `name` to `value`, replacing what was there.
+    pub async fn setting_put(&self, name: &str, value: &str, now: i64) -> Result<(), StoreError> {
+        let _turn = self.write_turn().await;
+        sqlx::query(
+            "INSERT INTO instance_settings (name, value, created_at) VALUES ($1, $2, $3)
+             ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+        )
+        .bind(name)
+        .bind(value)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
     /// Returns the stored value of `name`.
     pub async fn setting(&self, name: &str) -> Result<Option<String>, StoreError> {
         let row = sqlx::query("SELECT value FROM instance_settings WHERE name = $1")

@@ -149,6 +149,7 @@ async fn outbox_claims_once_retries_and_keeps_every_message(store: Store) {
         store.outbox_counts().await.expect("counts"),
         OutboxCounts {
             pending: 1,
+            retrying: 1,
             sent: 1,
             failed: 1
         }
@@ -178,6 +179,7 @@ async fn outbox_claims_once_retries_and_keeps_every_message(store: Store) {
         store.outbox_counts().await.expect("counts"),
         OutboxCounts {
             pending: 0,
+            retrying: 0,
             sent: 1,
             failed: 0
         }
@@ -197,19 +199,19 @@ async fn account_codes_are_single_use_newest_only_and_expire(store: Store) {
         now,
         expires_at: now + 3600,
     };
-    store
-        .insert_account_code(&code("r1", CodePurpose::Reset, 100))
-        .await
-        .expect("insert");
-    store
-        .insert_account_code(&code("v1", CodePurpose::Verify, 100))
-        .await
-        .expect("insert");
-    // A newer reset code replaces the older; the verification code is untouched.
-    store
-        .insert_account_code(&code("r2", CodePurpose::Reset, 110))
-        .await
-        .expect("insert");
+    for (hash, purpose, now) in [
+        ("r1", CodePurpose::Reset, 100),
+        ("v1", CodePurpose::Verify, 100),
+        // A newer reset code replaces the older; the verification code is untouched.
+        ("r2", CodePurpose::Reset, 110),
+    ] {
+        assert!(
+            store
+                .insert_account_code(&code(hash, purpose, now), 3)
+                .await
+                .expect("insert")
+        );
+    }
     assert_eq!(
         store
             .use_account_code("r1", CodePurpose::Reset, 120)
@@ -264,6 +266,28 @@ async fn account_codes_are_single_use_newest_only_and_expire(store: Store) {
         None
     );
     assert_eq!(store.prune_account_codes(10_000).await.expect("prune"), 3);
+    // At most n an hour per user and purpose, even when asked for at once.
+    let tasks: Vec<_> = (0..8)
+        .map(|n| {
+            let (store, c) = (
+                store.clone(),
+                code(&format!("burst{n}"), CodePurpose::Reset, 20_000),
+            );
+            tokio::spawn(async move { store.insert_account_code(&c, 3).await })
+        })
+        .collect();
+    let mut stored = 0;
+    for t in tasks {
+        stored += usize::from(t.await.expect("task").expect("insert"));
+    }
+    assert_eq!(stored, 3, "three codes an hour");
+    assert!(
+        store
+            .insert_account_code(&code("later", CodePurpose::Reset, 20_000 + 3601), 3)
+            .await
+            .expect("insert"),
+        "an hour later there is room again"
+    );
 }
 
 async fn email_lookup_and_verification_follow_the_current_address(store: Store) {

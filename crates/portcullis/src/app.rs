@@ -98,13 +98,21 @@ impl Admin {
         self.open_provider(&secret).await
     }
 
-    /// The account operations (invitations), with the hosted pages' templates.
-    pub fn accounts(&self) -> Result<Accounts, Failure> {
+    /// The account operations (invitations), with the hosted pages' templates. Links in mail
+    /// point at `idp.issuer`; a CLI whose configuration leaves it to the listening port uses the
+    /// issuer the server last started with.
+    pub async fn accounts(&self) -> Result<Accounts, Failure> {
         let templates = portcullis_idp::Templates::load(self.config.idp.templates_dir.as_deref())
             .map_err(|e| Failure::user(format!("branding.templates_dir: {e}")))?;
+        let mut settings = self.config.idp.clone();
+        if !self.config.issuer_configured
+            && let Some(served) = self.store.setting(SERVED_ISSUER).await?
+        {
+            settings.issuer = served;
+        }
         Ok(Accounts::new(
             self.pool.clone(),
-            self.config.idp.clone(),
+            settings,
             Arc::new(templates),
             self.clock.clone(),
         ))
@@ -122,6 +130,9 @@ impl Admin {
         .map_err(|e| Failure::internal(format!("cannot load the signing keys: {e}")))
     }
 }
+
+/// The instance setting that records the issuer `serve` last started with.
+const SERVED_ISSUER: &str = "served_issuer";
 
 /// An opened instance: the store and the services built on it.
 #[derive(Debug, Clone)]
@@ -162,7 +173,11 @@ impl App {
         let admin = Admin::open(config).await?;
         let instance_secret = admin.instance_secret().await?;
         let provider = admin.open_provider(&instance_secret).await?;
-        let accounts = admin.accounts()?;
+        admin
+            .store
+            .setting_put(SERVED_ISSUER, &admin.config.idp.issuer, admin.clock.now())
+            .await?;
+        let accounts = admin.accounts().await?;
         let Admin {
             config,
             store,

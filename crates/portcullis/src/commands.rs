@@ -166,7 +166,7 @@ pub async fn user(app: &Admin, cmd: UserCommand, json: bool) -> Result<(), Failu
             };
             // Checked before the user exists, so a refused invitation leaves nothing behind.
             let accounts = if invite {
-                let accounts = app.accounts()?;
+                let accounts = app.accounts().await?;
                 if !accounts.settings().accounts.mail {
                     return Err(Failure::user(
                         "--invite mails a link: set mail.transport first (docs/accounts.md)",
@@ -249,7 +249,7 @@ pub async fn user(app: &Admin, cmd: UserCommand, json: bool) -> Result<(), Failu
             done(json, &format!("deleted user {username}"));
         }
         UserCommand::Invite { username } => {
-            let accounts = app.accounts()?;
+            let accounts = app.accounts().await?;
             accounts.invite(&username).await.map_err(account_failure)?;
             done(json, &format!("invitation queued for {username}"));
         }
@@ -283,6 +283,32 @@ pub async fn user(app: &Admin, cmd: UserCommand, json: bool) -> Result<(), Failu
             pool.set_enabled(&username, true).await?;
             done(json, &format!("enabled user {username}"));
         }
+    }
+    Ok(())
+}
+
+/// `mail status`: what the outbox holds.
+pub async fn mail_status(app: &Admin, json: bool) -> Result<(), Failure> {
+    let c = app.store.outbox_counts().await?;
+    if json {
+        print_json(&json!({
+            "transport": format!("{:?}", app.config.mail.transport).to_lowercase(),
+            "pending": c.pending,
+            "retrying": c.retrying,
+            "sent": c.sent,
+            "failed": c.failed,
+        }));
+    } else {
+        println!(
+            "transport: {}",
+            format!("{:?}", app.config.mail.transport).to_lowercase()
+        );
+        println!(
+            "pending:   {} ({} waiting for a retry)",
+            c.pending, c.retrying
+        );
+        println!("sent:      {} (kept 7 days)", c.sent);
+        println!("given up:  {} (kept 7 days; see the server log)", c.failed);
     }
     Ok(())
 }

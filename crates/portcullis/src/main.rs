@@ -101,6 +101,15 @@ enum Command {
     /// Manage the gateway's policy documents (versioned in the store).
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// Inspect the mail outbox.
+    #[command(subcommand)]
+    Mail(MailCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum MailCommand {
+    /// Messages waiting (and of those, waiting for a retry), sent and given up.
+    Status,
 }
 
 #[derive(Debug, Subcommand)]
@@ -419,6 +428,10 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::ResourceServer(cmd) => {
             let app = app::Admin::open(app::load_config(cli.config.as_deref())?).await?;
             commands::resource_server(&app, cmd, json).await
+        }
+        Command::Mail(MailCommand::Status) => {
+            let app = app::Admin::open(app::load_config(cli.config.as_deref())?).await?;
+            commands::mail_status(&app, json).await
         }
         Command::Keys(cmd) => {
             let app = app::Admin::open(app::load_config(cli.config.as_deref())?).await?;

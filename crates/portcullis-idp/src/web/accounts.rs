@@ -101,7 +101,7 @@ pub(super) async fn signup_submit(
     }
     let (form, csrf) = match read_form(&web, &headers, &body) {
         Ok(f) => f,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let field = |k: &str| form.get(k).cloned().unwrap_or_default();
     let request = live_request(&web, form.get("request"));
@@ -185,7 +185,7 @@ pub(super) async fn verify_submit(
 ) -> Response {
     let (form, csrf) = match read_form(&web, &headers, &body) {
         Ok(f) => f,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let request = live_request(&web, form.get("request"));
     let code = form.get("code").map(|c| c.trim()).unwrap_or_default();
@@ -254,7 +254,7 @@ pub(super) async fn forgot_submit(
     }
     let (form, _csrf) = match read_form(&web, &headers, &body) {
         Ok(f) => f,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let request = live_request(&web, form.get("request"));
     let identifier = form
@@ -384,7 +384,7 @@ async fn code_submit(
 ) -> Response {
     let (form, csrf) = match read_form(&web, &headers, &body) {
         Ok(f) => f,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let field = |k: &str| form.get(k).cloned().unwrap_or_default();
     let request = live_request(&web, form.get("request"));

@@ -46,17 +46,23 @@ pub(super) fn read_form(
     web: &Web,
     headers: &HeaderMap,
     body: &[u8],
-) -> Result<(BTreeMap<String, String>, String), Response> {
+) -> Result<(BTreeMap<String, String>, String), Box<Response>> {
     if !is_form(headers) || body.len() > MAX_FORM {
-        return Err(web.error_page(StatusCode::BAD_REQUEST, "The form was not sent correctly."));
+        return Err(Box::new(web.error_page(
+            StatusCode::BAD_REQUEST,
+            "The form was not sent correctly.",
+        )));
     }
     let Ok(form) = parse_params(body) else {
-        return Err(web.error_page(StatusCode::BAD_REQUEST, "The form was not sent correctly."));
+        return Err(Box::new(web.error_page(
+            StatusCode::BAD_REQUEST,
+            "The form was not sent correctly.",
+        )));
     };
     let csrf_cookie = cookie(headers, web.cookies.csrf()).unwrap_or_default();
     let sent = form.get("csrf").map(String::as_str).unwrap_or_default();
     if csrf_cookie.is_empty() || !constant_time_eq(csrf_cookie.as_bytes(), sent.as_bytes()) {
-        return Err(web.error_page(StatusCode::FORBIDDEN, "The form expired or was sent from another site. Go back to the application and try again."));
+        return Err(Box::new(web.error_page(StatusCode::FORBIDDEN, "The form expired or was sent from another site. Go back to the application and try again.")));
     }
     Ok((form, csrf_cookie.to_owned()))
 }
@@ -134,7 +140,7 @@ pub(super) async fn change_submit(
 ) -> Response {
     let (form, csrf) = match read_form(&web, &headers, &body) {
         Ok(f) => f,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let field = |k: &str| form.get(k).map(String::as_str).unwrap_or_default();
     let sealed = field("request");

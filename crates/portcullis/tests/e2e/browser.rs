@@ -12,7 +12,7 @@ use crate::harness::{Instance, Server};
 use crate::oidc::PASSWORD;
 
 /// chromedriver on a free port; killed on drop.
-struct Driver {
+pub(crate) struct Driver {
     child: Child,
     url: String,
     _profile: tempfile::TempDir,
@@ -25,7 +25,7 @@ impl Drop for Driver {
     }
 }
 
-fn driver() -> Option<Driver> {
+pub(crate) fn driver() -> Option<Driver> {
     if !std::path::Path::new("/usr/bin/chromedriver").exists() {
         if std::env::var("PORTCULLIS_REQUIRE_BROWSER").is_ok_and(|v| v == "1") {
             panic!(
@@ -62,12 +62,12 @@ fn driver() -> Option<Driver> {
     })
 }
 
-async fn browser(d: &Driver) -> Client {
+pub(crate) async fn browser(d: &Driver) -> Client {
     browser_with(d, &[]).await
 }
 
 /// [`browser`] with more command-line switches.
-async fn browser_with(d: &Driver, extra: &[String]) -> Client {
+pub(crate) async fn browser_with(d: &Driver, extra: &[String]) -> Client {
     let args = [
         "--headless",
         "--no-sandbox",
@@ -91,11 +91,11 @@ async fn browser_with(d: &Driver, extra: &[String]) -> Client {
 }
 
 /// A site: `/` (home), `/admin/` (admin area), an API behind policies.
-struct Site {
+pub(crate) struct Site {
     _files: tempfile::TempDir,
-    _instance: Instance,
-    server: Server,
-    base: String,
+    pub(crate) instance: Instance,
+    pub(crate) server: Server,
+    pub(crate) base: String,
     _upstream: Upstream,
 }
 
@@ -103,7 +103,7 @@ async fn site() -> Site {
     site_with("").await
 }
 
-async fn site_with(extra: &str) -> Site {
+pub(crate) async fn site_with(extra: &str) -> Site {
     let upstream = Upstream::start().await;
     let files = tempfile::tempdir().expect("dir");
     std::fs::write(
@@ -152,7 +152,7 @@ statements = [{{ effect = "allow", methods = ["*"], paths = ["/**"] }}]
     let base = server.base.replace("127.0.0.1", "localhost");
     Site {
         _files: files,
-        _instance: i,
+        instance: i,
         server,
         base,
         _upstream: upstream,
@@ -164,7 +164,7 @@ async fn sign_in_on_form(c: &Client, user: &str) {
 }
 
 /// Signs out with the button on `/auth/logout` and waits to land on the home page.
-async fn sign_out_at(c: &Client, base: &str) {
+pub(crate) async fn sign_out_at(c: &Client, base: &str) {
     c.goto(&format!("{base}/auth/logout")).await.expect("goto");
     c.find(Locator::Css("button[type=submit]"))
         .await
@@ -175,7 +175,7 @@ async fn sign_out_at(c: &Client, base: &str) {
     wait_for_path(c, "/").await;
 }
 
-async fn path_of(c: &Client) -> String {
+pub(crate) async fn path_of(c: &Client) -> String {
     let u = c.current_url().await.expect("url");
     format!(
         "{}{}",
@@ -184,7 +184,7 @@ async fn path_of(c: &Client) -> String {
     )
 }
 
-async fn wait_for_path(c: &Client, want: &str) {
+pub(crate) async fn wait_for_path(c: &Client, want: &str) {
     let started = Instant::now();
     loop {
         if path_of(c).await == want {
@@ -600,7 +600,7 @@ async fn the_demo_shop_customer_orders_admin_approves() {
     c.close().await.expect("close");
 }
 
-async fn sign_in_as(c: &Client, user: &str, password: &str) {
+pub(crate) async fn sign_in_as(c: &Client, user: &str, password: &str) {
     c.wait()
         .for_element(Locator::Css("input#username"))
         .await

@@ -1,6 +1,7 @@
 //! End-to-end tests: they run the real `portcullis` binary (built by cargo for this test) as a
 //! CLI and as a server on 127.0.0.1, each test in a fresh temporary directory.
 
+mod accounts;
 mod acme;
 mod browser;
 mod cli;
@@ -15,5 +16,6 @@ mod interop;
 mod oidc;
 mod serve;
 mod sessions;
+mod smtp;
 mod store_errors;
 mod tls;

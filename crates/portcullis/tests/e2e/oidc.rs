@@ -52,6 +52,8 @@ pub(crate) fn add_users(i: &Instance) {
             "user",
             "--group",
             "admin",
+            "--email",
+            "root@example.com",
             "--password-stdin",
         ],
         PASSWORD,
