@@ -442,6 +442,20 @@ impl Accounts {
             .clear_login_failures(&user.username.to_ascii_lowercase())
             .await?;
         tracing::info!(user_id = %user.id, purpose = purpose.as_str(), "password set with a mailed code");
+        if purpose == CodePurpose::Reset {
+            // Tell the address on file, so a reset the owner did not make does not go unseen.
+            let link = format!("{}/forgotPassword", self.inner.settings.issuer);
+            if let Err(e) = self
+                .queue(
+                    "password_changed",
+                    &used.email,
+                    json!({ "username": user.username, "link": link }),
+                )
+                .await
+            {
+                tracing::error!(error = %e, "password-changed notice not queued");
+            }
+        }
         Ok(store.user_by_id(&user.id).await?.unwrap_or(user))
     }
 

@@ -273,6 +273,14 @@ async fn forgotten_password_is_reset_by_mail_and_old_sessions_end() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // The owner is told at the address on file.
+    m.smtp
+        .wait_for(
+            "root@example.com",
+            "password was changed",
+            Duration::from_secs(10),
+        )
+        .await;
     // The link works once.
     other.goto(&link).await.expect("goto");
     wait_for_text(&other, "expired or was already used").await;
