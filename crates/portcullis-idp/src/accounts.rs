@@ -319,6 +319,47 @@ impl Accounts {
         .await
     }
 
+    // ---- the account page ---------------------------------------------------------------------
+
+    /// Changes a user's address: the new one is unverified until its link is followed, and the
+    /// old one (if any) is told. Returns the user as stored.
+    pub async fn change_email(&self, user: &User, email: &str) -> Result<User, AccountError> {
+        let email = email.trim();
+        validate_email(email).map_err(|e| AccountError::Invalid(capitalise(&e.to_string())))?;
+        if user
+            .email
+            .as_deref()
+            .is_some_and(|old| old.eq_ignore_ascii_case(email))
+        {
+            return Err(AccountError::Invalid(
+                "That is already the address of your account.".into(),
+            ));
+        }
+        let store = self.inner.pool.store();
+        store
+            .set_email(&user.id, Some(email), false, self.now())
+            .await?;
+        let updated = store
+            .user_by_id(&user.id)
+            .await?
+            .ok_or(AccountError::BadCode)?;
+        tracing::info!(user_id = %user.id, "e-mail address changed");
+        if self.inner.settings.accounts.mail {
+            if let Some(old) = &user.email {
+                let link = format!("{}/forgotPassword", self.inner.settings.issuer);
+                self.queue(
+                    "email_changed",
+                    old,
+                    json!({ "username": user.username, "email": email, "link": link }),
+                )
+                .await?;
+            }
+            self.mail_code(&updated, email, CodePurpose::Verify, None)
+                .await?;
+        }
+        Ok(updated)
+    }
+
     // ---- verification -------------------------------------------------------------------------
 
     /// Mails a verification link for the user's current address (throttled). Returns whether

@@ -198,6 +198,29 @@ impl UserPool {
         Ok(generated)
     }
 
+    /// The user's own password change (account page): the policy applies, and every session
+    /// but `keep` (the one they act from) ends.
+    pub async fn change_password(
+        &self,
+        user: &User,
+        password: Secret<String>,
+        keep: &str,
+    ) -> Result<(), PoolError> {
+        self.policy.check(
+            password.expose(),
+            &context(&user.username, user.email.as_deref()),
+        )?;
+        let hash = self.hasher.hash(password).await?;
+        let now = self.clock.now();
+        self.store
+            .set_password_hash(&user.username, &hash, false, now)
+            .await?;
+        self.store
+            .revoke_other_sessions(&user.id, keep, now)
+            .await?;
+        Ok(())
+    }
+
     /// Enables or disables a user.
     pub async fn set_enabled(&self, username: &str, enabled: bool) -> Result<(), PoolError> {
         let status = if enabled {

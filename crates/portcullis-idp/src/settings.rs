@@ -55,6 +55,8 @@ pub struct AccountSettings {
     pub mail: bool,
     /// Sign-ups, resets and resends accepted per client network per hour (per node).
     pub rate_per_address: u32,
+    /// Users may delete their own account on the account page.
+    pub self_deletion: bool,
 }
 
 impl Default for AccountSettings {
@@ -69,6 +71,7 @@ impl Default for AccountSettings {
             invite_ttl: 7 * 24 * 3600,
             mail: false,
             rate_per_address: 20,
+            self_deletion: false,
         }
     }
 }

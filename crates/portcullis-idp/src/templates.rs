@@ -31,6 +31,15 @@ const EMBEDDED: &[(&str, &str)] = &[
         "verify_email.html",
         include_str!("../templates/verify_email.html"),
     ),
+    ("account.html", include_str!("../templates/account.html")),
+    (
+        "mail_email_changed.txt",
+        include_str!("../templates/mail_email_changed.txt"),
+    ),
+    (
+        "mail_email_changed.html",
+        include_str!("../templates/mail_email_changed.html"),
+    ),
     (
         "mail_base.html",
         include_str!("../templates/mail_base.html"),
@@ -189,5 +198,53 @@ impl Templates {
             text: body.trim_start_matches(['\r', '\n']).to_owned(),
             html,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every embedded page and message renders with the context its handler gives it.
+    #[test]
+    fn embedded_templates_render() {
+        let t = Templates::load(None).expect("templates");
+        let b = Branding::default();
+        let account = serde_json::json!({
+            "username": "ada", "email": "ada@example.com", "email_verified": false, "mail": true,
+            "deletion": true, "csrf": "c", "error": null, "message": "done", "strength": 1,
+            "min_length": 12,
+            "sessions": [{ "created": "2026-12-06 10:00 UTC", "current": true, "clients": ["web"] },
+                         { "created": "2026-12-05 10:00 UTC", "current": false, "clients": [] }],
+        });
+        let html = t.render("account.html", &b, account).expect("account.html");
+        assert!(html.contains("this browser") && html.contains("Delete my account"));
+        for kind in [
+            "verify",
+            "reset",
+            "invite",
+            "signup_exists",
+            "password_changed",
+            "email_changed",
+        ] {
+            let mail = t
+                .render_mail(kind, &b, serde_json::json!({
+                    "username": "ada", "email": "a@example.com", "link": "https://id.example.com/x?code=1&r=2",
+                    "expires_in": "1 hour",
+                }))
+                .unwrap_or_else(|e| panic!("mail {kind}: {e}"));
+            assert!(
+                !mail.subject.is_empty() && !mail.text.starts_with("Subject"),
+                "{kind}"
+            );
+            assert!(
+                mail.text.contains("https://id.example.com/x?code=1&r=2"),
+                "{kind}: links are not escaped in text"
+            );
+            assert!(
+                mail.html.contains("code=1&amp;r=2") && !mail.html.contains("code=1&r"),
+                "{kind}: and are in HTML"
+            );
+        }
     }
 }

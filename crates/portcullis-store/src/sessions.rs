@@ -224,6 +224,63 @@ impl Store {
         Ok(rows.len())
     }
 
+    /// Revokes every live session of a user but `keep` (the one the user is acting from).
+    pub async fn revoke_other_sessions(
+        &self,
+        user_id: &str,
+        keep: &str,
+        now: i64,
+    ) -> Result<usize, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let rows = sqlx::query(
+            "SELECT sid FROM sessions WHERE user_id = $1 AND revoked_at IS NULL AND sid <> $2",
+        )
+        .bind(user_id)
+        .bind(keep)
+        .fetch_all(&mut *tx)
+        .await?;
+        for row in &rows {
+            let sid: String = row.try_get("sid")?;
+            revoke_session_tx(&mut tx, &sid, now).await?;
+        }
+        tx.commit().await?;
+        Ok(rows.len())
+    }
+
+    /// A user's live sessions, newest first, each with the clients that hold refresh tokens
+    /// in it.
+    pub async fn user_sessions(
+        &self,
+        user_id: &str,
+        now: i64,
+    ) -> Result<Vec<(Session, Vec<String>)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT * FROM sessions WHERE user_id = $1 AND revoked_at IS NULL AND expires_at > $2
+             ORDER BY created_at DESC, sid LIMIT 100",
+        )
+        .bind(user_id)
+        .bind(now)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let session = session_from_row(row)?;
+            let clients = sqlx::query(
+                "SELECT DISTINCT client_id FROM refresh_tokens
+                 WHERE sid = $1 AND revoked_at IS NULL AND expires_at > $2 ORDER BY client_id",
+            )
+            .bind(&session.sid)
+            .bind(now)
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(|r| r.try_get("client_id").map_err(StoreError::from))
+            .collect::<Result<Vec<String>, _>>()?;
+            out.push((session, clients));
+        }
+        Ok(out)
+    }
+
     pub async fn insert_code(&self, c: &AuthCode) -> Result<(), StoreError> {
         let _turn = self.write_turn().await;
         sqlx::query(

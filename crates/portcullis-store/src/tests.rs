@@ -1214,12 +1214,41 @@ async fn revoking_a_user_ends_every_session(store: Store) {
         .create_session(&second, "secret-mia-2")
         .await
         .expect("session");
+    let third = Session {
+        sid: "sid-mia-3".into(),
+        ..session.clone()
+    };
+    store
+        .create_session(&third, "secret-mia-3")
+        .await
+        .expect("session");
+    let live = store.user_sessions(&user_id, 150).await.expect("list");
+    assert_eq!(live.len(), 3, "{live:?}");
+    // Signing out of the others keeps the one the user acts from.
+    assert_eq!(
+        store
+            .revoke_other_sessions(&user_id, "sid-mia-3", 400)
+            .await
+            .expect("revoke"),
+        2
+    );
+    let live = store.user_sessions(&user_id, 450).await.expect("list");
+    assert_eq!(
+        live.iter().map(|(s, _)| s.sid.as_str()).collect::<Vec<_>>(),
+        ["sid-mia-3"]
+    );
+    assert!(
+        store
+            .is_revoked("sid", "sid-mia-2", 401)
+            .await
+            .expect("read")
+    );
     assert_eq!(
         store
             .revoke_user_sessions(&user_id, 500)
             .await
             .expect("revoke"),
-        2
+        1
     );
     assert!(store.is_revoked("sid", "sid-mia", 501).await.expect("read"));
     assert!(

@@ -2,6 +2,7 @@
 //! authorize, the hosted sign-in page, token and revoke, userinfo, logout. This module holds what
 //! they share (state, parsing, cookies, response shapes); every decision is the provider's.
 
+mod account;
 mod accounts;
 mod authorize;
 mod discovery;
@@ -24,7 +25,7 @@ use axum::routing::get;
 use base64::Engine;
 use portcullis_token::cookie::{CookiePolicy, SameSite};
 use portcullis_token::{Secret, constant_time_eq};
-use serde_json::json;
+use serde_json::{Value, json};
 
 use crate::accounts::Accounts;
 use crate::crypto::random_token;
@@ -132,6 +133,24 @@ pub fn router(provider: Provider, accounts: Accounts, cookies: CookiePolicy) -> 
         )
         .route("/login", get(login::login_page).post(login::login_submit))
         .route("/login/password", axum::routing::post(login::change_submit))
+        .route("/account", get(account::account_page))
+        .route(
+            "/account/password",
+            axum::routing::post(account::change_password),
+        )
+        .route("/account/email", axum::routing::post(account::change_email))
+        .route(
+            "/account/verify",
+            axum::routing::post(account::resend_verification),
+        )
+        .route(
+            "/account/sessions",
+            axum::routing::post(account::sign_out_others),
+        )
+        .route(
+            "/account/delete",
+            axum::routing::post(account::delete_account),
+        )
         .route(
             "/signup",
             get(accounts::signup_page).post(accounts::signup_submit),

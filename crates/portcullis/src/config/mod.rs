@@ -867,6 +867,7 @@ fn account_settings(
         invite_ttl: idp.invite_link_ttl.value.secs(),
         mail: has_mail,
         rate_per_address: idp.account_rate_per_address.value.get(),
+        self_deletion: idp.account_deletion.value,
     }
 }
 

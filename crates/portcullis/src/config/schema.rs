@@ -390,6 +390,9 @@ section! {
         /// address (per /64 network for IPv6) per hour on each node. Each account also gets at most
         /// 3 mails of a kind per hour.
         account_rate_per_address: Int<1, 1_000_000> = "20";
+        /// Users may delete their own account on the account page (`/account`), with their
+        /// password.
+        account_deletion: bool = "false";
     }
 }
 

@@ -693,3 +693,145 @@ fn account_settings_are_checked() {
     let out = i.run(&["config", "check"]).user_error();
     assert!(out.contains("PORTCULLIS_MAIL_SMTP_PASSWORD"), "{out}");
 }
+
+/// The account page in Chromium: the current password guards every change; a new password ends
+/// the other browser's session but not this one; a new address is confirmed by mail and the old
+/// one is told; the user deletes the account.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_account_page_changes_password_and_address_and_deletes() {
+    let Some(d) = driver() else { return };
+    let m = mail("[idp]\naccount_deletion = true\n").await;
+    let s = site_with(&m.config).await;
+    let sign_in_ada = |c: Client| {
+        let base = s.base.clone();
+        async move {
+            c.goto(&format!("{base}/admin/")).await.expect("goto");
+            sign_in_as(&c, "ada", PASSWORD).await;
+            wait_for_path(&c, "/").await;
+            c
+        }
+    };
+    let c = sign_in_ada(browser(&d).await).await;
+    let d2 = driver().expect("chromedriver");
+    let other = sign_in_ada(browser(&d2).await).await;
+    let other_token = other
+        .get_named_cookie("__Host-portcullis-access")
+        .await
+        .expect("cookie")
+        .value()
+        .to_owned();
+
+    c.goto(&format!("{}/account", s.base)).await.expect("goto");
+    wait_for_text(&c, "Signed in as").await;
+    let sessions = c
+        .find_all(Locator::Css("#sessions li"))
+        .await
+        .expect("sessions");
+    assert_eq!(sessions.len(), 2, "both browsers' sessions are listed");
+    assert!(c.source().await.expect("html").contains("this browser"));
+
+    // Wrong current password: nothing changes.
+    fill(&c, "input#current_password", "not-the-password").await;
+    fill(&c, "input#password", NEW_PASSWORD).await;
+    c.find(Locator::Css("button#change-password"))
+        .await
+        .expect("button")
+        .click()
+        .await
+        .expect("click");
+    wait_for_text(&c, "current password is not right").await;
+    fill(&c, "input#current_password", PASSWORD).await;
+    fill(&c, "input#password", NEW_PASSWORD).await;
+    c.find(Locator::Css("button#change-password"))
+        .await
+        .expect("button")
+        .click()
+        .await
+        .expect("click");
+    wait_for_text(&c, "Your password is changed").await;
+    // The other browser's tokens die; this browser stays signed in.
+    let http = reqwest::Client::new();
+    let started = Instant::now();
+    loop {
+        let status = http
+            .get(s.server.url("/api/orders/1"))
+            .bearer_auth(&other_token)
+            .send()
+            .await
+            .expect("send")
+            .status();
+        if status == 401 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_millis(1500),
+            "the other session's token still works"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // (On an app page: the hosted pages' CSP allows no script to fetch.)
+    c.goto(&format!("{}/", s.base)).await.expect("goto");
+    assert_eq!(
+        me(&c).await["username"],
+        "ada",
+        "this browser is still signed in"
+    );
+    c.goto(&format!("{}/account", s.base)).await.expect("goto");
+    assert_eq!(
+        c.find_all(Locator::Css("#sessions li"))
+            .await
+            .expect("sessions")
+            .len(),
+        1
+    );
+
+    // A new address: confirmed by mail, the old one told.
+    fill(&c, "input#email", "ada.new@example.com").await;
+    fill(&c, "input#email_password", NEW_PASSWORD).await;
+    c.find(Locator::Css("button#change-email"))
+        .await
+        .expect("button")
+        .click()
+        .await
+        .expect("click");
+    wait_for_text(&c, "Your address is now ada.new@example.com").await;
+    m.smtp
+        .wait_for("ada@example.com", "was changed", Duration::from_secs(10))
+        .await;
+    let confirm = m
+        .smtp
+        .wait_for(
+            "ada.new@example.com",
+            "Confirm your e-mail",
+            Duration::from_secs(10),
+        )
+        .await;
+    c.goto(&confirm.link("http://").expect("link"))
+        .await
+        .expect("goto");
+    submit(&c).await;
+    wait_for_text(&c, "Address confirmed").await;
+    c.goto(&format!("{}/account", s.base)).await.expect("goto");
+    wait_for_text(&c, "(confirmed)").await;
+
+    // Deleting needs the password and the box ticked.
+    fill(&c, "input#delete_password", NEW_PASSWORD).await;
+    c.find(Locator::Css("input#delete-confirm"))
+        .await
+        .expect("box")
+        .click()
+        .await
+        .expect("tick");
+    c.find(Locator::Css("button#delete-account"))
+        .await
+        .expect("button")
+        .click()
+        .await
+        .expect("click");
+    wait_for_text(&c, "Account deleted").await;
+    assert!(!s.instance.usernames().contains(&"ada".to_owned()));
+    c.goto(&format!("{}/account", s.base)).await.expect("goto");
+    wait_for_text(&c, "Sign in to manage your account").await;
+    other.close().await.expect("close");
+    c.close().await.expect("close");
+}
