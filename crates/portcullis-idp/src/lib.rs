@@ -23,10 +23,10 @@ pub use instance::{InstanceError, resolve_instance_secret};
 pub use keyring::{KeyRing, KeyRingError, Purpose};
 pub use names::{NameError, validate_email, validate_group_name, validate_username};
 pub use password::{HashError, PasswordError, PasswordHasher, PasswordPolicy, generate_password};
-pub use pool::{AddUser, PoolError, UserPool};
+pub use pool::{AddUser, ImportUser, Imported, PoolError, UserPool};
 pub use provider::{
-    AuthorizeError, AuthorizeRequest, ClientError, Grant, NewClient, OAuthError, PasswordChange,
-    Provider, SignIn, TokenResponse, UriError, validate_registered_uri,
+    AuthorizeError, AuthorizeRequest, ClientError, Grant, LegacyVerifier, NewClient, OAuthError,
+    PasswordChange, Provider, SignIn, TokenResponse, UriError, validate_registered_uri,
 };
 pub use settings::{AccountSettings, Branding, IdpSettings, SignupMode, is_localhost};
 pub use templates::{RenderedMail, TemplateError, Templates};

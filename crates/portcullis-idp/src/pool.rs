@@ -61,6 +61,31 @@ pub struct AddUser {
     pub no_password: bool,
 }
 
+/// A user brought over from another pool (Cognito): its subject is kept as the user's id, so
+/// tokens carry the same `sub` and the application's data stays linked. No password: the legacy
+/// verifier checks the first sign-in.
+#[derive(Clone, Debug, Default)]
+pub struct ImportUser {
+    /// The subject (`sub`) to keep.
+    pub id: String,
+    pub username: String,
+    pub email: Option<String>,
+    pub email_verified: bool,
+    pub attributes: BTreeMap<String, String>,
+    pub groups: Vec<String>,
+    pub enabled: bool,
+}
+
+/// What an import did with one user.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Imported {
+    Created,
+    /// The same user (username and subject) is already in the pool: left as it is.
+    Unchanged,
+    /// Not imported, and why.
+    Skipped(String),
+}
+
 /// The user pool.
 #[derive(Clone, Debug)]
 pub struct UserPool {
@@ -127,10 +152,107 @@ impl UserPool {
             password_hash,
             groups: req.groups,
             password_change_required: req.temporary_password,
+            legacy_password: false,
+            disabled: false,
             now: self.clock.now(),
         };
         let user = self.store.create_user(&new).await?;
         Ok((user, generated))
+    }
+
+    /// Imports one user (see [`ImportUser`]); groups it names are created when missing. Safe to
+    /// repeat: a user already imported is left unchanged.
+    pub async fn import_user(&self, u: ImportUser) -> Result<Imported, PoolError> {
+        if let Err(e) = validate_username(&u.username) {
+            return Ok(Imported::Skipped(e.to_string()));
+        }
+        let id_ok =
+            !u.id.is_empty() && u.id.len() <= 128 && u.id.chars().all(|c| c.is_ascii_graphic());
+        if !id_ok {
+            return Ok(Imported::Skipped(
+                "its sub is empty, longer than 128 bytes or not printable ASCII".into(),
+            ));
+        }
+        if let Some(email) = &u.email
+            && let Err(e) = validate_email(email)
+        {
+            return Ok(Imported::Skipped(e.to_string()));
+        }
+        if let Err(e) = validate_attributes(&u.attributes) {
+            return Ok(Imported::Skipped(e.to_string()));
+        }
+        for group in &u.groups {
+            if let Err(e) = validate_group_name(group) {
+                return Ok(Imported::Skipped(format!("group {group:?}: {e}")));
+            }
+        }
+        if let Some(existing) = self.store.user(&u.username).await? {
+            return Ok(if existing.id == u.id {
+                Imported::Unchanged
+            } else {
+                Imported::Skipped(format!(
+                    "the username is taken by another user (sub {})",
+                    existing.id
+                ))
+            });
+        }
+        if let Some(existing) = self.store.user_by_id(&u.id).await? {
+            return Ok(Imported::Skipped(format!(
+                "its sub already belongs to the user {}",
+                existing.username
+            )));
+        }
+        let now = self.clock.now();
+        for group in &u.groups {
+            if self.store.group(group).await?.is_none() {
+                let created = self
+                    .store
+                    .create_group(&NewGroup {
+                        name: group.clone(),
+                        description: String::new(),
+                        precedence: None,
+                        now,
+                    })
+                    .await;
+                match created {
+                    Ok(_) | Err(StoreError::AlreadyExists { .. }) => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+        let new = NewUser {
+            id: u.id,
+            username: u.username,
+            email: u.email,
+            email_verified: u.email_verified,
+            attributes: u.attributes,
+            password_hash: None,
+            groups: u.groups,
+            password_change_required: false,
+            legacy_password: true,
+            disabled: !u.enabled,
+            now,
+        };
+        match self.store.create_user(&new).await {
+            Ok(_) => Ok(Imported::Created),
+            Err(StoreError::AlreadyExists { .. }) => Ok(Imported::Skipped(
+                "the username or sub was taken while importing".into(),
+            )),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Stores the hash of a password the legacy verifier accepted, ending the user's migration.
+    pub async fn adopt_legacy_password(
+        &self,
+        user: &User,
+        password: Secret<String>,
+    ) -> Result<(), PoolError> {
+        let hash = self.hasher.hash(password).await?;
+        self.store
+            .set_password_hash(&user.username, &hash, false, self.clock.now())
+            .await?;
+        Ok(())
     }
 
     /// Looks a user up (any letter case).

@@ -15,6 +15,7 @@ use crate::crypto::{
     Signer, at_hash, is_pkce_value, pkce_s256, random_id, random_token, sha256_hex,
 };
 use crate::keyring::{KeyPolicy, KeyRing, KeyRingError, Purpose};
+use crate::names::validate_username;
 use crate::pool::UserPool;
 use crate::settings::IdpSettings;
 
@@ -181,9 +182,22 @@ pub enum SignIn {
     /// The password was right but the address must be verified first
     /// (`idp.require_verified_email`).
     Unverified { user: Box<User> },
+    /// An imported user without a password and no legacy verifier to check one: they must
+    /// choose a password through "forgot password".
+    ResetRequired,
     /// The password was right but was set by an operator as temporary: the user chooses a new
     /// one before being signed in. The ticket (signed, 10 minutes) carries who through the form.
     ChangePassword { ticket: String, user: Box<User> },
+}
+
+/// Checks the password of a user imported from another pool, the way Cognito's user-migration
+/// trigger does: `Ok(true)` when the old system accepts it. An error is an outage, not a no.
+pub trait LegacyVerifier: Send + Sync + std::fmt::Debug {
+    fn verify<'a>(
+        &'a self,
+        username: &'a str,
+        password: &'a str,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<bool, String>> + Send + 'a>>;
 }
 
 /// The outcome of the forced password change that follows [`SignIn::ChangePassword`].
@@ -351,6 +365,7 @@ struct Inner {
     clock: Clock,
     request_signer: Signer,
     change_signer: Signer,
+    legacy: std::sync::OnceLock<Arc<dyn LegacyVerifier>>,
 }
 
 /// The identity provider. Cheap to clone.
@@ -436,6 +451,7 @@ impl Provider {
                 clock,
                 request_signer,
                 change_signer,
+                legacy: std::sync::OnceLock::new(),
             }),
         })
     }
@@ -822,15 +838,31 @@ impl Provider {
                 seconds: until - now,
             });
         }
-        let user = self
-            .inner
-            .pool
-            .authenticate(username, password)
-            .await
-            .map_err(|e| {
-                tracing::error!(error = %e, "password check failed");
-                OAuthError::TemporarilyUnavailable
-            })?;
+        // A user imported without a password hash: the legacy verifier decides, once.
+        let legacy = match validate_username(username) {
+            Ok(()) => store
+                .user(username)
+                .await?
+                .filter(|u| u.legacy_password && u.password_hash.is_none()),
+            Err(_) => None,
+        };
+        let user = match legacy {
+            Some(candidate) => self.legacy_sign_in(candidate, password).await?,
+            None => self
+                .inner
+                .pool
+                .authenticate(username, password)
+                .await
+                .map_err(|e| {
+                    tracing::error!(error = %e, "password check failed");
+                    OAuthError::TemporarilyUnavailable
+                })
+                .map(Ok)?,
+        };
+        let user = match user {
+            Err(reset) => return Ok(reset),
+            Ok(user) => user,
+        };
         let Some(user) = user else {
             let s = &self.inner.settings;
             store
@@ -873,6 +905,48 @@ impl Provider {
             session: Box::new(session),
             secret,
         })
+    }
+
+    /// Checks an imported user's password with the legacy verifier; on success the password's
+    /// hash is stored and the verifier is never asked about this user again. `Err` carries the
+    /// answer when there is no verifier (the user must reset their password).
+    async fn legacy_sign_in(
+        &self,
+        user: User,
+        password: Secret<String>,
+    ) -> Result<Result<Option<User>, SignIn>, OAuthError> {
+        if user.status != UserStatus::Enabled {
+            return Ok(Ok(None));
+        }
+        let Some(verifier) = self.inner.legacy.get() else {
+            return Ok(Err(SignIn::ResetRequired));
+        };
+        let valid = verifier
+            .verify(&user.username, password.expose())
+            .await
+            .map_err(|e| {
+                tracing::error!(error = %e, "the legacy password verifier failed");
+                OAuthError::TemporarilyUnavailable
+            })?;
+        if !valid {
+            return Ok(Ok(None));
+        }
+        self.inner
+            .pool
+            .adopt_legacy_password(&user, password)
+            .await
+            .map_err(|e| {
+                tracing::error!(error = %e, "storing a migrated password failed");
+                OAuthError::TemporarilyUnavailable
+            })?;
+        tracing::info!(user_id = %user.id, "password migrated from the legacy verifier");
+        metrics::counter!("portcullis_legacy_migrations_total").increment(1);
+        Ok(Ok(self.inner.store.user_by_id(&user.id).await?))
+    }
+
+    /// Sets the verifier that checks the first sign-in of imported users (once).
+    pub fn set_legacy_verifier(&self, verifier: Arc<dyn LegacyVerifier>) {
+        let _ = self.inner.legacy.set(verifier);
     }
 
     /// The user a forced-password-change ticket is for, while it is valid.

@@ -40,3 +40,7 @@ CREATE INDEX users_by_email ON users (email_key);
 
 -- 1: the password was set by an operator and must be changed at the next sign-in.
 ALTER TABLE users ADD COLUMN password_change_required BIGINT NOT NULL DEFAULT 0;
+
+-- 1: imported (from Cognito) without a password hash: the next sign-in checks the password
+-- with the configured legacy verifier and stores its Argon2id hash.
+ALTER TABLE users ADD COLUMN legacy_password BIGINT NOT NULL DEFAULT 0;

@@ -503,6 +503,8 @@ fn new_user(name: &str, groups: &[&str]) -> NewUser {
         password_hash: Some("$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA".to_owned()),
         groups: groups.iter().map(|g| (*g).to_owned()).collect(),
         password_change_required: false,
+        legacy_password: false,
+        disabled: false,
         now: 1_700_000_000,
     }
 }

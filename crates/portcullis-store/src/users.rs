@@ -54,6 +54,8 @@ pub struct User {
     /// The password was set by an operator (`--temporary`) and must be changed at the next
     /// sign-in.
     pub password_change_required: bool,
+    /// Imported without a password hash: the legacy verifier checks the next sign-in.
+    pub legacy_password: bool,
     pub created_at: i64,
     pub updated_at: i64,
 }
@@ -72,6 +74,10 @@ pub struct NewUser {
     pub groups: Vec<String>,
     /// The password must be changed at the first sign-in.
     pub password_change_required: bool,
+    /// Imported without a hash; the legacy verifier checks the first sign-in.
+    pub legacy_password: bool,
+    /// Disabled from the start (an import of a disabled user).
+    pub disabled: bool,
     pub now: i64,
 }
 
@@ -80,7 +86,7 @@ pub(crate) fn name_key(name: &str) -> String {
     name.to_ascii_lowercase()
 }
 
-const USER_COLUMNS: &str = "id, username, email, email_verified, attributes, status, password_hash, password_change_required, created_at, updated_at";
+const USER_COLUMNS: &str = "id, username, email, email_verified, attributes, status, password_hash, password_change_required, legacy_password, created_at, updated_at";
 
 fn user_from_row(row: &AnyRow) -> Result<User, StoreError> {
     let attributes: String = row.try_get("attributes")?;
@@ -96,6 +102,7 @@ fn user_from_row(row: &AnyRow) -> Result<User, StoreError> {
         password_hash: row.try_get("password_hash")?,
         groups: Vec::new(),
         password_change_required: row.try_get::<i64, _>("password_change_required")? != 0,
+        legacy_password: row.try_get::<i64, _>("legacy_password")? != 0,
         created_at: row.try_get("created_at")?,
         updated_at: row.try_get("updated_at")?,
     })
@@ -117,8 +124,8 @@ impl Store {
             .map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let mut tx = self.begin_write().await?;
         let inserted = sqlx::query(
-            "INSERT INTO users (id, username, username_key, email, email_key, email_verified, attributes, status, password_hash, password_change_required, created_at, updated_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, 'enabled', $8, $9, $10, $10)",
+            "INSERT INTO users (id, username, username_key, email, email_key, email_verified, attributes, status, password_hash, password_change_required, legacy_password, created_at, updated_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $12)",
         )
         .bind(&new.id)
         .bind(&new.username)
@@ -127,8 +134,14 @@ impl Store {
         .bind(new.email.as_deref().map(name_key))
         .bind(i64::from(new.email_verified))
         .bind(&attributes)
+        .bind(if new.disabled {
+            UserStatus::Disabled.as_str()
+        } else {
+            UserStatus::Enabled.as_str()
+        })
         .bind(&new.password_hash)
         .bind(i64::from(new.password_change_required))
+        .bind(i64::from(new.legacy_password))
         .bind(new.now)
         .execute(&mut *tx)
         .await;
@@ -239,7 +252,7 @@ impl Store {
     ) -> Result<(), StoreError> {
         let _turn = self.write_turn().await;
         let done = sqlx::query(
-            "UPDATE users SET password_hash = $1, password_change_required = $2, updated_at = $3 WHERE username_key = $4",
+            "UPDATE users SET password_hash = $1, password_change_required = $2, legacy_password = 0, updated_at = $3 WHERE username_key = $4",
         )
         .bind(hash)
         .bind(i64::from(change_required))

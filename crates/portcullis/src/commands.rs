@@ -248,6 +248,58 @@ pub async fn user(app: &Admin, cmd: UserCommand, json: bool) -> Result<(), Failu
             pool.delete_user(&username).await?;
             done(json, &format!("deleted user {username}"));
         }
+        UserCommand::Import { file, groups } => {
+            let read = |p: &Path| {
+                std::fs::read_to_string(p)
+                    .map_err(|e| Failure::user(format!("cannot read {}: {e}", p.display())))
+            };
+            let export = read(&file)?;
+            let groups = groups.as_deref().map(read).transpose()?;
+            let entries =
+                crate::import::parse(&export, groups.as_deref()).map_err(Failure::user)?;
+            let started = std::time::Instant::now();
+            let (mut created, mut unchanged) = (0, 0);
+            let mut skipped = Vec::new();
+            for entry in entries {
+                match entry {
+                    crate::import::Entry::Invalid { username, reason } => {
+                        skipped.push((username, reason));
+                    }
+                    crate::import::Entry::User(u) => {
+                        let username = u.username.clone();
+                        match pool.import_user(*u).await? {
+                            portcullis_idp::Imported::Created => created += 1,
+                            portcullis_idp::Imported::Unchanged => unchanged += 1,
+                            portcullis_idp::Imported::Skipped(reason) => {
+                                skipped.push((username, reason));
+                            }
+                        }
+                    }
+                }
+            }
+            if json {
+                print_json(&json!({
+                    "created": created,
+                    "unchanged": unchanged,
+                    "skipped": skipped.iter().map(|(u, r)| json!({ "username": u, "reason": r })).collect::<Vec<_>>(),
+                    "seconds": started.elapsed().as_secs_f64(),
+                }));
+            } else {
+                println!(
+                    "imported {created} users, {unchanged} already there, {} skipped ({:.1} s)",
+                    skipped.len(),
+                    started.elapsed().as_secs_f64()
+                );
+                for (u, r) in &skipped {
+                    println!("  skipped {u:?}: {r}");
+                }
+                if created > 0 {
+                    println!(
+                        "imported users have no password yet: they sign in through idp.legacy_verifier_url, or reset it"
+                    );
+                }
+            }
+        }
         UserCommand::Invite { username } => {
             let accounts = app.accounts().await?;
             accounts.invite(&username).await.map_err(account_failure)?;

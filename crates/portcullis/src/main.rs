@@ -9,6 +9,8 @@ mod demo;
 mod demo_app;
 mod failure;
 mod http_server;
+mod import;
+mod legacy;
 mod mail;
 mod serve;
 mod tls;
@@ -296,6 +298,16 @@ enum UserCommand {
     },
     /// Mail an invitation again (a new link; earlier ones stop working).
     Invite { username: String },
+    /// Import users from a Cognito user pool: the JSON of `aws cognito-idp list-users` (or an
+    /// array of its pages). Each user keeps its `sub`; passwords move on first sign-in through
+    /// idp.legacy_verifier_url (docs/guide-cognito.md). Safe to run again.
+    Import {
+        file: std::path::PathBuf,
+        /// A JSON object mapping usernames to `aws cognito-idp admin-list-groups-for-user`
+        /// output (or to arrays of group names).
+        #[arg(long, value_name = "FILE")]
+        groups: Option<std::path::PathBuf>,
+    },
     /// List users.
     List,
     /// Show one user.

@@ -72,6 +72,14 @@ pub async fn run_config(
     let app = App::open(config).await?;
     before(&app).await?;
     app.check_signup_groups().await?;
+    if let Some(legacy) = &app.config.legacy_verifier {
+        let verifier = crate::legacy::HttpVerifier::new(
+            legacy.clone(),
+            (*app.config.gateway.upstream_tls).clone(),
+        )
+        .map_err(Failure::internal)?;
+        app.provider.set_legacy_verifier(Arc::new(verifier));
+    }
     let g = app.gateway.settings();
     let sessions = portcullis_session::Sessions::new(
         session_provider(&app).await?,

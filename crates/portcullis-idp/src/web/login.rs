@@ -315,6 +315,13 @@ pub(super) async fn login_submit(
                 "Confirm your e-mail address first: we sent a link to it (check your spam folder too).",
             );
         }
+        Ok(SignIn::ResetRequired) => {
+            return again(if web.provider.settings().accounts.mail {
+                "Your account was moved to a new sign-in service: choose a new password with “Forgot your password?” below."
+            } else {
+                "Your account was moved to a new sign-in service and needs a new password: ask the application's administrator."
+            });
+        }
         Ok(SignIn::ChangePassword { ticket, user }) => {
             return change_form(&web, sealed, &ticket, csrf_cookie, &user, None, None);
         }

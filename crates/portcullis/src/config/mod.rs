@@ -36,6 +36,9 @@ pub use schema::{DeclaredClient, DeclaredResourceServer};
 /// cannot end up in a file that is committed).
 pub const INSTANCE_SECRET_ENV: &str = "PORTCULLIS_INSTANCE_SECRET";
 
+/// The environment variable that may carry the legacy verifier's bearer token.
+pub const LEGACY_SECRET_ENV: &str = "PORTCULLIS_IDP_LEGACY_VERIFIER_SECRET";
+
 /// The environment variable that may carry the SMTP password.
 pub const SMTP_PASSWORD_ENV: &str = "PORTCULLIS_MAIL_SMTP_PASSWORD";
 
@@ -174,6 +177,8 @@ pub struct Config {
     pub gateway: GatewayConfig,
     /// `[mail]`, checked.
     pub mail: crate::mail::MailConfig,
+    /// `idp.legacy_verifier_*`, checked.
+    pub legacy_verifier: Option<crate::legacy::LegacyConfig>,
 }
 
 /// `sessions.issuer`: browser sessions sign in at another OpenID provider.
@@ -462,6 +467,7 @@ fn validate(
     }
 
     let acme = acme_config(&server.acme, server.redirect_listen.value.is_some(), check);
+    let legacy_verifier = legacy_config(&idp_file, env, check);
     let accounts = account_settings(
         &idp_file,
         mail.transport.value.0 != crate::mail::TransportKind::None,
@@ -579,6 +585,7 @@ fn validate(
         issuers,
         policies,
         mail,
+        legacy_verifier,
         sessions_access_ttl: sessions.access_ttl.value.secs(),
         sessions_external,
         gateway: GatewayConfig {
@@ -804,6 +811,59 @@ fn mail_config(
             .map_or_else(|| data_dir.join("outbox"), |p| p.0.clone()),
         give_up_after: mail.give_up_after.value.0,
     }
+}
+
+/// `idp.legacy_verifier_url` and its secret.
+fn legacy_config(
+    idp: &schema::Idp,
+    env: &Env,
+    check: &mut Check<'_, '_>,
+) -> Option<crate::legacy::LegacyConfig> {
+    let url = idp.legacy_verifier_url.value.as_ref()?.0.clone();
+    let parsed = url::Url::parse(&url).ok();
+    let loopback = parsed
+        .as_ref()
+        .and_then(|u| u.host_str().map(str::to_owned))
+        .is_some_and(|h| {
+            h == "localhost"
+                || h.trim_matches(['[', ']'])
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback())
+        });
+    if parsed.as_ref().is_some_and(|u| u.scheme() == "http") && !loopback {
+        check.error(
+            idp.legacy_verifier_url.span.as_ref(),
+            "idp.legacy_verifier_url",
+            "passwords are sent to it: use https (plain http only on loopback)",
+        );
+    }
+    let secret = match (
+        env.get(LEGACY_SECRET_ENV),
+        &idp.legacy_verifier_secret_file.value,
+    ) {
+        (Some(s), None) => Some(Secret::new(s.to_owned())),
+        (None, Some(path)) => match std::fs::read_to_string(&path.0) {
+            Ok(s) => Some(Secret::new(s.trim_end_matches(['\r', '\n']).to_owned())),
+            Err(e) => {
+                check.error(
+                    idp.legacy_verifier_secret_file.span.as_ref(),
+                    "idp.legacy_verifier_secret_file",
+                    format!("cannot read {}: {e}", path.0.display()),
+                );
+                None
+            }
+        },
+        (Some(_), Some(_)) => {
+            check.env_error(
+                LEGACY_SECRET_ENV,
+                "idp.legacy_verifier_secret_file",
+                "both are set; keep one source for the legacy verifier's secret",
+            );
+            None
+        }
+        (None, None) => None,
+    };
+    Some(crate::legacy::LegacyConfig { url, secret })
 }
 
 /// The `idp.signup*` and link settings.

@@ -393,6 +393,15 @@ section! {
         /// Users may delete their own account on the account page (`/account`), with their
         /// password.
         account_deletion: bool = "false";
+        /// An HTTPS endpoint of the system users were imported from (`user import`) that checks
+        /// an imported user's first sign-in: `POST {"username", "password"}` → `{"valid": true}`
+        /// (docs/guide-cognito.md). The password's hash is then stored and the endpoint never asked
+        /// about that user again. Plain http only on loopback. Empty: imported users reset their
+        /// password.
+        legacy_verifier_url: Option<HttpUrl> = "";
+        /// A file with the bearer token sent to `idp.legacy_verifier_url`
+        /// (`PORTCULLIS_IDP_LEGACY_VERIFIER_SECRET` may hold it instead).
+        legacy_verifier_secret_file: Option<FilePath> = "";
     }
 }
 

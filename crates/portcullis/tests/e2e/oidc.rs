@@ -139,7 +139,7 @@ fn setup_with(i: Instance, http: reqwest::ClientBuilder) -> Idp {
     }
 }
 
-fn location(headers: &HeaderMap) -> String {
+pub(crate) fn location(headers: &HeaderMap) -> String {
     headers
         .get(LOCATION)
         .and_then(|v| v.to_str().ok())
@@ -147,7 +147,7 @@ fn location(headers: &HeaderMap) -> String {
         .to_owned()
 }
 
-fn query(url: &str) -> HashMap<String, String> {
+pub(crate) fn query(url: &str) -> HashMap<String, String> {
     url::Url::parse(url)
         .expect("absolute URL")
         .query_pairs()
@@ -205,7 +205,7 @@ impl Idp {
         resp
     }
 
-    fn authorize_url(&self, client: &str, extra: &[(&str, &str)]) -> String {
+    pub(crate) fn authorize_url(&self, client: &str, extra: &[(&str, &str)]) -> String {
         let mut u = url::Url::parse(&self.url("/oauth2/authorize")).expect("url");
         {
             let mut q = u.query_pairs_mut();
