@@ -63,6 +63,9 @@ pub struct SignUp {
     pub password: Secret<String>,
     /// The sealed authorization request the visitor came with, carried into the mail's link.
     pub request: Option<String>,
+    /// The custom attributes' fields as sent (`name` without `custom:`), checked by
+    /// [`Accounts::check_sign_up`].
+    pub custom: BTreeMap<String, String>,
 }
 
 /// The account operations of the hosted pages and the CLI.
@@ -233,6 +236,14 @@ impl Accounts {
                 "The name must be at most 200 characters of printable text.".into(),
             ));
         }
+        for attribute in &a.signup_attributes {
+            let sent = form
+                .custom
+                .get(&attribute.name)
+                .map(String::as_str)
+                .unwrap_or_default();
+            attribute.check(sent).map_err(AccountError::Invalid)?;
+        }
         let local = email.split('@').next().unwrap_or_default();
         self.inner
             .pool
@@ -261,6 +272,16 @@ impl Accounts {
         let mut attributes = BTreeMap::new();
         if !form.name.trim().is_empty() {
             attributes.insert("name".to_owned(), form.name.trim().to_owned());
+        }
+        for attribute in &self.inner.settings.accounts.signup_attributes {
+            let sent = form
+                .custom
+                .get(&attribute.name)
+                .map(String::as_str)
+                .unwrap_or_default();
+            if let Ok(Some(value)) = attribute.check(sent) {
+                attributes.insert(attribute.key(), value);
+            }
         }
         let added = pool
             .add_user(AddUser {

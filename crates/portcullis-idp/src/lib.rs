@@ -28,6 +28,9 @@ pub use provider::{
     AuthorizeError, AuthorizeRequest, ClientError, Grant, LegacyVerifier, NewClient, OAuthError,
     PasswordChange, Provider, SignIn, TokenResponse, UriError, validate_registered_uri,
 };
-pub use settings::{AccountSettings, Branding, IdpSettings, SignupMode, is_localhost};
+pub use settings::{
+    AccountSettings, AttributeKind, Branding, CustomAttribute, IdpSettings, SignupMode,
+    is_localhost,
+};
 pub use templates::{RenderedMail, TemplateError, Templates};
 pub use web::router;

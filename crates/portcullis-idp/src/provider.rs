@@ -157,6 +157,18 @@ struct IdClaims<'a> {
     cognito_username: Option<&'a str>,
     #[serde(flatten)]
     groups: BTreeMap<&'a str, &'a [String]>,
+    /// With scope `profile`: `name` and the `custom:` attributes, as Cognito gives them.
+    #[serde(flatten)]
+    profile: BTreeMap<&'a str, &'a str>,
+}
+
+/// The profile claims of a user: `name` and every `custom:` attribute.
+fn profile_claims(user: &User) -> BTreeMap<&str, &str> {
+    user.attributes
+        .iter()
+        .filter(|(k, _)| *k == "name" || k.starts_with("custom:"))
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect()
 }
 
 /// A claims set as the JSON object the signer takes.
@@ -1428,6 +1440,7 @@ impl Provider {
 
         let id_token = if scope.iter().any(|x| x == "openid") {
             let email = scope.iter().any(|x| x == "email") || s.cognito_compat;
+            let profile = scope.iter().any(|x| x == "profile");
             let id = IdClaims {
                 iss: &s.issuer,
                 sub: &user.id,
@@ -1449,6 +1462,11 @@ impl Provider {
                     .then_some(user.username.as_str()),
                 cognito_username: s.cognito_compat.then_some(user.username.as_str()),
                 groups,
+                profile: if profile {
+                    profile_claims(user)
+                } else {
+                    BTreeMap::new()
+                },
             };
             let alg = Algorithm::parse(&client.id_token_alg);
             let key = self.inner.keys.signing_key(Purpose::Id, alg, now)?;
@@ -1510,6 +1528,9 @@ impl Provider {
         }
         if claims.scopes.iter().any(|s| s == "profile") {
             info["preferred_username"] = json!(user.username);
+            for (k, v) in profile_claims(&user) {
+                info[k] = json!(v);
+            }
         }
         Ok(info)
     }

@@ -37,6 +37,135 @@ pub enum SignupMode {
     Invite,
 }
 
+/// What a custom attribute holds.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AttributeKind {
+    #[default]
+    String,
+    /// A whole number, stored as its decimal digits.
+    Number,
+}
+
+/// An operator-declared attribute asked for on the sign-up page (`[[idp.signup_attributes]]`),
+/// stored as `custom:<name>` like Cognito's custom attributes and given to applications in ID
+/// tokens and userinfo with the `profile` scope.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CustomAttribute {
+    /// 1–20 ASCII letters, digits or `_`; stored as `custom:<name>`.
+    pub name: String,
+    /// What the form calls it (default: the name).
+    #[serde(default)]
+    pub label: String,
+    #[serde(default, rename = "type")]
+    pub kind: AttributeKind,
+    #[serde(default)]
+    pub required: bool,
+    /// Strings: the longest value in characters (default 256, at most 2048).
+    pub max_length: Option<usize>,
+    /// Numbers: the smallest and largest value allowed.
+    pub min: Option<i64>,
+    pub max: Option<i64>,
+}
+
+impl CustomAttribute {
+    /// Checks the declaration; the message names what is wrong.
+    pub fn validate(&self) -> Result<(), String> {
+        let name_ok = !self.name.is_empty()
+            && self.name.len() <= 20
+            && self
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !name_ok {
+            return Err(format!(
+                "{:?}: a name is 1–20 ASCII letters, digits or `_`",
+                self.name
+            ));
+        }
+        match self.kind {
+            AttributeKind::String => {
+                if self.min.is_some() || self.max.is_some() {
+                    return Err(format!(
+                        "{}: min and max are for type = \"number\"; strings have max_length",
+                        self.name
+                    ));
+                }
+                if self.max_length.is_some_and(|n| n == 0 || n > 2048) {
+                    return Err(format!("{}: max_length must be 1–2048", self.name));
+                }
+            }
+            AttributeKind::Number => {
+                if self.max_length.is_some() {
+                    return Err(format!(
+                        "{}: max_length is for strings; numbers have min and max",
+                        self.name
+                    ));
+                }
+                if let (Some(min), Some(max)) = (self.min, self.max)
+                    && min > max
+                {
+                    return Err(format!("{}: min is larger than max", self.name));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The stored key.
+    pub fn key(&self) -> String {
+        format!("custom:{}", self.name)
+    }
+
+    pub fn label(&self) -> &str {
+        if self.label.is_empty() {
+            &self.name
+        } else {
+            &self.label
+        }
+    }
+
+    /// Checks a submitted value (trimmed; empty means not given). `Ok(None)`: leave it unset.
+    pub fn check(&self, value: &str) -> Result<Option<String>, String> {
+        let value = value.trim();
+        if value.is_empty() {
+            return if self.required {
+                Err(format!("{} is required.", self.label()))
+            } else {
+                Ok(None)
+            };
+        }
+        match self.kind {
+            AttributeKind::String => {
+                let max = self.max_length.unwrap_or(256);
+                if value.chars().count() > max || value.chars().any(char::is_control) {
+                    return Err(format!(
+                        "{} must be at most {max} characters of printable text.",
+                        self.label()
+                    ));
+                }
+                Ok(Some(value.to_owned()))
+            }
+            AttributeKind::Number => {
+                let n: i64 = value
+                    .parse()
+                    .map_err(|_| format!("{} must be a whole number.", self.label()))?;
+                if self.min.is_some_and(|min| n < min) || self.max.is_some_and(|max| n > max) {
+                    let range = match (self.min, self.max) {
+                        (Some(a), Some(b)) => format!("between {a} and {b}"),
+                        (Some(a), None) => format!("at least {a}"),
+                        (None, Some(b)) => format!("at most {b}"),
+                        (None, None) => String::new(),
+                    };
+                    return Err(format!("{} must be {range}.", self.label()));
+                }
+                Ok(Some(n.to_string()))
+            }
+        }
+    }
+}
+
 /// Self-service accounts: sign-up, verification, reset and invitations.
 #[derive(Clone, Debug)]
 pub struct AccountSettings {
@@ -45,6 +174,8 @@ pub struct AccountSettings {
     pub signup_domains: Vec<String>,
     /// Groups new accounts from the sign-up page join.
     pub signup_groups: Vec<String>,
+    /// Custom attributes the sign-up page asks for.
+    pub signup_attributes: Vec<CustomAttribute>,
     /// Users whose address is not verified may not sign in.
     pub require_verified_email: bool,
     /// Seconds a verification, reset or invitation link works.
@@ -65,6 +196,7 @@ impl Default for AccountSettings {
             signup: SignupMode::Closed,
             signup_domains: Vec::new(),
             signup_groups: Vec::new(),
+            signup_attributes: Vec::new(),
             require_verified_email: false,
             verify_ttl: 24 * 3600,
             reset_ttl: 3600,

@@ -49,15 +49,36 @@ fn throttled(web: &Web) -> Response {
 
 // ---- sign-up ------------------------------------------------------------------------------------
 
+#[allow(clippy::too_many_arguments)]
 fn signup_form(
     web: &Web,
     request: &str,
     csrf: &str,
     email: &str,
     name: &str,
+    custom: &BTreeMap<String, String>,
     error: Option<&str>,
     strength: Option<u8>,
 ) -> Response {
+    let attributes: Vec<Value> = web
+        .accounts
+        .settings()
+        .accounts
+        .signup_attributes
+        .iter()
+        .map(|a| {
+            json!({
+                "name": a.name,
+                "label": a.label(),
+                "required": a.required,
+                "number": a.kind == crate::settings::AttributeKind::Number,
+                "max_length": a.max_length.unwrap_or(256),
+                "min": a.min,
+                "max": a.max,
+                "value": custom.get(&a.name).cloned().unwrap_or_default(),
+            })
+        })
+        .collect();
     let status = if error.is_some() {
         StatusCode::BAD_REQUEST
     } else {
@@ -68,7 +89,7 @@ fn signup_form(
         "signup.html",
         json!({
             "request": request, "csrf": csrf, "email": email, "name": name, "error": error,
-            "strength": strength, "attributes": [],
+            "strength": strength, "attributes": attributes,
             "min_length": web.provider.pool().policy().min_chars,
         }),
     )
@@ -84,7 +105,11 @@ pub(super) async fn signup_page(State(web): State<Web>, uri: Uri, headers: Heade
     let params = query(&uri);
     let request = live_request(&web, params.get("request"));
     let (csrf, set) = csrf_token(&web, &headers);
-    with_csrf_cookie(signup_form(&web, &request, &csrf, "", "", None, None), set)
+    let none = BTreeMap::new();
+    with_csrf_cookie(
+        signup_form(&web, &request, &csrf, "", "", &none, None, None),
+        set,
+    )
 }
 
 pub(super) async fn signup_submit(
@@ -114,11 +139,16 @@ pub(super) async fn signup_submit(
         password.expose(),
         &[email.as_str(), email.split('@').next().unwrap_or_default()],
     );
+    let custom: BTreeMap<String, String> = form
+        .iter()
+        .filter_map(|(k, v)| Some((k.strip_prefix("custom:")?.to_owned(), v.clone())))
+        .collect();
     let sign_up = SignUp {
         email: email.clone(),
         name: name.clone(),
         password,
         request: Some(request.clone()).filter(|r| !r.is_empty()),
+        custom: custom.clone(),
     };
     match web.accounts.check_sign_up(&sign_up) {
         Ok(()) => {}
@@ -129,6 +159,7 @@ pub(super) async fn signup_submit(
                 &csrf,
                 &email,
                 &name,
+                &custom,
                 Some(&message),
                 Some(strength),
             );

@@ -907,6 +907,24 @@ fn account_settings(
             );
         }
     }
+    let mut attributes: Vec<portcullis_idp::CustomAttribute> = Vec::new();
+    for entry in &idp.signup_attributes {
+        let a = entry.get_ref();
+        if let Err(e) = a.validate() {
+            check.error(Some(&entry.span()), "idp.signup_attributes", e);
+        } else if attributes
+            .iter()
+            .any(|b| b.name.eq_ignore_ascii_case(&a.name))
+        {
+            check.error(
+                Some(&entry.span()),
+                "idp.signup_attributes",
+                format!("{} is declared twice", a.name),
+            );
+        } else {
+            attributes.push(a.clone());
+        }
+    }
     let groups = list(&idp.signup_groups.value);
     for g in &groups {
         if let Err(e) = portcullis_idp::validate_group_name(g) {
@@ -921,6 +939,7 @@ fn account_settings(
         signup,
         signup_domains: domains,
         signup_groups: groups,
+        signup_attributes: attributes,
         require_verified_email: idp.require_verified_email.value,
         verify_ttl: idp.verify_link_ttl.value.secs(),
         reset_ttl: idp.reset_link_ttl.value.secs(),

@@ -143,6 +143,7 @@ pub const TABLE_ARRAYS: &[&str] = &[
     "routes",
     "policy",
     "gateway.issuers",
+    "idp.signup_attributes",
 ];
 
 /// The sections (`[...]`).
@@ -402,6 +403,11 @@ section! {
         /// A file with the bearer token sent to `idp.legacy_verifier_url`
         /// (`PORTCULLIS_IDP_LEGACY_VERIFIER_SECRET` may hold it instead).
         legacy_verifier_secret_file: Option<FilePath> = "";
+        tables {
+            /// `[[idp.signup_attributes]]`: custom attributes the sign-up page asks for
+            /// (docs/accounts.md).
+            signup_attributes: Vec<Spanned<portcullis_idp::CustomAttribute>>;
+        }
     }
 }
 

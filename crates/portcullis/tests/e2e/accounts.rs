@@ -106,6 +106,18 @@ async fn sign_up_verify_by_mail_and_sign_in_in_chromium() {
 signup = "open"
 signup_groups = "user"
 require_verified_email = true
+
+[[idp.signup_attributes]]
+name = "company"
+label = "Company"
+required = true
+max_length = 40
+
+[[idp.signup_attributes]]
+name = "seats"
+type = "number"
+min = 1
+max = 500
 "#,
     )
     .await;
@@ -123,6 +135,8 @@ require_verified_email = true
     let email = "New.Customer@example.org";
     fill(&c, "input#email", email).await;
     fill(&c, "input#name", "New Customer").await;
+    fill(&c, "input#attr-company", "Acme Ltd").await;
+    fill(&c, "input#attr-seats", "25").await;
     // A weak password: refused, with the strength shown (no JavaScript on these pages).
     fill(&c, "input#password", "password1234").await;
     submit(&c).await;
@@ -200,6 +214,8 @@ require_verified_email = true
             .expect("json");
     assert_eq!(shown["email_verified"], true);
     assert_eq!(shown["attributes"]["name"], "New Customer");
+    assert_eq!(shown["attributes"]["custom:company"], "Acme Ltd");
+    assert_eq!(shown["attributes"]["custom:seats"], "25");
     // A used link does nothing more.
     c.goto(&link).await.expect("goto");
     submit(&c).await;
@@ -352,6 +368,13 @@ async fn answers_do_not_reveal_whether_an_account_exists() {
 [idp]
 signup = "open"
 account_rate_per_address = 1000
+
+[[idp.signup_attributes]]
+name = "seats"
+label = "Seats"
+type = "number"
+min = 1
+max = 500
 "#,
     )
     .await;
@@ -376,6 +399,33 @@ account_rate_per_address = 1000
             .await
         }
     };
+    // Custom attributes are checked by the server too (a browser's own checks can be skipped).
+    let (status, body, _) = post(
+        &http,
+        &server.url("/signup"),
+        &csrf,
+        &[
+            ("email", "attr@example.com"),
+            ("password", PASSWORD),
+            ("custom:seats", "9999"),
+        ],
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert!(body.contains("Seats must be between 1 and 500"), "{body}");
+    let (status, body, _) = post(
+        &http,
+        &server.url("/signup"),
+        &csrf,
+        &[
+            ("email", "attr@example.com"),
+            ("password", PASSWORD),
+            ("custom:seats", "x"),
+        ],
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert!(body.contains("must be a whole number"), "{body}");
     let taken = signup("ada@example.com").await;
     let fresh = signup("fresh@example.com").await;
     assert_eq!(taken.0, 200);

@@ -184,7 +184,9 @@ fn import_alice(i: &Instance) {
         json!({ "Users": [{ "Username": "alice", "Enabled": true, "Attributes": [
             { "Name": "sub", "Value": "a1b2c3d4-cognito-sub-of-alice" },
             { "Name": "email", "Value": "alice@example.com" },
-            { "Name": "email_verified", "Value": "true" } ],
+            { "Name": "email_verified", "Value": "true" },
+            { "Name": "name", "Value": "Alice Liddell" },
+            { "Name": "custom:tenant", "Value": "wonderland" } ],
             "Groups": ["user"] }] })
         .to_string(),
     )
@@ -207,7 +209,25 @@ async fn imported_passwords_move_on_first_sign_in_through_the_legacy_verifier() 
         };
         crate::harness::Server::start(cmd)
     }));
-    let authorize = idp.authorize_url("spa", &[("prompt", "login")]);
+    idp._instance
+        .run(&[
+            "client",
+            "add",
+            "profiled",
+            "--id",
+            "profiled",
+            "--redirect-uri",
+            crate::oidc::REDIRECT,
+            "--scope",
+            "openid",
+            "--scope",
+            "profile",
+        ])
+        .ok();
+    let authorize = idp.authorize_url(
+        "profiled",
+        &[("prompt", "login"), ("scope", "openid profile")],
+    );
 
     let (request, csrf) = idp.open_form(&authorize).await;
     let wrong = idp
@@ -229,13 +249,27 @@ async fn imported_passwords_move_on_first_sign_in_through_the_legacy_verifier() 
         .await;
     assert_eq!(right.status(), 303);
     let code = query(&location(right.headers()))["code"].clone();
-    let (status, tokens) = idp.exchange("spa", &code).await;
+    let (status, tokens) = idp.exchange("profiled", &code).await;
     assert_eq!(status, 200, "{tokens}");
     let id = claims(tokens["id_token"].as_str().expect("id token"));
     assert_eq!(
         id["sub"], "a1b2c3d4-cognito-sub-of-alice",
         "the Cognito sub is the subject"
     );
+    // With the profile scope, name and custom attributes, as Cognito gives them.
+    assert_eq!(id["name"], "Alice Liddell");
+    assert_eq!(id["custom:tenant"], "wonderland");
+    let info: Value = idp
+        .http
+        .get(idp.url("/oauth2/userInfo"))
+        .bearer_auth(tokens["access_token"].as_str().expect("access token"))
+        .send()
+        .await
+        .expect("userinfo")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(info["custom:tenant"], "wonderland", "{info}");
     assert_eq!(calls.load(Ordering::SeqCst), 2);
 
     // From now on the stored hash answers; the verifier is not asked again.
