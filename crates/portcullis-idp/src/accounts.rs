@@ -166,6 +166,11 @@ impl Accounts {
             CodePurpose::Verify => (a.verify_ttl, "/verifyEmail", "verify"),
             CodePurpose::Reset => (a.reset_ttl, "/resetPassword", "reset"),
             CodePurpose::Invite => (a.invite_ttl, "/invitation", "invite"),
+            CodePurpose::Notice => {
+                return Err(AccountError::Template(
+                    "a notice is not a mailed code".into(),
+                ));
+            }
         };
         let code = random_token();
         let stored = store
@@ -317,14 +322,26 @@ impl Accounts {
         email: &str,
         request: Option<&str>,
     ) -> Result<(), AccountError> {
-        let store = self.inner.pool.store();
-        // Counted with the reset codes: the mail offers a reset, and an attacker must not be
-        // able to flood an inbox through the sign-up form either.
-        if store
-            .account_codes_since(&owner.id, CodePurpose::Reset, self.now() - 3600)
-            .await?
-            >= CODES_PER_HOUR
-        {
+        // Recorded like a code (one nobody can use), so that the sign-up form cannot flood an
+        // inbox either: at most CODES_PER_HOUR such notices an hour.
+        let now = self.now();
+        let recorded = self
+            .inner
+            .pool
+            .store()
+            .insert_account_code(
+                &NewCode {
+                    code_hash: sha256_hex(random_token().expose()),
+                    purpose: CodePurpose::Notice,
+                    user_id: owner.id.clone(),
+                    email: email.to_owned(),
+                    now,
+                    expires_at: now + 3600,
+                },
+                CODES_PER_HOUR,
+            )
+            .await?;
+        if !recorded {
             return Ok(());
         }
         let mut link = url::Url::parse(&format!("{}/forgotPassword", self.inner.settings.issuer))

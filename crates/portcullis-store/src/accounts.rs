@@ -57,6 +57,9 @@ pub enum CodePurpose {
     Reset,
     /// Lets an invited user choose their first password.
     Invite,
+    /// Not a usable code: records a notice mailed to the user (someone tried to sign up with
+    /// their address), so such notices are limited per hour like codes.
+    Notice,
 }
 
 impl CodePurpose {
@@ -65,6 +68,7 @@ impl CodePurpose {
             CodePurpose::Verify => "verify",
             CodePurpose::Reset => "reset",
             CodePurpose::Invite => "invite",
+            CodePurpose::Notice => "notice",
         }
     }
 }

@@ -455,6 +455,26 @@ max = 500
         )
         .await;
     assert!(i.usernames().contains(&"fresh@example.com".to_owned()));
+    // Signing up with a taken address again and again tells its owner at most 3 times an hour.
+    for _ in 0..4 {
+        assert_eq!(signup("ada@example.com").await.0, 200);
+    }
+    let tried = || {
+        m.smtp
+            .received
+            .lock()
+            .expect("lock")
+            .iter()
+            .filter(|r| r.subject().contains("Someone tried to sign up"))
+            .count()
+    };
+    let started = Instant::now();
+    while tried() < 3 {
+        assert!(started.elapsed() < Duration::from_secs(10), "three notices");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(tried(), 3, "sign-up notices are limited per account");
 
     let csrf = form(&http, &server.url("/forgotPassword")).await;
     let reset = |who: &'static str| {
