@@ -124,6 +124,9 @@ struct AccessClaims<'a> {
     sid: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     auth_time: Option<i64>,
+    /// How the user signed in (RFC 8176); none for client-credentials tokens.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    amr: Option<&'a [String]>,
     /// The groups under the configured claim name (`idp.groups_claim`), and `cognito:groups`
     /// in compatibility mode; none for client-credentials tokens.
     #[serde(flatten)]
@@ -144,6 +147,10 @@ struct IdClaims<'a> {
     sid: &'a str,
     at_hash: String,
     username: &'a str,
+    amr: &'a [String],
+    /// `mfa` when a second factor was used (the value `acr_values=mfa` asks for).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    acr: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     nonce: Option<&'a str>,
     /// With scope `email` (or in compatibility mode); `null` when the user has none.
@@ -191,6 +198,16 @@ pub enum SignIn {
     Refused,
     /// Too many failures: wait this many seconds.
     Locked { seconds: i64 },
+    /// The password was right; the user's second factor is asked for next. The ticket
+    /// (signed, 5 minutes) carries who through the form.
+    SecondFactor { ticket: String, user: Box<User> },
+    /// The password was right, but this user (by group, client or `acr_values`) must use a
+    /// second factor and has none: they enrol now. The secret is pending in the store.
+    Enrol {
+        ticket: String,
+        user: Box<User>,
+        enrolment: Box<crate::mfa::Enrolment>,
+    },
     /// The password was right but the address must be verified first
     /// (`idp.require_verified_email`).
     Unverified { user: Box<User> },
@@ -200,6 +217,12 @@ pub enum SignIn {
     /// The password was right but was set by an operator as temporary: the user chooses a new
     /// one before being signed in. The ticket (signed, 10 minutes) carries who through the form.
     ChangePassword { ticket: String, user: Box<User> },
+}
+
+/// Whether an `acr_values` entry asks for multi-factor authentication: `mfa` (what our tokens
+/// carry in `acr`), or the OpenID PAPE multi-factor policy URI.
+fn is_mfa_acr(v: &str) -> bool {
+    v == "mfa" || v == "http://schemas.openid.net/pape/policies/2007/06/multi-factor"
 }
 
 /// Checks the password of a user imported from another pool, the way Cognito's user-migration
@@ -215,11 +238,8 @@ pub trait LegacyVerifier: Send + Sync + std::fmt::Debug {
 /// The outcome of the forced password change that follows [`SignIn::ChangePassword`].
 #[derive(Debug)]
 pub enum PasswordChange {
-    /// Changed and signed in.
-    Session {
-        session: Box<Session>,
-        secret: Secret<String>,
-    },
+    /// Changed; the sign-in goes on (a session, or the second factor).
+    Done(Box<SignIn>),
     /// The new password was refused; the message says why.
     Invalid(String),
     /// The ticket is forged, expired or already used.
@@ -299,6 +319,9 @@ pub struct AuthorizeRequest {
     pub prompt: Option<String>,
     pub max_age: Option<i64>,
     pub login_hint: Option<String>,
+    /// A second factor is needed: `acr_values` asked for `mfa`, or the client requires it.
+    #[serde(default)]
+    pub mfa: bool,
     /// When this pending request stops being accepted by the sign-in form.
     pub expires_at: i64,
 }
@@ -377,6 +400,9 @@ struct Inner {
     clock: Clock,
     request_signer: Signer,
     change_signer: Signer,
+    mfa_signer: Signer,
+    /// Seals TOTP secrets at rest.
+    totp_kek: KeyEncryptionKey,
     legacy: std::sync::OnceLock<Arc<dyn LegacyVerifier>>,
 }
 
@@ -454,6 +480,13 @@ impl Provider {
         let keys = KeyRing::open(store.clone(), kek, policy, clock.now()).await?;
         let request_signer = Signer::derive(instance_secret, "authorization request");
         let change_signer = Signer::derive(instance_secret, "forced password change");
+        let mfa_signer = Signer::derive(instance_secret, "second factor");
+        let totp_kek = KeyEncryptionKey::derive_for(instance_secret, "totp v1").map_err(|e| {
+            KeyRingError::Key {
+                kid: "totp".into(),
+                reason: e.to_string(),
+            }
+        })?;
         Ok(Provider {
             inner: Arc::new(Inner {
                 store,
@@ -463,6 +496,8 @@ impl Provider {
                 clock,
                 request_signer,
                 change_signer,
+                mfa_signer,
+                totp_kek,
                 legacy: std::sync::OnceLock::new(),
             }),
         })
@@ -486,6 +521,14 @@ impl Provider {
 
     pub fn now(&self) -> i64 {
         self.inner.clock.now()
+    }
+
+    pub(crate) fn totp_kek(&self) -> &KeyEncryptionKey {
+        &self.inner.totp_kek
+    }
+
+    pub(crate) fn ticket_signer(&self) -> &Signer {
+        &self.inner.mfa_signer
     }
 
     // ---- clients -------------------------------------------------------------------------
@@ -793,6 +836,7 @@ impl Provider {
             })?),
             None => None,
         };
+        let client_id_for_mfa = client_id.clone();
         Ok(AuthorizeRequest {
             client_id,
             redirect_uri,
@@ -803,6 +847,12 @@ impl Provider {
             prompt,
             max_age,
             login_hint: get("login_hint"),
+            mfa: get("acr_values").is_some_and(|v| v.split_whitespace().any(is_mfa_acr))
+                || self
+                    .inner
+                    .settings
+                    .mfa_required_clients
+                    .contains(&client_id_for_mfa),
             expires_at: self.now() + 15 * 60,
         })
     }
@@ -810,6 +860,9 @@ impl Provider {
     /// Whether an existing session may answer this request without a password.
     pub fn session_satisfies(&self, req: &AuthorizeRequest, session: &Session) -> bool {
         if req.prompt.as_deref() == Some("login") {
+            return false;
+        }
+        if req.mfa && !session.amr.iter().any(|a| a == "mfa") {
             return false;
         }
         match req.max_age {
@@ -840,6 +893,7 @@ impl Provider {
         &self,
         username: &str,
         password: Secret<String>,
+        need_mfa: bool,
     ) -> Result<SignIn, OAuthError> {
         let key = username.to_ascii_lowercase();
         let now = self.now();
@@ -912,11 +966,7 @@ impl Provider {
                 user: Box::new(user),
             });
         }
-        let (session, secret) = self.start_session(&user).await?;
-        Ok(SignIn::Session {
-            session: Box::new(session),
-            secret,
-        })
+        self.second_step(user, need_mfa).await
     }
 
     /// Checks an imported user's password with the legacy verifier; on success the password's
@@ -986,6 +1036,7 @@ impl Provider {
         &self,
         ticket: &str,
         password: Secret<String>,
+        need_mfa: bool,
     ) -> Result<PasswordChange, OAuthError> {
         let Some(user) = self.change_ticket_user(ticket).await? else {
             return Ok(PasswordChange::Expired);
@@ -1026,17 +1077,29 @@ impl Provider {
             .user_by_id(&user.id)
             .await?
             .ok_or(OAuthError::TemporarilyUnavailable)?;
-        let (session, secret) = self.start_session(&user).await?;
-        Ok(PasswordChange::Session {
-            session: Box::new(session),
-            secret,
-        })
+        Ok(PasswordChange::Done(Box::new(
+            self.second_step(user, need_mfa).await?,
+        )))
     }
 
-    /// Starts a session for a user who just proved their password. Returns the cookie secret.
+    /// How the user of a session signed in (`pwd` for sessions older than the column).
+    async fn session_amr(&self, sid: &str) -> Result<Vec<String>, OAuthError> {
+        Ok(self
+            .inner
+            .store
+            .session(sid)
+            .await?
+            .map(|s| s.amr)
+            .filter(|a| !a.is_empty())
+            .unwrap_or_else(|| vec!["pwd".to_owned()]))
+    }
+
+    /// Starts a session for a user who just signed in, by the methods in `amr`. Returns the
+    /// cookie secret.
     pub async fn start_session(
         &self,
         user: &User,
+        amr: &[&str],
     ) -> Result<(Session, Secret<String>), OAuthError> {
         let now = self.now();
         let secret = random_token();
@@ -1047,6 +1110,7 @@ impl Provider {
             created_at: now,
             expires_at: now + self.inner.settings.session_ttl,
             revoked_at: None,
+            amr: amr.iter().map(|a| (*a).to_owned()).collect(),
         };
         self.inner
             .store
@@ -1251,11 +1315,13 @@ impl Provider {
             None
         };
         let scope = split_scope(&grant.scope);
+        let amr = self.session_amr(&grant.sid).await?;
         self.user_tokens(
             client,
             &user,
             &grant.sid,
             grant.auth_time,
+            &amr,
             &scope,
             grant.nonce.as_deref(),
             refresh,
@@ -1314,11 +1380,13 @@ impl Provider {
             None => granted,
         };
         let user = self.live_user(&old.user_id, None).await?;
+        let amr = self.session_amr(&old.sid).await?;
         self.user_tokens(
             client,
             &user,
             &old.sid,
             old.auth_time,
+            &amr,
             &scope,
             None,
             Some(next),
@@ -1362,6 +1430,7 @@ impl Provider {
             username: None,
             sid: None,
             auth_time: None,
+            amr: None,
             groups: BTreeMap::new(),
         };
         let key = self.inner.keys.signing_key(Purpose::Access, None, now)?;
@@ -1400,6 +1469,7 @@ impl Provider {
         user: &User,
         sid: &str,
         auth_time: i64,
+        amr: &[String],
         scope: &[String],
         nonce: Option<&str>,
         refresh: Option<Secret<String>>,
@@ -1432,6 +1502,7 @@ impl Provider {
             username: Some(&user.username),
             sid: Some(sid),
             auth_time: Some(auth_time),
+            amr: Some(amr),
             groups: groups.clone(),
         };
         let key = self.inner.keys.signing_key(Purpose::Access, None, now)?;
@@ -1453,6 +1524,8 @@ impl Provider {
                 sid,
                 at_hash: at_hash(&access_token),
                 username: &user.username,
+                amr,
+                acr: amr.iter().any(|a| a == "mfa").then_some("mfa"),
                 nonce,
                 email: email.then_some(&user.email),
                 email_verified: email.then_some(user.email_verified),

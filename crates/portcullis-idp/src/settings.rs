@@ -249,6 +249,11 @@ pub struct IdpSettings {
     /// Sign-in attempts accepted per client address per minute (per node).
     pub signin_rate_per_address: u32,
     pub accounts: AccountSettings,
+    /// Members of these groups must sign in with a second factor (and enrol one if they have
+    /// none).
+    pub mfa_required_groups: Vec<String>,
+    /// Sign-ins for these clients must use a second factor.
+    pub mfa_required_clients: Vec<String>,
 }
 
 impl IdpSettings {
@@ -275,6 +280,8 @@ impl IdpSettings {
             lockout_max_delay: 15 * 60,
             signin_rate_per_address: 60,
             accounts: AccountSettings::default(),
+            mfa_required_groups: Vec::new(),
+            mfa_required_clients: Vec::new(),
         }
     }
 

@@ -32,6 +32,15 @@ const EMBEDDED: &[(&str, &str)] = &[
         include_str!("../templates/verify_email.html"),
     ),
     ("account.html", include_str!("../templates/account.html")),
+    ("mfa.html", include_str!("../templates/mfa.html")),
+    (
+        "mfa_enrol.html",
+        include_str!("../templates/mfa_enrol.html"),
+    ),
+    (
+        "mfa_recovery.html",
+        include_str!("../templates/mfa_recovery.html"),
+    ),
     (
         "mail_email_changed.txt",
         include_str!("../templates/mail_email_changed.txt"),

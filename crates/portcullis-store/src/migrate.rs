@@ -33,6 +33,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "accounts",
         include_str!("../migrations/0006_accounts.sql"),
     ),
+    (7, "mfa", include_str!("../migrations/0007_mfa.sql")),
 ];
 
 pub(crate) async fn run(store: &Store) -> Result<(), StoreError> {

@@ -15,6 +15,8 @@ pub struct Session {
     pub created_at: i64,
     pub expires_at: i64,
     pub revoked_at: Option<i64>,
+    /// How the user signed in (RFC 8176 values: `pwd`, `otp`, `hwk`, `mfa`, ...).
+    pub amr: Vec<String>,
 }
 
 /// An authorization code's grant, bound to client, redirect URI and PKCE challenge.
@@ -79,6 +81,11 @@ fn session_from_row(r: &AnyRow) -> Result<Session, StoreError> {
         created_at: r.try_get("created_at")?,
         expires_at: r.try_get("expires_at")?,
         revoked_at: r.try_get("revoked_at")?,
+        amr: r
+            .try_get::<String, _>("amr")?
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect(),
     })
 }
 
@@ -163,7 +170,7 @@ impl Store {
     pub async fn create_session(&self, s: &Session, secret_hash: &str) -> Result<(), StoreError> {
         let _turn = self.write_turn().await;
         sqlx::query(
-            "INSERT INTO sessions (sid, secret_hash, user_id, auth_time, created_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6)",
+            "INSERT INTO sessions (sid, secret_hash, user_id, auth_time, created_at, expires_at, amr) VALUES ($1, $2, $3, $4, $5, $6, $7)",
         )
         .bind(&s.sid)
         .bind(secret_hash)
@@ -171,6 +178,11 @@ impl Store {
         .bind(s.auth_time)
         .bind(s.created_at)
         .bind(s.expires_at)
+        .bind(if s.amr.is_empty() {
+            "pwd".to_owned()
+        } else {
+            s.amr.join(" ")
+        })
         .execute(&self.pool)
         .await?;
         Ok(())

@@ -101,7 +101,112 @@ both_backends!(
     outbox_claims_once_retries_and_keeps_every_message,
     account_codes_are_single_use_newest_only_and_expire,
     email_lookup_and_verification_follow_the_current_address,
+    totp_steps_are_accepted_once_and_recovery_codes_once,
 );
+
+async fn totp_steps_are_accepted_once_and_recovery_codes_once(store: Store) {
+    let (user_id, session) = session_for(&store, "otto").await;
+    let stored = store
+        .session(&session.sid)
+        .await
+        .expect("read")
+        .expect("exists");
+    assert_eq!(
+        stored.amr,
+        ["pwd", "otp", "mfa"],
+        "sessions keep how the user signed in"
+    );
+    assert!(
+        store
+            .totp_begin(&user_id, "sealed-1", 10)
+            .await
+            .expect("begin")
+    );
+    // Not confirmed yet: a sign-in step is refused, the confirming one accepted.
+    assert!(
+        !store
+            .totp_accept_step(&user_id, 100, false)
+            .await
+            .expect("step")
+    );
+    assert!(
+        store
+            .totp_accept_step(&user_id, 100, true)
+            .await
+            .expect("confirm")
+    );
+    assert!(
+        !store
+            .totp_begin(&user_id, "sealed-2", 11)
+            .await
+            .expect("begin"),
+        "a confirmed factor is kept"
+    );
+    assert_eq!(
+        store
+            .totp(&user_id)
+            .await
+            .expect("read")
+            .expect("factor")
+            .sealed,
+        "sealed-1"
+    );
+    // Each step once, and never an older one; raced, one wins.
+    assert!(
+        !store
+            .totp_accept_step(&user_id, 100, false)
+            .await
+            .expect("replay")
+    );
+    assert!(
+        !store
+            .totp_accept_step(&user_id, 99, false)
+            .await
+            .expect("older")
+    );
+    let tasks: Vec<_> = (0..6)
+        .map(|_| {
+            let (store, user_id) = (store.clone(), user_id.clone());
+            tokio::spawn(async move { store.totp_accept_step(&user_id, 101, false).await })
+        })
+        .collect();
+    let mut accepted = 0;
+    for t in tasks {
+        accepted += usize::from(t.await.expect("task").expect("step"));
+    }
+    assert_eq!(accepted, 1, "a code is accepted once");
+    store
+        .set_recovery_codes(&user_id, &["h1".into(), "h2".into()], 20)
+        .await
+        .expect("codes");
+    assert_eq!(store.recovery_codes_left(&user_id).await.expect("count"), 2);
+    assert!(
+        store
+            .use_recovery_code(&user_id, "h1", 21)
+            .await
+            .expect("use")
+    );
+    assert!(
+        !store
+            .use_recovery_code(&user_id, "h1", 22)
+            .await
+            .expect("again")
+    );
+    assert!(
+        !store
+            .use_recovery_code("someone-else", "h2", 22)
+            .await
+            .expect("another user's")
+    );
+    assert_eq!(store.recovery_codes_left(&user_id).await.expect("count"), 1);
+    assert!(store.reset_mfa(&user_id).await.expect("reset"));
+    assert!(store.totp(&user_id).await.expect("read").is_none());
+    assert_eq!(store.recovery_codes_left(&user_id).await.expect("count"), 0);
+    assert!(
+        !store.reset_mfa(&user_id).await.expect("reset"),
+        "nothing left"
+    );
+}
 
 fn mail(id: &str, now: i64) -> NewMail {
     NewMail {
@@ -980,6 +1085,7 @@ async fn session_for(store: &Store, username: &str) -> (String, Session) {
         created_at: 100,
         expires_at: 100_000,
         revoked_at: None,
+        amr: vec!["pwd".into(), "otp".into(), "mfa".into()],
     };
     store
         .create_session(&session, &format!("secret-{username}"))

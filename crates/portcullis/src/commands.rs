@@ -300,6 +300,20 @@ pub async fn user(app: &Admin, cmd: UserCommand, json: bool) -> Result<(), Failu
                 }
             }
         }
+        UserCommand::ResetMfa { username } => {
+            let user = pool.user(&username).await?;
+            let removed = app.store.reset_mfa(&user.id).await?;
+            pool.end_sessions(&username).await?;
+            tracing::info!(target: "portcullis::audit", user_id = %user.id, by = "operator (CLI)", removed, "second factors removed");
+            done(
+                json,
+                &if removed {
+                    format!("removed the second factors of {username} and ended their sessions")
+                } else {
+                    format!("{username} had no second factor; their sessions were ended")
+                },
+            );
+        }
         UserCommand::Invite { username } => {
             let accounts = app.accounts().await?;
             accounts.invite(&username).await.map_err(account_failure)?;

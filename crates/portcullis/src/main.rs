@@ -298,6 +298,9 @@ enum UserCommand {
     },
     /// Mail an invitation again (a new link; earlier ones stop working).
     Invite { username: String },
+    /// Remove a user's second factors (authenticator app, recovery codes) and end their
+    /// sessions: for a user who lost their phone and their codes. Logged as an audit event.
+    ResetMfa { username: String },
     /// Import users from a Cognito user pool: the JSON of `aws cognito-idp list-users` (or an
     /// array of its pages). Each user keeps its `sub`; passwords move on first sign-in through
     /// idp.legacy_verifier_url (docs/guide-cognito.md). Safe to run again.

@@ -75,6 +75,13 @@ async fn render(
             json!({ "created": when(s.created_at), "current": s.sid == session.sid, "clients": clients })
         })
         .collect();
+    let (mfa, recovery_left) = match (
+        web.provider.has_mfa(user).await,
+        web.provider.store().recovery_codes_left(&user.id).await,
+    ) {
+        (Ok(m), Ok(n)) => (m, n),
+        _ => return web.error_page(StatusCode::SERVICE_UNAVAILABLE, UNAVAILABLE),
+    };
     let a = &web.provider.settings().accounts;
     let status = if outcome.error.is_some() {
         StatusCode::BAD_REQUEST
@@ -96,8 +103,28 @@ async fn render(
             "message": outcome.message,
             "strength": outcome.strength,
             "min_length": web.provider.pool().policy().min_chars,
+            "mfa": mfa,
+            "recovery_left": recovery_left,
+            "session_mfa": session.amr.iter().any(|a| a == "mfa"),
         }),
     )
+}
+
+/// The account page with an error or a message (for the second-factor handlers).
+pub(super) async fn render_with(
+    web: &Web,
+    session: &Session,
+    user: &User,
+    csrf: &str,
+    error: Option<&str>,
+    message: Option<&str>,
+) -> Response {
+    let outcome = Outcome {
+        error,
+        message,
+        ..Outcome::default()
+    };
+    render(web, session, user, csrf, outcome).await
 }
 
 pub(super) async fn account_page(State(web): State<Web>, headers: HeaderMap) -> Response {
@@ -115,7 +142,7 @@ pub(super) async fn account_page(State(web): State<Web>, headers: HeaderMap) -> 
 /// A posted account form: the user, their session, the fields and the CSRF token, once the
 /// form is well-formed, the network is within its budget and, where `password` is asked for,
 /// the current password is right.
-async fn posted(
+pub(super) async fn posted(
     web: &Web,
     peer: SocketAddr,
     headers: &HeaderMap,

@@ -173,12 +173,15 @@ pub(super) async fn change_submit(
         .strength(password.expose(), &context);
     match web
         .provider
-        .complete_password_change(ticket, password)
+        .complete_password_change(ticket, password, req.mfa)
         .await
     {
-        Ok(PasswordChange::Session { session, secret }) => {
-            finish_sign_in(&web, &req, &session, &secret).await
-        }
+        Ok(PasswordChange::Done(next)) => match *next {
+            SignIn::Session { session, secret } => {
+                finish_sign_in(&web, &req, &session, &secret).await
+            }
+            other => super::mfa::second_step_page(&web, sealed, &csrf, other, None),
+        },
         Ok(PasswordChange::Invalid(message)) => change_form(
             &web,
             sealed,
@@ -292,8 +295,12 @@ pub(super) async fn login_submit(
         return again("Too many sign-in attempts from your network. Wait a minute and try again.");
     }
     let password = Secret::new(field("password").to_owned());
-    let (session, secret) = match web.provider.sign_in(&username, password).await {
+    let outcome = web.provider.sign_in(&username, password, req.mfa).await;
+    let (session, secret) = match outcome {
         Ok(SignIn::Session { session, secret }) => (*session, secret),
+        Ok(other @ (SignIn::SecondFactor { .. } | SignIn::Enrol { .. })) => {
+            return super::mfa::second_step_page(&web, sealed, csrf_cookie, other, None);
+        }
         Ok(SignIn::Locked { seconds }) => {
             let msg = format!(
                 "Too many failed attempts. Try again in {seconds} second{}.",

@@ -8,6 +8,7 @@ mod authorize;
 mod discovery;
 mod login;
 mod logout;
+mod mfa;
 mod token;
 mod userinfo;
 
@@ -133,6 +134,25 @@ pub fn router(provider: Provider, accounts: Accounts, cookies: CookiePolicy) -> 
         )
         .route("/login", get(login::login_page).post(login::login_submit))
         .route("/login/password", axum::routing::post(login::change_submit))
+        .route("/login/mfa", axum::routing::post(mfa::mfa_submit))
+        .route("/login/enrol", axum::routing::post(mfa::enrol_submit))
+        .route("/login/continue", axum::routing::post(mfa::continue_submit))
+        .route(
+            "/account/mfa/begin",
+            axum::routing::post(mfa::account_begin),
+        )
+        .route(
+            "/account/mfa/confirm",
+            axum::routing::post(mfa::account_confirm),
+        )
+        .route(
+            "/account/mfa/recovery",
+            axum::routing::post(mfa::account_recovery),
+        )
+        .route(
+            "/account/mfa/remove",
+            axum::routing::post(mfa::account_remove),
+        )
         .route("/account", get(account::account_page))
         .route(
             "/account/password",

@@ -513,6 +513,23 @@ fn validate(
     idp.templates_dir = branding.templates_dir.value.map(|p| p.0);
     let mail = mail_config(&mail, &idp, &data_dir, env, check);
     idp.accounts = accounts;
+    let names = |s: &str| -> Vec<String> {
+        s.split(',')
+            .map(|n| n.trim().to_owned())
+            .filter(|n| !n.is_empty())
+            .collect()
+    };
+    idp.mfa_required_groups = names(&idp_file.mfa_required_groups.value);
+    for g in &idp.mfa_required_groups {
+        if let Err(e) = portcullis_idp::validate_group_name(g) {
+            check.error(
+                idp_file.mfa_required_groups.span.as_ref(),
+                "idp.mfa_required_groups",
+                e.to_string(),
+            );
+        }
+    }
+    idp.mfa_required_clients = names(&idp_file.mfa_required_clients.value);
 
     let clients = clients
         .into_iter()

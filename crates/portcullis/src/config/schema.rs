@@ -403,6 +403,12 @@ section! {
         /// A file with the bearer token sent to `idp.legacy_verifier_url`
         /// (`PORTCULLIS_IDP_LEGACY_VERIFIER_SECRET` may hold it instead).
         legacy_verifier_secret_file: Option<FilePath> = "";
+        /// Groups whose members must sign in with a second factor, comma-separated ("admin").
+        /// A member without one sets up an authenticator app right after the password
+        /// (docs/mfa.md).
+        mfa_required_groups: String = "";
+        /// Client ids whose sign-ins must use a second factor, comma-separated.
+        mfa_required_clients: String = "";
         tables {
             /// `[[idp.signup_attributes]]`: custom attributes the sign-up page asks for
             /// (docs/accounts.md).

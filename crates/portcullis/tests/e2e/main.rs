@@ -13,6 +13,7 @@ mod h2wire;
 mod hardening;
 mod harness;
 mod interop;
+mod mfa;
 mod migration;
 mod oidc;
 mod serve;

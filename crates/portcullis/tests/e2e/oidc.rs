@@ -180,6 +180,10 @@ impl Idp {
             .join("; ")
     }
 
+    pub(crate) fn remember_cookies(&mut self, headers: &HeaderMap) {
+        self.remember(headers)
+    }
+
     fn remember(&mut self, headers: &HeaderMap) {
         for v in headers.get_all(reqwest::header::SET_COOKIE) {
             let v = v.to_str().expect("ascii");
