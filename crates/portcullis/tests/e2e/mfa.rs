@@ -2,8 +2,6 @@
 //! HMAC-SHA1, written from the RFC rather than with the library the server uses), replays,
 //! recovery codes, the lockout, `acr_values=mfa`, `amr` in tokens, the operator's reset.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use reqwest::StatusCode;
 use serde_json::Value;
 
@@ -49,10 +47,7 @@ pub(crate) fn totp(secret_b32: &str, unix: u64) -> String {
 }
 
 fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("time")
-        .as_secs()
+    u64::try_from(portcullis_token::Clock::system().now()).expect("after 1970")
 }
 
 #[test]
