@@ -35,6 +35,8 @@ pub struct Identity {
     pub exact_groups: bool,
     /// The principals policies may name, computed once when the token is verified.
     pub principals: Vec<Principal>,
+    /// How the user signed in (`amr` holds `mfa`, `auth_time`), for policy conditions.
+    pub auth: portcullis_policy::AuthContext,
     /// The identity headers for the upstream, built once when the token is verified.
     pub headers: Vec<(HeaderName, HeaderValue)>,
 }
@@ -390,6 +392,17 @@ impl Authenticator {
             valid_until: claims.exp.saturating_add(exp_leeway),
             exact_groups,
             principals: Vec::new(),
+            auth: portcullis_policy::AuthContext {
+                mfa: claims
+                    .raw
+                    .get("amr")
+                    .and_then(serde_json::Value::as_array)
+                    .is_some_and(|a| a.iter().any(|v| v.as_str() == Some("mfa"))),
+                auth_time: claims
+                    .raw
+                    .get("auth_time")
+                    .and_then(serde_json::Value::as_i64),
+            },
             headers: Vec::new(),
         };
         id.principals = id.compute_principals();

@@ -194,6 +194,8 @@ impl Gateway {
                 &caller.identity,
                 req.method().as_str(),
                 &segments,
+                req.uri(),
+                self.clock.now(),
             )?;
             csrf::check(
                 caller.from_cookie,

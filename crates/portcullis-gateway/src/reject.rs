@@ -38,6 +38,16 @@ pub enum Reject {
     SessionUnavailable,
     /// The policies do not allow it: 403 (APIs) or the forbidden page (pages).
     Denied { sub: String, decision: String },
+    /// The policies allow it only with a stronger or more recent sign-in (a second factor,
+    /// `auth_age`): 401 with `error="insufficient_user_authentication"` (RFC 9470) for APIs, a
+    /// sign-in that asks for it and comes back for pages.
+    StepUp {
+        sub: String,
+        decision: String,
+        mfa: bool,
+        max_age: Option<i64>,
+        return_to: String,
+    },
     /// An unsafe cookie-authenticated request from another origin: 403.
     CrossSite { sub: String },
     /// A WebSocket handshake the route does not allow, or a malformed one: 400.
@@ -66,7 +76,7 @@ impl Reject {
             Reject::Target { .. } => "canonical",
             Reject::NoRoute => "route",
             Reject::Unauthenticated { .. } | Reject::SessionUnavailable => "authn",
-            Reject::Denied { .. } => "authz",
+            Reject::Denied { .. } | Reject::StepUp { .. } => "authz",
             Reject::CrossSite { .. } => "csrf",
             Reject::Upgrade(_)
             | Reject::BodyTooLarge { .. }
@@ -96,6 +106,7 @@ impl Reject {
             Reject::NoRoute => "no_route",
             Reject::Unauthenticated { .. } => "unauthenticated",
             Reject::Denied { .. } => "denied",
+            Reject::StepUp { .. } => "step_up",
             Reject::CrossSite { .. } => "cross_site",
             Reject::SessionUnavailable => "unavailable",
             _ => match self.fault() {
@@ -118,6 +129,15 @@ impl Reject {
             }
             Reject::Denied { sub, decision } => {
                 tracing::info!(path, stage, sub, decision, "request denied");
+            }
+            Reject::StepUp { sub, decision, .. } => {
+                tracing::info!(
+                    path,
+                    stage,
+                    sub,
+                    decision,
+                    "request needs a stronger sign-in"
+                );
             }
             Reject::CrossSite { sub } => {
                 tracing::info!(
@@ -201,6 +221,47 @@ impl Reject {
                     header::WWW_AUTHENTICATE,
                     HeaderValue::from_static(challenge),
                 );
+                r
+            }
+            Reject::StepUp {
+                mfa,
+                max_age,
+                return_to,
+                ..
+            } if page => {
+                let mut q = url::form_urlencoded::Serializer::new(String::new());
+                q.append_pair("return_to", &return_to);
+                if mfa {
+                    q.append_pair("acr_values", "mfa");
+                }
+                if let Some(age) = max_age {
+                    q.append_pair("max_age", &age.to_string());
+                }
+                redirect(&format!("{}?{}", settings.login_url, q.finish()))
+            }
+            Reject::StepUp { mfa, max_age, .. } => {
+                let mut challenge = String::from(
+                    "Bearer realm=\"portcullis\", error=\"insufficient_user_authentication\", error_description=\"",
+                );
+                challenge.push_str(match (mfa, max_age) {
+                    (true, Some(_)) => "A recent sign-in with a second factor is required",
+                    (true, None) => "A sign-in with a second factor is required",
+                    _ => "A more recent sign-in is required",
+                });
+                challenge.push('"');
+                if mfa {
+                    challenge.push_str(", acr_values=\"mfa\"");
+                }
+                if let Some(age) = max_age {
+                    challenge.push_str(&format!(", max_age={age}"));
+                }
+                let mut r = json(
+                    StatusCode::UNAUTHORIZED,
+                    json!({ "error": "insufficient_user_authentication", "acr_values": if mfa { Some("mfa") } else { None }, "max_age": max_age }),
+                );
+                if let Ok(v) = HeaderValue::from_str(&challenge) {
+                    r.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+                }
                 r
             }
             Reject::Denied { .. } if page => redirect(&settings.forbidden_url),

@@ -79,6 +79,63 @@ pub enum Effect {
     Deny,
 }
 
+/// What an `allow` statement may additionally require of how the caller signed in, read from
+/// the token's `amr` and `auth_time` (AWS IAM's `aws:MultiFactorAuthPresent` and
+/// `aws:MultiFactorAuthAge`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Condition {
+    /// A second factor was used (`amr` holds `mfa`).
+    pub mfa: bool,
+    /// Signed in at most this many seconds ago (`auth_time`).
+    pub max_auth_age: Option<i64>,
+}
+
+impl Condition {
+    pub fn is_empty(&self) -> bool {
+        !self.mfa && self.max_auth_age.is_none()
+    }
+
+    /// Whether a caller who signed in as `auth` meets it at `now`.
+    pub fn met_by(&self, auth: &AuthContext, now: i64) -> bool {
+        (!self.mfa || auth.mfa)
+            && self
+                .max_auth_age
+                .is_none_or(|max| auth.auth_time.is_some_and(|t| now - t <= max))
+    }
+}
+
+impl fmt::Display for Condition {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut parts = Vec::new();
+        if self.mfa {
+            parts.push("mfa = true".to_owned());
+        }
+        if let Some(age) = self.max_auth_age {
+            parts.push(format!("auth_age = \"{}\"", format_age(age)));
+        }
+        f.write_str(&parts.join(", "))
+    }
+}
+
+fn format_age(secs: i64) -> String {
+    if secs % 3600 == 0 && secs > 0 {
+        format!("{}h", secs / 3600)
+    } else if secs % 60 == 0 && secs > 0 {
+        format!("{}m", secs / 60)
+    } else {
+        format!("{secs}s")
+    }
+}
+
+/// How the caller signed in, as the token says.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AuthContext {
+    /// `amr` holds `mfa`.
+    pub mfa: bool,
+    /// `auth_time`, if the token has one (client-credentials tokens do not).
+    pub auth_time: Option<i64>,
+}
+
 /// One rule: an effect for some methods on some paths.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Statement {
@@ -86,6 +143,8 @@ pub struct Statement {
     /// Upper-case method names; empty means every method (`*`).
     pub methods: Vec<String>,
     pub paths: Vec<PathPattern>,
+    /// For `allow`: what the caller's sign-in must also satisfy.
+    pub condition: Condition,
 }
 
 impl Statement {
@@ -135,6 +194,27 @@ struct RawStatement {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     methods: Vec<String>,
     paths: Vec<String>,
+    /// Require a second factor.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    mfa: bool,
+    /// Require a sign-in at most this long ago ("15m", "1h", "90s").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    auth_age: Option<String>,
+}
+
+/// "15m" → 900. Seconds, minutes or hours; 1 s to 30 days.
+fn parse_age(text: &str) -> Option<i64> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit())?;
+    let (n, unit) = text.split_at(split);
+    let n: i64 = n.parse().ok()?;
+    let secs = match unit {
+        "s" => n,
+        "m" => n.checked_mul(60)?,
+        "h" => n.checked_mul(3600)?,
+        _ => return None,
+    };
+    (1..=30 * 86_400).contains(&secs).then_some(secs)
 }
 
 const METHODS: &[&str] = &["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"];
@@ -219,10 +299,28 @@ pub fn build_documents(
                 .map(|p| PathPattern::parse(p))
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(|e| invalid(e.to_string()))?;
+            let max_auth_age = match &st.auth_age {
+                Some(a) => Some(parse_age(a).ok_or_else(|| {
+                    invalid(format!(
+                        "auth_age {a:?}: write a duration such as \"15m\", \"1h\" or \"90s\" (1 s to 30 days)"
+                    ))
+                })?),
+                None => None,
+            };
+            let condition = Condition {
+                mfa: st.mfa,
+                max_auth_age,
+            };
+            if st.effect == Effect::Deny && !condition.is_empty() {
+                return Err(invalid(
+                    "mfa and auth_age are conditions of an allow: a deny always applies".into(),
+                ));
+            }
             statements.push(Statement {
                 effect: st.effect,
                 methods,
                 paths,
+                condition,
             });
         }
         docs.push(PolicyDocument {
@@ -251,6 +349,8 @@ pub fn export(docs: &[PolicyDocument]) -> String {
                             s.methods.clone()
                         },
                         paths: s.paths.iter().map(|p| p.as_str().to_owned()).collect(),
+                        mfa: s.condition.mfa,
+                        auth_age: s.condition.max_auth_age.map(format_age),
                     })
                     .collect(),
             })
@@ -308,5 +408,58 @@ statements = [{ effect = "allow", methods = ["*"], paths = ["/**"] }]
                 .contains("merge")
         );
         assert!(parse_file("[[policy]]\nprincipal = \"group:a\"\nstatements = []").is_err());
+    }
+
+    #[test]
+    fn conditions_parse_round_trip_and_belong_to_allows() {
+        let text = r#"
+[[policy]]
+principal = "group:admin"
+statements = [{ effect = "allow", paths = ["/admin/**"], mfa = true, auth_age = "15m" }]
+"#;
+        let docs = parse_file(text).expect("valid");
+        let c = docs[0].statements[0].condition;
+        assert_eq!(
+            c,
+            Condition {
+                mfa: true,
+                max_auth_age: Some(900)
+            }
+        );
+        assert_eq!(c.to_string(), "mfa = true, auth_age = \"15m\"");
+        assert_eq!(parse_file(&export(&docs)).expect("round trip"), docs);
+        let deny = "[[policy]]\nprincipal = \"group:a\"\nstatements = [{ effect = \"deny\", paths = [\"/\"], mfa = true }]";
+        assert!(
+            parse_file(deny)
+                .expect_err("deny")
+                .to_string()
+                .contains("condition")
+        );
+        for bad in ["15", "15d", "0s", "m", "-5m"] {
+            let t = format!(
+                "[[policy]]\nprincipal = \"group:a\"\nstatements = [{{ effect = \"allow\", paths = [\"/\"], auth_age = \"{bad}\" }}]"
+            );
+            assert!(parse_file(&t).is_err(), "{bad}");
+        }
+        let auth = AuthContext {
+            mfa: true,
+            auth_time: Some(1000),
+        };
+        assert!(c.met_by(&auth, 1900));
+        assert!(!c.met_by(&auth, 1901), "too old");
+        assert!(!c.met_by(
+            &AuthContext {
+                mfa: false,
+                auth_time: Some(1000)
+            },
+            1000
+        ));
+        assert!(!c.met_by(
+            &AuthContext {
+                mfa: true,
+                auth_time: None
+            },
+            1000
+        ));
     }
 }

@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::fmt;
 
-use crate::document::{Effect, PolicyDocument, Principal};
+use crate::document::{AuthContext, Condition, Effect, PolicyDocument, Principal};
 use crate::pattern::path_segments;
 
 /// Why a request was allowed or denied.
@@ -21,6 +21,13 @@ pub enum Reason {
     },
     /// No statement of any of the caller's principals covers the request: default deny.
     NoMatch,
+    /// Only allow statements with a condition cover the request, and the caller's sign-in
+    /// does not meet it (the first such statement is named): signing in again can help.
+    ConditionFailed {
+        principal: Principal,
+        statement: usize,
+        condition: Condition,
+    },
 }
 
 /// A decision with its reason and the policy version it was made under.
@@ -53,6 +60,15 @@ impl fmt::Display for Decision {
             Reason::NoMatch => write!(
                 f,
                 "denied: no statement matches (default deny), version {}",
+                self.version
+            ),
+            Reason::ConditionFailed {
+                principal,
+                statement,
+                condition,
+            } => write!(
+                f,
+                "denied: statement {statement} of {principal} allows it only with {condition}, which this sign-in does not meet, version {}",
                 self.version
             ),
         }
@@ -104,6 +120,19 @@ impl PolicySet {
     /// Decides `method` on the canonical `path` for a caller holding `principals`. Explicit deny
     /// wins over allow; no match is a deny.
     pub fn decide(&self, principals: &[Principal], method: &str, path: &str) -> Decision {
+        self.decide_as(principals, method, path, &AuthContext::default(), 0)
+    }
+
+    /// [`decide`](Self::decide) for a caller who signed in as `auth` (conditions of allow
+    /// statements are checked against it at `now`).
+    pub fn decide_as(
+        &self,
+        principals: &[Principal],
+        method: &str,
+        path: &str,
+        auth: &AuthContext,
+        now: i64,
+    ) -> Decision {
         let principals: Vec<Principal> = principals
             .iter()
             .map(|p| match p {
@@ -115,6 +144,8 @@ impl PolicySet {
             &principals,
             &method.to_ascii_uppercase(),
             &path_segments(path),
+            auth,
+            now,
         )
     }
 
@@ -126,8 +157,11 @@ impl PolicySet {
         principals: &[Principal],
         method: &str,
         segments: &[String],
+        auth: &AuthContext,
+        now: i64,
     ) -> Decision {
         let mut allowed_by: Option<(&Principal, usize)> = None;
+        let mut unmet: Option<(&Principal, usize, Condition)> = None;
         for principal in principals {
             let index = match principal {
                 Principal::ExactGroup(g) => self.exact_groups.get(g),
@@ -151,8 +185,11 @@ impl PolicySet {
                             version: self.version,
                         };
                     }
-                    Effect::Allow => {
+                    Effect::Allow if st.condition.met_by(auth, now) => {
                         allowed_by.get_or_insert((principal, n + 1));
+                    }
+                    Effect::Allow => {
+                        unmet.get_or_insert((principal, n + 1, st.condition));
                     }
                 }
             }
@@ -168,7 +205,14 @@ impl PolicySet {
             },
             None => Decision {
                 allowed: false,
-                reason: Reason::NoMatch,
+                reason: match unmet {
+                    Some((principal, statement, condition)) => Reason::ConditionFailed {
+                        principal: principal.clone(),
+                        statement,
+                        condition,
+                    },
+                    None => Reason::NoMatch,
+                },
                 version: self.version,
             },
         }
@@ -228,6 +272,54 @@ mod tests {
         assert!(!p.decide(&exact("ADMIN"), "GET", "/api/orders").allowed);
     }
 
+    #[test]
+    fn conditions_allow_only_sign_ins_that_meet_them() {
+        let docs = parse_file(
+            r#"
+[[policy]]
+principal = "group:admin"
+statements = [
+  { effect = "allow", paths = ["/admin/**"], mfa = true, auth_age = "15m" },
+  { effect = "allow", methods = ["GET"], paths = ["/admin/status"] },
+]
+"#,
+        )
+        .expect("valid");
+        let p = PolicySet::new(docs, 3);
+        let admin = [Principal::Group("admin".into())];
+        let strong = AuthContext {
+            mfa: true,
+            auth_time: Some(1000),
+        };
+        let weak = AuthContext {
+            mfa: false,
+            auth_time: Some(1000),
+        };
+        assert!(
+            p.decide_as(&admin, "POST", "/admin/users", &strong, 1500)
+                .allowed
+        );
+        let d = p.decide_as(&admin, "POST", "/admin/users", &weak, 1500);
+        assert!(!d.allowed);
+        assert!(matches!(
+            d.reason,
+            Reason::ConditionFailed { statement: 1, .. }
+        ));
+        assert!(d.to_string().contains("only with mfa = true"), "{d}");
+        assert!(
+            !p.decide_as(&admin, "POST", "/admin/users", &strong, 1901)
+                .allowed,
+            "too old"
+        );
+        // An unconditional allow for the same request wins over an unmet condition.
+        assert!(
+            p.decide_as(&admin, "GET", "/admin/status", &weak, 1500)
+                .allowed
+        );
+        // Without a sign-in context (the CLI's matrix), conditions are not met.
+        assert!(!p.decide(&admin, "POST", "/admin/users").allowed);
+    }
+
     proptest! {
         /// Adding a deny for a path can only turn allows into denies, never the reverse.
         #[test]
@@ -239,9 +331,12 @@ mod tests {
                 effect: Effect::Deny,
                 methods: vec![],
                 paths: vec![crate::PathPattern::parse(&path).expect("pattern")],
+                condition: Default::default(),
             });
             let with_deny = PolicySet::new(docs, 8);
             prop_assert!(!with_deny.decide(&user(), method, &path).allowed);
+            let strong = AuthContext { mfa: true, auth_time: Some(0) };
+            prop_assert!(!with_deny.decide_as(&user(), method, &path, &strong, 0).allowed);
             prop_assert!(!with_deny.decide(&user(), method, &path.to_uppercase()).allowed);
         }
     }

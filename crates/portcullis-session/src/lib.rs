@@ -210,7 +210,7 @@ async fn login(State(s): State<Sessions>, uri: Uri, headers: HeaderMap) -> Respo
     };
     let state = format!("{id}.{}", flow.state);
     let challenge = pkce_s256(&flow.verifier);
-    let target = match s.inner.provider.authorize_url(&[
+    let mut params = vec![
         ("response_type", "code"),
         ("client_id", s.inner.provider.client_id()),
         ("redirect_uri", &s.inner.redirect_uri),
@@ -219,7 +219,19 @@ async fn login(State(s): State<Sessions>, uri: Uri, headers: HeaderMap) -> Respo
         ("nonce", &flow.nonce),
         ("code_challenge", &challenge),
         ("code_challenge_method", "S256"),
-    ]) {
+    ];
+    // A step-up from the gateway (a policy asked for a second factor or a recent sign-in):
+    // passed on to the provider, only in the forms the gateway writes.
+    if q.get("acr_values").is_some_and(|v| v == "mfa") {
+        params.push(("acr_values", "mfa"));
+    }
+    let max_age = q
+        .get("max_age")
+        .filter(|v| !v.is_empty() && v.len() <= 9 && v.bytes().all(|b| b.is_ascii_digit()));
+    if let Some(max_age) = max_age {
+        params.push(("max_age", max_age));
+    }
+    let target = match s.inner.provider.authorize_url(&params) {
         Ok(t) => t,
         Err(e) => {
             tracing::error!(error = %e, "the authorization endpoint is not a URL");

@@ -947,6 +947,8 @@ pub async fn policy(app: &Admin, cmd: PolicyCommand, json: bool) -> Result<(), F
             scopes,
             client,
             user,
+            mfa,
+            signed_in,
             method,
             path,
         } => {
@@ -977,7 +979,13 @@ pub async fn policy(app: &Admin, cmd: PolicyCommand, json: bool) -> Result<(), F
             principals.push(portcullis_policy::Principal::Authenticated);
             let canonical = portcullis_gateway::canonical::canonicalize(&path)
                 .map_err(|e| Failure::user(format!("{path}: {e} (the gateway answers 400)")))?;
-            let decision = set.decide(&principals, &method, &canonical.lower);
+            let now = app.clock.now();
+            let ago = signed_in.map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+            let auth = portcullis_policy::AuthContext {
+                mfa,
+                auth_time: Some(now.saturating_sub(ago)),
+            };
+            let decision = set.decide_as(&principals, &method, &canonical.lower, &auth, now);
             if json {
                 print_json(
                     &json!({ "allowed": decision.allowed, "explanation": decision.to_string() }),
@@ -1034,10 +1042,16 @@ pub async fn policy(app: &Admin, cmd: PolicyCommand, json: bool) -> Result<(), F
                         .map(|p| {
                             if *public {
                                 "public".to_owned()
-                            } else if set.decide(&principal_row(p), &m, &path).allowed {
-                                "allow".to_owned()
                             } else {
-                                "deny".to_owned()
+                                let d = set.decide(&principal_row(p), &m, &path);
+                                match d.reason {
+                                    _ if d.allowed => "allow".to_owned(),
+                                    portcullis_policy::Reason::ConditionFailed {
+                                        condition,
+                                        ..
+                                    } => format!("allow if {condition}"),
+                                    _ => "deny".to_owned(),
+                                }
                             }
                         })
                         .collect();

@@ -154,6 +154,13 @@ enum PolicyCommand {
         /// A signed-in user (their groups are read from the store).
         #[arg(long)]
         user: Option<String>,
+        /// The caller signed in with a second factor (for `mfa = true` statements).
+        #[arg(long)]
+        mfa: bool,
+        /// How long ago the caller signed in, e.g. "10m" (for `auth_age` statements; default:
+        /// just now).
+        #[arg(long, value_name = "DURATION")]
+        signed_in: Option<humantime::Duration>,
         method: String,
         path: String,
     },

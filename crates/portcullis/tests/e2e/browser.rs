@@ -103,7 +103,23 @@ async fn site() -> Site {
     site_with("").await
 }
 
+/// The default site's policies: customers use `/api/orders/**`, admins everything.
+const SITE_POLICIES: &str = r#"
+[[policy]]
+principal = "group:user"
+statements = [{ effect = "allow", methods = ["GET", "POST"], paths = ["/api/orders/**"] }]
+
+[[policy]]
+principal = "group:admin"
+statements = [{ effect = "allow", methods = ["*"], paths = ["/**"] }]
+"#;
+
 pub(crate) async fn site_with(extra: &str) -> Site {
+    site_with_policies(SITE_POLICIES, extra).await
+}
+
+/// [`site_with`] with other policies.
+pub(crate) async fn site_with_policies(policies: &str, extra: &str) -> Site {
     let upstream = Upstream::start().await;
     let files = tempfile::tempdir().expect("dir");
     std::fs::write(
@@ -134,18 +150,10 @@ upstream = "{up}"
 path = "/**"
 kind = "public"
 static_dir = "{f}"
-
-[[policy]]
-principal = "group:user"
-statements = [{{ effect = "allow", methods = ["GET", "POST"], paths = ["/api/orders/**"] }}]
-
-[[policy]]
-principal = "group:admin"
-statements = [{{ effect = "allow", methods = ["*"], paths = ["/**"] }}]
 "#,
         up = upstream.base
     );
-    let i = Instance::with_config(&format!("{config}{extra}"));
+    let i = Instance::with_config(&format!("{config}{policies}{extra}"));
     crate::oidc::add_users(&i);
     let server = i.serve();
     // Browsers treat localhost as a secure context, so the __Host- cookies work over http here.
