@@ -217,6 +217,9 @@ fn print_banner(app: &App, credentials: &Credentials) {
         "sign-up and password reset are open; their mail is written to {} instead of being sent",
         app.config.mail.directory.display()
     );
+    println!(
+        "admin signs in with a second factor: at the first sign-in, scan the QR code with any authenticator app (or type the key shown under it)"
+    );
     if credentials.values().any(|(_, new)| *new) {
         println!(
             "demo users (passwords shown now and kept in {}):",

@@ -585,9 +585,37 @@ async fn the_demo_shop_customer_orders_admin_approves() {
     );
     sign_out(&c).await;
 
-    // The admin approves it.
+    // The admin approves it, after setting up the second factor the demo requires of admins.
     c.goto(&format!("{base}/admin/")).await.expect("goto");
     sign_in_as(&c, "admin", &password("admin")).await;
+    let secret = c
+        .wait()
+        .for_element(Locator::Css("#totp-secret"))
+        .await
+        .expect("admins enrol a second factor")
+        .text()
+        .await
+        .expect("secret");
+    let now = u64::try_from(portcullis_token::Clock::system().now()).expect("after 1970");
+    c.find(Locator::Css("input#code"))
+        .await
+        .expect("code")
+        .send_keys(&crate::mfa::totp(&secret, now))
+        .await
+        .expect("type");
+    c.find(Locator::Css("form button[type=submit]"))
+        .await
+        .expect("button")
+        .click()
+        .await
+        .expect("confirm");
+    c.wait()
+        .for_element(Locator::Css("button#continue-after-codes"))
+        .await
+        .expect("recovery codes")
+        .click()
+        .await
+        .expect("continue");
     wait_for_path(&c, "/admin/").await;
     wait_for_text(&c, "#orders", "Blue mug").await;
     c.find(Locator::Css("button.approve"))
