@@ -11,6 +11,7 @@ mod instance;
 mod keyring;
 mod mfa;
 mod names;
+mod passkeys;
 mod password;
 mod pool;
 mod provider;
@@ -24,6 +25,7 @@ pub use instance::{InstanceError, resolve_instance_secret};
 pub use keyring::{KeyRing, KeyRingError, Purpose};
 pub use mfa::{Enrolment, RECOVERY_CODES, SecondFactor};
 pub use names::{NameError, validate_email, validate_group_name, validate_username};
+pub use passkeys::{PasskeyError, PasskeyInfo};
 pub use password::{HashError, PasswordError, PasswordHasher, PasswordPolicy, generate_password};
 pub use pool::{AddUser, ImportUser, Imported, PoolError, UserPool};
 pub use provider::{

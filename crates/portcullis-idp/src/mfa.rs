@@ -143,8 +143,13 @@ impl Provider {
         )))
     }
 
-    /// Whether the user has a confirmed second factor.
+    /// Whether the user has a confirmed second factor: an authenticator app or a passkey.
     pub async fn has_mfa(&self, user: &User) -> Result<bool, OAuthError> {
+        Ok(self.has_totp(user).await? || !self.store().credentials_of(&user.id).await?.is_empty())
+    }
+
+    /// Whether the user has a confirmed authenticator app.
+    pub async fn has_totp(&self, user: &User) -> Result<bool, OAuthError> {
         Ok(self
             .store()
             .totp(&user.id)
@@ -246,9 +251,13 @@ impl Provider {
         Ok(Some(self.new_recovery_codes(user).await?))
     }
 
-    /// Removes the user's second factors (account page, with their password; or an operator).
+    /// Removes the user's second factors — app, recovery codes and passkeys (an operator's
+    /// reset; the account page removes the app and the codes only: `passkeys` false).
     pub async fn remove_mfa(&self, user: &User, by: &str) -> Result<bool, OAuthError> {
-        let removed = self.store().reset_mfa(&user.id).await?;
+        let mut removed = self.store().reset_mfa(&user.id).await?;
+        if by != "user" {
+            removed |= self.store().remove_credentials(&user.id).await? > 0;
+        }
         tracing::info!(target: "portcullis::audit", user_id = %user.id, by, removed, "second factors removed");
         Ok(removed)
     }

@@ -403,6 +403,8 @@ struct Inner {
     mfa_signer: Signer,
     /// Seals TOTP secrets at rest.
     totp_kek: KeyEncryptionKey,
+    /// The WebAuthn relying party (the issuer's host), unless the issuer is an IP address.
+    relying_party: Option<webauthn_rs::prelude::Webauthn>,
     legacy: std::sync::OnceLock<Arc<dyn LegacyVerifier>>,
 }
 
@@ -481,6 +483,8 @@ impl Provider {
         let request_signer = Signer::derive(instance_secret, "authorization request");
         let change_signer = Signer::derive(instance_secret, "forced password change");
         let mfa_signer = Signer::derive(instance_secret, "second factor");
+        let relying_party =
+            crate::passkeys::relying_party(&settings.issuer, &settings.branding.app_name);
         let totp_kek = KeyEncryptionKey::derive_for(instance_secret, "totp v1").map_err(|e| {
             KeyRingError::Key {
                 kid: "totp".into(),
@@ -498,6 +502,7 @@ impl Provider {
                 change_signer,
                 mfa_signer,
                 totp_kek,
+                relying_party,
                 legacy: std::sync::OnceLock::new(),
             }),
         })
@@ -525,6 +530,10 @@ impl Provider {
 
     pub(crate) fn totp_kek(&self) -> &KeyEncryptionKey {
         &self.inner.totp_kek
+    }
+
+    pub(crate) fn relying_party(&self) -> Option<&webauthn_rs::prelude::Webauthn> {
+        self.inner.relying_party.as_ref()
     }
 
     pub(crate) fn ticket_signer(&self) -> &Signer {

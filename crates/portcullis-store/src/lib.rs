@@ -21,6 +21,7 @@ mod policies;
 mod sessions;
 mod settings;
 mod users;
+mod webauthn;
 
 #[cfg(test)]
 mod tests;
@@ -36,6 +37,7 @@ pub use open::{Backend, SqliteSync, StoreOptions};
 pub use policies::PolicyVersion;
 pub use sessions::{AuthCode, CodeUse, RefreshToken, Rotation, Session};
 pub use users::{NewUser, User, UserStatus};
+pub use webauthn::StoredCredential;
 
 use std::sync::Arc;
 

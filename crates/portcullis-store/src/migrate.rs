@@ -34,6 +34,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("../migrations/0006_accounts.sql"),
     ),
     (7, "mfa", include_str!("../migrations/0007_mfa.sql")),
+    (
+        8,
+        "webauthn",
+        include_str!("../migrations/0008_webauthn.sql"),
+    ),
 ];
 
 pub(crate) async fn run(store: &Store) -> Result<(), StoreError> {

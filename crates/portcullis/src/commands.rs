@@ -302,7 +302,8 @@ pub async fn user(app: &Admin, cmd: UserCommand, json: bool) -> Result<(), Failu
         }
         UserCommand::ResetMfa { username } => {
             let user = pool.user(&username).await?;
-            let removed = app.store.reset_mfa(&user.id).await?;
+            let removed = app.store.reset_mfa(&user.id).await?
+                | (app.store.remove_credentials(&user.id).await? > 0);
             pool.end_sessions(&username).await?;
             tracing::info!(target: "portcullis::audit", user_id = %user.id, by = "operator (CLI)", removed, "second factors removed");
             done(

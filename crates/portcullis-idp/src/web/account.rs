@@ -27,7 +27,10 @@ fn when(unix: i64) -> String {
 }
 
 /// The signed-in user and session, or the page to answer with.
-async fn signed_in(web: &Web, headers: &HeaderMap) -> Result<(Session, User), Box<Response>> {
+pub(super) async fn signed_in(
+    web: &Web,
+    headers: &HeaderMap,
+) -> Result<(Session, User), Box<Response>> {
     let Some(secret) = cookie(headers, web.cookies.idp_session()) else {
         return Err(Box::new(signed_out(web)));
     };
@@ -75,6 +78,19 @@ async fn render(
             json!({ "created": when(s.created_at), "current": s.sid == session.sid, "clients": clients })
         })
         .collect();
+    let passkeys = match web.provider.passkeys(user).await {
+        Ok(p) => p,
+        Err(_) => return web.error_page(StatusCode::SERVICE_UNAVAILABLE, UNAVAILABLE),
+    };
+    let passkeys: Vec<Value> = passkeys
+        .iter()
+        .map(|p| {
+            json!({
+                "cred_id": p.cred_id, "name": p.name, "created": when(p.created_at),
+                "last_used": p.last_used_at.map(when),
+            })
+        })
+        .collect();
     let (mfa, recovery_left) = match (
         web.provider.has_mfa(user).await,
         web.provider.store().recovery_codes_left(&user.id).await,
@@ -106,6 +122,9 @@ async fn render(
             "mfa": mfa,
             "recovery_left": recovery_left,
             "session_mfa": session.amr.iter().any(|a| a == "mfa"),
+            "passkeys": passkeys,
+            "passkeys_available": web.provider.passkeys_available(),
+            "totp": web.provider.has_totp(user).await.unwrap_or(false),
         }),
     )
 }
@@ -367,4 +386,35 @@ pub(super) async fn delete_account(
         web.set_cookie(web.cookies.idp_session(), "", Some(0), SameSite::Lax),
     );
     r
+}
+
+/// `POST /account/passkeys/remove`: removes one passkey (the password is required).
+pub(super) async fn remove_passkey(
+    State(web): State<Web>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let (session, user, form, csrf) = match posted(&web, peer, &headers, &body, true).await {
+        Ok(p) => p,
+        Err(r) => return *r,
+    };
+    let cred_id = form.get("cred_id").map(String::as_str).unwrap_or_default();
+    match web.provider.remove_passkey(&user, cred_id).await {
+        Ok(true) => {
+            let outcome = Outcome {
+                message: Some("The passkey is removed."),
+                ..Outcome::default()
+            };
+            render(&web, &session, &user, &csrf, outcome).await
+        }
+        Ok(false) => {
+            let outcome = Outcome {
+                error: Some("That passkey is not one of yours."),
+                ..Outcome::default()
+            };
+            render(&web, &session, &user, &csrf, outcome).await
+        }
+        Err(_) => web.error_page(StatusCode::SERVICE_UNAVAILABLE, UNAVAILABLE),
+    }
 }

@@ -17,7 +17,7 @@ pub(super) fn login_form(
         StatusCode::OK
     };
     let a = &web.provider.settings().accounts;
-    web.page(status, "login.html", json!({ "request": sealed, "csrf": csrf, "username": username, "error": error, "client_name": client_name, "_hint": req.login_hint, "forgot_password": a.mail, "signup": a.signup_open() }))
+    web.page(status, "login.html", json!({ "request": sealed, "csrf": csrf, "username": username, "error": error, "client_name": client_name, "_hint": req.login_hint, "forgot_password": a.mail, "signup": a.signup_open(), "passkeys": web.provider.passkeys_available() }))
 }
 
 /// The double-submit CSRF token of a hosted form: the browser's cookie, or a new one to set.
@@ -180,7 +180,7 @@ pub(super) async fn change_submit(
             SignIn::Session { session, secret } => {
                 finish_sign_in(&web, &req, &session, &secret).await
             }
-            other => super::mfa::second_step_page(&web, sealed, &csrf, other, None),
+            other => super::mfa::second_step_page(&web, sealed, &csrf, other, None).await,
         },
         Ok(PasswordChange::Invalid(message)) => change_form(
             &web,
@@ -299,7 +299,7 @@ pub(super) async fn login_submit(
     let (session, secret) = match outcome {
         Ok(SignIn::Session { session, secret }) => (*session, secret),
         Ok(other @ (SignIn::SecondFactor { .. } | SignIn::Enrol { .. })) => {
-            return super::mfa::second_step_page(&web, sealed, csrf_cookie, other, None);
+            return super::mfa::second_step_page(&web, sealed, csrf_cookie, other, None).await;
         }
         Ok(SignIn::Locked { seconds }) => {
             let msg = format!(

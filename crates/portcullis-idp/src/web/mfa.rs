@@ -10,7 +10,7 @@ use crate::mfa::{Enrolment, SecondFactor};
 const UNAVAILABLE: &str = "The sign-in service is unavailable. Try again shortly.";
 
 /// The page for what follows a right password: the code form, or the enrolment form.
-pub(super) fn second_step_page(
+pub(super) async fn second_step_page(
     web: &Web,
     sealed: &str,
     csrf: &str,
@@ -19,7 +19,13 @@ pub(super) fn second_step_page(
 ) -> Response {
     match next {
         SignIn::SecondFactor { ticket, user } => {
-            code_form(web, sealed, csrf, &ticket, &user.username, error)
+            let passkey = web
+                .provider
+                .store()
+                .credentials_of(&user.id)
+                .await
+                .is_ok_and(|c| !c.is_empty());
+            code_form(web, sealed, csrf, &ticket, &user.username, passkey, error)
         }
         SignIn::Enrol {
             ticket,
@@ -46,18 +52,23 @@ fn status_for(error: Option<&str>) -> StatusCode {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn code_form(
     web: &Web,
     sealed: &str,
     csrf: &str,
     ticket: &str,
     username: &str,
+    passkey: bool,
     error: Option<&str>,
 ) -> Response {
     web.page(
         status_for(error),
         "mfa.html",
-        json!({ "request": sealed, "csrf": csrf, "ticket": ticket, "username": username, "error": error }),
+        json!({
+            "request": sealed, "csrf": csrf, "ticket": ticket, "username": username, "error": error,
+            "passkey": passkey && web.provider.passkeys_available(),
+        }),
     )
 }
 
@@ -181,7 +192,21 @@ async fn form_again(
     message: String,
 ) -> Response {
     if !enrol {
-        return code_form(web, sealed, csrf, ticket, &user.username, Some(&message));
+        let passkey = web
+            .provider
+            .store()
+            .credentials_of(&user.id)
+            .await
+            .is_ok_and(|c| !c.is_empty());
+        return code_form(
+            web,
+            sealed,
+            csrf,
+            ticket,
+            &user.username,
+            passkey,
+            Some(&message),
+        );
     }
     match web.provider.pending_enrolment(user).await {
         Ok(Some(e)) => enrol_form(

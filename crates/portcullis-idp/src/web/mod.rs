@@ -9,6 +9,7 @@ mod discovery;
 mod login;
 mod logout;
 mod mfa;
+mod passkeys;
 mod token;
 mod userinfo;
 
@@ -135,6 +136,35 @@ pub fn router(provider: Provider, accounts: Accounts, cookies: CookiePolicy) -> 
         .route("/login", get(login::login_page).post(login::login_submit))
         .route("/login/password", axum::routing::post(login::change_submit))
         .route("/login/mfa", axum::routing::post(mfa::mfa_submit))
+        .route("/portcullis/passkeys.js", get(passkeys::script))
+        .route(
+            "/login/passkey/begin",
+            axum::routing::post(passkeys::login_begin),
+        )
+        .route(
+            "/login/passkey/finish",
+            axum::routing::post(passkeys::login_finish),
+        )
+        .route(
+            "/login/mfa/passkey/begin",
+            axum::routing::post(passkeys::mfa_begin),
+        )
+        .route(
+            "/login/mfa/passkey/finish",
+            axum::routing::post(passkeys::mfa_finish),
+        )
+        .route(
+            "/account/passkeys/begin",
+            axum::routing::post(passkeys::account_begin),
+        )
+        .route(
+            "/account/passkeys/finish",
+            axum::routing::post(passkeys::account_finish),
+        )
+        .route(
+            "/account/passkeys/remove",
+            axum::routing::post(account::remove_passkey),
+        )
         .route("/login/enrol", axum::routing::post(mfa::enrol_submit))
         .route("/login/continue", axum::routing::post(mfa::continue_submit))
         .route(
@@ -294,7 +324,7 @@ fn html_response(status: StatusCode, html: String) -> Response {
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     h.insert(
         header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static("default-src 'none'; style-src 'unsafe-inline'; img-src 'self' https: data:; frame-ancestors 'none'; base-uri 'none'"),
+        HeaderValue::from_static("default-src 'none'; script-src 'self'; connect-src 'self'; style-src 'unsafe-inline'; img-src 'self' https: data:; frame-ancestors 'none'; base-uri 'none'"),
     );
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     h.insert(

@@ -14,7 +14,7 @@ use crate::oidc::PASSWORD;
 /// chromedriver on a free port; killed on drop.
 pub(crate) struct Driver {
     child: Child,
-    url: String,
+    pub(crate) url: String,
     _profile: tempfile::TempDir,
 }
 

@@ -16,6 +16,7 @@ mod interop;
 mod mfa;
 mod migration;
 mod oidc;
+mod passkeys;
 mod serve;
 mod sessions;
 mod smtp;
