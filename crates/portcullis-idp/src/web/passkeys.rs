@@ -208,6 +208,19 @@ async fn sign_in_finish(
         Ok(found) => found,
         Err(e) => return failed(e),
     };
+    if !second
+        && web.provider.settings().accounts.require_verified_email
+        && user.email.is_some()
+        && !user.email_verified
+    {
+        if let Err(e) = web.accounts.send_verification(&user, None).await {
+            tracing::error!(error = %e, "verification mail not queued");
+        }
+        return message(
+            StatusCode::FORBIDDEN,
+            "Confirm your e-mail address first: we sent a link to it (check your spam folder too).",
+        );
+    }
     let amr: &[&str] = if second {
         &["pwd", key, "mfa"]
     } else {
