@@ -310,6 +310,15 @@ impl Accounts {
             Err(e) => return Err(e.into()),
         };
         tracing::info!(user_id = %user.id, "account created by sign-up");
+        crate::audit::record(
+            self.inner.pool.store(),
+            self.now(),
+            "account.signup",
+            &crate::audit::Actor::user(&user.id, "server"),
+            &user.username,
+            json!({ "groups": user.groups }),
+        )
+        .await;
         metrics::counter!("portcullis_signups_total").increment(1);
         self.mail_code(&user, &email, CodePurpose::Verify, form.request.as_deref())
             .await?;
@@ -382,6 +391,15 @@ impl Accounts {
             .await?
             .ok_or(AccountError::BadCode)?;
         tracing::info!(user_id = %user.id, "e-mail address changed");
+        crate::audit::record(
+            self.inner.pool.store(),
+            self.now(),
+            "account.email_change",
+            &crate::audit::Actor::user(&user.id, "server"),
+            &user.username,
+            json!({ "before": user.email, "after": email }),
+        )
+        .await;
         if self.inner.settings.accounts.mail {
             if let Some(old) = &user.email {
                 let link = format!("{}/forgotPassword", self.inner.settings.issuer);
@@ -436,6 +454,15 @@ impl Accounts {
             .await?
             .ok_or(AccountError::BadCode)?;
         tracing::info!(user_id = %user.id, "e-mail address verified");
+        crate::audit::record(
+            self.inner.pool.store(),
+            self.now(),
+            "account.email_verify",
+            &crate::audit::Actor::user(&user.id, "server"),
+            &user.username,
+            json!({ "email": used.email }),
+        )
+        .await;
         Ok(user)
     }
 
@@ -521,6 +548,20 @@ impl Accounts {
             .clear_login_failures(&user.username.to_ascii_lowercase())
             .await?;
         tracing::info!(user_id = %user.id, purpose = purpose.as_str(), "password set with a mailed code");
+        let kind = if purpose == CodePurpose::Invite {
+            "account.invitation_accept"
+        } else {
+            "account.password_reset"
+        };
+        crate::audit::record(
+            store,
+            now,
+            kind,
+            &crate::audit::Actor::user(&user.id, "server"),
+            &user.username,
+            json!({ "sessions": "all revoked" }),
+        )
+        .await;
         if purpose == CodePurpose::Reset {
             // Tell the address on file, so a reset the owner did not make does not go unseen.
             let link = format!("{}/forgotPassword", self.inner.settings.issuer);
@@ -569,10 +610,21 @@ impl Accounts {
                 "{username} has no e-mail address to send the invitation to; set one with --email"
             )));
         };
-        if !self
+        let sent = self
             .mail_code(&user, &email, CodePurpose::Invite, None)
-            .await?
-        {
+            .await?;
+        if sent {
+            crate::audit::record(
+                self.inner.pool.store(),
+                self.now(),
+                "account.invite",
+                &crate::audit::Actor::cli(),
+                &user.username,
+                json!({ "email": email }),
+            )
+            .await;
+        }
+        if !sent {
             return Err(AccountError::Invalid(format!(
                 "{username} was sent {CODES_PER_HOUR} invitations in the last hour; wait before sending another"
             )));

@@ -6,6 +6,7 @@
 //! CLI, the admin API and the hosted sign-up page cannot drift apart.
 
 mod accounts;
+pub mod audit;
 mod crypto;
 mod instance;
 mod keyring;

@@ -247,7 +247,15 @@ impl Provider {
         if !self.accept_totp(user, code, true).await? {
             return Ok(None);
         }
-        tracing::info!(target: "portcullis::audit", user_id = %user.id, "TOTP enrolled");
+        crate::audit::record(
+            self.store(),
+            self.now(),
+            "mfa.totp.enrol",
+            &crate::audit::Actor::user(&user.id, "server"),
+            &user.username,
+            serde_json::json!({}),
+        )
+        .await;
         Ok(Some(self.new_recovery_codes(user).await?))
     }
 
@@ -258,7 +266,20 @@ impl Provider {
         if by != "user" {
             removed |= self.store().remove_credentials(&user.id).await? > 0;
         }
-        tracing::info!(target: "portcullis::audit", user_id = %user.id, by, removed, "second factors removed");
+        let actor = if by == "user" {
+            crate::audit::Actor::user(&user.id, "server")
+        } else {
+            crate::audit::Actor::system()
+        };
+        crate::audit::record(
+            self.store(),
+            self.now(),
+            "mfa.remove",
+            &actor,
+            &user.username,
+            serde_json::json!({ "removed": removed, "by": by }),
+        )
+        .await;
         Ok(removed)
     }
 
@@ -342,38 +363,52 @@ impl Provider {
                 seconds: until - now,
             });
         }
-        let (amr, recovery_codes): (&[&str], Vec<String>) = if self
-            .accept_totp(&user, code, enrol)
-            .await?
-        {
-            let codes = if enrol {
-                tracing::info!(target: "portcullis::audit", user_id = %user.id, "TOTP enrolled at sign-in");
-                self.new_recovery_codes(&user).await?
-            } else {
-                Vec::new()
-            };
-            (&["pwd", "otp", "mfa"], codes)
-        } else if !enrol
-            && self
-                .store()
-                .use_recovery_code(&user.id, &sha256_hex(&normalize_recovery(code)), now)
-                .await?
-        {
-            tracing::info!(target: "portcullis::audit", user_id = %user.id, "recovery code used");
-            (&["pwd", "otp", "mfa"], Vec::new())
-        } else {
-            let s = self.settings();
-            self.store()
-                .record_login_failure(
-                    &key,
-                    now,
-                    s.lockout_threshold,
-                    s.lockout_base_delay,
-                    s.lockout_max_delay,
+        let (amr, recovery_codes): (&[&str], Vec<String>) =
+            if self.accept_totp(&user, code, enrol).await? {
+                let codes = if enrol {
+                    crate::audit::record(
+                        self.store(),
+                        self.now(),
+                        "mfa.totp.enrol",
+                        &crate::audit::Actor::user(&user.id, "server"),
+                        &user.username,
+                        serde_json::json!({ "at": "sign-in" }),
+                    )
+                    .await;
+                    self.new_recovery_codes(&user).await?
+                } else {
+                    Vec::new()
+                };
+                (&["pwd", "otp", "mfa"], codes)
+            } else if !enrol
+                && self
+                    .store()
+                    .use_recovery_code(&user.id, &sha256_hex(&normalize_recovery(code)), now)
+                    .await?
+            {
+                crate::audit::record(
+                    self.store(),
+                    self.now(),
+                    "mfa.recovery_code.use",
+                    &crate::audit::Actor::user(&user.id, "server"),
+                    &user.username,
+                    serde_json::json!({}),
                 )
-                .await?;
-            return Ok(SecondFactor::Wrong);
-        };
+                .await;
+                (&["pwd", "otp", "mfa"], Vec::new())
+            } else {
+                let s = self.settings();
+                self.store()
+                    .record_login_failure(
+                        &key,
+                        now,
+                        s.lockout_threshold,
+                        s.lockout_base_delay,
+                        s.lockout_max_delay,
+                    )
+                    .await?;
+                return Ok(SecondFactor::Wrong);
+            };
         self.store().clear_login_failures(&key).await?;
         let (session, secret) = self.start_session(&user, amr).await?;
         Ok(SecondFactor::Session {

@@ -248,7 +248,15 @@ impl Provider {
             }
             Err(e) => return Err(e.into()),
         }
-        tracing::info!(target: "portcullis::audit", user_id = %user.id, "passkey registered");
+        crate::audit::record(
+            self.store(),
+            self.now(),
+            "mfa.passkey.register",
+            &crate::audit::Actor::user(&user.id, "server"),
+            &user.username,
+            serde_json::json!({ "name": stored.name, "credential": stored.cred_id }),
+        )
+        .await;
         let codes = if first && self.store().recovery_codes_left(&user.id).await? == 0 {
             self.new_recovery_codes(user).await?
         } else {
@@ -260,7 +268,15 @@ impl Provider {
     pub async fn remove_passkey(&self, user: &User, cred_id: &str) -> Result<bool, OAuthError> {
         let removed = self.store().remove_credential(&user.id, cred_id).await?;
         if removed {
-            tracing::info!(target: "portcullis::audit", user_id = %user.id, "passkey removed");
+            crate::audit::record(
+                self.store(),
+                self.now(),
+                "mfa.passkey.remove",
+                &crate::audit::Actor::user(&user.id, "server"),
+                &user.username,
+                serde_json::json!({ "credential": cred_id }),
+            )
+            .await;
         }
         Ok(removed)
     }

@@ -1365,6 +1365,15 @@ impl Provider {
             Rotation::Rotated(old) | Rotation::Grace(old) => old,
             Rotation::Reused(old) => {
                 tracing::warn!(client_id = %old.client_id, "rotated refresh token reused; revoked its family and session");
+                crate::audit::record(
+                    &self.inner.store,
+                    now,
+                    "token.refresh_reuse",
+                    &crate::audit::Actor::client(&old.client_id),
+                    &old.user_id,
+                    json!({ "session": old.sid, "family": old.family, "action": "family and session revoked" }),
+                )
+                .await;
                 return Err(OAuthError::InvalidGrant(
                     "the refresh token was already used".into(),
                 ));
@@ -1627,6 +1636,15 @@ impl Provider {
                 ));
             }
             self.inner.store.revoke_session(&refresh.sid, now).await?;
+            crate::audit::record(
+                &self.inner.store,
+                now,
+                "token.revoke",
+                &crate::audit::Actor::client(&client.client_id),
+                &refresh.user_id,
+                json!({ "session": refresh.sid, "token": "refresh" }),
+            )
+            .await;
             return Ok(());
         }
         let keys = self.inner.keys.verification_keys();
@@ -1655,7 +1673,24 @@ impl Provider {
 
     /// Ends a session (sign-out).
     pub async fn end_session(&self, sid: &str) -> Result<(), OAuthError> {
-        Ok(self.inner.store.revoke_session(sid, self.now()).await?)
+        self.inner.store.revoke_session(sid, self.now()).await?;
+        let user = self
+            .inner
+            .store
+            .session(sid)
+            .await?
+            .map(|s| s.user_id)
+            .unwrap_or_default();
+        crate::audit::record(
+            &self.inner.store,
+            self.now(),
+            "session.end",
+            &crate::audit::Actor::user(&user, "server"),
+            &user,
+            json!({ "session": sid }),
+        )
+        .await;
+        Ok(())
     }
 
     /// The subject and client of an ID token we issued, for `id_token_hint` (expiry ignored).

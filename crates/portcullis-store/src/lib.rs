@@ -9,6 +9,7 @@
 
 mod accounts;
 mod acme;
+mod audit;
 mod availability;
 mod clients;
 mod error;
@@ -28,6 +29,7 @@ mod tests;
 
 pub use accounts::{CodePurpose, NewCode, NewMail, OutboxCounts, QueuedMail, UsedCode};
 pub use acme::{AcmeCertificate, AcmeChallenge};
+pub use audit::{AuditEvent, AuditFilter, AuditRecord, AuditVerdict, GENESIS};
 pub use clients::{Client, ResourceServer};
 pub use error::StoreError;
 pub use groups::{Group, NewGroup};

@@ -39,6 +39,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "webauthn",
         include_str!("../migrations/0008_webauthn.sql"),
     ),
+    (9, "audit", include_str!("../migrations/0009_audit.sql")),
 ];
 
 pub(crate) async fn run(store: &Store) -> Result<(), StoreError> {

@@ -102,7 +102,139 @@ both_backends!(
     account_codes_are_single_use_newest_only_and_expire,
     email_lookup_and_verification_follow_the_current_address,
     totp_steps_are_accepted_once_and_recovery_codes_once,
+    audit_chain_detects_edits_and_deletions_and_survives_pruning,
 );
+
+fn event(kind: &str, at: i64) -> crate::AuditEvent {
+    crate::AuditEvent {
+        kind: kind.into(),
+        actor: "cli:root".into(),
+        source: "cli".into(),
+        subject: "ada".into(),
+        detail: serde_json::json!({ "groups": ["user"] }),
+        at,
+    }
+}
+
+async fn audit_chain_detects_edits_and_deletions_and_survives_pruning(store: Store) {
+    use crate::{AuditFilter, AuditVerdict};
+    assert_eq!(
+        store.verify_audit().await.expect("verify"),
+        AuditVerdict::Intact {
+            events: 0,
+            head: None
+        }
+    );
+    // Appended from several tasks at once: one chain, no gaps.
+    let tasks: Vec<_> = (0..8)
+        .map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move { store.append_audit(&event("user.create", 100 + i)).await })
+        })
+        .collect();
+    for t in tasks {
+        t.await.expect("task").expect("append");
+    }
+    let verdict = store.verify_audit().await.expect("verify");
+    assert!(
+        matches!(verdict, AuditVerdict::Intact { events: 8, .. }),
+        "{verdict:?}"
+    );
+    let all = store
+        .audit_events(&AuditFilter {
+            limit: 100,
+            ..AuditFilter::default()
+        })
+        .await
+        .expect("list");
+    assert_eq!(
+        all.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        (1..=8).collect::<Vec<_>>()
+    );
+    assert_eq!(all[0].prev_hash, crate::GENESIS);
+    assert_eq!(all[1].prev_hash, all[0].hash);
+    // Filters: kind prefix, who, cursor.
+    store
+        .append_audit(&event("signin.failure", 200))
+        .await
+        .expect("append");
+    let signins = store
+        .audit_events(&AuditFilter {
+            kind_prefix: Some("signin.".into()),
+            limit: 100,
+            ..AuditFilter::default()
+        })
+        .await
+        .expect("list");
+    assert_eq!(signins.len(), 1);
+    let page = store
+        .audit_events(&AuditFilter {
+            after: Some(7),
+            limit: 100,
+            ..AuditFilter::default()
+        })
+        .await
+        .expect("list");
+    assert_eq!(page.iter().map(|e| e.seq).collect::<Vec<_>>(), [8, 9]);
+    assert!(
+        store
+            .audit_events(&AuditFilter {
+                who: Some("nobody".into()),
+                limit: 100,
+                ..AuditFilter::default()
+            })
+            .await
+            .expect("list")
+            .is_empty()
+    );
+    // An edited row is named.
+    sqlx::query("UPDATE audit_events SET subject = 'mallory' WHERE seq = 4")
+        .execute(&store.pool)
+        .await
+        .expect("tamper");
+    assert!(matches!(
+        store.verify_audit().await.expect("verify"),
+        AuditVerdict::Broken { seq: 4, .. }
+    ));
+    sqlx::query("UPDATE audit_events SET subject = 'ada' WHERE seq = 4")
+        .execute(&store.pool)
+        .await
+        .expect("undo");
+    // A deleted row is noticed at the next one.
+    sqlx::query("DELETE FROM audit_events WHERE seq = 6")
+        .execute(&store.pool)
+        .await
+        .expect("tamper");
+    assert!(matches!(
+        store.verify_audit().await.expect("verify"),
+        AuditVerdict::Broken { seq: 7, .. }
+    ));
+    // Pruning (retention) keeps the chain verifiable from its anchor: everything before 200
+    // (the broken part included) goes, event 9 continues from event 8's hash.
+    assert_eq!(store.prune_audit(200).await.expect("prune"), 7);
+    assert!(matches!(
+        store.verify_audit().await.expect("verify"),
+        AuditVerdict::Intact { events: 1, .. }
+    ));
+    let next = store
+        .append_audit(&event("policy.set", 300))
+        .await
+        .expect("append");
+    assert_eq!(next.seq, 10);
+    assert!(matches!(
+        store.verify_audit().await.expect("verify"),
+        AuditVerdict::Intact { events: 2, .. }
+    ));
+    // Deleting the oldest remaining row is still detected (the next no longer meets the anchor).
+    sqlx::query("DELETE FROM audit_events WHERE seq = 9")
+        .execute(&store.pool)
+        .await
+        .expect("tamper");
+    assert!(matches!(
+        store.verify_audit().await.expect("verify"),
+        AuditVerdict::Broken { seq: 10, .. }
+    ));
+}
 
 async fn totp_steps_are_accepted_once_and_recovery_codes_once(store: Store) {
     let (user_id, session) = session_for(&store, "otto").await;

@@ -13,8 +13,8 @@ use serde_json::json;
 use crate::app::Admin;
 use crate::failure::Failure;
 use crate::{
-    ClientCommand, GroupCommand, KeysCommand, PolicyCommand, ResourceServerCommand, UserCommand,
-    config,
+    AuditCommand, ClientCommand, GroupCommand, KeysCommand, PolicyCommand, ResourceServerCommand,
+    UserCommand, config,
 };
 
 /// Reads a password from standard input: everything up to EOF, minus one trailing newline.
@@ -146,7 +146,7 @@ fn announce_password(username: &str, password: &Secret<String>) {
     );
 }
 
-pub async fn user(app: &Admin, cmd: UserCommand, json: bool) -> Result<(), Failure> {
+async fn user_inner(app: &Admin, cmd: UserCommand, json: bool) -> Result<(), Failure> {
     let pool = &app.pool;
     match cmd {
         UserCommand::Add {
@@ -305,7 +305,6 @@ pub async fn user(app: &Admin, cmd: UserCommand, json: bool) -> Result<(), Failu
             let removed = app.store.reset_mfa(&user.id).await?
                 | (app.store.remove_credentials(&user.id).await? > 0);
             pool.end_sessions(&username).await?;
-            tracing::info!(target: "portcullis::audit", user_id = %user.id, by = "operator (CLI)", removed, "second factors removed");
             done(
                 json,
                 &if removed {
@@ -380,7 +379,7 @@ pub async fn mail_status(app: &Admin, json: bool) -> Result<(), Failure> {
     Ok(())
 }
 
-pub async fn group(app: &Admin, cmd: GroupCommand, json: bool) -> Result<(), Failure> {
+async fn group_inner(app: &Admin, cmd: GroupCommand, json: bool) -> Result<(), Failure> {
     let pool = &app.pool;
     match cmd {
         GroupCommand::Add {
@@ -581,7 +580,7 @@ fn client_error(e: portcullis_idp::ClientError) -> Failure {
     }
 }
 
-pub async fn client(app: &Admin, cmd: ClientCommand, json: bool) -> Result<(), Failure> {
+async fn client_inner(app: &Admin, cmd: ClientCommand, json: bool) -> Result<(), Failure> {
     let store = &app.store;
     match cmd {
         ClientCommand::Add {
@@ -698,7 +697,7 @@ fn valid_scope_name(s: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"-._:".contains(&b))
 }
 
-pub async fn resource_server(
+async fn resource_server_inner(
     app: &Admin,
     cmd: ResourceServerCommand,
     json: bool,
@@ -768,7 +767,7 @@ pub async fn resource_server(
     Ok(())
 }
 
-pub async fn keys(app: &Admin, cmd: KeysCommand, json: bool) -> Result<(), Failure> {
+async fn keys_inner(app: &Admin, cmd: KeysCommand, json: bool) -> Result<(), Failure> {
     let provider = app.provider().await?;
     let now = provider.now();
     let ring = provider.keys();
@@ -864,7 +863,7 @@ fn sample_path(pattern: &str) -> String {
     if p.is_empty() { "/".into() } else { p }
 }
 
-pub async fn policy(app: &Admin, cmd: PolicyCommand, json: bool) -> Result<(), Failure> {
+async fn policy_inner(app: &Admin, cmd: PolicyCommand, json: bool) -> Result<(), Failure> {
     let store = &app.store;
     let current = || async {
         let v = store.current_policy().await?;
@@ -1083,4 +1082,272 @@ pub async fn policy(app: &Admin, cmd: PolicyCommand, json: bool) -> Result<(), F
         }
     }
     Ok(())
+}
+
+// ---- audit ----------------------------------------------------------------------------------
+
+/// Records an administrative change made at the command line.
+async fn audit(app: &Admin, kind: &str, subject: &str, detail: serde_json::Value) {
+    portcullis_idp::audit::record(
+        &app.store,
+        app.clock.now(),
+        kind,
+        &portcullis_idp::audit::Actor::cli(),
+        subject,
+        detail,
+    )
+    .await;
+}
+
+/// Runs a command and, when it changed something and succeeded, records it.
+async fn audited(
+    app: &Admin,
+    event: Option<(&'static str, String, serde_json::Value)>,
+    run: impl std::future::Future<Output = Result<(), Failure>>,
+) -> Result<(), Failure> {
+    run.await?;
+    if let Some((kind, subject, detail)) = event {
+        audit(app, kind, &subject, detail).await;
+    }
+    Ok(())
+}
+
+pub async fn user(app: &Admin, cmd: UserCommand, json: bool) -> Result<(), Failure> {
+    let event = match &cmd {
+        UserCommand::Add {
+            username,
+            email,
+            groups,
+            invite,
+            temporary,
+            ..
+        } => Some((
+            "user.create",
+            username.clone(),
+            json!({ "email": email, "groups": groups, "invite": invite, "temporary_password": temporary }),
+        )),
+        UserCommand::Delete { username } => Some(("user.delete", username.clone(), json!({}))),
+        UserCommand::SetPassword {
+            username,
+            temporary,
+            ..
+        } => Some((
+            "user.set_password",
+            username.clone(),
+            json!({ "temporary": temporary, "sessions": "all revoked" }),
+        )),
+        UserCommand::Disable { username } => Some(("user.disable", username.clone(), json!({}))),
+        UserCommand::Enable { username } => Some(("user.enable", username.clone(), json!({}))),
+        UserCommand::ResetMfa { username } => Some((
+            "mfa.reset",
+            username.clone(),
+            json!({ "sessions": "all revoked" }),
+        )),
+        UserCommand::Import { file, .. } => Some((
+            "user.import",
+            String::new(),
+            json!({ "file": file.display().to_string() }),
+        )),
+        _ => None,
+    };
+    audited(app, event, user_inner(app, cmd, json)).await
+}
+
+pub async fn group(app: &Admin, cmd: GroupCommand, json: bool) -> Result<(), Failure> {
+    let event = match &cmd {
+        GroupCommand::Add {
+            name,
+            description,
+            precedence,
+        } => Some((
+            "group.create",
+            name.clone(),
+            json!({ "description": description, "precedence": precedence }),
+        )),
+        GroupCommand::Delete { name } => Some(("group.delete", name.clone(), json!({}))),
+        GroupCommand::AddMember { group, username } => Some((
+            "group.add_member",
+            username.clone(),
+            json!({ "group": group }),
+        )),
+        GroupCommand::RemoveMember { group, username } => Some((
+            "group.remove_member",
+            username.clone(),
+            json!({ "group": group }),
+        )),
+        _ => None,
+    };
+    audited(app, event, group_inner(app, cmd, json)).await
+}
+
+pub async fn client(app: &Admin, cmd: ClientCommand, json: bool) -> Result<(), Failure> {
+    let event = match &cmd {
+        ClientCommand::Add {
+            name,
+            id,
+            confidential,
+            redirect_uris,
+            scopes,
+            grants,
+            ..
+        } => Some((
+            "client.create",
+            id.clone().unwrap_or_else(|| name.clone()),
+            json!({ "name": name, "confidential": confidential, "redirect_uris": redirect_uris, "scopes": scopes, "grants": grants }),
+        )),
+        ClientCommand::Delete { client_id } => {
+            Some(("client.delete", client_id.clone(), json!({})))
+        }
+        ClientCommand::RotateSecret { client_id } => {
+            Some(("client.rotate_secret", client_id.clone(), json!({})))
+        }
+        _ => None,
+    };
+    audited(app, event, client_inner(app, cmd, json)).await
+}
+
+pub async fn resource_server(
+    app: &Admin,
+    cmd: ResourceServerCommand,
+    json: bool,
+) -> Result<(), Failure> {
+    let event = match &cmd {
+        ResourceServerCommand::Add {
+            identifier,
+            name,
+            scopes,
+        } => Some((
+            "resource_server.create",
+            identifier.clone(),
+            json!({ "name": name, "scopes": scopes }),
+        )),
+        ResourceServerCommand::Delete { identifier } => {
+            Some(("resource_server.delete", identifier.clone(), json!({})))
+        }
+        _ => None,
+    };
+    audited(app, event, resource_server_inner(app, cmd, json)).await
+}
+
+pub async fn keys(app: &Admin, cmd: KeysCommand, json: bool) -> Result<(), Failure> {
+    let event = match &cmd {
+        KeysCommand::Rotate => Some(("keys.rotate", String::new(), json!({}))),
+        _ => None,
+    };
+    audited(app, event, keys_inner(app, cmd, json)).await
+}
+
+pub async fn policy(app: &Admin, cmd: PolicyCommand, json: bool) -> Result<(), Failure> {
+    let before = app.store.current_policy().await.ok().flatten();
+    let event = match &cmd {
+        PolicyCommand::Set { file, comment } | PolicyCommand::Import { file, comment } => Some((
+            "policy.set",
+            String::new(),
+            json!({ "file": file.display().to_string(), "comment": comment }),
+        )),
+        PolicyCommand::Rollback { target } => {
+            Some(("policy.rollback", String::new(), json!({ "to": target })))
+        }
+        _ => None,
+    };
+    policy_inner(app, cmd, json).await?;
+    if let Some((kind, subject, mut detail)) = event {
+        let after = app.store.current_policy().await.ok().flatten();
+        detail["before"] =
+            json!(before.map(|v| json!({ "version": v.version, "document": v.document })));
+        detail["after"] =
+            json!(after.map(|v| json!({ "version": v.version, "document": v.document })));
+        audit(app, kind, &subject, detail).await;
+    }
+    Ok(())
+}
+
+/// `audit list` and `audit verify`.
+pub async fn audit_command(app: &Admin, cmd: AuditCommand, json: bool) -> Result<(), Failure> {
+    match cmd {
+        AuditCommand::List {
+            since,
+            user,
+            kind,
+            limit,
+            after,
+        } => {
+            let since = match since.as_deref() {
+                None => None,
+                Some(text) => Some(parse_since(text, app.clock.now())?),
+            };
+            let events = app
+                .store
+                .audit_events(&portcullis_store::AuditFilter {
+                    since,
+                    until: None,
+                    who: user,
+                    kind_prefix: kind,
+                    after,
+                    limit,
+                })
+                .await?;
+            if json {
+                print_json(&json!(
+                    events
+                        .iter()
+                        .map(|e| json!({
+                            "seq": e.seq, "at": rfc3339(e.at), "kind": e.kind, "actor": e.actor,
+                            "source": e.source, "subject": e.subject, "detail": e.detail, "hash": e.hash,
+                        }))
+                        .collect::<Vec<_>>()
+                ));
+            } else if events.is_empty() {
+                println!("no events");
+            } else {
+                for e in &events {
+                    println!(
+                        "{:>6}  {}  {:<24} {:<28} {:<16} {} {}",
+                        e.seq,
+                        rfc3339(e.at),
+                        e.kind,
+                        e.actor,
+                        e.source,
+                        e.subject,
+                        e.detail
+                    );
+                }
+            }
+            Ok(())
+        }
+        AuditCommand::Verify => match app.store.verify_audit().await? {
+            portcullis_store::AuditVerdict::Intact { events, head } => {
+                if json {
+                    print_json(
+                        &json!({ "intact": true, "events": events, "head": head.as_ref().map(|(s, h)| json!({ "seq": s, "hash": h })) }),
+                    );
+                } else {
+                    match head {
+                        Some((seq, hash)) => println!(
+                            "the audit log is intact: {events} events, the last is {seq} with hash {hash}"
+                        ),
+                        None => println!("the audit log is intact and empty"),
+                    }
+                }
+                Ok(())
+            }
+            portcullis_store::AuditVerdict::Broken { seq, reason } => Err(Failure::user(format!(
+                "the audit log was tampered with: event {seq}: {reason}. Compare with the audit lines in the server's log (target portcullis::audit), which carry each event's hash"
+            ))),
+        },
+    }
+}
+
+/// "24h", "7d", "90m" ago, or an RFC 3339 time.
+fn parse_since(text: &str, now: i64) -> Result<i64, Failure> {
+    if let Ok(d) = humantime::parse_duration(text) {
+        return Ok(now - i64::try_from(d.as_secs()).unwrap_or(i64::MAX / 2));
+    }
+    time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+        .map(|t| t.unix_timestamp())
+        .map_err(|_| {
+            Failure::user(format!(
+                "--since {text:?}: give a duration such as \"24h\" or \"7d\", or a time such as 2026-12-01T00:00:00Z"
+            ))
+        })
 }

@@ -106,6 +106,34 @@ enum Command {
     /// Inspect the mail outbox.
     #[command(subcommand)]
     Mail(MailCommand),
+    /// Read and verify the audit log.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// List events, oldest first.
+    List {
+        /// Only events at most this long ago ("24h", "7d") or since this time (RFC 3339).
+        #[arg(long, value_name = "WHEN")]
+        since: Option<String>,
+        /// Only events about this subject (a username, group, client id) or by this actor.
+        #[arg(long, value_name = "WHO")]
+        user: Option<String>,
+        /// Only events whose kind starts with this ("signin.", "policy.set").
+        #[arg(long)]
+        kind: Option<String>,
+        /// At most this many.
+        #[arg(long, default_value_t = 100)]
+        limit: i64,
+        /// Only events after this sequence number (to page, or to follow).
+        #[arg(long)]
+        after: Option<i64>,
+    },
+    /// Walk the hash chain: exits 1 naming the first event that was edited, inserted or
+    /// follows a deleted one.
+    Verify,
 }
 
 #[derive(Debug, Subcommand)]
@@ -450,6 +478,10 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::ResourceServer(cmd) => {
             let app = app::Admin::open(app::load_config(cli.config.as_deref())?).await?;
             commands::resource_server(&app, cmd, json).await
+        }
+        Command::Audit(cmd) => {
+            let app = app::Admin::open(app::load_config(cli.config.as_deref())?).await?;
+            commands::audit_command(&app, cmd, json).await
         }
         Command::Mail(MailCommand::Status) => {
             let app = app::Admin::open(app::load_config(cli.config.as_deref())?).await?;

@@ -23,6 +23,23 @@ use crate::http_server::Limits;
 /// How long `/readyz` waits for the store before answering 503.
 const READY_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// Deletes audit events past `audit.retention`, hourly.
+fn spawn_audit_retention(app: &App) {
+    let store = app.store.clone();
+    let keep = i64::try_from(app.config.audit_retention.as_secs()).unwrap_or(i64::MAX / 2);
+    tokio::spawn(async move {
+        let clock = portcullis_token::Clock::system();
+        loop {
+            match store.prune_audit(clock.now() - keep).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(events = n, "audit events past audit.retention deleted"),
+                Err(e) => tracing::warn!(error = %e, "pruning the audit log failed"),
+            }
+            tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
+        }
+    });
+}
+
 /// `portcullis serve`.
 pub async fn run(config: Config, listen: Option<SocketAddr>) -> Result<(), Failure> {
     run_config(config, listen, |_| Box::pin(async { Ok(()) })).await
@@ -91,6 +108,7 @@ pub async fn run_config(
     app.gateway.set_refresher(Arc::new(sessions.clone()));
     app.gateway.spawn_refresh(app.store.clone()).await?;
     spawn_key_refresh(&app);
+    spawn_audit_retention(&app);
     crate::mail::spawn(
         app.config.mail.clone(),
         app.store.clone(),

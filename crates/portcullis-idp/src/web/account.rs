@@ -231,6 +231,14 @@ pub(super) async fn change_password(
     {
         Ok(()) => {
             tracing::info!(user_id = %user.id, "password changed on the account page");
+            let actor = crate::audit::Actor::user(&user.id, &peer.ip().to_string());
+            web.audit(
+                "account.password_change",
+                &actor,
+                &user.username,
+                json!({ "other sessions": "revoked" }),
+            )
+            .await;
             let outcome = Outcome {
                 message: Some("Your password is changed. Every other session is signed out."),
                 ..Outcome::default()
@@ -338,6 +346,14 @@ pub(super) async fn sign_out_others(
     {
         Ok(n) => {
             tracing::info!(user_id = %user.id, sessions = n, "other sessions signed out");
+            let actor = crate::audit::Actor::user(&user.id, &peer.ip().to_string());
+            web.audit(
+                "session.end_others",
+                &actor,
+                &user.username,
+                json!({ "sessions": n }),
+            )
+            .await;
             let outcome = Outcome {
                 message: Some("Every other session is signed out."),
                 ..Outcome::default()
@@ -376,6 +392,14 @@ pub(super) async fn delete_account(
         return web.error_page(StatusCode::SERVICE_UNAVAILABLE, UNAVAILABLE);
     }
     tracing::info!(user_id = %user.id, "account deleted by its user");
+    let actor = crate::audit::Actor::user(&user.id, &peer.ip().to_string());
+    web.audit(
+        "account.delete",
+        &actor,
+        &user.username,
+        json!({ "email": user.email, "groups": user.groups }),
+    )
+    .await;
     let mut r = web.page(
         StatusCode::OK,
         "notice.html",

@@ -296,6 +296,49 @@ pub(super) async fn login_submit(
     }
     let password = Secret::new(field("password").to_owned());
     let outcome = web.provider.sign_in(&username, password, req.mfa).await;
+    let typed: String = username.chars().take(128).collect();
+    let from = crate::audit::Actor::anonymous(peer.ip());
+    match &outcome {
+        Ok(SignIn::Session { session, .. }) => {
+            let actor = crate::audit::Actor::user(&session.user_id, &peer.ip().to_string());
+            web.audit(
+                "signin.success",
+                &actor,
+                &typed,
+                json!({ "client_id": req.client_id, "amr": session.amr }),
+            )
+            .await;
+        }
+        Ok(SignIn::Refused) => {
+            web.audit(
+                "signin.failure",
+                &from,
+                &typed,
+                json!({ "client_id": req.client_id }),
+            )
+            .await;
+        }
+        Ok(SignIn::Locked { seconds }) => {
+            web.audit(
+                "signin.locked",
+                &from,
+                &typed,
+                json!({ "client_id": req.client_id, "seconds": seconds }),
+            )
+            .await;
+        }
+        Ok(SignIn::SecondFactor { user, .. } | SignIn::Enrol { user, .. }) => {
+            let actor = crate::audit::Actor::user(&user.id, &peer.ip().to_string());
+            web.audit(
+                "signin.password_ok",
+                &actor,
+                &typed,
+                json!({ "client_id": req.client_id, "next": "second factor" }),
+            )
+            .await;
+        }
+        _ => {}
+    }
     let (session, secret) = match outcome {
         Ok(SignIn::Session { session, secret }) => (*session, secret),
         Ok(other @ (SignIn::SecondFactor { .. } | SignIn::Enrol { .. })) => {

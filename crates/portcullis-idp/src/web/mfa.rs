@@ -155,6 +155,14 @@ async fn second_step_submit(
             recovery_codes,
         }) => {
             tracing::info!(client_id = %req.client_id, "second factor accepted");
+            let actor = crate::audit::Actor::user(&user.id, &peer.ip().to_string());
+            web.audit(
+                "signin.success",
+                &actor,
+                &user.username,
+                json!({ "client_id": req.client_id, "amr": session.amr }),
+            )
+            .await;
             if recovery_codes.is_empty() {
                 return finish_sign_in(&web, &req, &session, &secret).await;
             }
@@ -173,6 +181,14 @@ async fn second_step_submit(
         }
         Ok(SecondFactor::Wrong) => {
             tracing::info!(client_id = %req.client_id, "second factor refused");
+            let actor = crate::audit::Actor::user(&user.id, &peer.ip().to_string());
+            web.audit(
+                "mfa.failure",
+                &actor,
+                &user.username,
+                json!({ "client_id": req.client_id }),
+            )
+            .await;
             again("That code is not right, or was already used. Try the next one.".into()).await
         }
         Ok(SecondFactor::Locked { seconds }) => again(locked_message(seconds)).await,

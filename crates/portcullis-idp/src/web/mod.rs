@@ -301,6 +301,25 @@ impl Web {
         self.page(status, "error.html", json!({ "message": message }))
     }
 
+    /// Records an audit event (see [`crate::audit`]).
+    async fn audit(
+        &self,
+        kind: &str,
+        actor: &crate::audit::Actor,
+        subject: &str,
+        detail: serde_json::Value,
+    ) {
+        crate::audit::record(
+            self.provider.store(),
+            self.provider.now(),
+            kind,
+            actor,
+            subject,
+            detail,
+        )
+        .await;
+    }
+
     /// Counts a sign-in attempt from `ip`; false when its network is over its budget.
     fn address_allowed(&self, ip: IpAddr) -> bool {
         self.attempts.allowed(ip)

@@ -206,7 +206,23 @@ async fn sign_in_finish(
         .await
     {
         Ok(found) => found,
-        Err(e) => return failed(e),
+        Err(e) => {
+            if matches!(e, PasskeyError::Refused(_)) {
+                let actor = crate::audit::Actor::anonymous(peer.ip());
+                let subject = expected
+                    .as_ref()
+                    .map(|u| u.username.clone())
+                    .unwrap_or_default();
+                web.audit(
+                    "passkey.failure",
+                    &actor,
+                    &subject,
+                    json!({ "client_id": req.client_id, "reason": e.to_string() }),
+                )
+                .await;
+            }
+            return failed(e);
+        }
     };
     if !second
         && web.provider.settings().accounts.require_verified_email
@@ -231,6 +247,14 @@ async fn sign_in_finish(
         Err(e) => return failed(PasskeyError::Server(e)),
     };
     tracing::info!(client_id = %req.client_id, sid = %session.sid, "signed in with a passkey");
+    let actor = crate::audit::Actor::user(&user.id, &peer.ip().to_string());
+    web.audit(
+        "signin.success",
+        &actor,
+        &user.username,
+        json!({ "client_id": req.client_id, "amr": session.amr }),
+    )
+    .await;
     match web.provider.issue_code(&req, &session).await {
         Ok(location) => {
             let mut r = json_response(StatusCode::OK, json!({ "location": location }));

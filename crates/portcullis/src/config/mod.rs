@@ -179,6 +179,8 @@ pub struct Config {
     pub mail: crate::mail::MailConfig,
     /// `idp.legacy_verifier_*`, checked.
     pub legacy_verifier: Option<crate::legacy::LegacyConfig>,
+    /// `audit.retention`.
+    pub audit_retention: Duration,
 }
 
 /// `sessions.issuer`: browser sessions sign in at another OpenID provider.
@@ -328,6 +330,7 @@ fn validate(
         secrets,
         idp: idp_file,
         mail,
+        audit,
         gateway,
         sessions,
         branding,
@@ -603,6 +606,7 @@ fn validate(
         policies,
         mail,
         legacy_verifier,
+        audit_retention: audit.retention.value.0,
         sessions_access_ttl: sessions.access_ttl.value.secs(),
         sessions_external,
         gateway: GatewayConfig {

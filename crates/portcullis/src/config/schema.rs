@@ -79,6 +79,7 @@ pub struct File {
     pub secrets: Secrets,
     pub idp: Idp,
     pub mail: Mail,
+    pub audit: Audit,
     pub gateway: Gateway,
     pub sessions: Sessions,
     pub branding: Branding,
@@ -102,6 +103,7 @@ impl Default for File {
             secrets: Secrets::default(),
             idp: Idp::default(),
             mail: Mail::default(),
+            audit: Audit::default(),
             gateway: Gateway::default(),
             sessions: Sessions::default(),
             branding: Branding::default(),
@@ -130,6 +132,7 @@ pub fn keys() -> impl Iterator<Item = &'static KeyDoc> {
         .chain(Secrets::KEYS)
         .chain(Idp::KEYS)
         .chain(Mail::KEYS)
+        .chain(Audit::KEYS)
         .chain(Gateway::KEYS)
         .chain(Sessions::KEYS)
         .chain(Branding::KEYS)
@@ -155,6 +158,7 @@ pub const SECTIONS: &[&str] = &[
     "secrets",
     "idp",
     "mail",
+    "audit",
     "gateway",
     "sessions",
     "branding",
@@ -414,6 +418,15 @@ section! {
             /// (docs/accounts.md).
             signup_attributes: Vec<Spanned<portcullis_idp::CustomAttribute>>;
         }
+    }
+}
+
+section! {
+    /// `[audit]`
+    pub struct Audit in "audit." {
+        /// How long audit events are kept. Older ones are deleted hourly; the chain stays
+        /// verifiable from the last deleted event's hash (docs/admin.md).
+        retention: Dur<86_400_000, 315_360_000_000> = "400d";
     }
 }
 

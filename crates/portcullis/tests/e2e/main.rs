@@ -3,6 +3,7 @@
 
 mod accounts;
 mod acme;
+mod audit;
 mod browser;
 mod cli;
 mod config_file;
