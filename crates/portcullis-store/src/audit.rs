@@ -70,16 +70,10 @@ pub enum AuditVerdict {
     Broken { seq: i64, reason: String },
 }
 
-fn chain_hash(
-    prev: &str,
-    seq: i64,
-    at: i64,
-    kind: &str,
-    actor: &str,
-    source: &str,
-    subject: &str,
-    detail: &str,
-) -> String {
+/// The hash of event `seq`: over the previous hash and the event's fields (`text` is kind,
+/// actor, source, subject and detail).
+fn chain_hash(prev: &str, seq: i64, at: i64, text: [&str; 5]) -> String {
+    let [kind, actor, source, subject, detail] = text;
     let fields = serde_json::json!([seq, at, kind, actor, source, subject, detail]).to_string();
     let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
     ctx.update(prev.as_bytes());
@@ -138,7 +132,10 @@ impl Store {
                 }
             };
             let hash = chain_hash(
-                &prev, seq, e.at, &e.kind, &e.actor, &e.source, &e.subject, &detail,
+                &prev,
+                seq,
+                e.at,
+                [&e.kind, &e.actor, &e.source, &e.subject, &detail],
             );
             let inserted = sqlx::query(
                 "INSERT INTO audit_events (seq, at, kind, actor, source, subject, detail, prev_hash, hash)
@@ -245,15 +242,17 @@ impl Store {
                     return Ok(broken("it does not continue the previous event's hash"));
                 }
                 let detail: String = row.try_get("detail")?;
+                let (kind, actor, source, subject): (String, String, String, String) = (
+                    row.try_get("kind")?,
+                    row.try_get("actor")?,
+                    row.try_get("source")?,
+                    row.try_get("subject")?,
+                );
                 let hash = chain_hash(
                     &prev,
                     seq,
                     row.try_get("at")?,
-                    &row.try_get::<String, _>("kind")?,
-                    &row.try_get::<String, _>("actor")?,
-                    &row.try_get::<String, _>("source")?,
-                    &row.try_get::<String, _>("subject")?,
-                    &detail,
+                    [&kind, &actor, &source, &subject, &detail],
                 );
                 if hash != row.try_get::<String, _>("hash")? {
                     return Ok(broken(
