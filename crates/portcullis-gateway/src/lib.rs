@@ -41,7 +41,7 @@ use axum::http::{Request, Response, StatusCode, header};
 use portcullis_policy::PolicySet;
 use portcullis_token::Clock;
 
-use crate::authn::{Authenticator, KeySource};
+use crate::authn::{Authenticator, Identity, KeySource};
 use crate::route::{RouteTable, Target};
 use crate::settings::{GatewaySettings, RouteKind};
 use crate::telemetry::Outcome;
@@ -57,6 +57,19 @@ pub struct Gateway {
     clock: Clock,
     /// The route label of requests no route matched.
     no_route: Arc<str>,
+    /// portcullis' own services behind `builtin` routes, registered at start-up.
+    builtins: std::sync::OnceLock<std::collections::HashMap<String, Arc<dyn Builtin>>>,
+}
+
+/// One of portcullis' own services behind a `builtin` route. It gets the request after
+/// authentication, authorization and the CSRF check, with the caller's identity and address.
+pub trait Builtin: Send + Sync {
+    fn call(
+        &self,
+        req: Request<Body>,
+        identity: Option<Arc<Identity>>,
+        peer: SocketAddr,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Response<Body>> + Send>>;
 }
 
 impl std::fmt::Debug for Gateway {
@@ -93,7 +106,13 @@ impl Gateway {
             auth,
             policies: ArcSwap::from_pointee(PolicySet::default()),
             clock,
+            builtins: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Registers the services `builtin` routes name (once, at start-up).
+    pub fn set_builtins(&self, services: std::collections::HashMap<String, Arc<dyn Builtin>>) {
+        let _ = self.builtins.set(services);
     }
 
     pub fn settings(&self) -> &GatewaySettings {
@@ -218,6 +237,15 @@ impl Gateway {
                         identity.as_deref(),
                     )
                     .await?
+            }
+            Target::Builtin { name } => {
+                let service = self
+                    .builtins
+                    .get()
+                    .and_then(|b| b.get(name))
+                    .cloned()
+                    .ok_or(Reject::Internal("a builtin route's service is not running"))?;
+                service.call(req, identity.clone(), peer).await
             }
             Target::Static { dir, spa_fallback } => {
                 static_files::serve(req, &route, dir, *spa_fallback, &canonical.encoded).await?

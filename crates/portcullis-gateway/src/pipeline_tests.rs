@@ -39,6 +39,7 @@ fn route(path: &str, kind: RouteKind, upstream: &str) -> RouteConfig {
         kind,
         upstream: Some(upstream.into()),
         static_dir: None,
+        builtin: None,
         spa_fallback: false,
         preserve_host: false,
         upstream_timeout: None,

@@ -7,6 +7,9 @@ use portcullis_policy::{PathPattern, path_segments};
 use crate::settings::{RouteConfig, RouteKind, TokenSource};
 
 /// What a route leads to.
+/// The services a `builtin` route may name.
+pub const BUILTINS: &[&str] = &["admin-api"];
+
 #[derive(Clone, Debug)]
 pub enum Target {
     /// Reverse proxy to this base (scheme://authority[/base-path], no trailing slash).
@@ -18,6 +21,8 @@ pub enum Target {
         upstream_timeout: Option<std::time::Duration>,
         total_timeout: Option<std::time::Duration>,
     },
+    /// One of portcullis' own services (`admin-api`), called in process with the identity.
+    Builtin { name: String },
     /// Files from a directory.
     Static {
         dir: std::path::PathBuf,
@@ -82,7 +87,11 @@ pub enum RouteProblem {
     Timeout { name: &'static str, value: String },
     #[error("static_dir {0} is not a directory")]
     NotADirectory(String),
-    #[error("give exactly one of upstream or static_dir")]
+    #[error("builtin {0:?} is not one of portcullis' services: admin-api")]
+    UnknownBuiltin(String),
+    #[error("a builtin service needs a signed-in caller: use kind = \"api\" (or \"page\")")]
+    PublicBuiltin,
+    #[error("give exactly one of upstream, static_dir or builtin")]
     Target,
     #[error("an api route forwards to an upstream")]
     ApiNeedsUpstream,
@@ -108,6 +117,14 @@ impl RouteTable {
             };
             let pattern = PathPattern::parse(&c.path).map_err(|e| at(RouteProblem::Pattern(e)))?;
             let target = match (&c.upstream, &c.static_dir) {
+                (None, None) if c.builtin.is_some() => {
+                    let name = c.builtin.clone().unwrap_or_default();
+                    if !BUILTINS.contains(&name.as_str()) {
+                        return Err(at(RouteProblem::UnknownBuiltin(name)));
+                    }
+                    Target::Builtin { name }
+                }
+                _ if c.builtin.is_some() => return Err(at(RouteProblem::Target)),
                 (Some(u), None) => {
                     let url = url::Url::parse(u).map_err(|e| {
                         at(RouteProblem::UpstreamUrl {
@@ -149,6 +166,9 @@ impl RouteTable {
                 }
                 _ => return Err(at(RouteProblem::Target)),
             };
+            if matches!(target, Target::Builtin { .. }) && c.kind == RouteKind::Public {
+                return Err(at(RouteProblem::PublicBuiltin));
+            }
             if c.kind == RouteKind::Api && matches!(target, Target::Static { .. }) {
                 return Err(at(RouteProblem::ApiNeedsUpstream));
             }
@@ -221,6 +241,7 @@ mod tests {
             kind,
             upstream: Some("http://127.0.0.1:9".into()),
             static_dir: None,
+            builtin: None,
             spa_fallback: false,
             preserve_host: false,
             upstream_timeout: None,

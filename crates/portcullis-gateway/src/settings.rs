@@ -45,6 +45,9 @@ pub struct RouteConfig {
     pub upstream: Option<String>,
     /// A directory of static files.
     pub static_dir: Option<PathBuf>,
+    /// One of portcullis' own services behind this route (`admin-api`): authenticated and
+    /// authorized like any route, then answered in process.
+    pub builtin: Option<String>,
     /// For static directories: answer unknown paths with `index.html` (single-page apps).
     #[serde(default)]
     pub spa_fallback: bool,

@@ -71,6 +71,41 @@ impl Store {
 
     /// Stores a new version and returns its number. `only_if_empty` stores it only when no version
     /// exists yet (seeding from configuration on first start); then `None` means "already seeded".
+    /// Adds a version only if the one in force is still `expected` (0: none): of two edits
+    /// made from the same version, one is stored and the other gets `None`. (Version numbers
+    /// are the primary key, so two nodes inserting the same next version cannot both succeed.)
+    pub async fn add_policy_version_if(
+        &self,
+        expected: i64,
+        document: &str,
+        comment: &str,
+        now: i64,
+    ) -> Result<Option<i64>, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let row = sqlx::query("SELECT COALESCE(MAX(version), 0) AS v FROM policy_versions")
+            .fetch_one(&mut *tx)
+            .await?;
+        let current: i64 = row.try_get("v")?;
+        if current != expected {
+            return Ok(None);
+        }
+        let inserted = sqlx::query("INSERT INTO policy_versions (version, document, comment, created_at) VALUES ($1, $2, $3, $4)")
+            .bind(current + 1)
+            .bind(document)
+            .bind(comment)
+            .bind(now)
+            .execute(&mut *tx)
+            .await;
+        match inserted {
+            Err(e) if crate::error::is_unique_violation(&e) => return Ok(None),
+            other => {
+                other?;
+            }
+        }
+        tx.commit().await?;
+        Ok(Some(current + 1))
+    }
+
     pub async fn add_policy_version(
         &self,
         document: &str,

@@ -2,6 +2,7 @@
 //! implemented in the library crates; this crate only connects them.
 
 mod acme;
+mod admin_api;
 mod app;
 mod commands;
 mod config;

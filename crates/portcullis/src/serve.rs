@@ -109,6 +109,15 @@ pub async fn run_config(
     app.gateway.spawn_refresh(app.store.clone()).await?;
     spawn_key_refresh(&app);
     spawn_audit_retention(&app);
+    if let Some(prefix) = crate::admin_api::prefix(&app.config.routes) {
+        let api: Arc<dyn portcullis_gateway::Builtin> =
+            Arc::new(crate::admin_api::AdminApi::new(app.clone(), &prefix));
+        app.gateway.set_builtins(std::collections::HashMap::from([(
+            "admin-api".to_owned(),
+            api,
+        )]));
+        tracing::info!(prefix, "admin API enabled");
+    }
     crate::mail::spawn(
         app.config.mail.clone(),
         app.store.clone(),

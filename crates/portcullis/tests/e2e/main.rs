@@ -3,6 +3,7 @@
 
 mod accounts;
 mod acme;
+mod admin_api;
 mod audit;
 mod browser;
 mod cli;

@@ -1,0 +1,733 @@
+//! The admin REST API: a `builtin = "admin-api"` route, so the gateway authenticates and
+//! authorizes every call with the same policies as any route (scopes such as
+//! `portcullis/admin.read` for automation, groups for signed-in administrators) and applies the
+//! CSRF rule to cookie-authenticated writes. What the API does is what the CLI does: the same
+//! user-pool and store operations, recorded in the audit log with the caller as the actor.
+//!
+//! Errors are `application/problem+json` (RFC 9457). The policy document carries an `ETag`; a
+//! write must send it back in `If-Match` (428 without, 412 when someone else changed it first).
+//! The OpenAPI 3.1 document is generated from these handlers by `utoipa`.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::{get, post, put};
+use portcullis_gateway::authn::Identity;
+use portcullis_idp::audit::Actor;
+use portcullis_idp::{AddUser, PoolError};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use utoipa::{OpenApi, ToSchema};
+
+use crate::app::App;
+
+/// The caller of one request, as the gateway verified it.
+#[derive(Clone)]
+struct Caller {
+    actor: Actor,
+}
+
+#[derive(Clone)]
+struct Api {
+    app: App,
+}
+
+/// An RFC 9457 problem.
+fn problem(status: StatusCode, title: &str, detail: impl Into<String>) -> Response<Body> {
+    let body = json!({
+        "type": "about:blank",
+        "title": title,
+        "status": status.as_u16(),
+        "detail": detail.into(),
+    });
+    let mut r = (status, body.to_string()).into_response();
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/problem+json"),
+    );
+    r
+}
+
+fn ok_json(status: StatusCode, body: Value) -> Response<Body> {
+    let mut r = (status, body.to_string()).into_response();
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+fn pool_problem(e: PoolError) -> Response<Body> {
+    match &e {
+        PoolError::Store(portcullis_store::StoreError::NotFound { .. }) => {
+            problem(StatusCode::NOT_FOUND, "Not found", e.to_string())
+        }
+        PoolError::Store(portcullis_store::StoreError::AlreadyExists { .. }) => {
+            problem(StatusCode::CONFLICT, "Already exists", e.to_string())
+        }
+        _ if e.is_user_error() => {
+            problem(StatusCode::BAD_REQUEST, "Invalid request", e.to_string())
+        }
+        _ => {
+            tracing::error!(error = %e, "admin API operation failed");
+            problem(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Unavailable",
+                "the operation could not be completed; try again shortly",
+            )
+        }
+    }
+}
+
+fn store_problem(e: portcullis_store::StoreError) -> Response<Body> {
+    pool_problem(PoolError::Store(e))
+}
+
+/// A user as the API shows it.
+#[derive(serde::Serialize, ToSchema)]
+struct UserView {
+    id: String,
+    username: String,
+    email: Option<String>,
+    email_verified: bool,
+    status: String,
+    groups: Vec<String>,
+    attributes: HashMap<String, String>,
+    password_set: bool,
+    created_at: i64,
+    updated_at: i64,
+}
+
+fn user_view(u: &portcullis_store::User) -> Value {
+    json!({
+        "id": u.id,
+        "username": u.username,
+        "email": u.email,
+        "email_verified": u.email_verified,
+        "status": u.status,
+        "groups": u.groups,
+        "attributes": u.attributes,
+        "password_set": u.password_hash.is_some(),
+        "created_at": u.created_at,
+        "updated_at": u.updated_at,
+    })
+}
+
+#[derive(serde::Serialize, ToSchema)]
+struct UserPage {
+    items: Vec<UserView>,
+    /// Pass as `after` for the next page; absent on the last page.
+    next: Option<String>,
+}
+
+#[derive(Deserialize, ToSchema, utoipa::IntoParams)]
+struct ListUsers {
+    /// Only usernames after this one (the `next` of the previous page).
+    after: Option<String>,
+    /// Only users whose username or e-mail contains this (any case).
+    q: Option<String>,
+    /// At most this many (1–500, default 100).
+    limit: Option<usize>,
+}
+
+#[utoipa::path(get, path = "/users", params(ListUsers), responses(
+    (status = 200, description = "A page of users", body = UserPage),
+))]
+async fn list_users(State(api): State<Api>, Query(q): Query<ListUsers>) -> Response<Body> {
+    let limit = q.limit.unwrap_or(100).clamp(1, 500);
+    let needle = q.q.as_deref().unwrap_or_default().to_ascii_lowercase();
+    let after = q.after.as_deref().map(str::to_ascii_lowercase);
+    let users = match api.app.pool.list_users().await {
+        Ok(u) => u,
+        Err(e) => return pool_problem(e),
+    };
+    let mut page: Vec<&portcullis_store::User> = users
+        .iter()
+        .filter(|u| {
+            after
+                .as_ref()
+                .is_none_or(|a| u.username.to_ascii_lowercase() > *a)
+        })
+        .filter(|u| {
+            needle.is_empty()
+                || u.username.to_ascii_lowercase().contains(&needle)
+                || u.email
+                    .as_deref()
+                    .is_some_and(|e| e.to_ascii_lowercase().contains(&needle))
+        })
+        .take(limit + 1)
+        .collect();
+    let next = (page.len() > limit).then(|| {
+        page.truncate(limit);
+        page.last().map(|u| u.username.clone()).unwrap_or_default()
+    });
+    ok_json(
+        StatusCode::OK,
+        json!({ "items": page.iter().map(|u| user_view(u)).collect::<Vec<_>>(), "next": next }),
+    )
+}
+
+#[utoipa::path(get, path = "/users/{username}", params(("username" = String, Path)), responses(
+    (status = 200, description = "The user", body = UserView),
+    (status = 404, description = "No such user"),
+))]
+async fn get_user(State(api): State<Api>, Path(username): Path<String>) -> Response<Body> {
+    match api.app.pool.user(&username).await {
+        Ok(u) => ok_json(StatusCode::OK, user_view(&u)),
+        Err(e) => pool_problem(e),
+    }
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+struct NewUser {
+    username: String,
+    email: Option<String>,
+    #[serde(default)]
+    email_verified: bool,
+    #[serde(default)]
+    groups: Vec<String>,
+    #[serde(default)]
+    attributes: HashMap<String, String>,
+    /// Mail a link to choose the first password (needs `email` and mail).
+    #[serde(default)]
+    invite: bool,
+}
+
+fn parse_json<T: serde::de::DeserializeOwned>(
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Result<T, Box<Response<Body>>> {
+    let json_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"));
+    if !json_type {
+        return Err(Box::new(problem(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "Unsupported media type",
+            "send application/json",
+        )));
+    }
+    serde_json::from_slice(body).map_err(|e| {
+        Box::new(problem(
+            StatusCode::BAD_REQUEST,
+            "Invalid request",
+            e.to_string(),
+        ))
+    })
+}
+
+#[utoipa::path(post, path = "/users", request_body = NewUser, responses(
+    (status = 201, description = "Created", body = UserView),
+    (status = 400, description = "Invalid"),
+    (status = 409, description = "The username is taken"),
+))]
+async fn create_user(
+    State(api): State<Api>,
+    axum::Extension(caller): axum::Extension<Caller>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response<Body> {
+    let req: NewUser = match parse_json(&headers, &body) {
+        Ok(r) => r,
+        Err(r) => return *r,
+    };
+    if req.invite && (req.email.is_none() || !api.app.config.idp.accounts.mail) {
+        return problem(
+            StatusCode::BAD_REQUEST,
+            "Invalid request",
+            "an invitation needs an e-mail address and mail.transport",
+        );
+    }
+    let add = AddUser {
+        username: req.username.clone(),
+        email: req.email.clone(),
+        email_verified: req.email_verified,
+        attributes: req.attributes.clone().into_iter().collect(),
+        groups: req.groups.clone(),
+        password: None,
+        temporary_password: false,
+        no_password: req.invite,
+    };
+    let user = match api.app.pool.add_user(add).await {
+        Ok((user, _generated)) => user,
+        Err(e) => return pool_problem(e),
+    };
+    if req.invite
+        && let Err(e) = api.app.accounts.invite(&user.username).await
+    {
+        tracing::error!(error = %e, "invitation not sent");
+    }
+    audit(
+        &api,
+        &caller,
+        "user.create",
+        &user.username,
+        json!({ "email": req.email, "groups": req.groups, "invite": req.invite }),
+    )
+    .await;
+    ok_json(StatusCode::CREATED, user_view(&user))
+}
+
+#[utoipa::path(post, path = "/users/{username}/disable", params(("username" = String, Path)), responses(
+    (status = 200, description = "Disabled; every session ended", body = UserView),
+    (status = 404, description = "No such user"),
+))]
+async fn disable_user(
+    State(api): State<Api>,
+    axum::Extension(caller): axum::Extension<Caller>,
+    Path(username): Path<String>,
+) -> Response<Body> {
+    set_enabled(api, caller, username, false).await
+}
+
+#[utoipa::path(post, path = "/users/{username}/enable", params(("username" = String, Path)), responses(
+    (status = 200, description = "Enabled", body = UserView),
+    (status = 404, description = "No such user"),
+))]
+async fn enable_user(
+    State(api): State<Api>,
+    axum::Extension(caller): axum::Extension<Caller>,
+    Path(username): Path<String>,
+) -> Response<Body> {
+    set_enabled(api, caller, username, true).await
+}
+
+async fn set_enabled(api: Api, caller: Caller, username: String, enabled: bool) -> Response<Body> {
+    if let Err(e) = api.app.pool.set_enabled(&username, enabled).await {
+        return pool_problem(e);
+    }
+    let kind = if enabled {
+        "user.enable"
+    } else {
+        "user.disable"
+    };
+    audit(&api, &caller, kind, &username, json!({})).await;
+    match api.app.pool.user(&username).await {
+        Ok(u) => ok_json(StatusCode::OK, user_view(&u)),
+        Err(e) => pool_problem(e),
+    }
+}
+
+#[utoipa::path(delete, path = "/users/{username}", params(("username" = String, Path)), responses(
+    (status = 204, description = "Deleted; every session ended"),
+    (status = 404, description = "No such user"),
+))]
+async fn delete_user(
+    State(api): State<Api>,
+    axum::Extension(caller): axum::Extension<Caller>,
+    Path(username): Path<String>,
+) -> Response<Body> {
+    if let Err(e) = api.app.pool.delete_user(&username).await {
+        return pool_problem(e);
+    }
+    audit(&api, &caller, "user.delete", &username, json!({})).await;
+    StatusCode::NO_CONTENT.into_response()
+}
+
+#[derive(serde::Serialize, ToSchema)]
+struct GroupView {
+    name: String,
+    description: String,
+    precedence: Option<i64>,
+    members: i64,
+}
+
+#[utoipa::path(get, path = "/groups", responses((status = 200, description = "Every group", body = Vec<GroupView>)))]
+async fn list_groups(State(api): State<Api>) -> Response<Body> {
+    match api.app.pool.list_groups().await {
+        Ok(groups) => ok_json(
+            StatusCode::OK,
+            json!(
+                groups
+                    .iter()
+                    .map(|g| json!({ "name": g.name, "description": g.description, "precedence": g.precedence, "members": g.members }))
+                    .collect::<Vec<_>>()
+            ),
+        ),
+        Err(e) => pool_problem(e),
+    }
+}
+
+#[utoipa::path(put, path = "/groups/{group}/members/{username}", params(("group" = String, Path), ("username" = String, Path)), responses(
+    (status = 200, description = "A member (the user's sessions end when it changes)", body = UserView),
+    (status = 404, description = "No such group or user"),
+))]
+async fn add_member(
+    State(api): State<Api>,
+    axum::Extension(caller): axum::Extension<Caller>,
+    Path((group, username)): Path<(String, String)>,
+) -> Response<Body> {
+    match api.app.pool.add_member(&group, &username).await {
+        Ok(added) => {
+            if added {
+                audit(
+                    &api,
+                    &caller,
+                    "group.add_member",
+                    &username,
+                    json!({ "group": group }),
+                )
+                .await;
+            }
+            match api.app.pool.user(&username).await {
+                Ok(u) => ok_json(StatusCode::OK, user_view(&u)),
+                Err(e) => pool_problem(e),
+            }
+        }
+        Err(e) => pool_problem(e),
+    }
+}
+
+#[utoipa::path(delete, path = "/groups/{group}/members/{username}", params(("group" = String, Path), ("username" = String, Path)), responses(
+    (status = 200, description = "Not a member (any more)", body = UserView),
+    (status = 404, description = "No such group or user"),
+))]
+async fn remove_member(
+    State(api): State<Api>,
+    axum::Extension(caller): axum::Extension<Caller>,
+    Path((group, username)): Path<(String, String)>,
+) -> Response<Body> {
+    match api.app.pool.remove_member(&group, &username).await {
+        Ok(removed) => {
+            if removed {
+                audit(
+                    &api,
+                    &caller,
+                    "group.remove_member",
+                    &username,
+                    json!({ "group": group }),
+                )
+                .await;
+            }
+            match api.app.pool.user(&username).await {
+                Ok(u) => ok_json(StatusCode::OK, user_view(&u)),
+                Err(e) => pool_problem(e),
+            }
+        }
+        Err(e) => pool_problem(e),
+    }
+}
+
+#[derive(serde::Serialize, ToSchema)]
+struct PolicyView {
+    version: i64,
+    /// The documents as a policy file (TOML).
+    document: String,
+    comment: String,
+    created_at: i64,
+}
+
+fn etag(version: i64) -> HeaderValue {
+    HeaderValue::from_str(&format!("\"policy-v{version}\""))
+        .unwrap_or(HeaderValue::from_static("\"\""))
+}
+
+#[utoipa::path(get, path = "/policies", responses(
+    (status = 200, description = "The policies in force, with their ETag", body = PolicyView),
+))]
+async fn get_policies(State(api): State<Api>) -> Response<Body> {
+    match api.app.store.current_policy().await {
+        Ok(current) => {
+            let (version, document, comment, created_at) = current
+                .map(|p| (p.version, p.document, p.comment, p.created_at))
+                .unwrap_or((0, String::new(), String::new(), 0));
+            let mut r = ok_json(
+                StatusCode::OK,
+                json!({ "version": version, "document": document, "comment": comment, "created_at": created_at }),
+            );
+            r.headers_mut().insert(header::ETAG, etag(version));
+            r
+        }
+        Err(e) => store_problem(e),
+    }
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+struct SetPolicies {
+    /// A policy file (TOML with `[[policy]]` tables).
+    document: String,
+    #[serde(default)]
+    comment: String,
+}
+
+#[utoipa::path(put, path = "/policies", request_body = SetPolicies, params(
+    ("If-Match" = String, Header, description = "The ETag of the version this edit starts from"),
+), responses(
+    (status = 200, description = "The new version in force", body = PolicyView),
+    (status = 400, description = "The document is invalid"),
+    (status = 412, description = "Someone else changed the policies first"),
+    (status = 428, description = "If-Match is required"),
+))]
+async fn set_policies(
+    State(api): State<Api>,
+    axum::Extension(caller): axum::Extension<Caller>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response<Body> {
+    let Some(if_match) = headers.get(header::IF_MATCH).and_then(|v| v.to_str().ok()) else {
+        return problem(
+            StatusCode::PRECONDITION_REQUIRED,
+            "If-Match required",
+            "send the ETag of GET /policies in If-Match, so that two edits cannot overwrite each other",
+        );
+    };
+    let req: SetPolicies = match parse_json(&headers, &body) {
+        Ok(r) => r,
+        Err(r) => return *r,
+    };
+    let docs = match portcullis_policy::parse_file(&req.document) {
+        Ok(d) => d,
+        Err(e) => return problem(StatusCode::BAD_REQUEST, "Invalid policy", e.to_string()),
+    };
+    let before = match api.app.store.current_policy().await {
+        Ok(c) => c,
+        Err(e) => return store_problem(e),
+    };
+    let current = before.as_ref().map_or(0, |p| p.version);
+    if if_match != etag(current).to_str().unwrap_or_default() {
+        return problem(
+            StatusCode::PRECONDITION_FAILED,
+            "Changed meanwhile",
+            format!(
+                "the policies are at version {current} now; GET them again and reapply your edit"
+            ),
+        );
+    }
+    let document = portcullis_policy::export(&docs);
+    let now = api.app.provider.now();
+    // The version check and the insert are one step in the store: of two edits from the same
+    // version, one wins.
+    match api
+        .app
+        .store
+        .add_policy_version_if(current, &document, &req.comment, now)
+        .await
+    {
+        Ok(Some(version)) => {
+            audit(
+                &api,
+                &caller,
+                "policy.set",
+                "",
+                json!({
+                    "comment": req.comment,
+                    "before": before.map(|p| json!({ "version": p.version, "document": p.document })),
+                    "after": { "version": version, "document": document },
+                }),
+            )
+            .await;
+            let mut r = ok_json(
+                StatusCode::OK,
+                json!({ "version": version, "document": document, "comment": req.comment, "created_at": now }),
+            );
+            r.headers_mut().insert(header::ETAG, etag(version));
+            r
+        }
+        Ok(None) => problem(
+            StatusCode::PRECONDITION_FAILED,
+            "Changed meanwhile",
+            "the policies changed while this edit was applied; GET them again",
+        ),
+        Err(e) => store_problem(e),
+    }
+}
+
+#[derive(Deserialize, ToSchema, utoipa::IntoParams)]
+struct ListAudit {
+    /// Only events after this sequence number.
+    after: Option<i64>,
+    /// Only events whose kind starts with this.
+    kind: Option<String>,
+    /// Only events about or by this subject or actor.
+    who: Option<String>,
+    /// At most this many (1–1000, default 100).
+    limit: Option<i64>,
+}
+
+#[derive(serde::Serialize, ToSchema)]
+struct AuditView {
+    seq: i64,
+    at: i64,
+    kind: String,
+    actor: String,
+    source: String,
+    subject: String,
+    #[schema(value_type = Object)]
+    detail: Value,
+    hash: String,
+}
+
+#[utoipa::path(get, path = "/audit", params(ListAudit), responses(
+    (status = 200, description = "Audit events, oldest first", body = Vec<AuditView>),
+))]
+async fn list_audit(State(api): State<Api>, Query(q): Query<ListAudit>) -> Response<Body> {
+    let filter = portcullis_store::AuditFilter {
+        after: q.after,
+        kind_prefix: q.kind,
+        who: q.who,
+        limit: q.limit.unwrap_or(100).clamp(1, 1000),
+        ..Default::default()
+    };
+    match api.app.store.audit_events(&filter).await {
+        Ok(events) => ok_json(
+            StatusCode::OK,
+            json!(
+                events
+                    .iter()
+                    .map(|e| json!({ "seq": e.seq, "at": e.at, "kind": e.kind, "actor": e.actor, "source": e.source, "subject": e.subject, "detail": e.detail, "hash": e.hash }))
+                    .collect::<Vec<_>>()
+            ),
+        ),
+        Err(e) => store_problem(e),
+    }
+}
+
+async fn audit(api: &Api, caller: &Caller, kind: &str, subject: &str, detail: Value) {
+    portcullis_idp::audit::record(
+        &api.app.store,
+        api.app.provider.now(),
+        kind,
+        &caller.actor,
+        subject,
+        detail,
+    )
+    .await;
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "portcullis admin API",
+        description = "Users, groups, policies and the audit log. Authorized by the gateway's policies on the admin route (docs/admin.md)."
+    ),
+    paths(
+        list_users,
+        get_user,
+        create_user,
+        disable_user,
+        enable_user,
+        delete_user,
+        list_groups,
+        add_member,
+        remove_member,
+        get_policies,
+        set_policies,
+        list_audit
+    ),
+    components(schemas(
+        UserView,
+        UserPage,
+        NewUser,
+        GroupView,
+        PolicyView,
+        SetPolicies,
+        AuditView
+    ))
+)]
+struct ApiDoc;
+
+/// The OpenAPI document, with the route's prefix as its server.
+fn openapi(prefix: &str) -> Value {
+    let mut doc = serde_json::to_value(ApiDoc::openapi()).unwrap_or_default();
+    doc["servers"] = json!([{ "url": prefix }]);
+    doc
+}
+
+/// The service the gateway calls for `builtin = "admin-api"` routes mounted at `prefix`.
+pub struct AdminApi {
+    router: Router,
+}
+
+impl AdminApi {
+    pub fn new(app: App, prefix: &str) -> AdminApi {
+        let doc = openapi(prefix);
+        let routes = Router::new()
+            .route(
+                "/openapi.json",
+                get(move || async move { ok_json(StatusCode::OK, doc.clone()) }),
+            )
+            .route("/users", get(list_users).post(create_user))
+            .route("/users/{username}", get(get_user).delete(delete_user))
+            .route("/users/{username}/disable", post(disable_user))
+            .route("/users/{username}/enable", post(enable_user))
+            .route("/groups", get(list_groups))
+            .route(
+                "/groups/{group}/members/{username}",
+                put(add_member).delete(remove_member),
+            )
+            .route("/policies", get(get_policies).put(set_policies))
+            .route("/audit", get(list_audit))
+            .fallback(|| async {
+                problem(
+                    StatusCode::NOT_FOUND,
+                    "Not found",
+                    "no such operation; see openapi.json",
+                )
+            })
+            .with_state(Api { app });
+        AdminApi {
+            router: Router::new().nest(prefix, routes),
+        }
+    }
+}
+
+impl portcullis_gateway::Builtin for AdminApi {
+    fn call(
+        &self,
+        mut req: Request<Body>,
+        identity: Option<Arc<Identity>>,
+        peer: SocketAddr,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Response<Body>> + Send>> {
+        let router = self.router.clone();
+        Box::pin(async move {
+            let Some(id) = identity else {
+                return problem(
+                    StatusCode::UNAUTHORIZED,
+                    "Unauthorized",
+                    "sign in or send a Bearer token",
+                );
+            };
+            let who = match (&id.username, &id.client_id) {
+                (Some(_), _) => format!("user:{}", id.sub),
+                (None, Some(c)) => format!("client:{c}"),
+                (None, None) => format!("user:{}", id.sub),
+            };
+            req.extensions_mut().insert(Caller {
+                actor: Actor {
+                    who,
+                    source: peer.ip().to_string(),
+                },
+            });
+            match tower::ServiceExt::oneshot(router, req).await {
+                Ok(r) => r,
+                Err(never) => match never {},
+            }
+        })
+    }
+}
+
+/// The admin API's prefix: the path of the `builtin = "admin-api"` route without its `/**`.
+pub fn prefix(routes: &portcullis_gateway::route::RouteTable) -> Option<String> {
+    routes.routes().iter().find_map(|r| match &r.target {
+        portcullis_gateway::route::Target::Builtin { name } if name == "admin-api" => Some(
+            r.pattern
+                .as_str()
+                .trim_end_matches("/**")
+                .trim_end_matches('/')
+                .to_owned(),
+        ),
+        _ => None,
+    })
+}

@@ -1,0 +1,284 @@
+//! The admin REST API behind a `builtin = "admin-api"` route: authorized by the gateway's own
+//! policies (a read scope cannot write, a customer's token gets 403), problem+json errors,
+//! `If-Match` on the policies (of two edits from one version one wins, one gets 412), the
+//! OpenAPI document, and the audit log naming the API's caller.
+
+use serde_json::{Value, json};
+
+use crate::oidc::{Idp, setup};
+
+const ADMIN_API: &str = r#"
+[[routes]]
+path = "/portcullis/api/v1/**"
+kind = "api"
+builtin = "admin-api"
+
+[[policy]]
+principal = "scope:portcullis/admin.read"
+statements = [{ effect = "allow", methods = ["GET"], paths = ["/portcullis/api/v1/**"] }]
+
+[[policy]]
+principal = "scope:portcullis/admin.write"
+statements = [{ effect = "allow", methods = ["*"], paths = ["/portcullis/api/v1/**"] }]
+
+[[policy]]
+principal = "group:user"
+statements = [{ effect = "allow", methods = ["GET"], paths = ["/api/**"] }]
+"#;
+
+/// A client-credentials token for a new client allowed `scope`.
+async fn machine_token(idp: &Idp, id: &str, scope: &str) -> String {
+    let out = idp
+        ._instance
+        .run(&[
+            "--json",
+            "client",
+            "add",
+            id,
+            "--id",
+            id,
+            "--confidential",
+            "--grant",
+            "client_credentials",
+            "--scope",
+            scope,
+        ])
+        .ok();
+    let client: Value = serde_json::from_str(&out).expect("json");
+    let secret = client["client_secret"].as_str().expect("secret").to_owned();
+    let (status, tokens) = idp
+        .token(
+            &[("grant_type", "client_credentials"), ("scope", scope)],
+            Some((id, &secret)),
+        )
+        .await;
+    assert_eq!(status, 200, "{tokens}");
+    tokens["access_token"].as_str().expect("token").to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_api_is_authorized_by_policies_and_guards_concurrent_edits() {
+    let mut idp = setup(ADMIN_API);
+    idp._instance
+        .run(&[
+            "resource-server",
+            "add",
+            "portcullis",
+            "--scope",
+            "admin.read",
+            "--scope",
+            "admin.write",
+        ])
+        .ok();
+    let reader = machine_token(&idp, "reader", "portcullis/admin.read").await;
+    let writer = machine_token(&idp, "writer", "portcullis/admin.write").await;
+    let base = idp.url("/portcullis/api/v1");
+    let api = |path: &str| format!("{base}{path}");
+    let http = reqwest::Client::new();
+
+    // The OpenAPI document describes the operations, with the prefix as its server.
+    let doc: Value = http
+        .get(api("/openapi.json"))
+        .bearer_auth(&reader)
+        .send()
+        .await
+        .expect("openapi")
+        .json()
+        .await
+        .expect("json");
+    assert!(
+        doc["openapi"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("3.1"),
+        "{doc}"
+    );
+    assert_eq!(doc["servers"][0]["url"], "/portcullis/api/v1");
+    assert!(doc["paths"]["/users"]["post"].is_object());
+    assert!(doc["paths"]["/policies"]["put"].is_object());
+
+    // Reading with the read scope; writing needs the write scope; nothing without a token.
+    let list: Value = http
+        .get(api("/users?limit=1"))
+        .bearer_auth(&reader)
+        .send()
+        .await
+        .expect("list")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(list["items"].as_array().map(Vec::len), Some(1));
+    let next = list["next"].as_str().expect("a next page").to_owned();
+    let page2: Value = http
+        .get(api(&format!("/users?limit=1&after={next}")))
+        .bearer_auth(&reader)
+        .send()
+        .await
+        .expect("list")
+        .json()
+        .await
+        .expect("json");
+    assert_ne!(page2["items"][0]["username"], list["items"][0]["username"]);
+    let new_user = json!({ "username": "carol", "email": "carol@example.com", "groups": ["user"] });
+    let refused = http
+        .post(api("/users"))
+        .bearer_auth(&reader)
+        .json(&new_user)
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(refused.status(), 403, "a read scope cannot write");
+    assert_eq!(
+        http.get(api("/users")).send().await.expect("get").status(),
+        401
+    );
+    let created = http
+        .post(api("/users"))
+        .bearer_auth(&writer)
+        .json(&new_user)
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(created.status(), 201);
+    let carol: Value = created.json().await.expect("json");
+    assert_eq!(carol["groups"], json!(["user"]));
+    assert_eq!(carol["password_set"], true);
+    let again = http
+        .post(api("/users"))
+        .bearer_auth(&writer)
+        .json(&new_user)
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(again.status(), 409);
+    assert_eq!(
+        again.headers()["content-type"],
+        "application/problem+json",
+        "errors are RFC 9457 problems"
+    );
+    let bad = http
+        .post(api("/users"))
+        .bearer_auth(&writer)
+        .json(&json!({ "username": "bad name" }))
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(bad.status(), 400);
+    let disabled: Value = http
+        .post(api("/users/carol/disable"))
+        .bearer_auth(&writer)
+        .send()
+        .await
+        .expect("disable")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(disabled["status"], "disabled");
+    assert_eq!(
+        http.get(api("/users/nobody"))
+            .bearer_auth(&reader)
+            .send()
+            .await
+            .expect("get")
+            .status(),
+        404
+    );
+
+    // A customer's own token is not an administrator's.
+    let q = idp.sign_in("spa", "ada").await;
+    let (status, tokens) = idp.exchange("spa", &q["code"]).await;
+    assert_eq!(status, 200, "{tokens}");
+    let ada = tokens["access_token"].as_str().expect("token").to_owned();
+    assert_eq!(
+        http.get(api("/users"))
+            .bearer_auth(&ada)
+            .send()
+            .await
+            .expect("get")
+            .status(),
+        403
+    );
+
+    // Policies: If-Match required; of two edits from one version, one wins.
+    let current = http
+        .get(api("/policies"))
+        .bearer_auth(&reader)
+        .send()
+        .await
+        .expect("get");
+    let tag = current.headers()["etag"].to_str().expect("etag").to_owned();
+    let policy: Value = current.json().await.expect("json");
+    let document = format!(
+        "{}\n[[policy]]\nprincipal = \"group:auditors\"\nstatements = [{{ effect = \"allow\", methods = [\"GET\"], paths = [\"/api/reports/**\"] }}]\n",
+        policy["document"].as_str().expect("document")
+    );
+    let edit = json!({ "document": document, "comment": "auditors read reports" });
+    let no_tag = http
+        .put(api("/policies"))
+        .bearer_auth(&writer)
+        .json(&edit)
+        .send()
+        .await
+        .expect("put");
+    assert_eq!(no_tag.status(), 428);
+    let (a, b) = tokio::join!(
+        http.put(api("/policies"))
+            .bearer_auth(&writer)
+            .header("if-match", &tag)
+            .json(&edit)
+            .send(),
+        http.put(api("/policies"))
+            .bearer_auth(&writer)
+            .header("if-match", &tag)
+            .json(&edit)
+            .send(),
+    );
+    let mut statuses = [
+        a.expect("put").status().as_u16(),
+        b.expect("put").status().as_u16(),
+    ];
+    statuses.sort();
+    assert_eq!(statuses, [200, 412], "one edit wins, the other is told");
+    let invalid = http
+        .put(api("/policies"))
+        .bearer_auth(&writer)
+        .header("if-match", "\"anything\"")
+        .json(&json!({ "document": "[[policy]]\nprincipal = \"role:x\"\nstatements = []" }))
+        .send()
+        .await
+        .expect("put");
+    assert_eq!(invalid.status(), 400);
+
+    // The audit log names the API's caller and where it called from.
+    let events: Value = http
+        .get(api("/audit?kind=user.create"))
+        .bearer_auth(&reader)
+        .send()
+        .await
+        .expect("audit")
+        .json()
+        .await
+        .expect("json");
+    let by_api = events
+        .as_array()
+        .expect("events")
+        .iter()
+        .find(|e| e["subject"] == "carol")
+        .expect("carol's creation");
+    assert_eq!(by_api["actor"], "client:writer");
+    assert_eq!(by_api["source"], "127.0.0.1");
+    let sets: Value = http
+        .get(api("/audit?kind=policy.set"))
+        .bearer_auth(&reader)
+        .send()
+        .await
+        .expect("audit")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(
+        sets.as_array().map(Vec::len),
+        Some(1),
+        "one edit won: {sets}"
+    );
+}
