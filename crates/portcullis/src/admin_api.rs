@@ -606,6 +606,420 @@ async fn audit(api: &Api, caller: &Caller, kind: &str, subject: &str, detail: Va
     .await;
 }
 
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+struct SetPassword {
+    /// The user must choose another at the next sign-in.
+    #[serde(default)]
+    temporary: bool,
+    /// The new password (checked against the policy). Absent: a random one is set and not
+    /// shown (send an invitation or a reset instead).
+    password: Option<String>,
+}
+
+#[utoipa::path(put, path = "/users/{username}/password", params(("username" = String, Path)), request_body = SetPassword, responses(
+    (status = 200, description = "Set; every session ended", body = UserView),
+    (status = 400, description = "The password does not meet the policy"),
+    (status = 404, description = "No such user"),
+))]
+async fn set_password(
+    State(api): State<Api>,
+    axum::Extension(caller): axum::Extension<Caller>,
+    Path(username): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response<Body> {
+    let req: SetPassword = match parse_json(&headers, &body) {
+        Ok(r) => r,
+        Err(r) => return *r,
+    };
+    let password = req.password.map(portcullis_token::Secret::new);
+    if let Err(e) = api
+        .app
+        .pool
+        .set_password(&username, password, req.temporary)
+        .await
+    {
+        return pool_problem(e);
+    }
+    audit(
+        &api,
+        &caller,
+        "user.set_password",
+        &username,
+        json!({ "temporary": req.temporary, "sessions": "all revoked" }),
+    )
+    .await;
+    match api.app.pool.user(&username).await {
+        Ok(u) => ok_json(StatusCode::OK, user_view(&u)),
+        Err(e) => pool_problem(e),
+    }
+}
+
+#[utoipa::path(get, path = "/users/{username}/sessions", params(("username" = String, Path)), responses(
+    (status = 200, description = "The user's live sessions", body = Vec<SessionView>),
+    (status = 404, description = "No such user"),
+))]
+async fn user_sessions(State(api): State<Api>, Path(username): Path<String>) -> Response<Body> {
+    let user = match api.app.pool.user(&username).await {
+        Ok(u) => u,
+        Err(e) => return pool_problem(e),
+    };
+    match api.app.store.user_sessions(&user.id, api.app.provider.now()).await {
+        Ok(sessions) => ok_json(
+            StatusCode::OK,
+            json!(
+                sessions
+                    .iter()
+                    .map(|(s, clients)| json!({ "sid": s.sid, "auth_time": s.auth_time, "expires_at": s.expires_at, "amr": s.amr, "clients": clients }))
+                    .collect::<Vec<_>>()
+            ),
+        ),
+        Err(e) => store_problem(e),
+    }
+}
+
+/// (The shape the OpenAPI document gives; the handler writes the JSON.)
+#[allow(dead_code)]
+#[derive(serde::Serialize, ToSchema)]
+struct SessionView {
+    sid: String,
+    auth_time: i64,
+    expires_at: i64,
+    amr: Vec<String>,
+    clients: Vec<String>,
+}
+
+#[utoipa::path(delete, path = "/users/{username}/sessions", params(("username" = String, Path)), responses(
+    (status = 200, description = "Every session ended (the gateway refuses their tokens within a second)", body = Object),
+    (status = 404, description = "No such user"),
+))]
+async fn end_sessions(
+    State(api): State<Api>,
+    axum::Extension(caller): axum::Extension<Caller>,
+    Path(username): Path<String>,
+) -> Response<Body> {
+    match api.app.pool.end_sessions(&username).await {
+        Ok(n) => {
+            audit(
+                &api,
+                &caller,
+                "session.end_all",
+                &username,
+                json!({ "sessions": n }),
+            )
+            .await;
+            ok_json(StatusCode::OK, json!({ "ended": n }))
+        }
+        Err(e) => pool_problem(e),
+    }
+}
+
+#[utoipa::path(delete, path = "/users/{username}/mfa", params(("username" = String, Path)), responses(
+    (status = 200, description = "Second factors removed and sessions ended", body = UserView),
+    (status = 404, description = "No such user"),
+))]
+async fn reset_mfa(
+    State(api): State<Api>,
+    axum::Extension(caller): axum::Extension<Caller>,
+    Path(username): Path<String>,
+) -> Response<Body> {
+    let user = match api.app.pool.user(&username).await {
+        Ok(u) => u,
+        Err(e) => return pool_problem(e),
+    };
+    let removed = match api.app.store.reset_mfa(&user.id).await {
+        Ok(a) => match api.app.store.remove_credentials(&user.id).await {
+            Ok(b) => a || b > 0,
+            Err(e) => return store_problem(e),
+        },
+        Err(e) => return store_problem(e),
+    };
+    if let Err(e) = api.app.pool.end_sessions(&username).await {
+        return pool_problem(e);
+    }
+    audit(
+        &api,
+        &caller,
+        "mfa.reset",
+        &username,
+        json!({ "removed": removed, "sessions": "all revoked" }),
+    )
+    .await;
+    ok_json(StatusCode::OK, user_view(&user))
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+struct NewGroup {
+    name: String,
+    #[serde(default)]
+    description: String,
+    precedence: Option<i64>,
+}
+
+#[utoipa::path(post, path = "/groups", request_body = NewGroup, responses(
+    (status = 201, description = "Created", body = GroupView),
+    (status = 400, description = "Invalid"),
+    (status = 409, description = "The name is taken"),
+))]
+async fn create_group(
+    State(api): State<Api>,
+    axum::Extension(caller): axum::Extension<Caller>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response<Body> {
+    let req: NewGroup = match parse_json(&headers, &body) {
+        Ok(r) => r,
+        Err(r) => return *r,
+    };
+    match api
+        .app
+        .pool
+        .add_group(&req.name, &req.description, req.precedence)
+        .await
+    {
+        Ok(g) => {
+            audit(
+                &api,
+                &caller,
+                "group.create",
+                &g.name,
+                json!({ "description": g.description, "precedence": g.precedence }),
+            )
+            .await;
+            ok_json(
+                StatusCode::CREATED,
+                json!({ "name": g.name, "description": g.description, "precedence": g.precedence, "members": g.members }),
+            )
+        }
+        Err(e) => pool_problem(e),
+    }
+}
+
+#[utoipa::path(delete, path = "/groups/{group}", params(("group" = String, Path)), responses(
+    (status = 204, description = "Deleted (its members stay, without it)"),
+    (status = 404, description = "No such group"),
+))]
+async fn delete_group(
+    State(api): State<Api>,
+    axum::Extension(caller): axum::Extension<Caller>,
+    Path(group): Path<String>,
+) -> Response<Body> {
+    match api.app.pool.delete_group(&group).await {
+        Ok(()) => {
+            audit(&api, &caller, "group.delete", &group, json!({})).await;
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Err(e) => pool_problem(e),
+    }
+}
+
+/// (The shape the OpenAPI document gives; the handler writes the JSON.)
+#[allow(dead_code)]
+#[derive(serde::Serialize, ToSchema)]
+struct VersionView {
+    version: i64,
+    comment: String,
+    created_at: i64,
+}
+
+#[utoipa::path(get, path = "/policies/versions", responses(
+    (status = 200, description = "Every version, newest first", body = Vec<VersionView>),
+))]
+async fn policy_versions(State(api): State<Api>) -> Response<Body> {
+    match api.app.store.policy_history().await {
+        Ok(versions) => ok_json(
+            StatusCode::OK,
+            json!(
+                versions
+                    .iter()
+                    .map(|v| json!({ "version": v.version, "comment": v.comment, "created_at": v.created_at }))
+                    .collect::<Vec<_>>()
+            ),
+        ),
+        Err(e) => store_problem(e),
+    }
+}
+
+#[utoipa::path(get, path = "/policies/versions/{version}", params(("version" = i64, Path)), responses(
+    (status = 200, description = "One version", body = PolicyView),
+    (status = 404, description = "No such version"),
+))]
+async fn policy_version(State(api): State<Api>, Path(version): Path<i64>) -> Response<Body> {
+    match api.app.store.policy_at(version).await {
+        Ok(Some(v)) => ok_json(
+            StatusCode::OK,
+            json!({ "version": v.version, "document": v.document, "comment": v.comment, "created_at": v.created_at }),
+        ),
+        Ok(None) => problem(
+            StatusCode::NOT_FOUND,
+            "Not found",
+            format!("there is no policy version {version}"),
+        ),
+        Err(e) => store_problem(e),
+    }
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+struct Explain {
+    method: String,
+    path: String,
+    #[serde(default)]
+    groups: Vec<String>,
+    #[serde(default)]
+    scopes: Vec<String>,
+    client: Option<String>,
+    /// A user whose groups are read from the store.
+    user: Option<String>,
+    /// The caller signed in with a second factor.
+    #[serde(default)]
+    mfa: bool,
+    /// Seconds since the caller signed in.
+    #[serde(default)]
+    signed_in_ago: i64,
+}
+
+#[utoipa::path(post, path = "/policies/explain", request_body = Explain, responses(
+    (status = 200, description = "The decision and why", body = Object),
+    (status = 400, description = "The path is not canonical, or the input is invalid"),
+    (status = 404, description = "No such user"),
+))]
+async fn explain(State(api): State<Api>, headers: HeaderMap, body: Bytes) -> Response<Body> {
+    let req: Explain = match parse_json(&headers, &body) {
+        Ok(r) => r,
+        Err(r) => return *r,
+    };
+    let current = match api.app.store.current_policy().await {
+        Ok(c) => c,
+        Err(e) => return store_problem(e),
+    };
+    let (version, docs) = match &current {
+        Some(p) => match portcullis_policy::parse_file(&p.document) {
+            Ok(d) => (p.version, d),
+            Err(e) => {
+                return problem(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "Invalid stored policy",
+                    e.to_string(),
+                );
+            }
+        },
+        None => (0, Vec::new()),
+    };
+    let set = portcullis_policy::PolicySet::new(docs, version);
+    let mut principals: Vec<portcullis_policy::Principal> = req
+        .groups
+        .iter()
+        .map(|g| portcullis_policy::Principal::Group(g.to_ascii_lowercase()))
+        .collect();
+    if let Some(u) = &req.user {
+        match api.app.pool.user(u).await {
+            Ok(u) => principals.extend(
+                u.groups
+                    .iter()
+                    .map(|g| portcullis_policy::Principal::Group(g.to_ascii_lowercase())),
+            ),
+            Err(e) => return pool_problem(e),
+        }
+    }
+    principals.extend(
+        req.scopes
+            .iter()
+            .map(|s| portcullis_policy::Principal::Scope(s.clone())),
+    );
+    principals.extend(
+        req.client
+            .iter()
+            .map(|c| portcullis_policy::Principal::Client(c.clone())),
+    );
+    principals.push(portcullis_policy::Principal::Authenticated);
+    let canonical = match portcullis_gateway::canonical::canonicalize(&req.path) {
+        Ok(c) => c,
+        Err(e) => {
+            return problem(
+                StatusCode::BAD_REQUEST,
+                "Not a canonical path",
+                format!("{}: {e} (the gateway answers 400)", req.path),
+            );
+        }
+    };
+    let now = api.app.provider.now();
+    let auth = portcullis_policy::AuthContext {
+        mfa: req.mfa,
+        auth_time: Some(now.saturating_sub(req.signed_in_ago.max(0))),
+    };
+    let d = set.decide_as(&principals, &req.method, &canonical.lower, &auth, now);
+    ok_json(
+        StatusCode::OK,
+        json!({ "allowed": d.allowed, "explanation": d.to_string(), "version": version }),
+    )
+}
+
+/// (The shape the OpenAPI document gives; the handler writes the JSON.)
+#[allow(dead_code)]
+#[derive(serde::Serialize, ToSchema)]
+struct KeyView {
+    kid: String,
+    alg: String,
+    purpose: String,
+    state: String,
+    activate_at: i64,
+    retire_at: Option<i64>,
+}
+
+async fn keys_view(api: &Api) -> Response<Body> {
+    let now = api.app.provider.now();
+    match api.app.provider.keys().list(now).await {
+        Ok(keys) => ok_json(
+            StatusCode::OK,
+            json!(
+                keys.iter()
+                    .map(|k| json!({
+                        "kid": k.kid, "alg": k.alg, "purpose": k.purpose,
+                        "state": match (k.activate_at <= now, k.retire_at) { (false, _) => "next", (true, Some(_)) => "retiring", (true, None) => "active" },
+                        "activate_at": k.activate_at, "retire_at": k.retire_at,
+                    }))
+                    .collect::<Vec<_>>()
+            ),
+        ),
+        Err(e) => problem(StatusCode::SERVICE_UNAVAILABLE, "Unavailable", e.to_string()),
+    }
+}
+
+#[utoipa::path(get, path = "/keys", responses((status = 200, description = "The signing keys and their schedule", body = Vec<KeyView>)))]
+async fn list_keys(State(api): State<Api>) -> Response<Body> {
+    keys_view(&api).await
+}
+
+#[utoipa::path(post, path = "/keys/rotate", responses(
+    (status = 200, description = "New keys published; they sign after idp.key_rotation_delay", body = Vec<KeyView>),
+))]
+async fn rotate_keys(
+    State(api): State<Api>,
+    axum::Extension(caller): axum::Extension<Caller>,
+) -> Response<Body> {
+    match api.app.provider.keys().rotate(api.app.provider.now()).await {
+        Ok(new) => {
+            audit(
+                &api,
+                &caller,
+                "keys.rotate",
+                "",
+                json!({ "published": new }),
+            )
+            .await;
+            keys_view(&api).await
+        }
+        Err(e) => problem(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Unavailable",
+            e.to_string(),
+        ),
+    }
+}
+
 #[derive(OpenApi)]
 #[openapi(
     info(
@@ -662,7 +1076,19 @@ impl AdminApi {
             .route("/users/{username}", get(get_user).delete(delete_user))
             .route("/users/{username}/disable", post(disable_user))
             .route("/users/{username}/enable", post(enable_user))
-            .route("/groups", get(list_groups))
+            .route("/users/{username}/password", put(set_password))
+            .route(
+                "/users/{username}/sessions",
+                get(user_sessions).delete(end_sessions),
+            )
+            .route("/users/{username}/mfa", axum::routing::delete(reset_mfa))
+            .route("/groups", get(list_groups).post(create_group))
+            .route("/groups/{group}", axum::routing::delete(delete_group))
+            .route("/policies/versions", get(policy_versions))
+            .route("/policies/versions/{version}", get(policy_version))
+            .route("/policies/explain", post(explain))
+            .route("/keys", get(list_keys))
+            .route("/keys/rotate", post(rotate_keys))
             .route(
                 "/groups/{group}/members/{username}",
                 put(add_member).delete(remove_member),

@@ -249,6 +249,159 @@ async fn the_admin_api_is_authorized_by_policies_and_guards_concurrent_edits() {
         .expect("put");
     assert_eq!(invalid.status(), 400);
 
+    // More operations, each with its answer.
+    let group = http
+        .post(api("/groups"))
+        .bearer_auth(&writer)
+        .json(&json!({ "name": "auditors", "description": "read the reports" }))
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(group.status(), 201);
+    let member: Value = http
+        .put(api("/groups/auditors/members/carol"))
+        .bearer_auth(&writer)
+        .send()
+        .await
+        .expect("put")
+        .json()
+        .await
+        .expect("json");
+    assert!(
+        member["groups"]
+            .as_array()
+            .expect("groups")
+            .iter()
+            .any(|g| g == "auditors")
+    );
+    let weak = http
+        .put(api("/users/carol/password"))
+        .bearer_auth(&writer)
+        .json(&json!({ "password": "password1234" }))
+        .send()
+        .await
+        .expect("put");
+    assert_eq!(weak.status(), 400, "the password policy applies");
+    let set = http
+        .put(api("/users/carol/password"))
+        .bearer_auth(&writer)
+        .json(&json!({ "password": "a-long-enough-admin-set-passphrase", "temporary": true }))
+        .send()
+        .await
+        .expect("put");
+    assert_eq!(set.status(), 200);
+    let sessions: Value = http
+        .get(api("/users/ada/sessions"))
+        .bearer_auth(&reader)
+        .send()
+        .await
+        .expect("get")
+        .json()
+        .await
+        .expect("json");
+    assert!(
+        !sessions.as_array().expect("sessions").is_empty(),
+        "ada signed in above"
+    );
+    let ended: Value = http
+        .delete(api("/users/ada/sessions"))
+        .bearer_auth(&writer)
+        .send()
+        .await
+        .expect("delete")
+        .json()
+        .await
+        .expect("json");
+    assert!(ended["ended"].as_i64().unwrap_or_default() >= 1);
+    assert_eq!(
+        http.delete(api("/users/ada/mfa"))
+            .bearer_auth(&writer)
+            .send()
+            .await
+            .expect("delete")
+            .status(),
+        200
+    );
+    let versions: Value = http
+        .get(api("/policies/versions"))
+        .bearer_auth(&reader)
+        .send()
+        .await
+        .expect("get")
+        .json()
+        .await
+        .expect("json");
+    let newest = versions[0]["version"].as_i64().expect("version");
+    assert_eq!(
+        http.get(api(&format!("/policies/versions/{newest}")))
+            .bearer_auth(&reader)
+            .send()
+            .await
+            .expect("get")
+            .status(),
+        200
+    );
+    assert_eq!(
+        http.get(api("/policies/versions/9999"))
+            .bearer_auth(&reader)
+            .send()
+            .await
+            .expect("get")
+            .status(),
+        404
+    );
+    let why: Value = http
+        .post(api("/policies/explain"))
+        .bearer_auth(&writer)
+        .json(&json!({ "method": "GET", "path": "/api/reports/q3", "groups": ["auditors"] }))
+        .send()
+        .await
+        .expect("post")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(why["allowed"], true, "{why}");
+    assert!(
+        why["explanation"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("group:auditors")
+    );
+    let keys: Value = http
+        .post(api("/keys/rotate"))
+        .bearer_auth(&writer)
+        .send()
+        .await
+        .expect("post")
+        .json()
+        .await
+        .expect("json");
+    assert!(
+        keys.as_array()
+            .expect("keys")
+            .iter()
+            .any(|k| k["state"] == "next"),
+        "{keys}"
+    );
+    assert_eq!(
+        http.delete(api("/groups/auditors"))
+            .bearer_auth(&writer)
+            .send()
+            .await
+            .expect("delete")
+            .status(),
+        204
+    );
+    assert_eq!(
+        http.delete(api("/users/carol"))
+            .bearer_auth(&writer)
+            .send()
+            .await
+            .expect("delete")
+            .status(),
+        204
+    );
+
     // The audit log names the API's caller and where it called from.
     let events: Value = http
         .get(api("/audit?kind=user.create"))
