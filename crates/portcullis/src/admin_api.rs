@@ -14,6 +14,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::body::{Body, Bytes};
+use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header};
 use axum::response::IntoResponse;
@@ -141,7 +142,14 @@ struct ListUsers {
 #[utoipa::path(get, path = "/users", params(ListUsers), responses(
     (status = 200, description = "A page of users", body = UserPage),
 ))]
-async fn list_users(State(api): State<Api>, Query(q): Query<ListUsers>) -> Response<Body> {
+async fn list_users(
+    State(api): State<Api>,
+    q: Result<Query<ListUsers>, QueryRejection>,
+) -> Response<Body> {
+    let Query(q) = match q {
+        Ok(q) => q,
+        Err(e) => return problem(StatusCode::BAD_REQUEST, "Invalid query", e.body_text()),
+    };
     let limit = q.limit.unwrap_or(100).clamp(1, 500);
     let needle = q.q.as_deref().unwrap_or_default().to_ascii_lowercase();
     let after = q.after.as_deref().map(str::to_ascii_lowercase);
@@ -179,7 +187,14 @@ async fn list_users(State(api): State<Api>, Query(q): Query<ListUsers>) -> Respo
     (status = 200, description = "The user", body = UserView),
     (status = 404, description = "No such user"),
 ))]
-async fn get_user(State(api): State<Api>, Path(username): Path<String>) -> Response<Body> {
+async fn get_user(
+    State(api): State<Api>,
+    path: Result<Path<String>, PathRejection>,
+) -> Response<Body> {
+    let Path(username) = match path {
+        Ok(p) => p,
+        Err(e) => return problem(StatusCode::BAD_REQUEST, "Invalid path", e.body_text()),
+    };
     match api.app.pool.user(&username).await {
         Ok(u) => ok_json(StatusCode::OK, user_view(&u)),
         Err(e) => pool_problem(e),
@@ -286,8 +301,12 @@ async fn create_user(
 async fn disable_user(
     State(api): State<Api>,
     axum::Extension(caller): axum::Extension<Caller>,
-    Path(username): Path<String>,
+    path: Result<Path<String>, PathRejection>,
 ) -> Response<Body> {
+    let Path(username) = match path {
+        Ok(p) => p,
+        Err(e) => return problem(StatusCode::BAD_REQUEST, "Invalid path", e.body_text()),
+    };
     set_enabled(api, caller, username, false).await
 }
 
@@ -298,8 +317,12 @@ async fn disable_user(
 async fn enable_user(
     State(api): State<Api>,
     axum::Extension(caller): axum::Extension<Caller>,
-    Path(username): Path<String>,
+    path: Result<Path<String>, PathRejection>,
 ) -> Response<Body> {
+    let Path(username) = match path {
+        Ok(p) => p,
+        Err(e) => return problem(StatusCode::BAD_REQUEST, "Invalid path", e.body_text()),
+    };
     set_enabled(api, caller, username, true).await
 }
 
@@ -326,8 +349,12 @@ async fn set_enabled(api: Api, caller: Caller, username: String, enabled: bool) 
 async fn delete_user(
     State(api): State<Api>,
     axum::Extension(caller): axum::Extension<Caller>,
-    Path(username): Path<String>,
+    path: Result<Path<String>, PathRejection>,
 ) -> Response<Body> {
+    let Path(username) = match path {
+        Ok(p) => p,
+        Err(e) => return problem(StatusCode::BAD_REQUEST, "Invalid path", e.body_text()),
+    };
     if let Err(e) = api.app.pool.delete_user(&username).await {
         return pool_problem(e);
     }
@@ -366,8 +393,12 @@ async fn list_groups(State(api): State<Api>) -> Response<Body> {
 async fn add_member(
     State(api): State<Api>,
     axum::Extension(caller): axum::Extension<Caller>,
-    Path((group, username)): Path<(String, String)>,
+    path: Result<Path<(String, String)>, PathRejection>,
 ) -> Response<Body> {
+    let Path((group, username)) = match path {
+        Ok(p) => p,
+        Err(e) => return problem(StatusCode::BAD_REQUEST, "Invalid path", e.body_text()),
+    };
     match api.app.pool.add_member(&group, &username).await {
         Ok(added) => {
             if added {
@@ -396,8 +427,12 @@ async fn add_member(
 async fn remove_member(
     State(api): State<Api>,
     axum::Extension(caller): axum::Extension<Caller>,
-    Path((group, username)): Path<(String, String)>,
+    path: Result<Path<(String, String)>, PathRejection>,
 ) -> Response<Body> {
+    let Path((group, username)) = match path {
+        Ok(p) => p,
+        Err(e) => return problem(StatusCode::BAD_REQUEST, "Invalid path", e.body_text()),
+    };
     match api.app.pool.remove_member(&group, &username).await {
         Ok(removed) => {
             if removed {
@@ -496,7 +531,8 @@ async fn set_policies(
         Err(e) => return store_problem(e),
     };
     let current = before.as_ref().map_or(0, |p| p.version);
-    if if_match != etag(current).to_str().unwrap_or_default() {
+    // `*` (RFC 9110): whatever is current — the caller gives up the protection knowingly.
+    if if_match.trim() != "*" && if_match != etag(current).to_str().unwrap_or_default() {
         return problem(
             StatusCode::PRECONDITION_FAILED,
             "Changed meanwhile",
@@ -572,7 +608,14 @@ struct AuditView {
 #[utoipa::path(get, path = "/audit", params(ListAudit), responses(
     (status = 200, description = "Audit events, oldest first", body = Vec<AuditView>),
 ))]
-async fn list_audit(State(api): State<Api>, Query(q): Query<ListAudit>) -> Response<Body> {
+async fn list_audit(
+    State(api): State<Api>,
+    q: Result<Query<ListAudit>, QueryRejection>,
+) -> Response<Body> {
+    let Query(q) = match q {
+        Ok(q) => q,
+        Err(e) => return problem(StatusCode::BAD_REQUEST, "Invalid query", e.body_text()),
+    };
     let filter = portcullis_store::AuditFilter {
         after: q.after,
         kind_prefix: q.kind,
@@ -625,10 +668,14 @@ struct SetPassword {
 async fn set_password(
     State(api): State<Api>,
     axum::Extension(caller): axum::Extension<Caller>,
-    Path(username): Path<String>,
+    path: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response<Body> {
+    let Path(username) = match path {
+        Ok(p) => p,
+        Err(e) => return problem(StatusCode::BAD_REQUEST, "Invalid path", e.body_text()),
+    };
     let req: SetPassword = match parse_json(&headers, &body) {
         Ok(r) => r,
         Err(r) => return *r,
@@ -660,7 +707,14 @@ async fn set_password(
     (status = 200, description = "The user's live sessions", body = Vec<SessionView>),
     (status = 404, description = "No such user"),
 ))]
-async fn user_sessions(State(api): State<Api>, Path(username): Path<String>) -> Response<Body> {
+async fn user_sessions(
+    State(api): State<Api>,
+    path: Result<Path<String>, PathRejection>,
+) -> Response<Body> {
+    let Path(username) = match path {
+        Ok(p) => p,
+        Err(e) => return problem(StatusCode::BAD_REQUEST, "Invalid path", e.body_text()),
+    };
     let user = match api.app.pool.user(&username).await {
         Ok(u) => u,
         Err(e) => return pool_problem(e),
@@ -697,8 +751,12 @@ struct SessionView {
 async fn end_sessions(
     State(api): State<Api>,
     axum::Extension(caller): axum::Extension<Caller>,
-    Path(username): Path<String>,
+    path: Result<Path<String>, PathRejection>,
 ) -> Response<Body> {
+    let Path(username) = match path {
+        Ok(p) => p,
+        Err(e) => return problem(StatusCode::BAD_REQUEST, "Invalid path", e.body_text()),
+    };
     match api.app.pool.end_sessions(&username).await {
         Ok(n) => {
             audit(
@@ -722,8 +780,12 @@ async fn end_sessions(
 async fn reset_mfa(
     State(api): State<Api>,
     axum::Extension(caller): axum::Extension<Caller>,
-    Path(username): Path<String>,
+    path: Result<Path<String>, PathRejection>,
 ) -> Response<Body> {
+    let Path(username) = match path {
+        Ok(p) => p,
+        Err(e) => return problem(StatusCode::BAD_REQUEST, "Invalid path", e.body_text()),
+    };
     let user = match api.app.pool.user(&username).await {
         Ok(u) => u,
         Err(e) => return pool_problem(e),
@@ -804,8 +866,12 @@ async fn create_group(
 async fn delete_group(
     State(api): State<Api>,
     axum::Extension(caller): axum::Extension<Caller>,
-    Path(group): Path<String>,
+    path: Result<Path<String>, PathRejection>,
 ) -> Response<Body> {
+    let Path(group) = match path {
+        Ok(p) => p,
+        Err(e) => return problem(StatusCode::BAD_REQUEST, "Invalid path", e.body_text()),
+    };
     match api.app.pool.delete_group(&group).await {
         Ok(()) => {
             audit(&api, &caller, "group.delete", &group, json!({})).await;
@@ -846,7 +912,14 @@ async fn policy_versions(State(api): State<Api>) -> Response<Body> {
     (status = 200, description = "One version", body = PolicyView),
     (status = 404, description = "No such version"),
 ))]
-async fn policy_version(State(api): State<Api>, Path(version): Path<i64>) -> Response<Body> {
+async fn policy_version(
+    State(api): State<Api>,
+    path: Result<Path<i64>, PathRejection>,
+) -> Response<Body> {
+    let Path(version) = match path {
+        Ok(p) => p,
+        Err(e) => return problem(StatusCode::BAD_REQUEST, "Invalid path", e.body_text()),
+    };
     match api.app.store.policy_at(version).await {
         Ok(Some(v)) => ok_json(
             StatusCode::OK,
@@ -1024,7 +1097,7 @@ async fn rotate_keys(
 #[openapi(
     info(
         title = "portcullis admin API",
-        description = "Users, groups, policies and the audit log. Authorized by the gateway's policies on the admin route (docs/admin.md)."
+        description = "Users, groups, policies, keys and the audit log. Authorized by the gateway's policies on the admin route (docs/admin.md)."
     ),
     paths(
         list_users,
@@ -1033,29 +1106,111 @@ async fn rotate_keys(
         disable_user,
         enable_user,
         delete_user,
+        set_password,
+        user_sessions,
+        end_sessions,
+        reset_mfa,
         list_groups,
+        create_group,
+        delete_group,
         add_member,
         remove_member,
         get_policies,
         set_policies,
+        policy_versions,
+        policy_version,
+        explain,
+        list_keys,
+        rotate_keys,
         list_audit
     ),
     components(schemas(
         UserView,
         UserPage,
         NewUser,
+        SetPassword,
+        SessionView,
         GroupView,
+        NewGroup,
         PolicyView,
         SetPolicies,
+        VersionView,
+        Explain,
+        KeyView,
         AuditView
     ))
 )]
 struct ApiDoc;
 
-/// The OpenAPI document, with the route's prefix as its server.
+/// The OpenAPI document, with the route's prefix as its server, and the answers every operation
+/// can give besides its own: the gateway's (400 for a request target it will not route, 401,
+/// 403, 429) and the API's problems (400, 415, 503), all `application/problem+json` — except the
+/// gateway's answers, which are plain JSON errors (docs/gateway.md).
 fn openapi(prefix: &str) -> Value {
     let mut doc = serde_json::to_value(ApiDoc::openapi()).unwrap_or_default();
     doc["servers"] = json!([{ "url": prefix }]);
+    doc["components"]["schemas"]["Problem"] = json!({
+        "type": "object",
+        "description": "RFC 9457 problem details",
+        "properties": {
+            "type": { "type": "string" }, "title": { "type": "string" },
+            "status": { "type": "integer" }, "detail": { "type": "string" }
+        },
+        "required": ["type", "title", "status"]
+    });
+    doc["components"]["schemas"]["GatewayError"] = json!({
+        "type": "object",
+        "description": "an answer of the gateway in front of the API",
+        "properties": { "error": { "type": "string" }, "message": { "type": "string" } },
+        "required": ["error"]
+    });
+    let problem = |description: &str| json!({ "description": description, "content": { "application/problem+json": { "schema": { "$ref": "#/components/schemas/Problem" } } } });
+    let gateway = |description: &str| json!({ "description": description, "content": { "application/json": { "schema": { "$ref": "#/components/schemas/GatewayError" } } } });
+    if let Some(paths) = doc["paths"].as_object_mut() {
+        for item in paths.values_mut() {
+            let Some(item) = item.as_object_mut() else {
+                continue;
+            };
+            for op in item.values_mut() {
+                let Some(responses) = op.get_mut("responses").and_then(Value::as_object_mut) else {
+                    continue;
+                };
+                // The operation's own error answers are problems too.
+                for (code, r) in responses.iter_mut() {
+                    if !code.starts_with('2') && r.get("content").is_none() {
+                        let description = r["description"].as_str().unwrap_or_default().to_owned();
+                        *r = problem(&description);
+                    }
+                    // Any request may also meet the gateway's own refusal of its target.
+                    if code == "400" {
+                        r["content"]["application/json"] =
+                            json!({ "schema": { "$ref": "#/components/schemas/GatewayError" } });
+                    }
+                }
+                let mut add = |code: &str, value: Value| {
+                    responses.entry(code.to_owned()).or_insert(value);
+                };
+                add(
+                    "400",
+                    json!({
+                        "description": "A malformed request: the gateway's refusal of an ambiguous request target (plain JSON), or the API's problem",
+                        "content": {
+                            "application/problem+json": { "schema": { "$ref": "#/components/schemas/Problem" } },
+                            "application/json": { "schema": { "$ref": "#/components/schemas/GatewayError" } }
+                        }
+                    }),
+                );
+                add("401", gateway("No valid credential"));
+                add(
+                    "403",
+                    gateway("The policies do not allow this caller this operation"),
+                );
+                add("415", problem("The body is not application/json"));
+                add("429", gateway("Too many requests"));
+                add("503", problem("The store is unavailable; try again"));
+            }
+        }
+    }
     doc
 }
 
