@@ -598,7 +598,12 @@ impl Accounts {
     }
 
     /// Mails an invitation: a link to choose the first password. The user must have an address.
-    pub async fn invite(&self, username: &str) -> Result<(), AccountError> {
+    /// `by`: who sends it (for the audit log).
+    pub async fn invite(
+        &self,
+        username: &str,
+        by: &crate::audit::Actor,
+    ) -> Result<(), AccountError> {
         if !self.inner.settings.accounts.mail {
             return Err(AccountError::Invalid(
                 "invitations need mail: set mail.transport (docs/accounts.md)".into(),
@@ -618,7 +623,7 @@ impl Accounts {
                 self.inner.pool.store(),
                 self.now(),
                 "account.invite",
-                &crate::audit::Actor::cli(),
+                by,
                 &user.username,
                 json!({ "email": email }),
             )

@@ -279,7 +279,7 @@ async fn create_user(
         Err(e) => return pool_problem(e),
     };
     if req.invite
-        && let Err(e) = api.app.accounts.invite(&user.username).await
+        && let Err(e) = api.app.accounts.invite(&user.username, &caller.actor).await
     {
         tracing::error!(error = %e, "invitation not sent");
     }

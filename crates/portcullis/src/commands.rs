@@ -189,7 +189,7 @@ async fn user_inner(app: &Admin, cmd: UserCommand, json: bool) -> Result<(), Fai
             let (user, generated) = pool.add_user(req).await?;
             if let Some(accounts) = accounts {
                 accounts
-                    .invite(&user.username)
+                    .invite(&user.username, &portcullis_idp::audit::Actor::cli())
                     .await
                     .map_err(account_failure)?;
             }
@@ -316,7 +316,10 @@ async fn user_inner(app: &Admin, cmd: UserCommand, json: bool) -> Result<(), Fai
         }
         UserCommand::Invite { username } => {
             let accounts = app.accounts().await?;
-            accounts.invite(&username).await.map_err(account_failure)?;
+            accounts
+                .invite(&username, &portcullis_idp::audit::Actor::cli())
+                .await
+                .map_err(account_failure)?;
             done(json, &format!("invitation queued for {username}"));
         }
         UserCommand::SetPassword {
