@@ -1093,6 +1093,358 @@ async fn rotate_keys(
     }
 }
 
+/// (The shape the OpenAPI document gives; the handler writes the JSON.)
+#[allow(dead_code)]
+#[derive(serde::Serialize, ToSchema)]
+struct ClientView {
+    client_id: String,
+    name: String,
+    confidential: bool,
+    redirect_uris: Vec<String>,
+    logout_uris: Vec<String>,
+    grants: Vec<String>,
+    scopes: Vec<String>,
+    access_ttl: i64,
+    id_ttl: i64,
+    refresh_ttl: i64,
+    /// Only in the answer that creates a confidential client or rotates its secret: shown once.
+    client_secret: Option<String>,
+}
+
+fn client_view(c: &portcullis_store::Client, secret: Option<&str>) -> Value {
+    let mut v = json!({
+        "client_id": c.client_id, "name": c.name, "confidential": c.secret_hash.is_some(),
+        "redirect_uris": c.redirect_uris, "logout_uris": c.logout_uris, "grants": c.grants,
+        "scopes": c.scopes, "access_ttl": c.access_ttl, "id_ttl": c.id_ttl, "refresh_ttl": c.refresh_ttl,
+    });
+    if let Some(s) = secret {
+        v["client_secret"] = json!(s);
+    }
+    v
+}
+
+fn client_problem(e: portcullis_idp::ClientError) -> Response<Body> {
+    match e {
+        portcullis_idp::ClientError::Store(e) => store_problem(e),
+        e => problem(StatusCode::BAD_REQUEST, "Invalid client", e.to_string()),
+    }
+}
+
+#[utoipa::path(get, path = "/clients", responses((status = 200, description = "Every client", body = Vec<ClientView>)))]
+async fn list_clients(State(api): State<Api>) -> Response<Body> {
+    match api.app.store.list_clients().await {
+        Ok(clients) => ok_json(
+            StatusCode::OK,
+            json!(
+                clients
+                    .iter()
+                    .map(|c| client_view(c, None))
+                    .collect::<Vec<_>>()
+            ),
+        ),
+        Err(e) => store_problem(e),
+    }
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+struct NewClientBody {
+    name: String,
+    client_id: Option<String>,
+    #[serde(default)]
+    confidential: bool,
+    #[serde(default)]
+    redirect_uris: Vec<String>,
+    #[serde(default)]
+    logout_uris: Vec<String>,
+    #[serde(default)]
+    grants: Vec<String>,
+    #[serde(default)]
+    scopes: Vec<String>,
+}
+
+#[utoipa::path(post, path = "/clients", request_body = NewClientBody, responses(
+    (status = 201, description = "Registered; a confidential client's secret is in this answer only", body = ClientView),
+    (status = 400, description = "Invalid"),
+    (status = 409, description = "The client id is taken"),
+))]
+async fn create_client(
+    State(api): State<Api>,
+    axum::Extension(caller): axum::Extension<Caller>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response<Body> {
+    let req: NewClientBody = match parse_json(&headers, &body) {
+        Ok(r) => r,
+        Err(r) => return *r,
+    };
+    let new = portcullis_idp::NewClient {
+        client_id: req.client_id,
+        name: req.name,
+        confidential: req.confidential,
+        redirect_uris: req.redirect_uris,
+        logout_uris: req.logout_uris,
+        grants: req.grants,
+        scopes: req.scopes,
+        access_ttl: None,
+        id_ttl: None,
+        refresh_ttl: None,
+        id_token_alg: None,
+        secret: None,
+        allow_insecure_http: api.app.config.allow_insecure_http,
+    };
+    match api.app.provider.create_client(new).await {
+        Ok((client, secret)) => {
+            audit(&api, &caller, "client.create", &client.client_id, json!({ "name": client.name, "grants": client.grants, "scopes": client.scopes, "redirect_uris": client.redirect_uris })).await;
+            ok_json(
+                StatusCode::CREATED,
+                client_view(&client, secret.as_ref().map(|s| s.expose().as_str())),
+            )
+        }
+        Err(e) => client_problem(e),
+    }
+}
+
+#[utoipa::path(post, path = "/clients/{client_id}/secret", params(("client_id" = String, Path)), responses(
+    (status = 200, description = "A new secret, in this answer only; the old one stops working", body = ClientView),
+    (status = 404, description = "No such client"),
+))]
+async fn rotate_client_secret(
+    State(api): State<Api>,
+    axum::Extension(caller): axum::Extension<Caller>,
+    path: Result<Path<String>, PathRejection>,
+) -> Response<Body> {
+    let Path(client_id) = match path {
+        Ok(p) => p,
+        Err(e) => return problem(StatusCode::BAD_REQUEST, "Invalid path", e.body_text()),
+    };
+    let secret = match api.app.provider.rotate_client_secret(&client_id).await {
+        Ok(s) => s,
+        Err(e) => return client_problem(e),
+    };
+    audit(&api, &caller, "client.rotate_secret", &client_id, json!({})).await;
+    match api.app.store.client(&client_id).await {
+        Ok(Some(c)) => ok_json(StatusCode::OK, client_view(&c, Some(secret.expose()))),
+        Ok(None) => problem(
+            StatusCode::NOT_FOUND,
+            "Not found",
+            format!("no client {client_id}"),
+        ),
+        Err(e) => store_problem(e),
+    }
+}
+
+#[utoipa::path(delete, path = "/clients/{client_id}", params(("client_id" = String, Path)), responses(
+    (status = 204, description = "Deleted"),
+    (status = 404, description = "No such client"),
+))]
+async fn delete_client(
+    State(api): State<Api>,
+    axum::Extension(caller): axum::Extension<Caller>,
+    path: Result<Path<String>, PathRejection>,
+) -> Response<Body> {
+    let Path(client_id) = match path {
+        Ok(p) => p,
+        Err(e) => return problem(StatusCode::BAD_REQUEST, "Invalid path", e.body_text()),
+    };
+    match api.app.store.delete_client(&client_id).await {
+        Ok(()) => {
+            audit(&api, &caller, "client.delete", &client_id, json!({})).await;
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Err(e) => store_problem(e),
+    }
+}
+
+/// (The shape the OpenAPI document gives; the handler writes the JSON.)
+#[allow(dead_code)]
+#[derive(serde::Serialize, ToSchema)]
+struct ResourceServerView {
+    identifier: String,
+    name: String,
+    /// Full scope names, `identifier/scope`.
+    scopes: Vec<String>,
+}
+
+#[utoipa::path(get, path = "/resource-servers", responses((status = 200, description = "Resource servers and their scopes", body = Vec<ResourceServerView>)))]
+async fn list_resource_servers(State(api): State<Api>) -> Response<Body> {
+    match api.app.store.list_resource_servers().await {
+        Ok(list) => ok_json(
+            StatusCode::OK,
+            json!(
+                list.iter()
+                    .map(|r| json!({ "identifier": r.identifier, "name": r.name, "scopes": r.scopes.iter().map(|s| format!("{}/{s}", r.identifier)).collect::<Vec<_>>() }))
+                    .collect::<Vec<_>>()
+            ),
+        ),
+        Err(e) => store_problem(e),
+    }
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+struct NewResourceServer {
+    identifier: String,
+    #[serde(default)]
+    name: String,
+    /// Scope names without the identifier (`read`, `admin`).
+    scopes: Vec<String>,
+}
+
+fn valid_scope_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_' | ':'))
+}
+
+#[utoipa::path(post, path = "/resource-servers", request_body = NewResourceServer, responses(
+    (status = 201, description = "Defined", body = ResourceServerView),
+    (status = 400, description = "Invalid"),
+    (status = 409, description = "The identifier is taken"),
+))]
+async fn create_resource_server(
+    State(api): State<Api>,
+    axum::Extension(caller): axum::Extension<Caller>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response<Body> {
+    let req: NewResourceServer = match parse_json(&headers, &body) {
+        Ok(r) => r,
+        Err(r) => return *r,
+    };
+    if !valid_scope_name(&req.identifier)
+        || req.scopes.is_empty()
+        || !req.scopes.iter().all(|s| valid_scope_name(s))
+    {
+        return problem(
+            StatusCode::BAD_REQUEST,
+            "Invalid resource server",
+            "an identifier and at least one scope, each 1-64 ASCII letters, digits or `- . _ :`",
+        );
+    }
+    let rs = portcullis_store::ResourceServer {
+        identifier: req.identifier,
+        name: req.name,
+        scopes: req.scopes,
+        created_at: api.app.provider.now(),
+    };
+    match api.app.store.create_resource_server(&rs).await {
+        Ok(()) => {
+            audit(
+                &api,
+                &caller,
+                "resource_server.create",
+                &rs.identifier,
+                json!({ "scopes": rs.scopes }),
+            )
+            .await;
+            ok_json(
+                StatusCode::CREATED,
+                json!({ "identifier": rs.identifier, "name": rs.name, "scopes": rs.scopes.iter().map(|s| format!("{}/{s}", rs.identifier)).collect::<Vec<_>>() }),
+            )
+        }
+        Err(e) => store_problem(e),
+    }
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+struct Rollback {
+    /// The version whose documents come back into force (as a new version).
+    version: i64,
+}
+
+#[utoipa::path(post, path = "/policies/rollback", request_body = Rollback, params(
+    ("If-Match" = String, Header, description = "The ETag of the version in force"),
+), responses(
+    (status = 200, description = "The new version in force, with the old version's documents", body = PolicyView),
+    (status = 404, description = "No such version"),
+    (status = 412, description = "Someone else changed the policies first"),
+    (status = 428, description = "If-Match is required"),
+))]
+async fn rollback_policies(
+    State(api): State<Api>,
+    axum::Extension(caller): axum::Extension<Caller>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response<Body> {
+    let req: Rollback = match parse_json(&headers, &body) {
+        Ok(r) => r,
+        Err(r) => return *r,
+    };
+    let old = match api.app.store.policy_at(req.version).await {
+        Ok(Some(v)) => v,
+        Ok(None) => {
+            return problem(
+                StatusCode::NOT_FOUND,
+                "Not found",
+                format!("there is no policy version {}", req.version),
+            );
+        }
+        Err(e) => return store_problem(e),
+    };
+    let body = json!({ "document": old.document, "comment": format!("rollback to version {}", req.version) });
+    set_policies(
+        State(api),
+        axum::Extension(caller),
+        headers_as_json(headers),
+        Bytes::from(body.to_string()),
+    )
+    .await
+}
+
+/// The request headers with the JSON content type (a rollback reuses `set_policies`).
+fn headers_as_json(mut headers: HeaderMap) -> HeaderMap {
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    headers
+}
+
+#[derive(Deserialize, ToSchema, utoipa::IntoParams)]
+struct DiffQuery {
+    from: i64,
+    to: i64,
+}
+
+#[utoipa::path(get, path = "/policies/diff", params(DiffQuery), responses(
+    (status = 200, description = "The lines removed and added between two versions' documents", body = Object),
+    (status = 404, description = "No such version"),
+))]
+async fn diff_policies(
+    State(api): State<Api>,
+    q: Result<Query<DiffQuery>, QueryRejection>,
+) -> Response<Body> {
+    let Query(q) = match q {
+        Ok(q) => q,
+        Err(e) => return problem(StatusCode::BAD_REQUEST, "Invalid query", e.body_text()),
+    };
+    let (a, b) = match (
+        api.app.store.policy_at(q.from).await,
+        api.app.store.policy_at(q.to).await,
+    ) {
+        (Ok(Some(a)), Ok(Some(b))) => (a, b),
+        (Err(e), _) | (_, Err(e)) => return store_problem(e),
+        _ => {
+            return problem(
+                StatusCode::NOT_FOUND,
+                "Not found",
+                "both versions must exist",
+            );
+        }
+    };
+    let old: Vec<&str> = a.document.lines().collect();
+    let new: Vec<&str> = b.document.lines().collect();
+    let removed: Vec<&str> = old.iter().filter(|l| !new.contains(l)).copied().collect();
+    let added: Vec<&str> = new.iter().filter(|l| !old.contains(l)).copied().collect();
+    ok_json(
+        StatusCode::OK,
+        json!({ "from": q.from, "to": q.to, "removed": removed, "added": added }),
+    )
+}
+
 #[derive(OpenApi)]
 #[openapi(
     info(
@@ -1122,6 +1474,14 @@ async fn rotate_keys(
         explain,
         list_keys,
         rotate_keys,
+        rollback_policies,
+        diff_policies,
+        list_clients,
+        create_client,
+        rotate_client_secret,
+        delete_client,
+        list_resource_servers,
+        create_resource_server,
         list_audit
     ),
     components(schemas(
@@ -1137,7 +1497,12 @@ async fn rotate_keys(
         VersionView,
         Explain,
         KeyView,
-        AuditView
+        AuditView,
+        ClientView,
+        NewClientBody,
+        ResourceServerView,
+        NewResourceServer,
+        Rollback
     ))
 )]
 struct ApiDoc;
@@ -1242,6 +1607,15 @@ impl AdminApi {
             .route("/policies/versions", get(policy_versions))
             .route("/policies/versions/{version}", get(policy_version))
             .route("/policies/explain", post(explain))
+            .route("/policies/rollback", post(rollback_policies))
+            .route("/policies/diff", get(diff_policies))
+            .route("/clients", get(list_clients).post(create_client))
+            .route("/clients/{client_id}", axum::routing::delete(delete_client))
+            .route("/clients/{client_id}/secret", post(rotate_client_secret))
+            .route(
+                "/resource-servers",
+                get(list_resource_servers).post(create_resource_server),
+            )
             .route("/keys", get(list_keys))
             .route("/keys/rotate", post(rotate_keys))
             .route(
