@@ -8,7 +8,7 @@ use crate::settings::{RouteConfig, RouteKind, TokenSource};
 
 /// What a route leads to.
 /// The services a `builtin` route may name.
-pub const BUILTINS: &[&str] = &["admin-api"];
+pub const BUILTINS: &[&str] = &["admin-api", "admin-console"];
 
 #[derive(Clone, Debug)]
 pub enum Target {
@@ -87,7 +87,7 @@ pub enum RouteProblem {
     Timeout { name: &'static str, value: String },
     #[error("static_dir {0} is not a directory")]
     NotADirectory(String),
-    #[error("builtin {0:?} is not one of portcullis' services: admin-api")]
+    #[error("builtin {0:?} is not one of portcullis' services: admin-api, admin-console")]
     UnknownBuiltin(String),
     #[error("a builtin service needs a signed-in caller: use kind = \"api\" (or \"page\")")]
     PublicBuiltin,

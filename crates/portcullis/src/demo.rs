@@ -220,6 +220,7 @@ fn print_banner(app: &App, credentials: &Credentials) {
     println!(
         "admin signs in with a second factor: at the first sign-in, scan the QR code with any authenticator app (or type the key shown under it)"
     );
+    println!("the admin console is at {url}/portcullis/console/ (for admin)");
     if credentials.values().any(|(_, new)| *new) {
         println!(
             "demo users (passwords shown now and kept in {}):",

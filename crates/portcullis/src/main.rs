@@ -6,6 +6,7 @@ mod admin_api;
 mod app;
 mod commands;
 mod config;
+mod console;
 mod demo;
 mod demo_app;
 mod failure;

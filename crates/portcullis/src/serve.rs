@@ -109,15 +109,29 @@ pub async fn run_config(
     app.gateway.spawn_refresh(app.store.clone()).await?;
     spawn_key_refresh(&app);
     spawn_audit_retention(&app);
-    if let Some(prefix) = crate::admin_api::prefix(&app.config.routes) {
-        let api: Arc<dyn portcullis_gateway::Builtin> =
-            Arc::new(crate::admin_api::AdminApi::new(app.clone(), &prefix));
-        app.gateway.set_builtins(std::collections::HashMap::from([(
+    let mut builtins: std::collections::HashMap<String, Arc<dyn portcullis_gateway::Builtin>> =
+        std::collections::HashMap::new();
+    let api_prefix = crate::admin_api::prefix(&app.config.routes);
+    if let Some(prefix) = &api_prefix {
+        builtins.insert(
             "admin-api".to_owned(),
-            api,
-        )]));
+            Arc::new(crate::admin_api::AdminApi::new(app.clone(), prefix)),
+        );
         tracing::info!(prefix, "admin API enabled");
     }
+    if let Some(prefix) = crate::console::prefix(&app.config.routes) {
+        let Some(api) = &api_prefix else {
+            return Err(Failure::user(
+                "the admin-console route needs the admin API: add a [[routes]] entry with builtin = \"admin-api\" (docs/admin.md)",
+            ));
+        };
+        builtins.insert(
+            "admin-console".to_owned(),
+            Arc::new(crate::console::Console::new(&prefix, api)),
+        );
+        tracing::info!(prefix, "admin console enabled");
+    }
+    app.gateway.set_builtins(builtins);
     crate::mail::spawn(
         app.config.mail.clone(),
         app.store.clone(),

@@ -623,3 +623,151 @@ async fn schemathesis_finds_every_answer_as_documented() {
         "every operation was exercised:\n{report}"
     );
 }
+
+/// The console in Chromium, protected by the site's own policies: an administrator creates a
+/// user, puts them in a group, edits the policies so they lose access to a route, sees why with
+/// explain, and rolls back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_manages_users_and_policies_in_chromium() {
+    use std::time::{Duration, Instant};
+
+    use fantoccini::{Client, Locator};
+
+    use crate::browser::{browser, driver, path_of, sign_in_as, site_with, wait_for_path};
+    let Some(d) = driver() else { return };
+    let s = site_with(
+        r#"
+[[routes]]
+path = "/portcullis/api/v1/**"
+kind = "api"
+builtin = "admin-api"
+
+[[routes]]
+path = "/portcullis/console/**"
+kind = "page"
+builtin = "admin-console"
+"#,
+    )
+    .await;
+    async fn wait_text(c: &Client, css: &str, text: &str) {
+        let started = Instant::now();
+        loop {
+            let found = match c.find(Locator::Css(css)).await {
+                Ok(e) => e.text().await.unwrap_or_default(),
+                Err(_) => String::new(),
+            };
+            if found.contains(text) {
+                return;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "{css} should contain {text:?}, has {found:?}; status: {:?}",
+                c.find(Locator::Css("#status")).await.ok().map(|_| ())
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    async fn fill(c: &Client, id: &str, text: &str) {
+        let e = c.find(Locator::Id(id)).await.expect(id);
+        e.clear().await.expect("clear");
+        e.send_keys(text).await.expect("type");
+    }
+    async fn click(c: &Client, id: &str) {
+        c.find(Locator::Id(id))
+            .await
+            .expect(id)
+            .click()
+            .await
+            .expect("click");
+    }
+    let c = browser(&d).await;
+    // A customer is not let in; the administrator is.
+    c.goto(&format!("{}/portcullis/console/", s.base))
+        .await
+        .expect("goto");
+    sign_in_as(&c, "ada", crate::oidc::PASSWORD).await;
+    wait_for_path(&c, "/").await;
+    crate::browser::sign_out_at(&c, &s.base).await;
+    let started = Instant::now();
+    loop {
+        c.goto(&format!("{}/portcullis/console/", s.base))
+            .await
+            .expect("goto");
+        if path_of(&c).await.starts_with("/login?request=") {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_millis(1500),
+            "signed out"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    sign_in_as(&c, "root", crate::oidc::PASSWORD).await;
+    wait_for_path(&c, "/portcullis/console/").await;
+    wait_text(&c, "#users", "ada").await;
+
+    // A new user, in the customers' group.
+    fill(&c, "new-username", "dora").await;
+    fill(&c, "new-email", "dora@example.com").await;
+    click(&c, "create-user").await;
+    wait_text(&c, "#users", "dora").await;
+    fill(&c, "member-user", "dora").await;
+    fill(&c, "member-group", "user").await;
+    click(&c, "add-member").await;
+    wait_text(&c, "#users tr[data-username=dora]", "user").await;
+    fill(&c, "explain-user", "dora").await;
+    fill(&c, "explain-method", "GET").await;
+    fill(&c, "explain-path", "/api/orders/1").await;
+    click(&c, "explain-button").await;
+    wait_text(
+        &c,
+        "#explain-result",
+        "allowed by statement 1 of group:user",
+    )
+    .await;
+
+    // The policies without the customers' document: dora loses the orders API.
+    let version = c
+        .find(Locator::Id("policy-version"))
+        .await
+        .expect("version")
+        .text()
+        .await
+        .expect("text");
+    c.execute(
+        "const t = document.getElementById('policy-doc'); t.value = t.value.split('[[policy]]').filter(d => !d.includes('group:user')).join('[[policy]]');",
+        vec![],
+    )
+    .await
+    .expect("edit");
+    fill(&c, "policy-comment", "customers out").await;
+    click(&c, "save-policy").await;
+    let next = (version.parse::<i64>().expect("number") + 1).to_string();
+    wait_text(&c, "#policy-version", &next).await;
+    click(&c, "explain-button").await;
+    wait_text(&c, "#explain-result", "denied").await;
+
+    // Rolled back: allowed again.
+    c.find(Locator::Css(&format!(
+        "button.rollback[data-version='{version}']"
+    )))
+    .await
+    .expect("a rollback button for the previous version")
+    .click()
+    .await
+    .expect("click");
+    let after = (version.parse::<i64>().expect("number") + 2).to_string();
+    wait_text(&c, "#policy-version", &after).await;
+    click(&c, "explain-button").await;
+    wait_text(&c, "#explain-result", "allowed").await;
+    // The audit log shows what happened.
+    c.find(Locator::Css("#audit-filter button"))
+        .await
+        .expect("filter")
+        .click()
+        .await
+        .expect("click");
+    wait_text(&c, "#audit", "policy.set").await;
+    wait_text(&c, "#audit", "user.create").await;
+    c.close().await.expect("close");
+}

@@ -1,0 +1,117 @@
+// The portcullis console: a page over the admin API, same origin, with the browser's session
+// cookie (the gateway authorizes every call with the policies and checks the Origin of writes).
+"use strict";
+(function () {
+  const api = document.querySelector("meta[name=portcullis-api]").content;
+  const $ = (id) => document.getElementById(id);
+  let etag = null;
+
+  function say(text) { $("status").textContent = text || ""; }
+
+  async function call(method, path, body, headers) {
+    const init = { method, credentials: "same-origin", headers: Object.assign({}, headers || {}) };
+    if (body !== undefined) {
+      init.headers["content-type"] = "application/json";
+      init.body = JSON.stringify(body);
+    }
+    const r = await fetch(api + path, init);
+    const text = await r.text();
+    const data = text ? JSON.parse(text) : null;
+    if (!r.ok) throw new Error((data && (data.detail || data.message || data.error)) || ("HTTP " + r.status));
+    return { data, response: r };
+  }
+
+  function cell(row, text) { const td = document.createElement("td"); td.textContent = text; row.appendChild(td); }
+
+  async function loadUsers(q) {
+    const { data } = await call("GET", "/users?limit=100" + (q ? "&q=" + encodeURIComponent(q) : ""));
+    const body = $("users");
+    body.replaceChildren();
+    for (const u of data.items) {
+      const tr = document.createElement("tr");
+      tr.dataset.username = u.username;
+      cell(tr, u.username); cell(tr, u.email || ""); cell(tr, u.status); cell(tr, u.groups.join(", "));
+      body.appendChild(tr);
+    }
+  }
+
+  async function loadPolicies() {
+    const { data, response } = await call("GET", "/policies");
+    etag = response.headers.get("etag");
+    $("policy-version").textContent = String(data.version);
+    $("policy-doc").value = data.document;
+    const versions = (await call("GET", "/policies/versions")).data;
+    const list = $("versions");
+    list.replaceChildren();
+    for (const v of versions) {
+      const li = document.createElement("li");
+      li.textContent = "v" + v.version + " — " + (v.comment || "(no comment)") + " ";
+      if (v.version !== data.version) {
+        const b = document.createElement("button");
+        b.type = "button";
+        b.textContent = "Roll back to v" + v.version;
+        b.className = "rollback";
+        b.dataset.version = String(v.version);
+        b.addEventListener("click", () => act(async () => {
+          await call("POST", "/policies/rollback", { version: v.version }, { "if-match": etag });
+          await loadPolicies();
+          say("rolled back to v" + v.version);
+        }));
+        li.appendChild(b);
+      }
+      list.appendChild(li);
+    }
+  }
+
+  async function loadAudit(kind) {
+    const { data } = await call("GET", "/audit?limit=1000" + (kind ? "&kind=" + encodeURIComponent(kind) : ""));
+    const list = $("audit");
+    list.replaceChildren();
+    for (const e of data.slice(-200).reverse()) {
+      const li = document.createElement("li");
+      li.textContent = new Date(e.at * 1000).toISOString() + " " + e.kind + " " + e.actor + " " + e.subject;
+      list.appendChild(li);
+    }
+  }
+
+  async function act(fn) {
+    try { say(""); await fn(); } catch (err) { say(err.message); }
+  }
+
+  function submit(id, fn) {
+    $(id).addEventListener("submit", (ev) => { ev.preventDefault(); act(fn); });
+  }
+
+  document.addEventListener("DOMContentLoaded", () => {
+    submit("search-users", () => loadUsers($("user-q").value));
+    submit("new-user", async () => {
+      const body = { username: $("new-username").value, invite: $("new-invite").checked };
+      if ($("new-email").value) body.email = $("new-email").value;
+      await call("POST", "/users", body);
+      await loadUsers();
+      say("created " + body.username);
+    });
+    const membership = async (method) => {
+      const user = encodeURIComponent($("member-user").value);
+      const group = encodeURIComponent($("member-group").value);
+      await call(method, "/groups/" + group + "/members/" + user);
+      await loadUsers();
+    };
+    submit("membership", () => membership("PUT"));
+    $("remove-member").addEventListener("click", () => act(() => membership("DELETE")));
+    submit("policy-form", async () => {
+      await call("PUT", "/policies", { document: $("policy-doc").value, comment: $("policy-comment").value }, { "if-match": etag });
+      await loadPolicies();
+      say("saved");
+    });
+    submit("explain", async () => {
+      const body = { method: $("explain-method").value, path: $("explain-path").value };
+      if ($("explain-user").value) body.user = $("explain-user").value;
+      const { data } = await call("POST", "/policies/explain", body);
+      $("explain-result").textContent = data.explanation;
+      $("explain-result").dataset.allowed = String(data.allowed);
+    });
+    submit("audit-filter", () => loadAudit($("audit-kind").value));
+    act(async () => { await loadUsers(); await loadPolicies(); await loadAudit(); });
+  });
+})();
