@@ -38,6 +38,7 @@
   async function loadPolicies() {
     const { data, response } = await call("GET", "/policies");
     etag = response.headers.get("etag");
+    loadMatrix().catch((err) => say(err.message));
     $("policy-version").textContent = String(data.version);
     $("policy-doc").value = data.document;
     const versions = (await call("GET", "/policies/versions")).data;
@@ -60,6 +61,25 @@
         li.appendChild(b);
       }
       list.appendChild(li);
+    }
+  }
+
+  async function loadMatrix() {
+    const { data } = await call("GET", "/policies/matrix");
+    const head = $("matrix-head");
+    head.replaceChildren();
+    for (const title of ["route"].concat(data.principals)) {
+      const th = document.createElement("th");
+      th.textContent = title;
+      head.appendChild(th);
+    }
+    const rows = $("matrix-rows");
+    rows.replaceChildren();
+    for (const r of data.rows) {
+      const tr = document.createElement("tr");
+      cell(tr, r.route);
+      for (const d of r.decisions) cell(tr, d);
+      rows.appendChild(tr);
     }
   }
 

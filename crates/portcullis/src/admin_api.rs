@@ -1445,6 +1445,38 @@ async fn diff_policies(
     )
 }
 
+#[utoipa::path(get, path = "/policies/matrix", responses(
+    (status = 200, description = "Routes × principals: allow, deny, `allow if <condition>` or public", body = Object),
+))]
+async fn policy_matrix(State(api): State<Api>) -> Response<Body> {
+    let current = match api.app.store.current_policy().await {
+        Ok(c) => c,
+        Err(e) => return store_problem(e),
+    };
+    let (version, docs) = match &current {
+        Some(p) => match portcullis_policy::parse_file(&p.document) {
+            Ok(d) => (p.version, d),
+            Err(e) => {
+                return problem(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "Invalid stored policy",
+                    e.to_string(),
+                );
+            }
+        },
+        None => (0, Vec::new()),
+    };
+    let (principals, rows) = crate::commands::access_matrix(&api.app.config.routes, &docs, version);
+    ok_json(
+        StatusCode::OK,
+        json!({
+            "version": version,
+            "principals": principals,
+            "rows": rows.iter().map(|(r, c)| json!({ "route": r, "decisions": c })).collect::<Vec<_>>(),
+        }),
+    )
+}
+
 #[derive(OpenApi)]
 #[openapi(
     info(
@@ -1476,6 +1508,7 @@ async fn diff_policies(
         rotate_keys,
         rollback_policies,
         diff_policies,
+        policy_matrix,
         list_clients,
         create_client,
         rotate_client_secret,
@@ -1609,6 +1642,7 @@ impl AdminApi {
             .route("/policies/explain", post(explain))
             .route("/policies/rollback", post(rollback_policies))
             .route("/policies/diff", get(diff_policies))
+            .route("/policies/matrix", get(policy_matrix))
             .route("/clients", get(list_clients).post(create_client))
             .route("/clients/{client_id}", axum::routing::delete(delete_client))
             .route("/clients/{client_id}/secret", post(rotate_client_secret))

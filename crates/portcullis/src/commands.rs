@@ -855,6 +855,70 @@ async fn set_policy(app: &Admin, file: &Path, comment: &str, json: bool) -> Resu
     Ok(())
 }
 
+/// The access matrix: for each route (or, without routes, each path the documents mention) and
+/// method, what each principal's document decides — `allow`, `deny`, `allow if <condition>` or
+/// `public`. The CLI's `policy matrix` and the admin API share it.
+pub(crate) fn access_matrix(
+    routes: &portcullis_gateway::route::RouteTable,
+    docs: &[portcullis_policy::PolicyDocument],
+    version: i64,
+) -> (Vec<String>, Vec<(String, Vec<String>)>) {
+    let set = portcullis_policy::PolicySet::new(docs.to_vec(), version);
+    let principals: Vec<portcullis_policy::Principal> =
+        docs.iter().map(|d| d.principal.clone()).collect();
+    let mut targets: Vec<(String, Vec<String>, bool)> = routes
+        .routes()
+        .iter()
+        .map(|r| {
+            (
+                r.pattern.as_str().to_owned(),
+                r.methods.clone(),
+                r.kind == portcullis_gateway::settings::RouteKind::Public,
+            )
+        })
+        .collect();
+    if targets.is_empty() {
+        for d in docs {
+            for st in &d.statements {
+                for p in &st.paths {
+                    if !targets.iter().any(|(t, _, _)| t == p.as_str()) {
+                        targets.push((p.as_str().to_owned(), Vec::new(), false));
+                    }
+                }
+            }
+        }
+    }
+    let mut rows = Vec::new();
+    for (pattern, route_methods, public) in &targets {
+        let path = sample_path(pattern);
+        let methods = if route_methods.is_empty() {
+            vec!["GET".to_owned(), "POST".to_owned(), "DELETE".to_owned()]
+        } else {
+            route_methods.clone()
+        };
+        for m in methods {
+            let cells: Vec<String> = principals
+                .iter()
+                .map(|p| {
+                    if *public {
+                        return "public".to_owned();
+                    }
+                    let d = set.decide(&principal_row(p), &m, &path);
+                    match d.reason {
+                        _ if d.allowed => "allow".to_owned(),
+                        portcullis_policy::Reason::ConditionFailed { condition, .. } => {
+                            format!("allow if {condition}")
+                        }
+                        _ => "deny".to_owned(),
+                    }
+                })
+                .collect();
+            rows.push((format!("{m} {pattern}"), cells));
+        }
+    }
+    (principals.iter().map(ToString::to_string).collect(), rows)
+}
+
 fn principal_row(p: &portcullis_policy::Principal) -> Vec<portcullis_policy::Principal> {
     vec![p.clone(), portcullis_policy::Principal::Authenticated]
 }
@@ -1003,72 +1067,15 @@ async fn policy_inner(app: &Admin, cmd: PolicyCommand, json: bool) -> Result<(),
         }
         PolicyCommand::Matrix => {
             let (version, docs) = current().await?;
-            let set = portcullis_policy::PolicySet::new(docs.clone(), version);
-            let principals: Vec<portcullis_policy::Principal> =
-                docs.iter().map(|d| d.principal.clone()).collect();
-            // Rows: the configured routes; without any (a CLI run without the server's config
-            // file), the path patterns the documents mention.
-            let routes = &app.config.routes;
-            let mut targets: Vec<(String, Vec<String>, bool)> = routes
-                .routes()
-                .iter()
-                .map(|r| {
-                    (
-                        r.pattern.as_str().to_owned(),
-                        r.methods.clone(),
-                        r.kind == portcullis_gateway::settings::RouteKind::Public,
-                    )
-                })
-                .collect();
-            if targets.is_empty() {
-                for d in &docs {
-                    for st in &d.statements {
-                        for p in &st.paths {
-                            if !targets.iter().any(|(t, _, _)| t == p.as_str()) {
-                                targets.push((p.as_str().to_owned(), Vec::new(), false));
-                            }
-                        }
-                    }
-                }
-            }
-            let mut rows = Vec::new();
-            for (pattern, route_methods, public) in &targets {
-                let path = sample_path(pattern);
-                let methods = if route_methods.is_empty() {
-                    vec!["GET".to_owned(), "POST".to_owned(), "DELETE".to_owned()]
-                } else {
-                    route_methods.clone()
-                };
-                for m in methods {
-                    let cells: Vec<String> = principals
-                        .iter()
-                        .map(|p| {
-                            if *public {
-                                "public".to_owned()
-                            } else {
-                                let d = set.decide(&principal_row(p), &m, &path);
-                                match d.reason {
-                                    _ if d.allowed => "allow".to_owned(),
-                                    portcullis_policy::Reason::ConditionFailed {
-                                        condition,
-                                        ..
-                                    } => format!("allow if {condition}"),
-                                    _ => "deny".to_owned(),
-                                }
-                            }
-                        })
-                        .collect();
-                    rows.push((format!("{m} {pattern}"), cells));
-                }
-            }
+            let (principals, rows) = access_matrix(&app.config.routes, &docs, version);
             if json {
                 print_json(
-                    &json!({ "version": version, "principals": principals.iter().map(ToString::to_string).collect::<Vec<_>>(), "rows": rows.iter().map(|(r, c)| json!({ "route": r, "decisions": c })).collect::<Vec<_>>() }),
+                    &json!({ "version": version, "principals": principals, "rows": rows.iter().map(|(r, c)| json!({ "route": r, "decisions": c })).collect::<Vec<_>>() }),
                 );
             } else {
                 print!("{:<28}", format!("policy version {version}"));
                 for p in &principals {
-                    print!(" {:>16}", p.to_string());
+                    print!(" {p:>16}");
                 }
                 println!();
                 for (route, cells) in &rows {

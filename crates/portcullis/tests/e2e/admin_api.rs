@@ -402,6 +402,29 @@ async fn the_admin_api_is_authorized_by_policies_and_guards_concurrent_edits() {
         204
     );
 
+    // The access matrix: routes × principals, as `policy matrix` prints it.
+    let matrix: Value = http
+        .get(api("/policies/matrix"))
+        .bearer_auth(&reader)
+        .send()
+        .await
+        .expect("get")
+        .json()
+        .await
+        .expect("json");
+    let principals = matrix["principals"].as_array().expect("principals");
+    let write = principals
+        .iter()
+        .position(|p| p == "scope:portcullis/admin.write")
+        .expect("a column per document");
+    let row = matrix["rows"]
+        .as_array()
+        .expect("rows")
+        .iter()
+        .find(|r| r["route"] == "POST /portcullis/api/v1/**")
+        .expect("the admin route");
+    assert_eq!(row["decisions"][write], "allow", "{matrix}");
+
     // Clients, resource servers, and a policy rollback with its diff.
     let rs = http
         .post(api("/resource-servers"))
@@ -746,6 +769,17 @@ builtin = "admin-console"
     wait_text(&c, "#policy-version", &next).await;
     click(&c, "explain-button").await;
     wait_text(&c, "#explain-result", "denied").await;
+
+    // The access matrix shows the customers' column gone.
+    wait_text(&c, "#matrix-head", "group:admin").await;
+    let head = c
+        .find(Locator::Id("matrix-head"))
+        .await
+        .expect("matrix")
+        .text()
+        .await
+        .expect("text");
+    assert!(!head.contains("group:user"), "{head}");
 
     // Rolled back: allowed again.
     c.find(Locator::Css(&format!(
