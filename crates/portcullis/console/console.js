@@ -83,6 +83,38 @@
     }
   }
 
+  function items(id, list, text) {
+    const ul = $(id);
+    ul.replaceChildren();
+    for (const x of list) {
+      const li = document.createElement("li");
+      li.textContent = text(x);
+      ul.appendChild(li);
+    }
+  }
+
+  async function loadOps() {
+    items("clients", (await call("GET", "/clients")).data, (c) => c.client_id + " — " + c.name + " (" + c.grants.join(", ") + ")");
+    items("keys", (await call("GET", "/keys")).data, (k) => k.kid + " " + k.alg + " " + k.purpose + " " + k.state);
+  }
+
+  async function showSessions() {
+    const user = encodeURIComponent($("sessions-user").value);
+    const { data } = await call("GET", "/users/" + user + "/sessions");
+    items("sessions", data, (s) => s.sid + " signed in " + new Date(s.auth_time * 1000).toISOString() + " (" + s.amr.join(" ") + ")");
+  }
+
+  let checkTimer = null;
+  function checkPolicy() {
+    clearTimeout(checkTimer);
+    checkTimer = setTimeout(() => act(async () => {
+      const { data } = await call("POST", "/policies/validate", { document: $("policy-doc").value });
+      $("policy-check").textContent = data.valid ? "Valid: " + data.documents + " documents." : data.error;
+      $("policy-check").dataset.valid = String(data.valid);
+      $("save-policy").disabled = !data.valid;
+    }), 300);
+  }
+
   async function loadAudit(kind) {
     const { data } = await call("GET", "/audit?limit=1000" + (kind ? "&kind=" + encodeURIComponent(kind) : ""));
     const list = $("audit");
@@ -132,6 +164,13 @@
       $("explain-result").dataset.allowed = String(data.allowed);
     });
     submit("audit-filter", () => loadAudit($("audit-kind").value));
-    act(async () => { await loadUsers(); await loadPolicies(); await loadAudit(); });
+    submit("sessions-form", showSessions);
+    $("end-sessions").addEventListener("click", () => act(async () => {
+      await call("DELETE", "/users/" + encodeURIComponent($("sessions-user").value) + "/sessions");
+      await showSessions();
+    }));
+    $("rotate-keys").addEventListener("click", () => act(async () => { await call("POST", "/keys/rotate"); await loadOps(); }));
+    $("policy-doc").addEventListener("input", checkPolicy);
+    act(async () => { await loadUsers(); await loadPolicies(); await loadAudit(); await loadOps(); });
   });
 })();

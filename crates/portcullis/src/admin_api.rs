@@ -1477,6 +1477,33 @@ async fn policy_matrix(State(api): State<Api>) -> Response<Body> {
     )
 }
 
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+struct Validate {
+    /// A policy file (TOML with `[[policy]]` tables).
+    document: String,
+}
+
+#[utoipa::path(post, path = "/policies/validate", request_body = Validate, responses(
+    (status = 200, description = "Whether the document is valid, and if not where and why; nothing is stored", body = Object),
+))]
+async fn validate_policies(headers: HeaderMap, body: Bytes) -> Response<Body> {
+    let req: Validate = match parse_json(&headers, &body) {
+        Ok(r) => r,
+        Err(r) => return *r,
+    };
+    match portcullis_policy::parse_file(&req.document) {
+        Ok(docs) => ok_json(
+            StatusCode::OK,
+            json!({ "valid": true, "documents": docs.len() }),
+        ),
+        Err(e) => ok_json(
+            StatusCode::OK,
+            json!({ "valid": false, "error": e.to_string() }),
+        ),
+    }
+}
+
 #[derive(OpenApi)]
 #[openapi(
     info(
@@ -1509,6 +1536,7 @@ async fn policy_matrix(State(api): State<Api>) -> Response<Body> {
         rollback_policies,
         diff_policies,
         policy_matrix,
+        validate_policies,
         list_clients,
         create_client,
         rotate_client_secret,
@@ -1535,7 +1563,8 @@ async fn policy_matrix(State(api): State<Api>) -> Response<Body> {
         NewClientBody,
         ResourceServerView,
         NewResourceServer,
-        Rollback
+        Rollback,
+        Validate
     ))
 )]
 struct ApiDoc;
@@ -1643,6 +1672,7 @@ impl AdminApi {
             .route("/policies/rollback", post(rollback_policies))
             .route("/policies/diff", get(diff_policies))
             .route("/policies/matrix", get(policy_matrix))
+            .route("/policies/validate", post(validate_policies))
             .route("/clients", get(list_clients).post(create_client))
             .route("/clients/{client_id}", axum::routing::delete(delete_client))
             .route("/clients/{client_id}/secret", post(rotate_client_secret))

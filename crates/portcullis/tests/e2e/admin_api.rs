@@ -763,6 +763,31 @@ builtin = "admin-console"
     )
     .await
     .expect("edit");
+    // Checked as it is typed: a broken document cannot be saved.
+    c.find(Locator::Id("policy-doc"))
+        .await
+        .expect("textarea")
+        .send_keys("\n[[policy]]\nprincipal = \"role:x\"")
+        .await
+        .expect("type");
+    wait_text(&c, "#policy-check", "missing field `statements`").await;
+    assert!(
+        c.find(Locator::Id("save-policy"))
+            .await
+            .expect("save")
+            .attr("disabled")
+            .await
+            .expect("attr")
+            .is_some(),
+        "save is disabled while the document is invalid"
+    );
+    c.execute(
+        "const t = document.getElementById('policy-doc'); t.value = t.value.split('[[policy]]').filter(d => !d.includes('group:user') && !d.includes('role:x')).join('[[policy]]'); t.dispatchEvent(new Event('input'));",
+        vec![],
+    )
+    .await
+    .expect("edit");
+    wait_text(&c, "#policy-check", "Valid").await;
     fill(&c, "policy-comment", "customers out").await;
     click(&c, "save-policy").await;
     let next = (version.parse::<i64>().expect("number") + 1).to_string();
@@ -780,6 +805,14 @@ builtin = "admin-console"
         .await
         .expect("text");
     assert!(!head.contains("group:user"), "{head}");
+
+    // Sessions, clients and keys.
+    fill(&c, "sessions-user", "root").await;
+    click(&c, "show-sessions").await;
+    wait_text(&c, "#sessions", "signed in").await;
+    wait_text(&c, "#keys", "active").await;
+    click(&c, "rotate-keys").await;
+    wait_text(&c, "#keys", "next").await;
 
     // Rolled back: allowed again.
     c.find(Locator::Css(&format!(
