@@ -343,6 +343,29 @@ impl UserPool {
         Ok(())
     }
 
+    /// Changes a user's attributes: `set` adds or replaces, `remove` deletes (names). Returns
+    /// the user as stored.
+    pub async fn update_attributes(
+        &self,
+        username: &str,
+        set: &BTreeMap<String, String>,
+        remove: &[String],
+    ) -> Result<User, PoolError> {
+        let user = self.user(username).await?;
+        let mut attributes = user.attributes.clone();
+        for name in remove {
+            attributes.remove(name);
+        }
+        for (k, v) in set {
+            attributes.insert(k.clone(), v.clone());
+        }
+        validate_attributes(&attributes)?;
+        self.store
+            .set_attributes(&user.id, &attributes, self.clock.now())
+            .await?;
+        self.user(username).await
+    }
+
     /// Enables or disables a user.
     pub async fn set_enabled(&self, username: &str, enabled: bool) -> Result<(), PoolError> {
         let status = if enabled {

@@ -312,6 +312,28 @@ impl Store {
         Ok(done.rows_affected() == 1)
     }
 
+    /// Replaces a user's attributes (validated by the caller).
+    pub async fn set_attributes(
+        &self,
+        user_id: &str,
+        attributes: &BTreeMap<String, String>,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        let json =
+            serde_json::to_string(attributes).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let _turn = self.write_turn().await;
+        let done = sqlx::query("UPDATE users SET attributes = $1, updated_at = $2 WHERE id = $3")
+            .bind(json)
+            .bind(now)
+            .bind(user_id)
+            .execute(&self.pool)
+            .await?;
+        if done.rows_affected() == 0 {
+            return Err(not_found(user_id));
+        }
+        Ok(())
+    }
+
     /// Enables or disables a user.
     pub async fn set_user_status(
         &self,

@@ -31,6 +31,18 @@
       const tr = document.createElement("tr");
       tr.dataset.username = u.username;
       cell(tr, u.username); cell(tr, u.email || ""); cell(tr, u.status); cell(tr, u.groups.join(", "));
+      const td = document.createElement("td");
+      const b = document.createElement("button");
+      b.type = "button";
+      const enable = u.status === "disabled";
+      b.textContent = (enable ? "Enable " : "Disable ") + u.username;
+      b.className = enable ? "enable" : "disable";
+      b.addEventListener("click", () => act(async () => {
+        await call("POST", "/users/" + encodeURIComponent(u.username) + (enable ? "/enable" : "/disable"));
+        await loadUsers();
+      }));
+      td.appendChild(b);
+      tr.appendChild(td);
       body.appendChild(tr);
     }
   }
@@ -48,6 +60,16 @@
       const li = document.createElement("li");
       li.textContent = "v" + v.version + " — " + (v.comment || "(no comment)") + " ";
       if (v.version !== data.version) {
+        const d = document.createElement("button");
+        d.type = "button";
+        d.textContent = "Diff v" + v.version + " → current";
+        d.className = "diff";
+        d.dataset.version = String(v.version);
+        d.addEventListener("click", () => act(async () => {
+          const r = (await call("GET", "/policies/diff?from=" + v.version + "&to=" + data.version)).data;
+          $("diff").textContent = r.removed.map((l) => "- " + l).concat(r.added.map((l) => "+ " + l)).join("\n") || "(no difference)";
+        }));
+        li.appendChild(d);
         const b = document.createElement("button");
         b.type = "button";
         b.textContent = "Roll back to v" + v.version;
@@ -115,15 +137,28 @@
     }), 300);
   }
 
+  let lastSeq = 0;
+  function auditLine(e) {
+    const li = document.createElement("li");
+    li.textContent = new Date(e.at * 1000).toISOString() + " " + e.kind + " " + e.actor + " " + e.subject;
+    return li;
+  }
+
   async function loadAudit(kind) {
     const { data } = await call("GET", "/audit?limit=1000" + (kind ? "&kind=" + encodeURIComponent(kind) : ""));
     const list = $("audit");
     list.replaceChildren();
-    for (const e of data.slice(-200).reverse()) {
-      const li = document.createElement("li");
-      li.textContent = new Date(e.at * 1000).toISOString() + " " + e.kind + " " + e.actor + " " + e.subject;
-      list.appendChild(li);
-    }
+    for (const e of data.slice(-200).reverse()) list.appendChild(auditLine(e));
+    lastSeq = data.length ? data[data.length - 1].seq : lastSeq;
+  }
+
+  // Following: new events every two seconds, newest on top.
+  async function followAudit() {
+    if (!$("audit-follow").checked) return;
+    const kind = $("audit-kind").value;
+    const { data } = await call("GET", "/audit?limit=1000&after=" + lastSeq + (kind ? "&kind=" + encodeURIComponent(kind) : ""));
+    for (const e of data) $("audit").prepend(auditLine(e));
+    if (data.length) lastSeq = data[data.length - 1].seq;
   }
 
   async function act(fn) {
@@ -171,6 +206,22 @@
     }));
     $("rotate-keys").addEventListener("click", () => act(async () => { await call("POST", "/keys/rotate"); await loadOps(); }));
     $("policy-doc").addEventListener("input", checkPolicy);
+    setInterval(() => act(followAudit), 2000);
+    submit("new-client", async () => {
+      const machine = $("client-machine").checked;
+      const body = {
+        name: $("client-name").value,
+        scopes: $("client-scopes").value.split(/\s+/).filter(Boolean),
+        confidential: machine,
+        grants: machine ? ["client_credentials"] : [],
+      };
+      if ($("client-id").value) body.client_id = $("client-id").value;
+      const { data } = await call("POST", "/clients", body);
+      $("client-secret").textContent = data.client_secret
+        ? "Secret for " + data.client_id + " (shown once): " + data.client_secret
+        : "Created " + data.client_id;
+      await loadOps();
+    });
     act(async () => { await loadUsers(); await loadPolicies(); await loadAudit(); await loadOps(); });
   });
 })();

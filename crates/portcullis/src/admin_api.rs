@@ -1504,6 +1504,59 @@ async fn validate_policies(headers: HeaderMap, body: Bytes) -> Response<Body> {
     }
 }
 
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+struct UpdateAttributes {
+    /// Attributes to add or replace.
+    #[serde(default)]
+    set: HashMap<String, String>,
+    /// Attribute names to remove.
+    #[serde(default)]
+    remove: Vec<String>,
+}
+
+#[utoipa::path(patch, path = "/users/{username}/attributes", params(("username" = String, Path)), request_body = UpdateAttributes, responses(
+    (status = 200, description = "The user with the new attributes", body = UserView),
+    (status = 400, description = "An attribute name or value is not allowed"),
+    (status = 404, description = "No such user"),
+))]
+async fn update_attributes(
+    State(api): State<Api>,
+    axum::Extension(caller): axum::Extension<Caller>,
+    path: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response<Body> {
+    let Path(username) = match path {
+        Ok(p) => p,
+        Err(e) => return problem(StatusCode::BAD_REQUEST, "Invalid path", e.body_text()),
+    };
+    let req: UpdateAttributes = match parse_json(&headers, &body) {
+        Ok(r) => r,
+        Err(r) => return *r,
+    };
+    let set = req.set.clone().into_iter().collect();
+    match api
+        .app
+        .pool
+        .update_attributes(&username, &set, &req.remove)
+        .await
+    {
+        Ok(user) => {
+            audit(
+                &api,
+                &caller,
+                "user.update_attributes",
+                &username,
+                json!({ "set": req.set, "remove": req.remove }),
+            )
+            .await;
+            ok_json(StatusCode::OK, user_view(&user))
+        }
+        Err(e) => pool_problem(e),
+    }
+}
+
 #[derive(OpenApi)]
 #[openapi(
     info(
@@ -1517,6 +1570,7 @@ async fn validate_policies(headers: HeaderMap, body: Bytes) -> Response<Body> {
         disable_user,
         enable_user,
         delete_user,
+        update_attributes,
         set_password,
         user_sessions,
         end_sessions,
@@ -1564,7 +1618,8 @@ async fn validate_policies(headers: HeaderMap, body: Bytes) -> Response<Body> {
         ResourceServerView,
         NewResourceServer,
         Rollback,
-        Validate
+        Validate,
+        UpdateAttributes
     ))
 )]
 struct ApiDoc;
@@ -1659,6 +1714,10 @@ impl AdminApi {
             .route("/users/{username}/disable", post(disable_user))
             .route("/users/{username}/enable", post(enable_user))
             .route("/users/{username}/password", put(set_password))
+            .route(
+                "/users/{username}/attributes",
+                axum::routing::patch(update_attributes),
+            )
             .route(
                 "/users/{username}/sessions",
                 get(user_sessions).delete(end_sessions),

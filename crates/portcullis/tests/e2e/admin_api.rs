@@ -806,6 +806,73 @@ builtin = "admin-console"
         .expect("text");
     assert!(!head.contains("group:user"), "{head}");
 
+    // Disable and enable from the list.
+    c.find(Locator::Css("#users tr[data-username=dora] button.disable"))
+        .await
+        .expect("a disable button")
+        .click()
+        .await
+        .expect("click");
+    wait_text(&c, "#users tr[data-username=dora]", "disabled").await;
+    c.find(Locator::Css("#users tr[data-username=dora] button.enable"))
+        .await
+        .expect("an enable button")
+        .click()
+        .await
+        .expect("click");
+    wait_text(&c, "#users tr[data-username=dora]", "enabled").await;
+
+    // Following the audit log while a machine client is created: its secret is shown once, the
+    // event appears without a reload.
+    click(&c, "audit-follow").await;
+    fill(&c, "client-name", "Nightly export").await;
+    fill(&c, "client-id", "nightly").await;
+    click(&c, "client-machine").await;
+    click(&c, "create-client").await;
+    wait_text(&c, "#client-secret", "shown once").await;
+    wait_text(&c, "#clients", "nightly").await;
+    wait_text(&c, "#audit", "client.create").await;
+
+    // The session cookie does not make a cross-site write: the gateway's CSRF rule holds for
+    // the API as for any route.
+    let cookie = c
+        .get_named_cookie("__Host-portcullis-access")
+        .await
+        .expect("cookie")
+        .value()
+        .to_owned();
+    let forged = reqwest::Client::new()
+        .post(format!(
+            "{}/portcullis/api/v1/groups",
+            s.server.url("").trim_end_matches('/')
+        ))
+        .header("cookie", format!("__Host-portcullis-access={cookie}"))
+        .header("origin", "https://evil.example")
+        .json(&json!({ "name": "pwned" }))
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(
+        forged.status(),
+        403,
+        "a cross-site write with the cookie is refused"
+    );
+    // Same origin, the same cookie works (the console's own calls prove it too).
+    let attrs = reqwest::Client::new()
+        .patch(format!(
+            "{}/portcullis/api/v1/users/dora/attributes",
+            s.server.url("").trim_end_matches('/')
+        ))
+        .header("cookie", format!("__Host-portcullis-access={cookie}"))
+        .header("origin", s.base.clone())
+        .json(&json!({ "set": { "custom:team": "ops" } }))
+        .send()
+        .await
+        .expect("patch");
+    assert_eq!(attrs.status(), 200);
+    let dora: Value = attrs.json().await.expect("json");
+    assert_eq!(dora["attributes"]["custom:team"], "ops");
+
     // Sessions, clients and keys.
     fill(&c, "sessions-user", "root").await;
     click(&c, "show-sessions").await;
@@ -813,6 +880,17 @@ builtin = "admin-console"
     wait_text(&c, "#keys", "active").await;
     click(&c, "rotate-keys").await;
     wait_text(&c, "#keys", "next").await;
+
+    // The diff of the previous version against the current one.
+    c.find(Locator::Css(&format!(
+        "button.diff[data-version='{version}']"
+    )))
+    .await
+    .expect("a diff button")
+    .click()
+    .await
+    .expect("click");
+    wait_text(&c, "#diff", "group:user").await;
 
     // Rolled back: allowed again.
     c.find(Locator::Css(&format!(

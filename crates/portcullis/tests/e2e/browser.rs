@@ -626,6 +626,13 @@ async fn the_demo_shop_customer_orders_admin_approves() {
         .expect("approve");
     wait_for_text(&c, "#orders", "approved").await;
     screenshot(&c, "admin.png").await;
+    // The admin opens the console.
+    c.goto(&format!("{base}/portcullis/console/"))
+        .await
+        .expect("goto");
+    wait_for_text(&c, "#users", "customer").await;
+    c.goto(&format!("{base}/admin/")).await.expect("goto");
+    wait_for_text(&c, "#orders", "approved").await;
     sign_out(&c).await;
 
     // The customer sees it approved.
