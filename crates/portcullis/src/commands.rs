@@ -1073,15 +1073,33 @@ async fn policy_inner(app: &Admin, cmd: PolicyCommand, json: bool) -> Result<(),
                     &json!({ "version": version, "principals": principals, "rows": rows.iter().map(|(r, c)| json!({ "route": r, "decisions": c })).collect::<Vec<_>>() }),
                 );
             } else {
-                print!("{:<28}", format!("policy version {version}"));
-                for p in &principals {
-                    print!(" {p:>16}");
+                // Columns as wide as their widest entry ("allow if mfa = true, ...").
+                let first = rows
+                    .iter()
+                    .map(|(r, _)| r.len())
+                    .chain([28])
+                    .max()
+                    .unwrap_or(28);
+                let widths: Vec<usize> = principals
+                    .iter()
+                    .enumerate()
+                    .map(|(i, p)| {
+                        rows.iter()
+                            .map(|(_, c)| c.get(i).map_or(0, String::len))
+                            .chain([p.len(), 16])
+                            .max()
+                            .unwrap_or(16)
+                    })
+                    .collect();
+                print!("{:<first$}", format!("policy version {version}"));
+                for (p, w) in principals.iter().zip(&widths) {
+                    print!(" {p:>w$}");
                 }
                 println!();
                 for (route, cells) in &rows {
-                    print!("{route:<28}");
-                    for c in cells {
-                        print!(" {c:>16}");
+                    print!("{route:<first$}");
+                    for (c, w) in cells.iter().zip(&widths) {
+                        print!(" {c:>w$}");
                     }
                     println!();
                 }
