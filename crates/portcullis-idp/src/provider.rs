@@ -952,10 +952,7 @@ impl Provider {
             return Ok(SignIn::Refused);
         };
         store.clear_login_failures(&key).await?;
-        if self.inner.settings.accounts.require_verified_email
-            && user.email.is_some()
-            && !user.email_verified
-        {
+        if self.must_verify_email(&user) {
             return Ok(SignIn::Unverified {
                 user: Box::new(user),
             });
@@ -1018,6 +1015,14 @@ impl Provider {
     /// Sets the verifier that checks the first sign-in of imported users (once).
     pub fn set_legacy_verifier(&self, verifier: Arc<dyn LegacyVerifier>) {
         let _ = self.inner.legacy.set(verifier);
+    }
+
+    /// Whether `idp.require_verified_email` keeps this user from signing in (by password or
+    /// passkey) until their address is confirmed.
+    pub fn must_verify_email(&self, user: &User) -> bool {
+        self.inner.settings.accounts.require_verified_email
+            && user.email.is_some()
+            && !user.email_verified
     }
 
     /// The user a forced-password-change ticket is for, while it is valid.

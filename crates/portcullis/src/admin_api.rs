@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::body::{Body, Bytes};
-use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header};
 use axum::response::IntoResponse;
@@ -37,6 +37,29 @@ struct Caller {
 #[derive(Clone)]
 struct Api {
     app: App,
+}
+
+/// `Path`, whose rejection (a segment that is not valid for its type) is a problem too.
+struct ApiPath<T>(T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned + Send> axum::extract::FromRequestParts<S>
+    for ApiPath<T>
+{
+    type Rejection = Response<Body>;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        match Path::<T>::from_request_parts(parts, state).await {
+            Ok(Path(t)) => Ok(ApiPath(t)),
+            Err(e) => Err(problem(
+                StatusCode::BAD_REQUEST,
+                "Invalid path",
+                e.body_text(),
+            )),
+        }
+    }
 }
 
 /// An RFC 9457 problem.
@@ -187,14 +210,7 @@ async fn list_users(
     (status = 200, description = "The user", body = UserView),
     (status = 404, description = "No such user"),
 ))]
-async fn get_user(
-    State(api): State<Api>,
-    path: Result<Path<String>, PathRejection>,
-) -> Response<Body> {
-    let Path(username) = match path {
-        Ok(p) => p,
-        Err(e) => return problem(StatusCode::BAD_REQUEST, "Invalid path", e.body_text()),
-    };
+async fn get_user(State(api): State<Api>, ApiPath(username): ApiPath<String>) -> Response<Body> {
     match api.app.pool.user(&username).await {
         Ok(u) => ok_json(StatusCode::OK, user_view(&u)),
         Err(e) => pool_problem(e),
@@ -301,12 +317,8 @@ async fn create_user(
 async fn disable_user(
     State(api): State<Api>,
     axum::Extension(caller): axum::Extension<Caller>,
-    path: Result<Path<String>, PathRejection>,
+    ApiPath(username): ApiPath<String>,
 ) -> Response<Body> {
-    let Path(username) = match path {
-        Ok(p) => p,
-        Err(e) => return problem(StatusCode::BAD_REQUEST, "Invalid path", e.body_text()),
-    };
     set_enabled(api, caller, username, false).await
 }
 
@@ -317,12 +329,8 @@ async fn disable_user(
 async fn enable_user(
     State(api): State<Api>,
     axum::Extension(caller): axum::Extension<Caller>,
-    path: Result<Path<String>, PathRejection>,
+    ApiPath(username): ApiPath<String>,
 ) -> Response<Body> {
-    let Path(username) = match path {
-        Ok(p) => p,
-        Err(e) => return problem(StatusCode::BAD_REQUEST, "Invalid path", e.body_text()),
-    };
     set_enabled(api, caller, username, true).await
 }
 
@@ -349,12 +357,8 @@ async fn set_enabled(api: Api, caller: Caller, username: String, enabled: bool) 
 async fn delete_user(
     State(api): State<Api>,
     axum::Extension(caller): axum::Extension<Caller>,
-    path: Result<Path<String>, PathRejection>,
+    ApiPath(username): ApiPath<String>,
 ) -> Response<Body> {
-    let Path(username) = match path {
-        Ok(p) => p,
-        Err(e) => return problem(StatusCode::BAD_REQUEST, "Invalid path", e.body_text()),
-    };
     if let Err(e) = api.app.pool.delete_user(&username).await {
         return pool_problem(e);
     }
@@ -393,12 +397,8 @@ async fn list_groups(State(api): State<Api>) -> Response<Body> {
 async fn add_member(
     State(api): State<Api>,
     axum::Extension(caller): axum::Extension<Caller>,
-    path: Result<Path<(String, String)>, PathRejection>,
+    ApiPath((group, username)): ApiPath<(String, String)>,
 ) -> Response<Body> {
-    let Path((group, username)) = match path {
-        Ok(p) => p,
-        Err(e) => return problem(StatusCode::BAD_REQUEST, "Invalid path", e.body_text()),
-    };
     match api.app.pool.add_member(&group, &username).await {
         Ok(added) => {
             if added {
@@ -427,12 +427,8 @@ async fn add_member(
 async fn remove_member(
     State(api): State<Api>,
     axum::Extension(caller): axum::Extension<Caller>,
-    path: Result<Path<(String, String)>, PathRejection>,
+    ApiPath((group, username)): ApiPath<(String, String)>,
 ) -> Response<Body> {
-    let Path((group, username)) = match path {
-        Ok(p) => p,
-        Err(e) => return problem(StatusCode::BAD_REQUEST, "Invalid path", e.body_text()),
-    };
     match api.app.pool.remove_member(&group, &username).await {
         Ok(removed) => {
             if removed {
@@ -668,14 +664,10 @@ struct SetPassword {
 async fn set_password(
     State(api): State<Api>,
     axum::Extension(caller): axum::Extension<Caller>,
-    path: Result<Path<String>, PathRejection>,
+    ApiPath(username): ApiPath<String>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response<Body> {
-    let Path(username) = match path {
-        Ok(p) => p,
-        Err(e) => return problem(StatusCode::BAD_REQUEST, "Invalid path", e.body_text()),
-    };
     let req: SetPassword = match parse_json(&headers, &body) {
         Ok(r) => r,
         Err(r) => return *r,
@@ -709,12 +701,8 @@ async fn set_password(
 ))]
 async fn user_sessions(
     State(api): State<Api>,
-    path: Result<Path<String>, PathRejection>,
+    ApiPath(username): ApiPath<String>,
 ) -> Response<Body> {
-    let Path(username) = match path {
-        Ok(p) => p,
-        Err(e) => return problem(StatusCode::BAD_REQUEST, "Invalid path", e.body_text()),
-    };
     let user = match api.app.pool.user(&username).await {
         Ok(u) => u,
         Err(e) => return pool_problem(e),
@@ -751,12 +739,8 @@ struct SessionView {
 async fn end_sessions(
     State(api): State<Api>,
     axum::Extension(caller): axum::Extension<Caller>,
-    path: Result<Path<String>, PathRejection>,
+    ApiPath(username): ApiPath<String>,
 ) -> Response<Body> {
-    let Path(username) = match path {
-        Ok(p) => p,
-        Err(e) => return problem(StatusCode::BAD_REQUEST, "Invalid path", e.body_text()),
-    };
     match api.app.pool.end_sessions(&username).await {
         Ok(n) => {
             audit(
@@ -780,12 +764,8 @@ async fn end_sessions(
 async fn reset_mfa(
     State(api): State<Api>,
     axum::Extension(caller): axum::Extension<Caller>,
-    path: Result<Path<String>, PathRejection>,
+    ApiPath(username): ApiPath<String>,
 ) -> Response<Body> {
-    let Path(username) = match path {
-        Ok(p) => p,
-        Err(e) => return problem(StatusCode::BAD_REQUEST, "Invalid path", e.body_text()),
-    };
     let user = match api.app.pool.user(&username).await {
         Ok(u) => u,
         Err(e) => return pool_problem(e),
@@ -866,12 +846,8 @@ async fn create_group(
 async fn delete_group(
     State(api): State<Api>,
     axum::Extension(caller): axum::Extension<Caller>,
-    path: Result<Path<String>, PathRejection>,
+    ApiPath(group): ApiPath<String>,
 ) -> Response<Body> {
-    let Path(group) = match path {
-        Ok(p) => p,
-        Err(e) => return problem(StatusCode::BAD_REQUEST, "Invalid path", e.body_text()),
-    };
     match api.app.pool.delete_group(&group).await {
         Ok(()) => {
             audit(&api, &caller, "group.delete", &group, json!({})).await;
@@ -912,14 +888,7 @@ async fn policy_versions(State(api): State<Api>) -> Response<Body> {
     (status = 200, description = "One version", body = PolicyView),
     (status = 404, description = "No such version"),
 ))]
-async fn policy_version(
-    State(api): State<Api>,
-    path: Result<Path<i64>, PathRejection>,
-) -> Response<Body> {
-    let Path(version) = match path {
-        Ok(p) => p,
-        Err(e) => return problem(StatusCode::BAD_REQUEST, "Invalid path", e.body_text()),
-    };
+async fn policy_version(State(api): State<Api>, ApiPath(version): ApiPath<i64>) -> Response<Body> {
     match api.app.store.policy_at(version).await {
         Ok(Some(v)) => ok_json(
             StatusCode::OK,
@@ -1212,12 +1181,8 @@ async fn create_client(
 async fn rotate_client_secret(
     State(api): State<Api>,
     axum::Extension(caller): axum::Extension<Caller>,
-    path: Result<Path<String>, PathRejection>,
+    ApiPath(client_id): ApiPath<String>,
 ) -> Response<Body> {
-    let Path(client_id) = match path {
-        Ok(p) => p,
-        Err(e) => return problem(StatusCode::BAD_REQUEST, "Invalid path", e.body_text()),
-    };
     let secret = match api.app.provider.rotate_client_secret(&client_id).await {
         Ok(s) => s,
         Err(e) => return client_problem(e),
@@ -1241,12 +1206,8 @@ async fn rotate_client_secret(
 async fn delete_client(
     State(api): State<Api>,
     axum::Extension(caller): axum::Extension<Caller>,
-    path: Result<Path<String>, PathRejection>,
+    ApiPath(client_id): ApiPath<String>,
 ) -> Response<Body> {
-    let Path(client_id) = match path {
-        Ok(p) => p,
-        Err(e) => return problem(StatusCode::BAD_REQUEST, "Invalid path", e.body_text()),
-    };
     match api.app.store.delete_client(&client_id).await {
         Ok(()) => {
             audit(&api, &caller, "client.delete", &client_id, json!({})).await;
@@ -1523,14 +1484,10 @@ struct UpdateAttributes {
 async fn update_attributes(
     State(api): State<Api>,
     axum::Extension(caller): axum::Extension<Caller>,
-    path: Result<Path<String>, PathRejection>,
+    ApiPath(username): ApiPath<String>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response<Body> {
-    let Path(username) = match path {
-        Ok(p) => p,
-        Err(e) => return problem(StatusCode::BAD_REQUEST, "Invalid path", e.body_text()),
-    };
     let req: UpdateAttributes = match parse_json(&headers, &body) {
         Ok(r) => r,
         Err(r) => return *r,

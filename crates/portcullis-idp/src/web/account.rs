@@ -405,10 +405,8 @@ pub(super) async fn delete_account(
         "notice.html",
         json!({ "title": "Account deleted", "message": "Your account is deleted and you are signed out everywhere." }),
     );
-    r.headers_mut().append(
-        header::SET_COOKIE,
-        web.set_cookie(web.cookies.idp_session(), "", Some(0), SameSite::Lax),
-    );
+    r.headers_mut()
+        .append(header::SET_COOKIE, web.session_cookie(None));
     r
 }
 

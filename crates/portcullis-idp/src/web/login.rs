@@ -79,16 +79,8 @@ pub(super) async fn finish_sign_in(
     match web.provider.issue_code(req, session).await {
         Ok(location) => {
             let mut r = redirect(&location);
-            let ttl = web.provider.settings().session_ttl;
-            r.headers_mut().append(
-                header::SET_COOKIE,
-                web.set_cookie(
-                    web.cookies.idp_session(),
-                    secret.expose(),
-                    Some(ttl),
-                    SameSite::Lax,
-                ),
-            );
+            r.headers_mut()
+                .append(header::SET_COOKIE, web.session_cookie(Some(secret)));
             r
         }
         Err(_) => web.error_page(

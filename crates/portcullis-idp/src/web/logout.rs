@@ -53,9 +53,7 @@ pub(super) async fn logout(State(web): State<Web>, uri: Uri, headers: HeaderMap)
         Some(l) => redirect(&l),
         None => web.page(StatusCode::OK, "signed_out.html", json!({})),
     };
-    r.headers_mut().append(
-        header::SET_COOKIE,
-        web.set_cookie(web.cookies.idp_session(), "", Some(0), SameSite::Lax),
-    );
+    r.headers_mut()
+        .append(header::SET_COOKIE, web.session_cookie(None));
     r
 }

@@ -168,15 +168,8 @@ async fn second_step_submit(
             }
             // The session cookie now; the application after the codes are saved.
             let mut r = recovery_page(&web, &recovery_codes, "/login/continue", sealed, &csrf);
-            r.headers_mut().append(
-                header::SET_COOKIE,
-                web.set_cookie(
-                    web.cookies.idp_session(),
-                    secret.expose(),
-                    Some(web.provider.settings().session_ttl),
-                    SameSite::Lax,
-                ),
-            );
+            r.headers_mut()
+                .append(header::SET_COOKIE, web.session_cookie(Some(&secret)));
             r
         }
         Ok(SecondFactor::Wrong) => {

@@ -280,6 +280,19 @@ impl Web {
             .unwrap_or_else(|_| HeaderValue::from_static("invalid=; Max-Age=0"))
     }
 
+    /// The provider's session cookie for a new sign-in (`None`: the one that clears it).
+    fn session_cookie(&self, secret: Option<&Secret<String>>) -> HeaderValue {
+        match secret {
+            Some(s) => self.set_cookie(
+                self.cookies.idp_session(),
+                s.expose(),
+                Some(self.provider.settings().session_ttl),
+                SameSite::Lax,
+            ),
+            None => self.set_cookie(self.cookies.idp_session(), "", Some(0), SameSite::Lax),
+        }
+    }
+
     fn page(&self, status: StatusCode, template: &str, ctx: serde_json::Value) -> Response {
         match self
             .templates

@@ -224,11 +224,7 @@ async fn sign_in_finish(
             return failed(e);
         }
     };
-    if !second
-        && web.provider.settings().accounts.require_verified_email
-        && user.email.is_some()
-        && !user.email_verified
-    {
+    if !second && web.provider.must_verify_email(&user) {
         if let Err(e) = web.accounts.send_verification(&user, None).await {
             tracing::error!(error = %e, "verification mail not queued");
         }
@@ -258,15 +254,8 @@ async fn sign_in_finish(
     match web.provider.issue_code(&req, &session).await {
         Ok(location) => {
             let mut r = json_response(StatusCode::OK, json!({ "location": location }));
-            r.headers_mut().append(
-                header::SET_COOKIE,
-                web.set_cookie(
-                    web.cookies.idp_session(),
-                    secret.expose(),
-                    Some(web.provider.settings().session_ttl),
-                    SameSite::Lax,
-                ),
-            );
+            r.headers_mut()
+                .append(header::SET_COOKIE, web.session_cookie(Some(&secret)));
             r
         }
         Err(e) => failed(PasskeyError::Server(e)),
