@@ -30,8 +30,8 @@ pub use passkeys::{PasskeyError, PasskeyInfo};
 pub use password::{HashError, PasswordError, PasswordHasher, PasswordPolicy, generate_password};
 pub use pool::{AddUser, ImportUser, Imported, PoolError, UserPool};
 pub use provider::{
-    AuthorizeError, AuthorizeRequest, ClientError, Grant, LegacyVerifier, NewClient, OAuthError,
-    PasswordChange, Provider, SignIn, TokenResponse, UriError, validate_registered_uri,
+    AuthorizeError, AuthorizeRequest, ClientChanges, ClientError, Grant, LegacyVerifier, NewClient,
+    OAuthError, PasswordChange, Provider, SignIn, TokenResponse, UriError, validate_registered_uri,
 };
 pub use settings::{
     AccountSettings, AttributeKind, Branding, CustomAttribute, IdpSettings, SignupMode,

@@ -270,13 +270,21 @@ impl UserPool {
         Ok(self.store.list_users().await?)
     }
 
-    /// Deletes a user, first ending their sessions (so the gateway rejects their tokens).
-    pub async fn delete_user(&self, username: &str) -> Result<(), PoolError> {
+    /// Deletes a user, first ending their sessions (so the gateway rejects their tokens). With
+    /// `revision` (an `If-Match`), only if the user is still at it.
+    pub async fn delete_user(
+        &self,
+        username: &str,
+        revision: Option<i64>,
+    ) -> Result<(), PoolError> {
         let user = self.user(username).await?;
+        if revision.is_some_and(|r| r != user.revision) {
+            return Err(changed(username));
+        }
         self.store
             .revoke_user_sessions(&user.id, self.clock.now())
             .await?;
-        Ok(self.store.delete_user(username).await?)
+        Ok(self.store.delete_user(username, revision).await?)
     }
 
     /// Ends every session of a user; their refresh tokens stop working and their access tokens
@@ -350,18 +358,21 @@ impl UserPool {
         username: &str,
         set: &BTreeMap<String, String>,
         remove: &[String],
+        revision: Option<i64>,
     ) -> Result<User, PoolError> {
+        // Merged in one transaction: two concurrent edits of different attributes both land;
+        // with `revision` (an `If-Match`) the caller's copy must still be current.
         let user = self.user(username).await?;
-        let mut attributes = user.attributes.clone();
-        for name in remove {
-            attributes.remove(name);
-        }
-        for (k, v) in set {
-            attributes.insert(k.clone(), v.clone());
-        }
-        validate_attributes(&attributes)?;
         self.store
-            .set_attributes(&user.id, &attributes, self.clock.now())
+            .edit_attributes(&user.id, revision, self.clock.now(), |attributes| {
+                for name in remove {
+                    attributes.remove(name);
+                }
+                for (k, v) in set {
+                    attributes.insert(k.clone(), v.clone());
+                }
+                validate_attributes(attributes)
+            })
             .await?;
         self.user(username).await
     }
@@ -501,4 +512,11 @@ fn validate_attributes(attributes: &BTreeMap<String, String>) -> Result<(), Pool
 
 fn uuid_v7() -> String {
     uuid::Uuid::now_v7().to_string()
+}
+
+fn changed(username: &str) -> PoolError {
+    PoolError::Store(StoreError::Changed {
+        kind: "user",
+        name: username.to_owned(),
+    })
 }

@@ -374,6 +374,20 @@ pub struct NewClient {
     pub allow_insecure_http: bool,
 }
 
+/// Changes to a client's settings; `None` keeps what it has.
+#[derive(Debug, Clone, Default)]
+pub struct ClientChanges {
+    pub name: Option<String>,
+    pub redirect_uris: Option<Vec<String>>,
+    pub logout_uris: Option<Vec<String>>,
+    pub grants: Option<Vec<String>>,
+    pub scopes: Option<Vec<String>>,
+    pub access_ttl: Option<i64>,
+    pub id_ttl: Option<i64>,
+    pub refresh_ttl: Option<i64>,
+    pub id_token_alg: Option<String>,
+}
+
 /// Why a client could not be registered.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -684,6 +698,7 @@ impl Provider {
             id_token_alg,
             created_at: now,
             updated_at: now,
+            revision: 1,
         };
         Ok((client, secret))
     }
@@ -699,6 +714,80 @@ impl Provider {
             .set_client_secret(client_id, &sha256_hex(secret.expose()), self.now())
             .await?;
         Ok(secret)
+    }
+
+    /// Changes a client's settings (not its secret); `revision` (an `If-Match`): only if the
+    /// client is still at it. Concurrent edits without one are merged field by field.
+    pub async fn update_client(
+        &self,
+        client_id: &str,
+        changes: &ClientChanges,
+        revision: Option<i64>,
+        allow_insecure_http: bool,
+    ) -> Result<Client, ClientError> {
+        let changed = || {
+            ClientError::Store(StoreError::Changed {
+                kind: "client",
+                name: client_id.to_owned(),
+            })
+        };
+        for _ in 0..5 {
+            let existing =
+                self.inner
+                    .store
+                    .client(client_id)
+                    .await?
+                    .ok_or_else(|| StoreError::NotFound {
+                        kind: "client",
+                        name: client_id.to_owned(),
+                    })?;
+            if revision.is_some_and(|r| r != existing.revision) {
+                return Err(changed());
+            }
+            let pick = |new: &Option<Vec<String>>, old: &Vec<String>| {
+                new.clone().unwrap_or_else(|| old.clone())
+            };
+            let req = NewClient {
+                client_id: Some(existing.client_id.clone()),
+                name: changes
+                    .name
+                    .clone()
+                    .unwrap_or_else(|| existing.name.clone()),
+                confidential: existing.is_confidential(),
+                redirect_uris: pick(&changes.redirect_uris, &existing.redirect_uris),
+                logout_uris: pick(&changes.logout_uris, &existing.logout_uris),
+                grants: pick(&changes.grants, &existing.grants),
+                scopes: pick(&changes.scopes, &existing.scopes),
+                access_ttl: Some(changes.access_ttl.unwrap_or(existing.access_ttl)),
+                id_ttl: Some(changes.id_ttl.unwrap_or(existing.id_ttl)),
+                refresh_ttl: Some(changes.refresh_ttl.unwrap_or(existing.refresh_ttl)),
+                id_token_alg: Some(
+                    changes
+                        .id_token_alg
+                        .clone()
+                        .unwrap_or_else(|| existing.id_token_alg.clone()),
+                ),
+                // Validation only: the stored secret stays.
+                secret: None,
+                allow_insecure_http,
+            };
+            let (mut client, _) = self.build_client(req).await?;
+            client.secret_hash = existing.secret_hash.clone();
+            client.created_at = existing.created_at;
+            match self
+                .inner
+                .store
+                .update_client(&client, existing.revision)
+                .await
+            {
+                Ok(()) => {
+                    return Ok(self.inner.store.client(client_id).await?.unwrap_or(client));
+                }
+                Err(StoreError::Changed { .. }) if revision.is_none() => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(changed())
     }
 
     async fn custom_scopes(&self) -> Result<BTreeSet<String>, StoreError> {

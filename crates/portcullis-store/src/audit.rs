@@ -55,6 +55,10 @@ pub struct AuditFilter {
     pub kind_prefix: Option<String>,
     /// Only events after this sequence number (cursor).
     pub after: Option<i64>,
+    /// Only events before this sequence number (cursor of a newest-first listing).
+    pub before: Option<i64>,
+    /// Newest first instead of oldest first.
+    pub newest_first: bool,
     pub limit: i64,
 }
 
@@ -182,28 +186,32 @@ impl Store {
 
     /// Events matching `filter`, oldest first.
     pub async fn audit_events(&self, f: &AuditFilter) -> Result<Vec<AuditRecord>, StoreError> {
-        let rows = sqlx::query(
+        let sql = format!(
             "SELECT * FROM audit_events
-             WHERE at >= $1 AND at <= $2 AND seq > $3
+             WHERE at >= $1 AND at <= $2 AND seq > $3 AND seq < $8
                AND ($4 = '' OR subject = $4 OR actor = $4)
-               AND ($5 = '' OR kind = $5 OR kind LIKE $6)
-             ORDER BY seq LIMIT $7",
-        )
-        .bind(f.since.unwrap_or(i64::MIN))
-        .bind(f.until.unwrap_or(i64::MAX))
-        .bind(f.after.unwrap_or(0))
-        .bind(f.who.clone().unwrap_or_default())
-        .bind(f.kind_prefix.clone().unwrap_or_default())
-        .bind(format!(
-            "{}%",
-            f.kind_prefix
-                .clone()
-                .unwrap_or_default()
-                .replace(['%', '_'], "")
-        ))
-        .bind(f.limit.clamp(1, 10_000))
-        .fetch_all(&self.pool)
-        .await?;
+               AND ($5 = '' OR kind = $5 OR kind LIKE $6 ESCAPE '\\')
+             ORDER BY seq {} LIMIT $7",
+            if f.newest_first { "DESC" } else { "ASC" }
+        );
+        let prefix = f.kind_prefix.clone().unwrap_or_default();
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(f.since.unwrap_or(i64::MIN))
+            .bind(f.until.unwrap_or(i64::MAX))
+            .bind(f.after.unwrap_or(0))
+            .bind(f.who.clone().unwrap_or_default())
+            .bind(prefix.clone())
+            .bind(format!(
+                "{}%",
+                prefix
+                    .replace('\\', "\\\\")
+                    .replace('%', "\\%")
+                    .replace('_', "\\_")
+            ))
+            .bind(f.limit.clamp(1, 10_000))
+            .bind(f.before.unwrap_or(i64::MAX))
+            .fetch_all(&self.pool)
+            .await?;
         rows.iter().map(record_from_row).collect()
     }
 

@@ -24,6 +24,8 @@ pub struct Client {
     pub id_token_alg: String,
     pub created_at: i64,
     pub updated_at: i64,
+    /// Raised by every change (the admin API's ETag).
+    pub revision: i64,
 }
 
 impl Client {
@@ -89,6 +91,7 @@ fn client_from_row(row: &AnyRow) -> Result<Client, StoreError> {
         id_token_alg: row.try_get("id_token_alg")?,
         created_at: row.try_get("created_at")?,
         updated_at: row.try_get("updated_at")?,
+        revision: row.try_get("revision")?,
     })
 }
 
@@ -122,7 +125,8 @@ impl Store {
              ON CONFLICT (client_id) DO UPDATE SET name = excluded.name, secret_hash = excluded.secret_hash,
                 redirect_uris = excluded.redirect_uris, logout_uris = excluded.logout_uris, grants = excluded.grants,
                 scopes = excluded.scopes, access_ttl = excluded.access_ttl, id_ttl = excluded.id_ttl,
-                refresh_ttl = excluded.refresh_ttl, id_token_alg = excluded.id_token_alg, updated_at = excluded.updated_at"), c)
+                refresh_ttl = excluded.refresh_ttl, id_token_alg = excluded.id_token_alg, updated_at = excluded.updated_at,
+                revision = clients.revision + 1"), c)
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -159,19 +163,71 @@ impl Store {
         rows.iter().map(client_from_row).collect()
     }
 
-    pub async fn delete_client(&self, client_id: &str) -> Result<(), StoreError> {
-        let _turn = self.write_turn().await;
-        let done = sqlx::query("DELETE FROM clients WHERE client_id = $1")
-            .bind(client_id)
-            .execute(&self.pool)
-            .await?;
+    /// Deletes a client; with `revision`, only if it is still at it ([`StoreError::Changed`]
+    /// otherwise).
+    pub async fn delete_client(
+        &self,
+        client_id: &str,
+        revision: Option<i64>,
+    ) -> Result<(), StoreError> {
+        let turn = self.write_turn().await;
+        let done =
+            sqlx::query("DELETE FROM clients WHERE client_id = $1 AND ($2 < 0 OR revision = $2)")
+                .bind(client_id)
+                .bind(revision.unwrap_or(-1))
+                .execute(&self.pool)
+                .await?;
+        drop(turn);
         if done.rows_affected() == 0 {
-            return Err(StoreError::NotFound {
-                kind: "client",
-                name: client_id.to_owned(),
-            });
+            return Err(self.client_write_failed(client_id).await);
         }
         Ok(())
+    }
+
+    /// Replaces a client's settings (not its secret or creation time) if it is still at
+    /// `revision`: [`StoreError::Changed`] otherwise.
+    pub async fn update_client(&self, c: &Client, revision: i64) -> Result<(), StoreError> {
+        let turn = self.write_turn().await;
+        let done = sqlx::query(
+            "UPDATE clients SET name = $1, redirect_uris = $2, logout_uris = $3, grants = $4,
+                scopes = $5, access_ttl = $6, id_ttl = $7, refresh_ttl = $8, id_token_alg = $9,
+                updated_at = $10, revision = revision + 1
+             WHERE client_id = $11 AND revision = $12",
+        )
+        .bind(&c.name)
+        .bind(to_json(&c.redirect_uris))
+        .bind(to_json(&c.logout_uris))
+        .bind(to_json(&c.grants))
+        .bind(to_json(&c.scopes))
+        .bind(c.access_ttl)
+        .bind(c.id_ttl)
+        .bind(c.refresh_ttl)
+        .bind(&c.id_token_alg)
+        .bind(c.updated_at)
+        .bind(&c.client_id)
+        .bind(revision)
+        .execute(&self.pool)
+        .await?;
+        drop(turn);
+        if done.rows_affected() == 0 {
+            return Err(self.client_write_failed(&c.client_id).await);
+        }
+        Ok(())
+    }
+
+    /// Why a conditional write to a client touched no row: it changed, or it does not exist.
+    async fn client_write_failed(&self, client_id: &str) -> StoreError {
+        match self.client(client_id).await {
+            Ok(Some(_)) => StoreError::Changed {
+                kind: "client",
+                name: client_id.to_owned(),
+            },
+            Ok(None) => StoreError::NotFound {
+                kind: "client",
+                name: client_id.to_owned(),
+            },
+            Err(e) => e,
+        }
     }
 
     /// Replaces a confidential client's secret digest.
@@ -183,7 +239,7 @@ impl Store {
     ) -> Result<(), StoreError> {
         let _turn = self.write_turn().await;
         let done = sqlx::query(
-            "UPDATE clients SET secret_hash = $1, updated_at = $2 WHERE client_id = $3 AND secret_hash IS NOT NULL",
+            "UPDATE clients SET secret_hash = $1, updated_at = $2, revision = revision + 1 WHERE client_id = $3 AND secret_hash IS NOT NULL",
         )
         .bind(secret_hash)
         .bind(now)
@@ -236,7 +292,24 @@ impl Store {
             .collect()
     }
 
+    /// Deletes a resource server, unless a client may still ask for one of its scopes
+    /// ([`StoreError::InUse`]: tokens would keep carrying a scope nobody defines).
     pub async fn delete_resource_server(&self, identifier: &str) -> Result<(), StoreError> {
+        let prefix = format!("{identifier}/");
+        let users: Vec<String> = self
+            .list_clients()
+            .await?
+            .into_iter()
+            .filter(|c| c.scopes.iter().any(|s| s.starts_with(&prefix)))
+            .map(|c| format!("client {}", c.client_id))
+            .collect();
+        if !users.is_empty() {
+            return Err(StoreError::InUse {
+                kind: "resource server",
+                name: identifier.to_owned(),
+                by: users.join(", "),
+            });
+        }
         let _turn = self.write_turn().await;
         let done = sqlx::query("DELETE FROM resource_servers WHERE identifier = $1")
             .bind(identifier)

@@ -25,6 +25,20 @@ pub enum StoreError {
     #[error("{kind} {name:?} does not exist")]
     NotFound { kind: &'static str, name: String },
 
+    /// A conditional write found the record changed since the caller read it.
+    #[error(
+        "{kind} {name:?} was changed by someone else since you read it; read it again and repeat the change"
+    )]
+    Changed { kind: &'static str, name: String },
+
+    /// The record is still referred to and cannot be removed.
+    #[error("{kind} {name:?} is still used by {by}; change those first")]
+    InUse {
+        kind: &'static str,
+        name: String,
+        by: String,
+    },
+
     /// The schema is newer than this binary, or a migration failed.
     #[error("database migration failed: {0}")]
     Migration(String),
@@ -49,6 +63,8 @@ impl StoreError {
                 | StoreError::InvalidUrl(_)
                 | StoreError::AlreadyExists { .. }
                 | StoreError::NotFound { .. }
+                | StoreError::Changed { .. }
+                | StoreError::InUse { .. }
         )
     }
 }

@@ -96,10 +96,18 @@ impl Store {
 
     /// Deletes a group and its memberships (not its members).
     pub async fn delete_group(&self, name: &str) -> Result<(), StoreError> {
-        let _turn = self.write_turn().await;
+        let mut tx = self.begin_write().await?;
+        // Its members' documents change (one group fewer): their revisions rise.
+        sqlx::query(
+            "UPDATE users SET revision = revision + 1
+             WHERE id IN (SELECT user_id FROM group_members WHERE group_key = $1)",
+        )
+        .bind(name_key(name))
+        .execute(&mut *tx)
+        .await?;
         let done = sqlx::query("DELETE FROM user_groups WHERE name_key = $1")
             .bind(name_key(name))
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
         if done.rows_affected() == 0 {
             return Err(StoreError::NotFound {
@@ -107,6 +115,7 @@ impl Store {
                 name: name.to_owned(),
             });
         }
+        tx.commit().await?;
         Ok(())
     }
 
@@ -143,6 +152,9 @@ impl Store {
             .bind(name_key(group))
             .execute(&mut *tx)
             .await?;
+        if done.rows_affected() == 1 {
+            crate::users::bump_revision_tx(&mut tx, &user_id).await?;
+        }
         tx.commit().await?;
         Ok(done.rows_affected() == 1)
     }

@@ -40,6 +40,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("../migrations/0008_webauthn.sql"),
     ),
     (9, "audit", include_str!("../migrations/0009_audit.sql")),
+    (
+        10,
+        "revisions",
+        include_str!("../migrations/0010_revisions.sql"),
+    ),
 ];
 
 pub(crate) async fn run(store: &Store) -> Result<(), StoreError> {

@@ -293,6 +293,36 @@ impl Store {
         Ok(out)
     }
 
+    /// Live sessions of every user (or of `username`), newest first, with their usernames:
+    /// those after `after` (the `(created_at, sid)` of the previous page's last), at most
+    /// `limit`.
+    pub async fn live_sessions_page(
+        &self,
+        now: i64,
+        after: Option<(i64, &str)>,
+        username: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(Session, String)>, StoreError> {
+        let (before_at, after_sid) = after.unwrap_or((i64::MAX, ""));
+        let rows = sqlx::query(
+            "SELECT s.*, u.username FROM sessions s JOIN users u ON u.id = s.user_id
+             WHERE s.revoked_at IS NULL AND s.expires_at > $1
+               AND (s.created_at < $2 OR (s.created_at = $2 AND s.sid > $3))
+               AND ($4 = '' OR u.username_key = $4)
+             ORDER BY s.created_at DESC, s.sid LIMIT $5",
+        )
+        .bind(now)
+        .bind(before_at)
+        .bind(after_sid)
+        .bind(username.map(str::to_ascii_lowercase).unwrap_or_default())
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| Ok((session_from_row(row)?, row.try_get("username")?)))
+            .collect()
+    }
+
     pub async fn insert_code(&self, c: &AuthCode) -> Result<(), StoreError> {
         let _turn = self.write_turn().await;
         sqlx::query(

@@ -103,7 +103,264 @@ both_backends!(
     email_lookup_and_verification_follow_the_current_address,
     totp_steps_are_accepted_once_and_recovery_codes_once,
     audit_chain_detects_edits_and_deletions_and_survives_pruning,
+    revisions_rise_with_every_change_and_guard_writes,
+    user_pages_follow_the_username_order_and_filter,
+    live_sessions_of_every_user_page_newest_first,
 );
+
+async fn revisions_rise_with_every_change_and_guard_writes(store: Store) {
+    store
+        .create_group(&new_group("user", None))
+        .await
+        .expect("group");
+    let ada = store
+        .create_user(&new_user("ada", &[]))
+        .await
+        .expect("user");
+    let mut last = ada.revision;
+    let mut rises = |now: i64, what: &str| {
+        assert!(now > last, "{what} raises the revision ({last} -> {now})");
+        last = now;
+    };
+    let rev = |store: Store| async move {
+        store
+            .user("ada")
+            .await
+            .expect("read")
+            .expect("user")
+            .revision
+    };
+    store.add_member("user", "ada", 2).await.expect("member");
+    rises(rev(store.clone()).await, "joining a group");
+    store
+        .set_user_status("ada", UserStatus::Disabled, 3)
+        .await
+        .expect("status");
+    rises(rev(store.clone()).await, "disabling");
+    store
+        .set_password_hash("ada", "$argon2id$x", false, 4)
+        .await
+        .expect("password");
+    rises(rev(store.clone()).await, "a password");
+    store.remove_member("user", "ada").await.expect("member");
+    rises(rev(store.clone()).await, "leaving a group");
+    store.add_member("user", "ada", 5).await.expect("member");
+    rises(rev(store.clone()).await, "joining again");
+    store.delete_group("user").await.expect("group");
+    rises(
+        rev(store.clone()).await,
+        "the deletion of one of its groups",
+    );
+    let set_locale = |attrs: &mut BTreeMap<String, String>| -> Result<(), StoreError> {
+        attrs.insert("locale".into(), "de".into());
+        Ok(())
+    };
+    let err = store
+        .edit_attributes(&ada.id, Some(last - 1), 6, set_locale)
+        .await
+        .expect_err("stale revision");
+    assert!(
+        matches!(err, StoreError::Changed { kind: "user", .. }),
+        "{err}"
+    );
+    store
+        .edit_attributes(&ada.id, Some(last), 6, set_locale)
+        .await
+        .expect("current revision");
+    // Concurrent edits of different attributes all land.
+    let edits: Vec<_> = (0..8)
+        .map(|i| {
+            let store = store.clone();
+            let id = ada.id.clone();
+            tokio::spawn(async move {
+                store
+                    .edit_attributes(&id, None, 7, |a: &mut BTreeMap<String, String>| {
+                        a.insert(format!("k{i}"), "v".into());
+                        Ok::<(), StoreError>(())
+                    })
+                    .await
+            })
+        })
+        .collect();
+    for e in edits {
+        e.await.expect("task").expect("edit");
+    }
+    let attrs = store
+        .user("ada")
+        .await
+        .expect("read")
+        .expect("user")
+        .attributes;
+    assert_eq!(attrs.len(), 9, "{attrs:?}");
+    let now = rev(store.clone()).await;
+    assert!(now > last + 8);
+    let err = store
+        .delete_user("ada", Some(last))
+        .await
+        .expect_err("stale revision");
+    assert!(matches!(err, StoreError::Changed { .. }), "{err}");
+    assert!(store.user("ada").await.expect("read").is_some());
+    store.delete_user("ada", Some(now)).await.expect("delete");
+    let err = store.delete_user("ada", Some(now)).await.expect_err("gone");
+    assert!(matches!(err, StoreError::NotFound { .. }), "{err}");
+
+    store
+        .create_client(&client("spa", None))
+        .await
+        .expect("client");
+    let spa = store.client("spa").await.expect("read").expect("client");
+    let mut edited = spa.clone();
+    edited.name = "Shop".into();
+    store
+        .update_client(&edited, spa.revision)
+        .await
+        .expect("update");
+    let err = store
+        .update_client(&edited, spa.revision)
+        .await
+        .expect_err("the second writer of the same copy");
+    assert!(
+        matches!(err, StoreError::Changed { kind: "client", .. }),
+        "{err}"
+    );
+    let now = store.client("spa").await.expect("read").expect("client");
+    assert_eq!(now.name, "Shop");
+    assert_eq!(now.revision, spa.revision + 1);
+    let err = store
+        .delete_client("spa", Some(spa.revision))
+        .await
+        .expect_err("stale");
+    assert!(matches!(err, StoreError::Changed { .. }), "{err}");
+    store
+        .delete_client("spa", Some(now.revision))
+        .await
+        .expect("delete");
+    let err = store
+        .update_client(&edited, now.revision)
+        .await
+        .expect_err("gone");
+    assert!(matches!(err, StoreError::NotFound { .. }), "{err}");
+
+    // A resource server whose scopes a client may still ask for stays.
+    let rs = ResourceServer {
+        identifier: "orders".into(),
+        name: "Orders".into(),
+        scopes: vec!["read".into()],
+        created_at: 1,
+    };
+    store.create_resource_server(&rs).await.expect("rs");
+    let mut backend = client("backend", Some("abc"));
+    backend.scopes = vec!["orders/read".into()];
+    store.create_client(&backend).await.expect("client");
+    let err = store
+        .delete_resource_server("orders")
+        .await
+        .expect_err("in use");
+    assert!(
+        matches!(err, StoreError::InUse { .. }) && err.to_string().contains("client backend"),
+        "{err}"
+    );
+    store.delete_client("backend", None).await.expect("delete");
+    store
+        .delete_resource_server("orders")
+        .await
+        .expect("no longer used");
+}
+
+async fn user_pages_follow_the_username_order_and_filter(store: Store) {
+    for name in ["carol", "Alice", "bob", "dave_x", "dave%y"] {
+        store.create_user(&new_user(name, &[])).await.expect("user");
+    }
+    let names = |users: Vec<crate::User>| users.into_iter().map(|u| u.username).collect::<Vec<_>>();
+    let first = store.users_page(None, None, 2).await.expect("page");
+    assert_eq!(names(first), ["Alice", "bob"]);
+    let second = store.users_page(Some("BOB"), None, 2).await.expect("page");
+    assert_eq!(names(second), ["carol", "dave%y"]);
+    let last = store
+        .users_page(Some("dave%y"), None, 2)
+        .await
+        .expect("page");
+    assert_eq!(names(last), ["dave_x"]);
+    // The needle is literal text, any case, in the username or the e-mail address.
+    assert_eq!(
+        names(store.users_page(None, Some("_"), 10).await.expect("page")),
+        ["dave_x"]
+    );
+    assert_eq!(
+        names(store.users_page(None, Some("%"), 10).await.expect("page")),
+        ["dave%y"]
+    );
+    assert_eq!(
+        names(
+            store
+                .users_page(None, Some("ALICE@EXAMPLE"), 10)
+                .await
+                .expect("page")
+        ),
+        ["Alice"]
+    );
+    assert!(
+        store
+            .users_page(None, Some("nobody"), 10)
+            .await
+            .expect("page")
+            .is_empty()
+    );
+}
+
+async fn live_sessions_of_every_user_page_newest_first(store: Store) {
+    let mut ids = Vec::new();
+    for (i, name) in ["ann", "ben", "cat"].iter().enumerate() {
+        let user = store.create_user(&new_user(name, &[])).await.expect("user");
+        for j in 0..2 {
+            let s = Session {
+                sid: format!("{name}-{j}"),
+                user_id: user.id.clone(),
+                auth_time: 100,
+                created_at: 100 + i64::try_from(i).expect("small"),
+                expires_at: if *name == "cat" && j == 1 {
+                    150
+                } else {
+                    100_000
+                },
+                revoked_at: None,
+                amr: vec!["pwd".into()],
+            };
+            store
+                .create_session(&s, &format!("secret-{name}-{j}"))
+                .await
+                .expect("session");
+            ids.push(s.sid);
+        }
+    }
+    store.revoke_session("ben-0", 200).await.expect("revoke");
+    let mut seen = Vec::new();
+    let mut after: Option<(i64, String)> = None;
+    loop {
+        let page = store
+            .live_sessions_page(
+                200,
+                after.as_ref().map(|(at, sid)| (*at, sid.as_str())),
+                None,
+                2,
+            )
+            .await
+            .expect("page");
+        let Some((last, _)) = page.last() else { break };
+        after = Some((last.created_at, last.sid.clone()));
+        seen.extend(
+            page.into_iter()
+                .map(|(s, user)| format!("{user}:{}", s.sid)),
+        );
+    }
+    assert_eq!(seen, ["cat:cat-0", "ben:ben-1", "ann:ann-0", "ann:ann-1"]);
+    let bens = store
+        .live_sessions_page(200, None, Some("BEN"), 10)
+        .await
+        .expect("page");
+    assert_eq!(bens.len(), 1);
+    assert_eq!(bens[0].0.sid, "ben-1");
+}
 
 fn event(kind: &str, at: i64) -> crate::AuditEvent {
     crate::AuditEvent {
@@ -176,6 +433,16 @@ async fn audit_chain_detects_edits_and_deletions_and_survives_pruning(store: Sto
         .await
         .expect("list");
     assert_eq!(page.iter().map(|e| e.seq).collect::<Vec<_>>(), [8, 9]);
+    let newest = store
+        .audit_events(&AuditFilter {
+            newest_first: true,
+            before: Some(9),
+            limit: 3,
+            ..AuditFilter::default()
+        })
+        .await
+        .expect("list");
+    assert_eq!(newest.iter().map(|e| e.seq).collect::<Vec<_>>(), [8, 7, 6]);
     assert!(
         store
             .audit_events(&AuditFilter {
@@ -233,7 +500,27 @@ async fn audit_chain_detects_edits_and_deletions_and_survives_pruning(store: Sto
     assert!(matches!(
         store.verify_audit().await.expect("verify"),
         AuditVerdict::Broken { seq: 10, .. }
-    ));
+    )); // A prefix is literal text: `_` matches only itself.
+    store
+        .append_audit(&event("user.set_password", 300))
+        .await
+        .expect("append");
+    for (prefix, n) in [
+        ("user.set_", 1),
+        ("user.set", 1),
+        ("user_", 0),
+        ("user.", 1),
+    ] {
+        let found = store
+            .audit_events(&AuditFilter {
+                kind_prefix: Some(prefix.into()),
+                limit: 100,
+                ..AuditFilter::default()
+            })
+            .await
+            .expect("list");
+        assert_eq!(found.len(), n, "{prefix}");
+    }
 }
 
 async fn totp_steps_are_accepted_once_and_recovery_codes_once(store: Store) {
@@ -938,13 +1225,16 @@ async fn deleting_cascades(store: Store) {
             .groups,
         ["user"]
     );
-    store.delete_user("ERIN").await.expect("delete user");
+    store.delete_user("ERIN", None).await.expect("delete user");
     assert!(store.user("erin").await.expect("read").is_none());
     assert_eq!(
         store.group_members("user").await.expect("members"),
         ["frank"]
     );
-    let err = store.delete_user("erin").await.expect_err("already gone");
+    let err = store
+        .delete_user("erin", None)
+        .await
+        .expect_err("already gone");
     assert!(
         matches!(err, StoreError::NotFound { kind: "user", .. }),
         "{err}"
@@ -1148,6 +1438,7 @@ fn client(id: &str, secret: Option<&str>) -> Client {
         id_token_alg: "RS256".into(),
         created_at: 1,
         updated_at: 1,
+        revision: 1,
     }
 }
 
@@ -1188,8 +1479,8 @@ async fn clients_and_resource_servers(store: Store) {
         Some("def")
     );
     assert_eq!(store.list_clients().await.expect("list").len(), 2);
-    store.delete_client("spa").await.expect("delete");
-    assert!(store.delete_client("spa").await.is_err());
+    store.delete_client("spa", None).await.expect("delete");
+    assert!(store.delete_client("spa", None).await.is_err());
     let rs = ResourceServer {
         identifier: "orders".into(),
         name: "Orders".into(),

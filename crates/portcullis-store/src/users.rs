@@ -58,6 +58,9 @@ pub struct User {
     pub legacy_password: bool,
     pub created_at: i64,
     pub updated_at: i64,
+    /// Raised by every change to the user (attributes, status, password, e-mail, groups): the
+    /// admin API's ETag.
+    pub revision: i64,
 }
 
 /// A user to create. Validation (username characters, email syntax, password policy) is the
@@ -86,7 +89,7 @@ pub(crate) fn name_key(name: &str) -> String {
     name.to_ascii_lowercase()
 }
 
-const USER_COLUMNS: &str = "id, username, email, email_verified, attributes, status, password_hash, password_change_required, legacy_password, created_at, updated_at";
+const USER_COLUMNS: &str = "id, username, email, email_verified, attributes, status, password_hash, password_change_required, legacy_password, created_at, updated_at, revision";
 
 fn user_from_row(row: &AnyRow) -> Result<User, StoreError> {
     let attributes: String = row.try_get("attributes")?;
@@ -105,6 +108,7 @@ fn user_from_row(row: &AnyRow) -> Result<User, StoreError> {
         legacy_password: row.try_get::<i64, _>("legacy_password")? != 0,
         created_at: row.try_get("created_at")?,
         updated_at: row.try_get("updated_at")?,
+        revision: row.try_get("revision")?,
     })
 }
 
@@ -228,17 +232,77 @@ impl Store {
         Ok(users)
     }
 
-    /// Deletes a user and its memberships.
-    pub async fn delete_user(&self, username: &str) -> Result<(), StoreError> {
-        let _turn = self.write_turn().await;
-        let done = sqlx::query("DELETE FROM users WHERE username_key = $1")
-            .bind(name_key(username))
-            .execute(&self.pool)
-            .await?;
+    /// Deletes a user and its memberships; with `revision`, only if the user is still at it
+    /// ([`StoreError::Changed`] otherwise).
+    pub async fn delete_user(
+        &self,
+        username: &str,
+        revision: Option<i64>,
+    ) -> Result<(), StoreError> {
+        let turn = self.write_turn().await;
+        let done = match revision {
+            None => {
+                sqlx::query("DELETE FROM users WHERE username_key = $1")
+                    .bind(name_key(username))
+                    .execute(&self.pool)
+                    .await?
+            }
+            Some(r) => {
+                sqlx::query("DELETE FROM users WHERE username_key = $1 AND revision = $2")
+                    .bind(name_key(username))
+                    .bind(r)
+                    .execute(&self.pool)
+                    .await?
+            }
+        };
         if done.rows_affected() == 0 {
-            return Err(not_found(username));
+            drop(turn);
+            return match (revision, self.user(username).await?) {
+                (Some(_), Some(_)) => Err(StoreError::Changed {
+                    kind: "user",
+                    name: username.to_owned(),
+                }),
+                _ => Err(not_found(username)),
+            };
         }
         Ok(())
+    }
+
+    /// A page of users ordered by username: those after `after` (a username, any case) whose
+    /// username or e-mail address contains `needle` (any case), at most `limit`.
+    pub async fn users_page(
+        &self,
+        after: Option<&str>,
+        needle: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<User>, StoreError> {
+        let pattern = needle.map(|n| {
+            let escaped = name_key(n)
+                .replace('\\', "\\\\")
+                .replace('%', "\\%")
+                .replace('_', "\\_");
+            format!("%{escaped}%")
+        });
+        let sql = format!(
+            "SELECT {USER_COLUMNS} FROM users
+             WHERE username_key > $1
+               AND ($2 = '' OR username_key LIKE $3 ESCAPE '\\' OR email_key LIKE $3 ESCAPE '\\')
+             ORDER BY username_key LIMIT $4"
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(after.map(name_key).unwrap_or_default())
+            .bind(pattern.clone().unwrap_or_default())
+            .bind(pattern.unwrap_or_default())
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .fetch_all(&self.pool)
+            .await?;
+        let mut users = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let mut user = user_from_row(row)?;
+            user.groups = self.groups_of(&user.id).await?;
+            users.push(user);
+        }
+        Ok(users)
     }
 
     /// Replaces a user's password hash; `change_required`: the user must choose a new one at the
@@ -252,7 +316,7 @@ impl Store {
     ) -> Result<(), StoreError> {
         let _turn = self.write_turn().await;
         let done = sqlx::query(
-            "UPDATE users SET password_hash = $1, password_change_required = $2, legacy_password = 0, updated_at = $3 WHERE username_key = $4",
+            "UPDATE users SET password_hash = $1, password_change_required = $2, legacy_password = 0, updated_at = $3, revision = revision + 1 WHERE username_key = $4",
         )
         .bind(hash)
         .bind(i64::from(change_required))
@@ -277,7 +341,7 @@ impl Store {
     ) -> Result<(), StoreError> {
         let _turn = self.write_turn().await;
         let done = sqlx::query(
-            "UPDATE users SET email = $1, email_key = $2, email_verified = $3, updated_at = $4 WHERE id = $5",
+            "UPDATE users SET email = $1, email_key = $2, email_verified = $3, updated_at = $4, revision = revision + 1 WHERE id = $5",
         )
         .bind(email)
         .bind(email.map(name_key))
@@ -302,7 +366,7 @@ impl Store {
     ) -> Result<bool, StoreError> {
         let _turn = self.write_turn().await;
         let done = sqlx::query(
-            "UPDATE users SET email_verified = 1, updated_at = $1 WHERE id = $2 AND email_key = $3",
+            "UPDATE users SET email_verified = 1, updated_at = $1, revision = revision + 1 WHERE id = $2 AND email_key = $3",
         )
         .bind(now)
         .bind(user_id)
@@ -312,25 +376,54 @@ impl Store {
         Ok(done.rows_affected() == 1)
     }
 
-    /// Replaces a user's attributes (validated by the caller).
-    pub async fn set_attributes(
+    /// Changes a user's attributes with `edit` (which validates them) in one transaction that
+    /// first locks the user's row, so concurrent edits of different attributes all land; with
+    /// `revision` (an `If-Match`), only if the user is still at it ([`StoreError::Changed`]).
+    pub async fn edit_attributes<E: From<StoreError>>(
         &self,
         user_id: &str,
-        attributes: &BTreeMap<String, String>,
+        revision: Option<i64>,
         now: i64,
-    ) -> Result<(), StoreError> {
-        let json =
-            serde_json::to_string(attributes).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        let _turn = self.write_turn().await;
-        let done = sqlx::query("UPDATE users SET attributes = $1, updated_at = $2 WHERE id = $3")
-            .bind(json)
-            .bind(now)
+        edit: impl FnOnce(&mut BTreeMap<String, String>) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let mut tx = self.begin_write().await?;
+        let locked = sqlx::query("UPDATE users SET updated_at = updated_at WHERE id = $1")
             .bind(user_id)
-            .execute(&self.pool)
-            .await?;
-        if done.rows_affected() == 0 {
-            return Err(not_found(user_id));
+            .execute(&mut *tx)
+            .await
+            .map_err(StoreError::from)?;
+        if locked.rows_affected() == 0 {
+            return Err(not_found(user_id).into());
         }
+        let row = sqlx::query("SELECT username, attributes, revision FROM users WHERE id = $1")
+            .bind(user_id)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(StoreError::from)?;
+        let current: i64 = row.try_get("revision").map_err(StoreError::from)?;
+        if revision.is_some_and(|r| r != current) {
+            return Err(StoreError::Changed {
+                kind: "user",
+                name: row.try_get("username").map_err(StoreError::from)?,
+            }
+            .into());
+        }
+        let text: String = row.try_get("attributes").map_err(StoreError::from)?;
+        let mut attributes: BTreeMap<String, String> = serde_json::from_str(&text)
+            .map_err(|e| StoreError::Corrupt(format!("user attributes: {e}")))?;
+        edit(&mut attributes)?;
+        let json =
+            serde_json::to_string(&attributes).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        sqlx::query(
+            "UPDATE users SET attributes = $1, updated_at = $2, revision = revision + 1 WHERE id = $3",
+        )
+        .bind(json)
+        .bind(now)
+        .bind(user_id)
+        .execute(&mut *tx)
+        .await
+        .map_err(StoreError::from)?;
+        tx.commit().await.map_err(StoreError::from)?;
         Ok(())
     }
 
@@ -343,7 +436,7 @@ impl Store {
     ) -> Result<(), StoreError> {
         let _turn = self.write_turn().await;
         let done =
-            sqlx::query("UPDATE users SET status = $1, updated_at = $2 WHERE username_key = $3")
+            sqlx::query("UPDATE users SET status = $1, updated_at = $2, revision = revision + 1 WHERE username_key = $3")
                 .bind(status.as_str())
                 .bind(now)
                 .bind(name_key(username))
@@ -397,5 +490,21 @@ pub(crate) async fn add_member_tx(
     .bind(now)
     .execute(&mut **tx)
     .await?;
+    if done.rows_affected() == 1 {
+        bump_revision_tx(tx, user_id).await?;
+    }
     Ok(done.rows_affected() == 1)
+}
+
+/// Raises a user's revision inside a transaction (a change the users table does not see, such
+/// as a group membership).
+pub(crate) async fn bump_revision_tx(
+    tx: &mut crate::WriteTx,
+    user_id: &str,
+) -> Result<(), StoreError> {
+    sqlx::query("UPDATE users SET revision = revision + 1 WHERE id = $1")
+        .bind(user_id)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
 }

@@ -53,7 +53,7 @@
     loadMatrix().catch((err) => say(err.message));
     $("policy-version").textContent = String(data.version);
     $("policy-doc").value = data.document;
-    const versions = (await call("GET", "/policies/versions")).data;
+    const versions = (await call("GET", "/policies/versions")).data.items;
     const list = $("versions");
     list.replaceChildren();
     for (const v of versions) {
@@ -116,14 +116,31 @@
   }
 
   async function loadOps() {
-    items("clients", (await call("GET", "/clients")).data, (c) => c.client_id + " — " + c.name + " (" + c.grants.join(", ") + ")");
+    items("clients", (await call("GET", "/clients")).data.items, (c) => c.client_id + " — " + c.name + " (" + c.grants.join(", ") + ")");
     items("keys", (await call("GET", "/keys")).data, (k) => k.kid + " " + k.alg + " " + k.purpose + " " + k.state);
   }
 
+  // Live sessions, newest first: one user's, or everyone's when no username is given.
   async function showSessions() {
-    const user = encodeURIComponent($("sessions-user").value);
-    const { data } = await call("GET", "/users/" + user + "/sessions");
-    items("sessions", data, (s) => s.sid + " signed in " + new Date(s.auth_time * 1000).toISOString() + " (" + s.amr.join(" ") + ")");
+    const user = $("sessions-user").value;
+    const { data } = await call("GET", "/sessions?limit=200" + (user ? "&username=" + encodeURIComponent(user) : ""));
+    const ul = $("sessions");
+    ul.replaceChildren();
+    for (const s of data.items) {
+      const li = document.createElement("li");
+      li.textContent = s.username + " signed in " + new Date(s.auth_time * 1000).toISOString() + " (" + s.amr.join(" ") + ") ";
+      const b = document.createElement("button");
+      b.type = "button";
+      b.className = "end-session";
+      b.textContent = "End this session of " + s.username;
+      b.addEventListener("click", () => act(async () => {
+        await call("DELETE", "/sessions/" + encodeURIComponent(s.sid));
+        await showSessions();
+      }));
+      li.appendChild(b);
+      ul.appendChild(li);
+    }
+    if (!data.items.length) ul.textContent = "No live sessions.";
   }
 
   let checkTimer = null;
@@ -144,12 +161,13 @@
     return li;
   }
 
+  // The newest 200 events, newest on top.
   async function loadAudit(kind) {
-    const { data } = await call("GET", "/audit?limit=1000" + (kind ? "&kind=" + encodeURIComponent(kind) : ""));
+    const { data } = await call("GET", "/audit?order=desc&limit=200" + (kind ? "&kind=" + encodeURIComponent(kind) : ""));
     const list = $("audit");
     list.replaceChildren();
-    for (const e of data.slice(-200).reverse()) list.appendChild(auditLine(e));
-    lastSeq = data.length ? data[data.length - 1].seq : lastSeq;
+    for (const e of data.items) list.appendChild(auditLine(e));
+    if (data.items.length) lastSeq = Math.max(lastSeq, data.items[0].seq);
   }
 
   // Following: new events every two seconds, newest on top.
@@ -157,8 +175,8 @@
     if (!$("audit-follow").checked) return;
     const kind = $("audit-kind").value;
     const { data } = await call("GET", "/audit?limit=1000&after=" + lastSeq + (kind ? "&kind=" + encodeURIComponent(kind) : ""));
-    for (const e of data) $("audit").prepend(auditLine(e));
-    if (data.length) lastSeq = data[data.length - 1].seq;
+    for (const e of data.items) $("audit").prepend(auditLine(e));
+    if (data.items.length) lastSeq = data.items[data.items.length - 1].seq;
   }
 
   async function act(fn) {
@@ -201,6 +219,7 @@
     submit("audit-filter", () => loadAudit($("audit-kind").value));
     submit("sessions-form", showSessions);
     $("end-sessions").addEventListener("click", () => act(async () => {
+      if (!$("sessions-user").value) throw new Error("name the user whose sessions end");
       await call("DELETE", "/users/" + encodeURIComponent($("sessions-user").value) + "/sessions");
       await showSessions();
     }));

@@ -4,8 +4,10 @@
 //! CSRF rule to cookie-authenticated writes. What the API does is what the CLI does: the same
 //! user-pool and store operations, recorded in the audit log with the caller as the actor.
 //!
-//! Errors are `application/problem+json` (RFC 9457). The policy document carries an `ETag`; a
-//! write must send it back in `If-Match` (428 without, 412 when someone else changed it first).
+//! Errors are `application/problem+json` (RFC 9457). Documents carry an `ETag`: a policy write
+//! must send it back in `If-Match` (428 without, 412 when someone else changed it first); user
+//! and client writes honour one when sent (edits of attributes and client settings merge field
+//! by field without). Lists are pages (`items`, and `next` to pass as `after`).
 //! The OpenAPI 3.1 document is generated from these handlers by `utoipa`.
 
 use std::collections::HashMap;
@@ -97,6 +99,14 @@ fn pool_problem(e: PoolError) -> Response<Body> {
         PoolError::Store(portcullis_store::StoreError::AlreadyExists { .. }) => {
             problem(StatusCode::CONFLICT, "Already exists", e.to_string())
         }
+        PoolError::Store(portcullis_store::StoreError::Changed { .. }) => problem(
+            StatusCode::PRECONDITION_FAILED,
+            "Changed meanwhile",
+            e.to_string(),
+        ),
+        PoolError::Store(portcullis_store::StoreError::InUse { .. }) => {
+            problem(StatusCode::CONFLICT, "In use", e.to_string())
+        }
         _ if e.is_user_error() => {
             problem(StatusCode::BAD_REQUEST, "Invalid request", e.to_string())
         }
@@ -113,6 +123,108 @@ fn pool_problem(e: PoolError) -> Response<Body> {
 
 fn store_problem(e: portcullis_store::StoreError) -> Response<Body> {
     pool_problem(PoolError::Store(e))
+}
+
+/// The strong ETag of a user or client (`kind`) at a revision.
+fn revision_etag(kind: &str, revision: i64) -> HeaderValue {
+    HeaderValue::from_str(&format!("\"{kind}-r{revision}\""))
+        .unwrap_or(HeaderValue::from_static("\"\""))
+}
+
+/// The revision an `If-Match` names: `None` without one (or with `*`, RFC 9110: whatever is
+/// current); a 412 problem when it names no revision of a `kind` (so it cannot match).
+fn if_match_revision(headers: &HeaderMap, kind: &str) -> Result<Option<i64>, Box<Response<Body>>> {
+    let Some(value) = headers.get(header::IF_MATCH) else {
+        return Ok(None);
+    };
+    let value = value.to_str().unwrap_or_default().trim();
+    if value == "*" {
+        return Ok(None);
+    }
+    value
+        .strip_prefix('"')
+        .and_then(|v| v.strip_suffix('"'))
+        .and_then(|v| v.strip_prefix(kind))
+        .and_then(|v| v.strip_prefix("-r"))
+        .and_then(|r| r.parse::<i64>().ok())
+        .filter(|r| *r > 0)
+        .map(Some)
+        .ok_or_else(|| {
+            Box::new(problem(
+                StatusCode::PRECONDITION_FAILED,
+                "Changed meanwhile",
+                format!("If-Match does not name the current {kind}; GET it again for its ETag"),
+            ))
+        })
+}
+
+/// Evaluates a user's `If-Match` before a command (disable, a password, a membership...).
+async fn user_precondition(
+    api: &Api,
+    username: &str,
+    headers: &HeaderMap,
+) -> Result<(), Box<Response<Body>>> {
+    let Some(expected) = if_match_revision(headers, "user")? else {
+        return Ok(());
+    };
+    match api.app.pool.user(username).await {
+        Ok(u) if u.revision == expected => Ok(()),
+        Ok(_) => Err(Box::new(pool_problem(PoolError::Store(
+            portcullis_store::StoreError::Changed {
+                kind: "user",
+                name: username.to_owned(),
+            },
+        )))),
+        Err(e) => Err(Box::new(pool_problem(e))),
+    }
+}
+
+/// A user answer, with the user's ETag.
+fn user_ok(status: StatusCode, u: &portcullis_store::User) -> Response<Body> {
+    let mut r = ok_json(status, user_view(u));
+    r.headers_mut()
+        .insert(header::ETAG, revision_etag("user", u.revision));
+    r
+}
+
+/// A query string, whose rejection is a problem.
+fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, Box<Response<Body>>> {
+    q.map(|Query(q)| q).map_err(|e| {
+        Box::new(problem(
+            StatusCode::BAD_REQUEST,
+            "Invalid query",
+            e.body_text(),
+        ))
+    })
+}
+
+/// A list's `limit`: 100 when absent, a problem outside 1..=`max`.
+fn page_limit(limit: Option<usize>, max: usize) -> Result<usize, Box<Response<Body>>> {
+    match limit.unwrap_or(100) {
+        l if (1..=max).contains(&l) => Ok(l),
+        _ => Err(Box::new(problem(
+            StatusCode::BAD_REQUEST,
+            "Invalid query",
+            format!("limit: between 1 and {max}"),
+        ))),
+    }
+}
+
+/// The first `limit` of `items` and the cursor of the next page (`key` of the last shown), if
+/// there is more.
+fn page<T, K>(
+    items: impl Iterator<Item = T>,
+    limit: usize,
+    key: impl Fn(&T) -> K,
+) -> (Vec<T>, Option<K>) {
+    let mut page: Vec<T> = items.take(limit + 1).collect();
+    if page.len() > limit {
+        page.truncate(limit);
+        let next = page.last().map(&key);
+        (page, next)
+    } else {
+        (page, None)
+    }
 }
 
 /// A user as the API shows it.
@@ -153,12 +265,16 @@ struct UserPage {
 }
 
 #[derive(Deserialize, ToSchema, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct ListUsers {
     /// Only usernames after this one (the `next` of the previous page).
+    #[param(nullable = false)]
     after: Option<String>,
     /// Only users whose username or e-mail contains this (any case).
+    #[param(nullable = false)]
     q: Option<String>,
     /// At most this many (1–500, default 100).
+    #[param(nullable = false, minimum = 1, maximum = 500)]
     limit: Option<usize>,
 }
 
@@ -169,50 +285,41 @@ async fn list_users(
     State(api): State<Api>,
     q: Result<Query<ListUsers>, QueryRejection>,
 ) -> Response<Body> {
-    let Query(q) = match q {
+    let q = match query(q) {
         Ok(q) => q,
-        Err(e) => return problem(StatusCode::BAD_REQUEST, "Invalid query", e.body_text()),
+        Err(r) => return *r,
     };
-    let limit = q.limit.unwrap_or(100).clamp(1, 500);
-    let needle = q.q.as_deref().unwrap_or_default().to_ascii_lowercase();
-    let after = q.after.as_deref().map(str::to_ascii_lowercase);
-    let users = match api.app.pool.list_users().await {
+    let limit = match page_limit(q.limit, 500) {
+        Ok(l) => l,
+        Err(r) => return *r,
+    };
+    let users = match api
+        .app
+        .store
+        .users_page(
+            q.after.as_deref(),
+            q.q.as_deref().filter(|n| !n.is_empty()),
+            limit + 1,
+        )
+        .await
+    {
         Ok(u) => u,
-        Err(e) => return pool_problem(e),
+        Err(e) => return store_problem(e),
     };
-    let mut page: Vec<&portcullis_store::User> = users
-        .iter()
-        .filter(|u| {
-            after
-                .as_ref()
-                .is_none_or(|a| u.username.to_ascii_lowercase() > *a)
-        })
-        .filter(|u| {
-            needle.is_empty()
-                || u.username.to_ascii_lowercase().contains(&needle)
-                || u.email
-                    .as_deref()
-                    .is_some_and(|e| e.to_ascii_lowercase().contains(&needle))
-        })
-        .take(limit + 1)
-        .collect();
-    let next = (page.len() > limit).then(|| {
-        page.truncate(limit);
-        page.last().map(|u| u.username.clone()).unwrap_or_default()
-    });
+    let (items, next) = page(users.into_iter(), limit, |u| u.username.clone());
     ok_json(
         StatusCode::OK,
-        json!({ "items": page.iter().map(|u| user_view(u)).collect::<Vec<_>>(), "next": next }),
+        json!({ "items": items.iter().map(user_view).collect::<Vec<_>>(), "next": next }),
     )
 }
 
 #[utoipa::path(get, path = "/users/{username}", params(("username" = String, Path)), responses(
-    (status = 200, description = "The user", body = UserView),
+    (status = 200, description = "The user, with its ETag", body = UserView),
     (status = 404, description = "No such user"),
 ))]
 async fn get_user(State(api): State<Api>, ApiPath(username): ApiPath<String>) -> Response<Body> {
     match api.app.pool.user(&username).await {
-        Ok(u) => ok_json(StatusCode::OK, user_view(&u)),
+        Ok(u) => user_ok(StatusCode::OK, &u),
         Err(e) => pool_problem(e),
     }
 }
@@ -307,10 +414,11 @@ async fn create_user(
         json!({ "email": req.email, "groups": req.groups, "invite": req.invite }),
     )
     .await;
-    ok_json(StatusCode::CREATED, user_view(&user))
+    user_ok(StatusCode::CREATED, &user)
 }
 
-#[utoipa::path(post, path = "/users/{username}/disable", params(("username" = String, Path)), responses(
+#[utoipa::path(post, path = "/users/{username}/disable", params(("username" = String, Path), ("If-Match" = Option<String>, Header, description = "The user's ETag: only if the user is still as read")), responses(
+    (status = 412, description = "The user changed since that ETag"),
     (status = 200, description = "Disabled; every session ended", body = UserView),
     (status = 404, description = "No such user"),
 ))]
@@ -318,11 +426,16 @@ async fn disable_user(
     State(api): State<Api>,
     axum::Extension(caller): axum::Extension<Caller>,
     ApiPath(username): ApiPath<String>,
+    headers: HeaderMap,
 ) -> Response<Body> {
+    if let Err(r) = user_precondition(&api, &username, &headers).await {
+        return *r;
+    }
     set_enabled(api, caller, username, false).await
 }
 
-#[utoipa::path(post, path = "/users/{username}/enable", params(("username" = String, Path)), responses(
+#[utoipa::path(post, path = "/users/{username}/enable", params(("username" = String, Path), ("If-Match" = Option<String>, Header, description = "The user's ETag: only if the user is still as read")), responses(
+    (status = 412, description = "The user changed since that ETag"),
     (status = 200, description = "Enabled", body = UserView),
     (status = 404, description = "No such user"),
 ))]
@@ -330,7 +443,11 @@ async fn enable_user(
     State(api): State<Api>,
     axum::Extension(caller): axum::Extension<Caller>,
     ApiPath(username): ApiPath<String>,
+    headers: HeaderMap,
 ) -> Response<Body> {
+    if let Err(r) = user_precondition(&api, &username, &headers).await {
+        return *r;
+    }
     set_enabled(api, caller, username, true).await
 }
 
@@ -345,12 +462,13 @@ async fn set_enabled(api: Api, caller: Caller, username: String, enabled: bool) 
     };
     audit(&api, &caller, kind, &username, json!({})).await;
     match api.app.pool.user(&username).await {
-        Ok(u) => ok_json(StatusCode::OK, user_view(&u)),
+        Ok(u) => user_ok(StatusCode::OK, &u),
         Err(e) => pool_problem(e),
     }
 }
 
-#[utoipa::path(delete, path = "/users/{username}", params(("username" = String, Path)), responses(
+#[utoipa::path(delete, path = "/users/{username}", params(("username" = String, Path), ("If-Match" = Option<String>, Header, description = "The user's ETag: only if the user is still as read")), responses(
+    (status = 412, description = "The user changed since that ETag"),
     (status = 204, description = "Deleted; every session ended"),
     (status = 404, description = "No such user"),
 ))]
@@ -358,8 +476,13 @@ async fn delete_user(
     State(api): State<Api>,
     axum::Extension(caller): axum::Extension<Caller>,
     ApiPath(username): ApiPath<String>,
+    headers: HeaderMap,
 ) -> Response<Body> {
-    if let Err(e) = api.app.pool.delete_user(&username).await {
+    let revision = match if_match_revision(&headers, "user") {
+        Ok(r) => r,
+        Err(r) => return *r,
+    };
+    if let Err(e) = api.app.pool.delete_user(&username, revision).await {
         return pool_problem(e);
     }
     audit(&api, &caller, "user.delete", &username, json!({})).await;
@@ -374,23 +497,105 @@ struct GroupView {
     members: i64,
 }
 
-#[utoipa::path(get, path = "/groups", responses((status = 200, description = "Every group", body = Vec<GroupView>)))]
-async fn list_groups(State(api): State<Api>) -> Response<Body> {
-    match api.app.pool.list_groups().await {
-        Ok(groups) => ok_json(
-            StatusCode::OK,
-            json!(
-                groups
-                    .iter()
-                    .map(|g| json!({ "name": g.name, "description": g.description, "precedence": g.precedence, "members": g.members }))
-                    .collect::<Vec<_>>()
-            ),
-        ),
-        Err(e) => pool_problem(e),
+#[derive(serde::Serialize, ToSchema)]
+struct GroupPage {
+    items: Vec<GroupView>,
+    /// Pass as `after` for the next page; absent on the last page.
+    next: Option<String>,
+}
+
+#[derive(Deserialize, ToSchema, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+struct ListNamed {
+    /// Only entries after this one (the `next` of the previous page).
+    #[param(nullable = false)]
+    after: Option<String>,
+    /// Only entries whose name contains this (any case).
+    #[param(nullable = false)]
+    q: Option<String>,
+    /// At most this many (1–500, default 100).
+    #[param(nullable = false, minimum = 1, maximum = 500)]
+    limit: Option<usize>,
+}
+
+fn group_view(g: &portcullis_store::Group) -> Value {
+    json!({ "name": g.name, "description": g.description, "precedence": g.precedence, "members": g.members })
+}
+
+#[utoipa::path(get, path = "/groups", params(ListNamed), responses(
+    (status = 200, description = "A page of groups, by name", body = GroupPage),
+))]
+async fn list_groups(
+    State(api): State<Api>,
+    q: Result<Query<ListNamed>, QueryRejection>,
+) -> Response<Body> {
+    let q = match query(q) {
+        Ok(q) => q,
+        Err(r) => return *r,
+    };
+    let limit = match page_limit(q.limit, 500) {
+        Ok(l) => l,
+        Err(r) => return *r,
+    };
+    let mut groups = match api.app.pool.list_groups().await {
+        Ok(g) => g,
+        Err(e) => return pool_problem(e),
+    };
+    groups.sort_by_key(|g| g.name.to_ascii_lowercase());
+    let needle = q.q.unwrap_or_default().to_ascii_lowercase();
+    let after = q.after.map(|a| a.to_ascii_lowercase());
+    let (items, next) = page(
+        groups.iter().filter(|g| {
+            let key = g.name.to_ascii_lowercase();
+            after.as_ref().is_none_or(|a| key > *a) && key.contains(&needle)
+        }),
+        limit,
+        |g| g.name.clone(),
+    );
+    ok_json(
+        StatusCode::OK,
+        json!({ "items": items.into_iter().map(group_view).collect::<Vec<_>>(), "next": next }),
+    )
+}
+
+#[derive(serde::Serialize, ToSchema)]
+struct GroupDetail {
+    name: String,
+    description: String,
+    precedence: Option<i64>,
+    members: i64,
+    /// The members' usernames, sorted.
+    usernames: Vec<String>,
+}
+
+#[utoipa::path(get, path = "/groups/{group}", params(("group" = String, Path)), responses(
+    (status = 200, description = "The group and its members", body = GroupDetail),
+    (status = 404, description = "No such group"),
+))]
+async fn get_group(State(api): State<Api>, ApiPath(group): ApiPath<String>) -> Response<Body> {
+    let g = match api.app.store.group(&group).await {
+        Ok(Some(g)) => g,
+        Ok(None) => {
+            return problem(
+                StatusCode::NOT_FOUND,
+                "Not found",
+                format!("group {group:?} does not exist"),
+            );
+        }
+        Err(e) => return store_problem(e),
+    };
+    match api.app.store.group_members(&g.name).await {
+        Ok(usernames) => {
+            let mut v = group_view(&g);
+            v["usernames"] = json!(usernames);
+            ok_json(StatusCode::OK, v)
+        }
+        Err(e) => store_problem(e),
     }
 }
 
-#[utoipa::path(put, path = "/groups/{group}/members/{username}", params(("group" = String, Path), ("username" = String, Path)), responses(
+#[utoipa::path(put, path = "/groups/{group}/members/{username}", params(("group" = String, Path), ("username" = String, Path), ("If-Match" = Option<String>, Header, description = "The user's ETag: only if the user is still as read")), responses(
+    (status = 412, description = "The user changed since that ETag"),
     (status = 200, description = "A member (the user's sessions end when it changes)", body = UserView),
     (status = 404, description = "No such group or user"),
 ))]
@@ -398,7 +603,11 @@ async fn add_member(
     State(api): State<Api>,
     axum::Extension(caller): axum::Extension<Caller>,
     ApiPath((group, username)): ApiPath<(String, String)>,
+    headers: HeaderMap,
 ) -> Response<Body> {
+    if let Err(r) = user_precondition(&api, &username, &headers).await {
+        return *r;
+    }
     match api.app.pool.add_member(&group, &username).await {
         Ok(added) => {
             if added {
@@ -412,7 +621,7 @@ async fn add_member(
                 .await;
             }
             match api.app.pool.user(&username).await {
-                Ok(u) => ok_json(StatusCode::OK, user_view(&u)),
+                Ok(u) => user_ok(StatusCode::OK, &u),
                 Err(e) => pool_problem(e),
             }
         }
@@ -420,7 +629,8 @@ async fn add_member(
     }
 }
 
-#[utoipa::path(delete, path = "/groups/{group}/members/{username}", params(("group" = String, Path), ("username" = String, Path)), responses(
+#[utoipa::path(delete, path = "/groups/{group}/members/{username}", params(("group" = String, Path), ("username" = String, Path), ("If-Match" = Option<String>, Header, description = "The user's ETag: only if the user is still as read")), responses(
+    (status = 412, description = "The user changed since that ETag"),
     (status = 200, description = "Not a member (any more)", body = UserView),
     (status = 404, description = "No such group or user"),
 ))]
@@ -428,7 +638,11 @@ async fn remove_member(
     State(api): State<Api>,
     axum::Extension(caller): axum::Extension<Caller>,
     ApiPath((group, username)): ApiPath<(String, String)>,
+    headers: HeaderMap,
 ) -> Response<Body> {
+    if let Err(r) = user_precondition(&api, &username, &headers).await {
+        return *r;
+    }
     match api.app.pool.remove_member(&group, &username).await {
         Ok(removed) => {
             if removed {
@@ -442,7 +656,7 @@ async fn remove_member(
                 .await;
             }
             match api.app.pool.user(&username).await {
-                Ok(u) => ok_json(StatusCode::OK, user_view(&u)),
+                Ok(u) => user_ok(StatusCode::OK, &u),
                 Err(e) => pool_problem(e),
             }
         }
@@ -577,15 +791,41 @@ async fn set_policies(
 }
 
 #[derive(Deserialize, ToSchema, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct ListAudit {
-    /// Only events after this sequence number.
+    /// Oldest first: only events after this sequence number (the `next` of the previous page).
+    #[param(nullable = false)]
     after: Option<i64>,
+    /// Newest first: only events before this sequence number (the `next` of the previous page).
+    #[param(nullable = false)]
+    before: Option<i64>,
+    /// `asc` (oldest first, the default; follow the log with `after`) or `desc` (newest first).
+    #[param(nullable = false)]
+    order: Option<AuditOrder>,
     /// Only events whose kind starts with this.
+    #[param(nullable = false)]
     kind: Option<String>,
     /// Only events about or by this subject or actor.
+    #[param(nullable = false)]
     who: Option<String>,
     /// At most this many (1–1000, default 100).
-    limit: Option<i64>,
+    #[param(nullable = false, minimum = 1, maximum = 1000)]
+    limit: Option<usize>,
+}
+
+#[derive(Deserialize, ToSchema, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+enum AuditOrder {
+    Asc,
+    Desc,
+}
+
+#[derive(serde::Serialize, ToSchema)]
+struct AuditPage {
+    items: Vec<AuditView>,
+    /// The cursor of the next page (`after` oldest first, `before` newest first); absent on the
+    /// last page. Following the log: pass the last `seq` seen as `after`.
+    next: Option<i64>,
 }
 
 #[derive(serde::Serialize, ToSchema)]
@@ -602,33 +842,43 @@ struct AuditView {
 }
 
 #[utoipa::path(get, path = "/audit", params(ListAudit), responses(
-    (status = 200, description = "Audit events, oldest first", body = Vec<AuditView>),
+    (status = 200, description = "A page of audit events", body = AuditPage),
 ))]
 async fn list_audit(
     State(api): State<Api>,
     q: Result<Query<ListAudit>, QueryRejection>,
 ) -> Response<Body> {
-    let Query(q) = match q {
+    let q = match query(q) {
         Ok(q) => q,
-        Err(e) => return problem(StatusCode::BAD_REQUEST, "Invalid query", e.body_text()),
+        Err(r) => return *r,
+    };
+    let limit = match page_limit(q.limit, 1000) {
+        Ok(l) => l,
+        Err(r) => return *r,
     };
     let filter = portcullis_store::AuditFilter {
         after: q.after,
+        before: q.before,
+        newest_first: q.order == Some(AuditOrder::Desc),
         kind_prefix: q.kind,
         who: q.who,
-        limit: q.limit.unwrap_or(100).clamp(1, 1000),
+        limit: i64::try_from(limit + 1).unwrap_or(1001),
         ..Default::default()
     };
     match api.app.store.audit_events(&filter).await {
-        Ok(events) => ok_json(
-            StatusCode::OK,
-            json!(
-                events
-                    .iter()
-                    .map(|e| json!({ "seq": e.seq, "at": e.at, "kind": e.kind, "actor": e.actor, "source": e.source, "subject": e.subject, "detail": e.detail, "hash": e.hash }))
-                    .collect::<Vec<_>>()
-            ),
-        ),
+        Ok(events) => {
+            let (items, next) = page(events.iter(), limit, |e| e.seq);
+            ok_json(
+                StatusCode::OK,
+                json!({
+                    "items": items
+                        .iter()
+                        .map(|e| json!({ "seq": e.seq, "at": e.at, "kind": e.kind, "actor": e.actor, "source": e.source, "subject": e.subject, "detail": e.detail, "hash": e.hash }))
+                        .collect::<Vec<_>>(),
+                    "next": next,
+                }),
+            )
+        }
         Err(e) => store_problem(e),
     }
 }
@@ -656,7 +906,8 @@ struct SetPassword {
     password: Option<String>,
 }
 
-#[utoipa::path(put, path = "/users/{username}/password", params(("username" = String, Path)), request_body = SetPassword, responses(
+#[utoipa::path(put, path = "/users/{username}/password", params(("username" = String, Path), ("If-Match" = Option<String>, Header, description = "The user's ETag: only if the user is still as read")), request_body = SetPassword, responses(
+    (status = 412, description = "The user changed since that ETag"),
     (status = 200, description = "Set; every session ended", body = UserView),
     (status = 400, description = "The password does not meet the policy"),
     (status = 404, description = "No such user"),
@@ -672,6 +923,9 @@ async fn set_password(
         Ok(r) => r,
         Err(r) => return *r,
     };
+    if let Err(r) = user_precondition(&api, &username, &headers).await {
+        return *r;
+    }
     let password = req.password.map(portcullis_token::Secret::new);
     if let Err(e) = api
         .app
@@ -690,7 +944,7 @@ async fn set_password(
     )
     .await;
     match api.app.pool.user(&username).await {
-        Ok(u) => ok_json(StatusCode::OK, user_view(&u)),
+        Ok(u) => user_ok(StatusCode::OK, &u),
         Err(e) => pool_problem(e),
     }
 }
@@ -757,7 +1011,8 @@ async fn end_sessions(
     }
 }
 
-#[utoipa::path(delete, path = "/users/{username}/mfa", params(("username" = String, Path)), responses(
+#[utoipa::path(delete, path = "/users/{username}/mfa", params(("username" = String, Path), ("If-Match" = Option<String>, Header, description = "The user's ETag: only if the user is still as read")), responses(
+    (status = 412, description = "The user changed since that ETag"),
     (status = 200, description = "Second factors removed and sessions ended", body = UserView),
     (status = 404, description = "No such user"),
 ))]
@@ -765,7 +1020,11 @@ async fn reset_mfa(
     State(api): State<Api>,
     axum::Extension(caller): axum::Extension<Caller>,
     ApiPath(username): ApiPath<String>,
+    headers: HeaderMap,
 ) -> Response<Body> {
+    if let Err(r) = user_precondition(&api, &username, &headers).await {
+        return *r;
+    }
     let user = match api.app.pool.user(&username).await {
         Ok(u) => u,
         Err(e) => return pool_problem(e),
@@ -788,7 +1047,7 @@ async fn reset_mfa(
         json!({ "removed": removed, "sessions": "all revoked" }),
     )
     .await;
-    ok_json(StatusCode::OK, user_view(&user))
+    user_ok(StatusCode::OK, &user)
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -830,10 +1089,7 @@ async fn create_group(
                 json!({ "description": g.description, "precedence": g.precedence }),
             )
             .await;
-            ok_json(
-                StatusCode::CREATED,
-                json!({ "name": g.name, "description": g.description, "precedence": g.precedence, "members": g.members }),
-            )
+            ok_json(StatusCode::CREATED, group_view(&g))
         }
         Err(e) => pool_problem(e),
     }
@@ -866,20 +1122,59 @@ struct VersionView {
     created_at: i64,
 }
 
-#[utoipa::path(get, path = "/policies/versions", responses(
-    (status = 200, description = "Every version, newest first", body = Vec<VersionView>),
+#[derive(serde::Serialize, ToSchema)]
+struct VersionPage {
+    items: Vec<VersionView>,
+    /// Pass as `before` for the next (older) page; absent on the last page.
+    next: Option<i64>,
+}
+
+#[derive(Deserialize, ToSchema, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+struct ListVersions {
+    /// Only versions older than this one (the `next` of the previous page).
+    #[param(nullable = false)]
+    before: Option<i64>,
+    /// At most this many (1–500, default 100).
+    #[param(nullable = false, minimum = 1, maximum = 500)]
+    limit: Option<usize>,
+}
+
+#[utoipa::path(get, path = "/policies/versions", params(ListVersions), responses(
+    (status = 200, description = "A page of versions, newest first", body = VersionPage),
 ))]
-async fn policy_versions(State(api): State<Api>) -> Response<Body> {
+async fn policy_versions(
+    State(api): State<Api>,
+    q: Result<Query<ListVersions>, QueryRejection>,
+) -> Response<Body> {
+    let q = match query(q) {
+        Ok(q) => q,
+        Err(r) => return *r,
+    };
+    let limit = match page_limit(q.limit, 500) {
+        Ok(l) => l,
+        Err(r) => return *r,
+    };
     match api.app.store.policy_history().await {
-        Ok(versions) => ok_json(
-            StatusCode::OK,
-            json!(
+        Ok(versions) => {
+            let (items, next) = page(
                 versions
                     .iter()
-                    .map(|v| json!({ "version": v.version, "comment": v.comment, "created_at": v.created_at }))
-                    .collect::<Vec<_>>()
-            ),
-        ),
+                    .filter(|v| q.before.is_none_or(|b| v.version < b)),
+                limit,
+                |v| v.version,
+            );
+            ok_json(
+                StatusCode::OK,
+                json!({
+                    "items": items
+                        .iter()
+                        .map(|v| json!({ "version": v.version, "comment": v.comment, "created_at": v.created_at }))
+                        .collect::<Vec<_>>(),
+                    "next": next,
+                }),
+            )
+        }
         Err(e) => store_problem(e),
     }
 }
@@ -1076,13 +1371,23 @@ struct ClientView {
     access_ttl: i64,
     id_ttl: i64,
     refresh_ttl: i64,
+    /// Declared in the configuration file (`[[clients]]`): changed there, not here.
+    declared: bool,
     /// Only in the answer that creates a confidential client or rotates its secret: shown once.
     client_secret: Option<String>,
 }
 
-fn client_view(c: &portcullis_store::Client, secret: Option<&str>) -> Value {
+#[derive(serde::Serialize, ToSchema)]
+struct ClientPage {
+    items: Vec<ClientView>,
+    /// Pass as `after` for the next page; absent on the last page.
+    next: Option<String>,
+}
+
+fn client_view(api: &Api, c: &portcullis_store::Client, secret: Option<&str>) -> Value {
     let mut v = json!({
         "client_id": c.client_id, "name": c.name, "confidential": c.secret_hash.is_some(),
+        "declared": declared(api, &c.client_id),
         "redirect_uris": c.redirect_uris, "logout_uris": c.logout_uris, "grants": c.grants,
         "scopes": c.scopes, "access_ttl": c.access_ttl, "id_ttl": c.id_ttl, "refresh_ttl": c.refresh_ttl,
     });
@@ -1092,6 +1397,35 @@ fn client_view(c: &portcullis_store::Client, secret: Option<&str>) -> Value {
     v
 }
 
+/// A client answer, with the client's ETag.
+fn client_ok(
+    api: &Api,
+    status: StatusCode,
+    c: &portcullis_store::Client,
+    secret: Option<&str>,
+) -> Response<Body> {
+    let mut r = ok_json(status, client_view(api, c, secret));
+    r.headers_mut()
+        .insert(header::ETAG, revision_etag("client", c.revision));
+    r
+}
+
+/// Whether a client comes from the configuration file, which wins at every start.
+fn declared(api: &Api, client_id: &str) -> bool {
+    api.app.config.clients.iter().any(|c| c.id == client_id)
+}
+
+/// The answer to a change of a client the configuration file declares.
+fn declared_problem(client_id: &str) -> Response<Body> {
+    problem(
+        StatusCode::CONFLICT,
+        "Declared in the configuration",
+        format!(
+            "client {client_id:?} is declared in the configuration file ([[clients]]), which is applied at every start; change it there"
+        ),
+    )
+}
+
 fn client_problem(e: portcullis_idp::ClientError) -> Response<Body> {
     match e {
         portcullis_idp::ClientError::Store(e) => store_problem(e),
@@ -1099,19 +1433,139 @@ fn client_problem(e: portcullis_idp::ClientError) -> Response<Body> {
     }
 }
 
-#[utoipa::path(get, path = "/clients", responses((status = 200, description = "Every client", body = Vec<ClientView>)))]
-async fn list_clients(State(api): State<Api>) -> Response<Body> {
-    match api.app.store.list_clients().await {
-        Ok(clients) => ok_json(
-            StatusCode::OK,
-            json!(
-                clients
-                    .iter()
-                    .map(|c| client_view(c, None))
-                    .collect::<Vec<_>>()
-            ),
+#[utoipa::path(get, path = "/clients", params(ListNamed), responses(
+    (status = 200, description = "A page of clients, by client id", body = ClientPage),
+))]
+async fn list_clients(
+    State(api): State<Api>,
+    q: Result<Query<ListNamed>, QueryRejection>,
+) -> Response<Body> {
+    let q = match query(q) {
+        Ok(q) => q,
+        Err(r) => return *r,
+    };
+    let limit = match page_limit(q.limit, 500) {
+        Ok(l) => l,
+        Err(r) => return *r,
+    };
+    let clients = match api.app.store.list_clients().await {
+        Ok(c) => c,
+        Err(e) => return store_problem(e),
+    };
+    let needle = q.q.unwrap_or_default().to_ascii_lowercase();
+    let (items, next) = page(
+        clients.iter().filter(|c| {
+            q.after.as_ref().is_none_or(|a| c.client_id > *a)
+                && (c.client_id.to_ascii_lowercase().contains(&needle)
+                    || c.name.to_ascii_lowercase().contains(&needle))
+        }),
+        limit,
+        |c| c.client_id.clone(),
+    );
+    ok_json(
+        StatusCode::OK,
+        json!({ "items": items.into_iter().map(|c| client_view(&api, c, None)).collect::<Vec<_>>(), "next": next }),
+    )
+}
+
+#[utoipa::path(get, path = "/clients/{client_id}", params(("client_id" = String, Path)), responses(
+    (status = 200, description = "The client, with its ETag", body = ClientView),
+    (status = 404, description = "No such client"),
+))]
+async fn get_client(State(api): State<Api>, ApiPath(client_id): ApiPath<String>) -> Response<Body> {
+    match api.app.store.client(&client_id).await {
+        Ok(Some(c)) => client_ok(&api, StatusCode::OK, &c, None),
+        Ok(None) => problem(
+            StatusCode::NOT_FOUND,
+            "Not found",
+            format!("client {client_id:?} does not exist"),
         ),
         Err(e) => store_problem(e),
+    }
+}
+
+/// Changes to a client; an absent field keeps its value. A list replaces the whole list.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+struct UpdateClient {
+    name: Option<String>,
+    redirect_uris: Option<Vec<String>>,
+    logout_uris: Option<Vec<String>>,
+    grants: Option<Vec<String>>,
+    scopes: Option<Vec<String>>,
+    /// Seconds.
+    access_ttl: Option<i64>,
+    /// Seconds.
+    id_ttl: Option<i64>,
+    /// Seconds.
+    refresh_ttl: Option<i64>,
+    /// `RS256` or `ES256`.
+    id_token_alg: Option<String>,
+}
+
+#[utoipa::path(patch, path = "/clients/{client_id}", params(("client_id" = String, Path), ("If-Match" = Option<String>, Header, description = "The client's ETag: only if the client is still as read")), request_body = UpdateClient, responses(
+    (status = 200, description = "The client as it is now", body = ClientView),
+    (status = 400, description = "The changed client would be invalid"),
+    (status = 404, description = "No such client"),
+    (status = 409, description = "Declared in the configuration file"),
+    (status = 412, description = "The client changed since that ETag"),
+))]
+async fn update_client(
+    State(api): State<Api>,
+    axum::Extension(caller): axum::Extension<Caller>,
+    ApiPath(client_id): ApiPath<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response<Body> {
+    let req: UpdateClient = match parse_json(&headers, &body) {
+        Ok(r) => r,
+        Err(r) => return *r,
+    };
+    let revision = match if_match_revision(&headers, "client") {
+        Ok(r) => r,
+        Err(r) => return *r,
+    };
+    if declared(&api, &client_id) {
+        return declared_problem(&client_id);
+    }
+    let before = match api.app.store.client(&client_id).await {
+        Ok(c) => c,
+        Err(e) => return store_problem(e),
+    };
+    let changes = portcullis_idp::ClientChanges {
+        name: req.name,
+        redirect_uris: req.redirect_uris,
+        logout_uris: req.logout_uris,
+        grants: req.grants,
+        scopes: req.scopes,
+        access_ttl: req.access_ttl,
+        id_ttl: req.id_ttl,
+        refresh_ttl: req.refresh_ttl,
+        id_token_alg: req.id_token_alg,
+    };
+    match api
+        .app
+        .provider
+        .update_client(
+            &client_id,
+            &changes,
+            revision,
+            api.app.config.allow_insecure_http,
+        )
+        .await
+    {
+        Ok(client) => {
+            audit(
+                &api,
+                &caller,
+                "client.update",
+                &client_id,
+                json!({ "before": before, "after": client }),
+            )
+            .await;
+            client_ok(&api, StatusCode::OK, &client, None)
+        }
+        Err(e) => client_problem(e),
     }
 }
 
@@ -1165,9 +1619,11 @@ async fn create_client(
     match api.app.provider.create_client(new).await {
         Ok((client, secret)) => {
             audit(&api, &caller, "client.create", &client.client_id, json!({ "name": client.name, "grants": client.grants, "scopes": client.scopes, "redirect_uris": client.redirect_uris })).await;
-            ok_json(
+            client_ok(
+                &api,
                 StatusCode::CREATED,
-                client_view(&client, secret.as_ref().map(|s| s.expose().as_str())),
+                &client,
+                secret.as_ref().map(|s| s.expose().as_str()),
             )
         }
         Err(e) => client_problem(e),
@@ -1177,19 +1633,23 @@ async fn create_client(
 #[utoipa::path(post, path = "/clients/{client_id}/secret", params(("client_id" = String, Path)), responses(
     (status = 200, description = "A new secret, in this answer only; the old one stops working", body = ClientView),
     (status = 404, description = "No such client"),
+    (status = 409, description = "Declared in the configuration file"),
 ))]
 async fn rotate_client_secret(
     State(api): State<Api>,
     axum::Extension(caller): axum::Extension<Caller>,
     ApiPath(client_id): ApiPath<String>,
 ) -> Response<Body> {
+    if declared(&api, &client_id) {
+        return declared_problem(&client_id);
+    }
     let secret = match api.app.provider.rotate_client_secret(&client_id).await {
         Ok(s) => s,
         Err(e) => return client_problem(e),
     };
     audit(&api, &caller, "client.rotate_secret", &client_id, json!({})).await;
     match api.app.store.client(&client_id).await {
-        Ok(Some(c)) => ok_json(StatusCode::OK, client_view(&c, Some(secret.expose()))),
+        Ok(Some(c)) => client_ok(&api, StatusCode::OK, &c, Some(secret.expose())),
         Ok(None) => problem(
             StatusCode::NOT_FOUND,
             "Not found",
@@ -1199,16 +1659,26 @@ async fn rotate_client_secret(
     }
 }
 
-#[utoipa::path(delete, path = "/clients/{client_id}", params(("client_id" = String, Path)), responses(
+#[utoipa::path(delete, path = "/clients/{client_id}", params(("client_id" = String, Path), ("If-Match" = Option<String>, Header, description = "The client's ETag: only if the client is still as read")), responses(
     (status = 204, description = "Deleted"),
     (status = 404, description = "No such client"),
+    (status = 409, description = "Declared in the configuration file"),
+    (status = 412, description = "The client changed since that ETag"),
 ))]
 async fn delete_client(
     State(api): State<Api>,
     axum::Extension(caller): axum::Extension<Caller>,
     ApiPath(client_id): ApiPath<String>,
+    headers: HeaderMap,
 ) -> Response<Body> {
-    match api.app.store.delete_client(&client_id).await {
+    let revision = match if_match_revision(&headers, "client") {
+        Ok(r) => r,
+        Err(r) => return *r,
+    };
+    if declared(&api, &client_id) {
+        return declared_problem(&client_id);
+    }
+    match api.app.store.delete_client(&client_id, revision).await {
         Ok(()) => {
             audit(&api, &caller, "client.delete", &client_id, json!({})).await;
             StatusCode::NO_CONTENT.into_response()
@@ -1365,6 +1835,7 @@ fn headers_as_json(mut headers: HeaderMap) -> HeaderMap {
 }
 
 #[derive(Deserialize, ToSchema, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct DiffQuery {
     from: i64,
     to: i64,
@@ -1476,7 +1947,8 @@ struct UpdateAttributes {
     remove: Vec<String>,
 }
 
-#[utoipa::path(patch, path = "/users/{username}/attributes", params(("username" = String, Path)), request_body = UpdateAttributes, responses(
+#[utoipa::path(patch, path = "/users/{username}/attributes", params(("username" = String, Path), ("If-Match" = Option<String>, Header, description = "The user's ETag: only if the user is still as read")), request_body = UpdateAttributes, responses(
+    (status = 412, description = "The user changed since that ETag"),
     (status = 200, description = "The user with the new attributes", body = UserView),
     (status = 400, description = "An attribute name or value is not allowed"),
     (status = 404, description = "No such user"),
@@ -1492,11 +1964,15 @@ async fn update_attributes(
         Ok(r) => r,
         Err(r) => return *r,
     };
+    let revision = match if_match_revision(&headers, "user") {
+        Ok(r) => r,
+        Err(r) => return *r,
+    };
     let set = req.set.clone().into_iter().collect();
     match api
         .app
         .pool
-        .update_attributes(&username, &set, &req.remove)
+        .update_attributes(&username, &set, &req.remove, revision)
         .await
     {
         Ok(user) => {
@@ -1508,10 +1984,183 @@ async fn update_attributes(
                 json!({ "set": req.set, "remove": req.remove }),
             )
             .await;
-            ok_json(StatusCode::OK, user_view(&user))
+            user_ok(StatusCode::OK, &user)
         }
         Err(e) => pool_problem(e),
     }
+}
+
+#[utoipa::path(delete, path = "/resource-servers/{identifier}", params(("identifier" = String, Path)), responses(
+    (status = 204, description = "Deleted"),
+    (status = 404, description = "No such resource server"),
+    (status = 409, description = "A client may still ask for one of its scopes, or it is declared in the configuration file"),
+))]
+async fn delete_resource_server(
+    State(api): State<Api>,
+    axum::Extension(caller): axum::Extension<Caller>,
+    ApiPath(identifier): ApiPath<String>,
+) -> Response<Body> {
+    if api
+        .app
+        .config
+        .resource_servers
+        .iter()
+        .any(|r| r.identifier == identifier)
+    {
+        return problem(
+            StatusCode::CONFLICT,
+            "Declared in the configuration",
+            format!(
+                "resource server {identifier:?} is declared in the configuration file ([[resource_servers]]); remove it there"
+            ),
+        );
+    }
+    match api.app.store.delete_resource_server(&identifier).await {
+        Ok(()) => {
+            audit(
+                &api,
+                &caller,
+                "resource_server.delete",
+                &identifier,
+                json!({}),
+            )
+            .await;
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Err(e) => store_problem(e),
+    }
+}
+
+/// (The shape the OpenAPI document gives; the handler writes the JSON.)
+#[allow(dead_code)]
+#[derive(serde::Serialize, ToSchema)]
+struct LiveSessionView {
+    sid: String,
+    username: String,
+    auth_time: i64,
+    created_at: i64,
+    expires_at: i64,
+    amr: Vec<String>,
+}
+
+#[derive(serde::Serialize, ToSchema)]
+struct SessionPage {
+    items: Vec<LiveSessionView>,
+    /// Pass as `after` for the next page; absent on the last page.
+    next: Option<String>,
+}
+
+#[derive(Deserialize, ToSchema, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+struct ListSessions {
+    /// Only sessions after this one (the `next` of the previous page).
+    #[param(nullable = false)]
+    after: Option<String>,
+    /// Only this user's sessions.
+    #[param(nullable = false)]
+    username: Option<String>,
+    /// At most this many (1–500, default 100).
+    #[param(nullable = false, minimum = 1, maximum = 500)]
+    limit: Option<usize>,
+}
+
+#[utoipa::path(get, path = "/sessions", params(ListSessions), responses(
+    (status = 200, description = "Live sessions of every user, newest first", body = SessionPage),
+))]
+async fn list_sessions(
+    State(api): State<Api>,
+    q: Result<Query<ListSessions>, QueryRejection>,
+) -> Response<Body> {
+    let q = match query(q) {
+        Ok(q) => q,
+        Err(r) => return *r,
+    };
+    // The cursor is `<created_at>.<sid>` of the last session shown.
+    let after = match q.after.as_deref().map(|a| {
+        a.split_once('.')
+            .and_then(|(at, sid)| Some((at.parse::<i64>().ok()?, sid)))
+    }) {
+        None => None,
+        Some(Some(c)) => Some(c),
+        Some(None) => {
+            return problem(
+                StatusCode::BAD_REQUEST,
+                "Invalid query",
+                "after: pass the `next` of the previous page",
+            );
+        }
+    };
+    let limit = match page_limit(q.limit, 500) {
+        Ok(l) => l,
+        Err(r) => return *r,
+    };
+    match api
+        .app
+        .store
+        .live_sessions_page(
+            api.app.provider.now(),
+            after,
+            q.username.as_deref(),
+            limit + 1,
+        )
+        .await
+    {
+        Ok(sessions) => {
+            let (items, next) = page(sessions.iter(), limit, |(s, _)| {
+                format!("{}.{}", s.created_at, s.sid)
+            });
+            ok_json(
+                StatusCode::OK,
+                json!({
+                    "items": items
+                        .iter()
+                        .map(|(s, username)| json!({ "sid": s.sid, "username": username, "auth_time": s.auth_time, "created_at": s.created_at, "expires_at": s.expires_at, "amr": s.amr }))
+                        .collect::<Vec<_>>(),
+                    "next": next,
+                }),
+            )
+        }
+        Err(e) => store_problem(e),
+    }
+}
+
+#[utoipa::path(delete, path = "/sessions/{sid}", params(("sid" = String, Path)), responses(
+    (status = 204, description = "Ended: its refresh tokens stop working, the gateway refuses its access tokens within a second"),
+    (status = 404, description = "No such live session"),
+))]
+async fn end_session(
+    State(api): State<Api>,
+    axum::Extension(caller): axum::Extension<Caller>,
+    ApiPath(sid): ApiPath<String>,
+) -> Response<Body> {
+    let now = api.app.provider.now();
+    let session = match api.app.store.session(&sid).await {
+        Ok(Some(s)) if s.revoked_at.is_none() && s.expires_at > now => s,
+        Ok(_) => {
+            return problem(
+                StatusCode::NOT_FOUND,
+                "Not found",
+                "no live session with this id",
+            );
+        }
+        Err(e) => return store_problem(e),
+    };
+    if let Err(e) = api.app.store.revoke_session(&sid, now).await {
+        return store_problem(e);
+    }
+    let username = match api.app.store.user_by_id(&session.user_id).await {
+        Ok(Some(u)) => u.username,
+        _ => session.user_id.clone(),
+    };
+    audit(
+        &api,
+        &caller,
+        "session.end",
+        &username,
+        json!({ "sid": sid }),
+    )
+    .await;
+    StatusCode::NO_CONTENT.into_response()
 }
 
 #[derive(OpenApi)]
@@ -1533,6 +2182,7 @@ async fn update_attributes(
         end_sessions,
         reset_mfa,
         list_groups,
+        get_group,
         create_group,
         delete_group,
         add_member,
@@ -1549,11 +2199,16 @@ async fn update_attributes(
         policy_matrix,
         validate_policies,
         list_clients,
+        get_client,
+        update_client,
         create_client,
         rotate_client_secret,
         delete_client,
         list_resource_servers,
         create_resource_server,
+        delete_resource_server,
+        list_sessions,
+        end_session,
         list_audit
     ),
     components(schemas(
@@ -1563,14 +2218,23 @@ async fn update_attributes(
         SetPassword,
         SessionView,
         GroupView,
+        GroupPage,
+        GroupDetail,
         NewGroup,
         PolicyView,
         SetPolicies,
         VersionView,
+        VersionPage,
+        AuditPage,
+        AuditOrder,
+        LiveSessionView,
+        SessionPage,
         Explain,
         KeyView,
         AuditView,
         ClientView,
+        ClientPage,
+        UpdateClient,
         NewClientBody,
         ResourceServerView,
         NewResourceServer,
@@ -1681,7 +2345,7 @@ impl AdminApi {
             )
             .route("/users/{username}/mfa", axum::routing::delete(reset_mfa))
             .route("/groups", get(list_groups).post(create_group))
-            .route("/groups/{group}", axum::routing::delete(delete_group))
+            .route("/groups/{group}", get(get_group).delete(delete_group))
             .route("/policies/versions", get(policy_versions))
             .route("/policies/versions/{version}", get(policy_version))
             .route("/policies/explain", post(explain))
@@ -1690,12 +2354,21 @@ impl AdminApi {
             .route("/policies/matrix", get(policy_matrix))
             .route("/policies/validate", post(validate_policies))
             .route("/clients", get(list_clients).post(create_client))
-            .route("/clients/{client_id}", axum::routing::delete(delete_client))
+            .route(
+                "/clients/{client_id}",
+                get(get_client).patch(update_client).delete(delete_client),
+            )
             .route("/clients/{client_id}/secret", post(rotate_client_secret))
             .route(
                 "/resource-servers",
                 get(list_resource_servers).post(create_resource_server),
             )
+            .route(
+                "/resource-servers/{identifier}",
+                axum::routing::delete(delete_resource_server),
+            )
+            .route("/sessions", get(list_sessions))
+            .route("/sessions/{sid}", axum::routing::delete(end_session))
             .route("/keys", get(list_keys))
             .route("/keys/rotate", post(rotate_keys))
             .route(

@@ -245,7 +245,7 @@ async fn user_inner(app: &Admin, cmd: UserCommand, json: bool) -> Result<(), Fai
             }
         }
         UserCommand::Delete { username } => {
-            pool.delete_user(&username).await?;
+            pool.delete_user(&username, None).await?;
             done(json, &format!("deleted user {username}"));
         }
         UserCommand::Import { file, groups } => {
@@ -585,6 +585,15 @@ fn client_error(e: portcullis_idp::ClientError) -> Failure {
 
 async fn client_inner(app: &Admin, cmd: ClientCommand, json: bool) -> Result<(), Failure> {
     let store = &app.store;
+    if let ClientCommand::Update { client_id, .. }
+    | ClientCommand::Delete { client_id }
+    | ClientCommand::RotateSecret { client_id } = &cmd
+        && app.config.clients.iter().any(|c| &c.id == client_id)
+    {
+        return Err(Failure::user(format!(
+            "client {client_id:?} is declared in the configuration file ([[clients]]), which is applied at every start; change it there"
+        )));
+    }
     match cmd {
         ClientCommand::Add {
             name,
@@ -669,8 +678,44 @@ async fn client_inner(app: &Admin, cmd: ClientCommand, json: bool) -> Result<(),
                 .ok_or_else(|| Failure::user(format!("client {client_id:?} does not exist")))?;
             print_json(&client_json(&c));
         }
+        ClientCommand::Update {
+            client_id,
+            name,
+            redirect_uris,
+            logout_uris,
+            grants,
+            scopes,
+            access_ttl,
+            id_ttl,
+            refresh_ttl,
+            id_token_alg,
+        } => {
+            let given = |v: Vec<String>| (!v.is_empty()).then_some(v);
+            let changes = portcullis_idp::ClientChanges {
+                name,
+                redirect_uris: given(redirect_uris),
+                logout_uris: given(logout_uris),
+                grants: given(grants),
+                scopes: given(scopes),
+                access_ttl,
+                id_ttl,
+                refresh_ttl,
+                id_token_alg,
+            };
+            let client = app
+                .provider()
+                .await?
+                .update_client(&client_id, &changes, None, false)
+                .await
+                .map_err(client_error)?;
+            if json {
+                print_json(&client_json(&client));
+            } else {
+                println!("updated client {} ({})", client.client_id, client.name);
+            }
+        }
         ClientCommand::Delete { client_id } => {
-            store.delete_client(&client_id).await?;
+            store.delete_client(&client_id, None).await?;
             done(json, &format!("deleted client {client_id}"));
         }
         ClientCommand::RotateSecret { client_id } => {
@@ -1223,6 +1268,26 @@ pub async fn client(app: &Admin, cmd: ClientCommand, json: bool) -> Result<(), F
             id.clone().unwrap_or_else(|| name.clone()),
             json!({ "name": name, "confidential": confidential, "redirect_uris": redirect_uris, "scopes": scopes, "grants": grants }),
         )),
+        ClientCommand::Update {
+            client_id,
+            name,
+            redirect_uris,
+            logout_uris,
+            grants,
+            scopes,
+            access_ttl,
+            id_ttl,
+            refresh_ttl,
+            id_token_alg,
+        } => Some((
+            "client.update",
+            client_id.clone(),
+            json!({ "changes": {
+                "name": name, "redirect_uris": redirect_uris, "logout_uris": logout_uris,
+                "grants": grants, "scopes": scopes, "access_ttl": access_ttl, "id_ttl": id_ttl,
+                "refresh_ttl": refresh_ttl, "id_token_alg": id_token_alg,
+            } }),
+        )),
         ClientCommand::Delete { client_id } => {
             Some(("client.delete", client_id.clone(), json!({})))
         }
@@ -1313,6 +1378,7 @@ pub async fn audit_command(app: &Admin, cmd: AuditCommand, json: bool) -> Result
                     kind_prefix: kind,
                     after,
                     limit,
+                    ..Default::default()
                 })
                 .await?;
             if json {

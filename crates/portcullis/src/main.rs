@@ -239,6 +239,38 @@ enum ClientCommand {
     List,
     /// Show one client.
     Show { client_id: String },
+    /// Change a client's settings (not its secret). A list option, when given, replaces the
+    /// whole list; what is not given stays. The result is validated like a new client.
+    Update {
+        client_id: String,
+        /// Display name.
+        #[arg(long)]
+        name: Option<String>,
+        /// An exact redirect URI (repeatable; replaces the list).
+        #[arg(long = "redirect-uri", value_name = "URI")]
+        redirect_uris: Vec<String>,
+        /// An exact sign-out URI (repeatable; replaces the list).
+        #[arg(long = "logout-uri", value_name = "URI")]
+        logout_uris: Vec<String>,
+        /// Allowed grant (repeatable; replaces the list).
+        #[arg(long = "grant", value_name = "GRANT")]
+        grants: Vec<String>,
+        /// Allowed scope (repeatable; replaces the list).
+        #[arg(long = "scope", value_name = "SCOPE")]
+        scopes: Vec<String>,
+        /// Access token lifetime in seconds.
+        #[arg(long)]
+        access_ttl: Option<i64>,
+        /// ID token lifetime in seconds.
+        #[arg(long)]
+        id_ttl: Option<i64>,
+        /// Refresh token absolute lifetime in seconds.
+        #[arg(long)]
+        refresh_ttl: Option<i64>,
+        /// ID token algorithm: RS256 or ES256.
+        #[arg(long)]
+        id_token_alg: Option<String>,
+    },
     /// Delete a client.
     Delete { client_id: String },
     /// Give a confidential client a new secret (printed once); the old one stops working.

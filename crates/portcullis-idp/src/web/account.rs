@@ -387,7 +387,7 @@ pub(super) async fn delete_account(
         };
         return render(&web, &session, &user, &csrf, outcome).await;
     }
-    if let Err(e) = web.provider.pool().delete_user(&user.username).await {
+    if let Err(e) = web.provider.pool().delete_user(&user.username, None).await {
         tracing::error!(error = %e, "account deletion failed");
         return web.error_page(StatusCode::SERVICE_UNAVAILABLE, UNAVAILABLE);
     }

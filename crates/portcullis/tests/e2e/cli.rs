@@ -341,3 +341,75 @@ statements = [{ effect = "allow", paths = ["/api/**"] }]
         .expect("run");
     assert_eq!(out.status.code(), Some(1));
 }
+
+#[test]
+fn client_update_changes_settings_validates_and_leaves_declared_clients_to_the_file() {
+    let i = Instance::with_config(
+        "[[clients]]\nid = \"declared\"\nredirect_uris = [\"https://app.example.com/cb\"]\n",
+    );
+    i.run(&[
+        "client",
+        "add",
+        "Shop",
+        "--id",
+        "shop",
+        "--redirect-uri",
+        "https://shop.example.com/cb",
+    ])
+    .ok();
+    let show = || -> serde_json::Value {
+        serde_json::from_str(&i.run(&["--json", "client", "show", "shop"]).ok()).expect("json")
+    };
+    let before = show();
+    let updated: serde_json::Value = serde_json::from_str(
+        &i.run(&[
+            "--json",
+            "client",
+            "update",
+            "shop",
+            "--name",
+            "The shop",
+            "--access-ttl",
+            "600",
+        ])
+        .ok(),
+    )
+    .expect("json");
+    assert_eq!(updated["name"], "The shop");
+    assert_eq!(updated["access_ttl"], 600);
+    assert_eq!(
+        updated["redirect_uris"], before["redirect_uris"],
+        "what is not given stays"
+    );
+    assert_eq!(show(), updated);
+    for (args, says) in [
+        (
+            &["--redirect-uri", "http://evil.example.com/cb"][..],
+            "plain http",
+        ),
+        (&["--grant", "password"][..], "unknown grant"),
+        (&["--scope", "nowhere/read"][..], "unknown scope"),
+        (&["--access-ttl", "1"][..], "between"),
+    ] {
+        let mut cmd = vec!["client", "update", "shop"];
+        cmd.extend_from_slice(args);
+        let err = i.run(&cmd).user_error();
+        assert!(err.contains(says), "{args:?}: {err}");
+        assert_eq!(show(), updated, "a refused change changes nothing");
+    }
+    let err = i
+        .run(&["client", "update", "declared", "--name", "x"])
+        .user_error();
+    assert!(err.contains("configuration file"), "{err}");
+    let err = i
+        .run(&["client", "update", "nobody", "--name", "x"])
+        .user_error();
+    assert!(err.contains("does not exist"), "{err}");
+    let events: serde_json::Value = serde_json::from_str(
+        &i.run(&["--json", "audit", "list", "--kind", "client.update"])
+            .ok(),
+    )
+    .expect("json");
+    assert_eq!(events.as_array().map(Vec::len), Some(1), "{events}");
+    assert_eq!(events[0]["subject"], "shop");
+}
