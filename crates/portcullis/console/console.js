@@ -23,10 +23,33 @@
 
   function cell(row, text) { const td = document.createElement("td"); td.textContent = text; row.appendChild(td); }
 
-  async function loadUsers(q) {
-    const { data } = await call("GET", "/users?limit=100" + (q ? "&q=" + encodeURIComponent(q) : ""));
+  // A button that acts on the second press ("Really ...?"), for what cannot be undone.
+  function confirmButton(label, className, action) {
+    const b = document.createElement("button");
+    b.type = "button";
+    b.className = className;
+    b.textContent = label;
+    let armed = false;
+    b.addEventListener("click", () => {
+      if (!armed) { armed = true; b.textContent = "Really " + label.toLowerCase() + "?"; return; }
+      act(action);
+    });
+    b.addEventListener("blur", () => { armed = false; b.textContent = label; });
+    return b;
+  }
+
+  let usersQuery = "";
+  let usersNext = null;
+
+  // A page of users; `more` appends the next page to the table.
+  async function loadUsers(q, more) {
+    if (!more) usersQuery = q || "";
+    const after = more && usersNext ? "&after=" + encodeURIComponent(usersNext) : "";
+    const { data } = await call("GET", "/users?limit=100" + (usersQuery ? "&q=" + encodeURIComponent(usersQuery) : "") + after);
+    usersNext = data.next;
+    $("more-users").hidden = !data.next;
     const body = $("users");
-    body.replaceChildren();
+    if (!more) body.replaceChildren();
     for (const u of data.items) {
       const tr = document.createElement("tr");
       tr.dataset.username = u.username;
@@ -39,7 +62,7 @@
       b.className = enable ? "enable" : "disable";
       b.addEventListener("click", () => act(async () => {
         await call("POST", "/users/" + encodeURIComponent(u.username) + (enable ? "/enable" : "/disable"));
-        await loadUsers();
+        await loadUsers(usersQuery);
       }));
       td.appendChild(b);
       tr.appendChild(td);
@@ -115,8 +138,54 @@
     }
   }
 
+  async function loadGroups() {
+    const { data } = await call("GET", "/groups?limit=500");
+    const body = $("groups");
+    body.replaceChildren();
+    for (const g of data.items) {
+      const tr = document.createElement("tr");
+      tr.dataset.group = g.name;
+      cell(tr, g.name); cell(tr, g.description); cell(tr, String(g.members));
+      const td = document.createElement("td");
+      td.appendChild(confirmButton("Delete " + g.name, "delete-group", async () => {
+        await call("DELETE", "/groups/" + encodeURIComponent(g.name));
+        await loadGroups();
+        await loadUsers(usersQuery);
+        say("deleted group " + g.name);
+      }));
+      tr.appendChild(td);
+      body.appendChild(tr);
+    }
+  }
+
+  async function loadClients() {
+    const { data } = await call("GET", "/clients?limit=500");
+    const ul = $("clients");
+    ul.replaceChildren();
+    for (const c of data.items) {
+      const li = document.createElement("li");
+      li.dataset.client = c.client_id;
+      li.textContent = c.client_id + " — " + c.name + " (" + c.grants.join(", ") + ")" + (c.declared ? " — declared in the configuration file" : "") + " ";
+      if (!c.declared) {
+        if (c.confidential) {
+          li.appendChild(confirmButton("New secret for " + c.client_id, "rotate-secret", async () => {
+            const { data: r } = await call("POST", "/clients/" + encodeURIComponent(c.client_id) + "/secret");
+            $("client-secret").textContent = "New secret for " + r.client_id + " (shown once; the old one no longer works): " + r.client_secret;
+            await loadClients();
+          }));
+        }
+        li.appendChild(confirmButton("Delete " + c.client_id, "delete-client", async () => {
+          await call("DELETE", "/clients/" + encodeURIComponent(c.client_id));
+          await loadClients();
+          say("deleted client " + c.client_id);
+        }));
+      }
+      ul.appendChild(li);
+    }
+  }
+
   async function loadOps() {
-    items("clients", (await call("GET", "/clients")).data.items, (c) => c.client_id + " — " + c.name + " (" + c.grants.join(", ") + ")");
+    await loadClients();
     items("keys", (await call("GET", "/keys")).data, (k) => k.kid + " " + k.alg + " " + k.purpose + " " + k.state);
   }
 
@@ -189,6 +258,12 @@
 
   document.addEventListener("DOMContentLoaded", () => {
     submit("search-users", () => loadUsers($("user-q").value));
+    $("more-users").addEventListener("click", () => act(() => loadUsers(usersQuery, true)));
+    submit("new-group", async () => {
+      await call("POST", "/groups", { name: $("group-name").value, description: $("group-description").value });
+      await loadGroups();
+      say("created group " + $("group-name").value);
+    });
     submit("new-user", async () => {
       const body = { username: $("new-username").value, invite: $("new-invite").checked };
       if ($("new-email").value) body.email = $("new-email").value;
@@ -200,7 +275,8 @@
       const user = encodeURIComponent($("member-user").value);
       const group = encodeURIComponent($("member-group").value);
       await call(method, "/groups/" + group + "/members/" + user);
-      await loadUsers();
+      await loadUsers(usersQuery);
+      await loadGroups();
     };
     submit("membership", () => membership("PUT"));
     $("remove-member").addEventListener("click", () => act(() => membership("DELETE")));
@@ -241,6 +317,6 @@
         : "Created " + data.client_id;
       await loadOps();
     });
-    act(async () => { await loadUsers(); await loadPolicies(); await loadAudit(); await loadOps(); });
+    act(async () => { await loadUsers(); await loadGroups(); await loadPolicies(); await loadAudit(); await loadOps(); });
   });
 })();

@@ -1196,6 +1196,66 @@ builtin = "admin-console"
     wait_text(&c, "#client-secret", "shown once").await;
     wait_text(&c, "#clients", "nightly").await;
     wait_text(&c, "#audit", "client.create").await;
+    let first_secret = c
+        .find(Locator::Id("client-secret"))
+        .await
+        .expect("secret")
+        .text()
+        .await
+        .expect("text");
+    // A new secret takes two presses (the first asks "Really ...?").
+    for _ in 0..2 {
+        c.find(Locator::Css(
+            "#clients li[data-client=nightly] button.rotate-secret",
+        ))
+        .await
+        .expect("a new-secret button")
+        .click()
+        .await
+        .expect("click");
+    }
+    wait_text(&c, "#client-secret", "the old one no longer works").await;
+    let second_secret = c
+        .find(Locator::Id("client-secret"))
+        .await
+        .expect("secret")
+        .text()
+        .await
+        .expect("text");
+    assert_ne!(
+        first_secret.rsplit(' ').next(),
+        second_secret.rsplit(' ').next()
+    );
+    wait_text(&c, "#audit", "client.rotate_secret").await;
+
+    // Groups: create one, see it counted, delete it (two presses).
+    fill(&c, "group-name", "auditors").await;
+    fill(&c, "group-description", "read the reports").await;
+    click(&c, "create-group").await;
+    wait_text(&c, "#groups tr[data-group=auditors]", "read the reports").await;
+    fill(&c, "member-user", "dora").await;
+    fill(&c, "member-group", "auditors").await;
+    click(&c, "add-member").await;
+    wait_text(&c, "#users tr[data-username=dora]", "auditors").await;
+    for _ in 0..2 {
+        c.find(Locator::Css(
+            "#groups tr[data-group=auditors] button.delete-group",
+        ))
+        .await
+        .expect("a delete button")
+        .click()
+        .await
+        .expect("click");
+    }
+    wait_text(&c, "#status", "deleted group auditors").await;
+    let groups = c
+        .find(Locator::Id("groups"))
+        .await
+        .expect("groups")
+        .text()
+        .await
+        .expect("text");
+    assert!(!groups.contains("auditors"), "{groups}");
 
     // The session cookie does not make a cross-site write: the gateway's CSRF rule holds for
     // the API as for any route.
