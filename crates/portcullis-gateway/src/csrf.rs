@@ -19,16 +19,22 @@ pub fn same_origin(headers: &HeaderMap, origin: &str) -> bool {
 /// Refuses a cross-site request that carried its credential in the cookie and could change
 /// something: an unsafe method, or a WebSocket handshake (a GET that opens a channel both ways:
 /// cross-site WebSocket hijacking). Bearer requests are exempt: no browser adds them by itself.
+/// A route's CORS settings may invite credentialed calls from other origins: an unsafe request
+/// whose `Origin` is one of them passes (never a WebSocket handshake, which CORS does not cover).
 pub(crate) fn check(
     from_cookie: bool,
     method: &Method,
     headers: &HeaderMap,
     origin: &str,
+    cors: Option<&crate::cors::Cors>,
     id: &Identity,
 ) -> Result<(), Reject> {
-    let safe = matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS)
-        && !headers.contains_key(header::UPGRADE);
+    let upgrade = headers.contains_key(header::UPGRADE);
+    let safe = matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS) && !upgrade;
     if !from_cookie || safe || same_origin(headers, origin) {
+        return Ok(());
+    }
+    if !upgrade && cors.is_some_and(|c| c.invites_credentials(headers)) {
         return Ok(());
     }
     Err(Reject::CrossSite {

@@ -11,6 +11,7 @@
 pub mod authn;
 mod authz;
 pub mod canonical;
+pub mod cors;
 mod csrf;
 pub mod forward;
 pub mod forwarded;
@@ -156,6 +157,9 @@ impl Gateway {
         for c in outcome.set_cookies.drain(..) {
             response.headers_mut().append(header::SET_COOKIE, c);
         }
+        if let Some((cors, origin)) = &outcome.cors {
+            cors.decorate(origin.as_ref(), response.headers_mut());
+        }
         let route = outcome
             .route
             .take()
@@ -185,6 +189,17 @@ impl Gateway {
         let canonical = canonical::target(req.uri())?;
         // Split once: routing and authorization both match these segments.
         let segments = portcullis_policy::path_segments(&canonical.lower);
+        // A CORS preflight asks about another method: answered from the route that method
+        // takes, before authentication (browsers send no credential with it).
+        if let Some(asked) = cors::preflight_method(req.method(), req.headers())
+            && let Some(route) = self.routes.find_segments(&asked, &segments)
+            && let Some(cors) = &route.cors
+        {
+            (outcome.route, *kind, outcome.decision) =
+                (Some(route.label.clone()), Some(route.kind), "preflight");
+            outcome.path = Some(canonical.decoded);
+            return Ok(cors.preflight(req.headers()));
+        }
         let route = self
             .routes
             .find_segments(req.method().as_str(), &segments)
@@ -193,6 +208,9 @@ impl Gateway {
             (Some(route.label.clone()), Some(route.kind), "public");
         // The decoded path is only logged from here on: moved, not copied.
         outcome.path = Some(canonical.decoded);
+        if let Some(cors) = &route.cors {
+            outcome.cors = Some((cors.clone(), req.headers().get(header::ORIGIN).cloned()));
+        }
         let identity = if route.kind == RouteKind::Public {
             None
         } else {
@@ -221,6 +239,7 @@ impl Gateway {
                 req.method(),
                 req.headers(),
                 &self.settings.public_origin,
+                route.cors.as_deref(),
                 &caller.identity,
             )?;
             outcome.decision = "allowed";

@@ -52,6 +52,7 @@ fn route(path: &str, kind: RouteKind, upstream: &str) -> RouteConfig {
         audience: None,
         websocket: false,
         shared_cache: false,
+        cors: None,
     }
 }
 

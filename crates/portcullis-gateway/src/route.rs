@@ -46,6 +46,8 @@ pub struct Route {
     pub websocket: bool,
     /// Answers may carry `Cache-Control: public` / `s-maxage` although the route needs sign-in.
     pub shared_cache: bool,
+    /// Cross-origin calls from browsers.
+    pub cors: Option<Arc<crate::cors::Cors>>,
 }
 
 impl Route {
@@ -103,6 +105,8 @@ pub enum RouteProblem {
     AssertionNeedsUpstream,
     #[error("websocket needs an upstream")]
     WebSocketNeedsUpstream,
+    #[error("{0}")]
+    Cors(String),
 }
 
 impl RouteTable {
@@ -177,7 +181,7 @@ impl RouteTable {
             {
                 return Err(at(RouteProblem::UpstreamOnly));
             }
-            let methods = c
+            let methods: Vec<String> = c
                 .methods
                 .iter()
                 .map(|m| m.to_ascii_uppercase())
@@ -196,6 +200,12 @@ impl RouteTable {
             if c.websocket && !matches!(target, Target::Upstream { .. }) {
                 return Err(at(RouteProblem::WebSocketNeedsUpstream));
             }
+            let cors = match &c.cors {
+                None => None,
+                Some(cfg) => Some(Arc::new(
+                    crate::cors::Cors::new(cfg, &methods).map_err(|e| at(RouteProblem::Cors(e)))?,
+                )),
+            };
             routes.push(Arc::new(Route {
                 label: Arc::from(pattern.as_str()),
                 pattern,
@@ -206,6 +216,7 @@ impl RouteTable {
                 assertion,
                 websocket: c.websocket,
                 shared_cache: c.shared_cache,
+                cors,
             }));
         }
         routes.sort_by_key(|r| std::cmp::Reverse(r.pattern.specificity()));
@@ -247,6 +258,7 @@ mod tests {
             upstream_timeout: None,
             websocket: false,
             shared_cache: false,
+            cors: None,
             total_timeout: None,
             token_sources: vec![TokenSource::Header],
             assertion: false,

@@ -77,6 +77,9 @@ pub struct RouteConfig {
     /// see). Off by default: such answers are made `private`.
     #[serde(default)]
     pub shared_cache: bool,
+    /// Cross-origin calls from browsers (`[routes.cors]`): answered preflights and
+    /// `Access-Control-*` headers for the origins listed.
+    pub cors: Option<crate::cors::CorsConfig>,
 }
 
 /// Gateway-wide settings.

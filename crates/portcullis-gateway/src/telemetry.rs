@@ -17,6 +17,9 @@ pub(crate) struct Outcome {
     /// The caller's `sub`, when access logging is on.
     pub principal: Option<String>,
     pub decision: &'static str,
+    /// The matched route's CORS settings and the request's `Origin`, for the answer's headers
+    /// (a refusal's too, so the caller's script can read why).
+    pub cors: Option<(Arc<crate::cors::Cors>, Option<HeaderValue>)>,
 }
 
 /// Records one request: counters and latency by route, status and decision, and (when

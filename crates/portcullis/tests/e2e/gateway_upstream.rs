@@ -29,6 +29,8 @@ impl Upstream {
                 }
                 // A test can ask for the answer's Cache-Control.
                 let cache_control = req.headers().get("x-test-cache-control").cloned();
+                // ... and a CORS header of its own (which a CORS route must drop).
+                let own_cors = req.headers().contains_key("x-test-own-cors");
                 let method = req.method().to_string();
                 let version = format!("{:?}", req.version());
                 let uri = req.uri().to_string();
@@ -38,6 +40,9 @@ impl Upstream {
                 let mut resp = axum::response::IntoResponse::into_response(axum::Json(record));
                 if let Some(cc) = cache_control {
                     resp.headers_mut().insert("cache-control", cc);
+                }
+                if own_cors {
+                    resp.headers_mut().insert("access-control-allow-origin", axum::http::HeaderValue::from_static("*"));
                 }
                 resp
             }

@@ -5,6 +5,7 @@
 
 mod authn;
 mod authz;
+mod cors;
 mod forward;
 mod http2;
 mod paths;
