@@ -17,6 +17,7 @@ pub mod forward;
 pub mod forwarded;
 mod framing;
 pub mod issuers;
+pub mod limits;
 pub mod reject;
 mod respond;
 pub mod route;
@@ -60,6 +61,8 @@ pub struct Gateway {
     no_route: Arc<str>,
     /// portcullis' own services behind `builtin` routes, registered at start-up.
     builtins: std::sync::OnceLock<std::collections::HashMap<String, Arc<dyn Builtin>>>,
+    /// Quota counts of every route, synced with the store by the refresh task.
+    quotas: limits::QuotaCounts,
 }
 
 /// One of portcullis' own services behind a `builtin` route. It gets the request after
@@ -108,6 +111,7 @@ impl Gateway {
             policies: ArcSwap::from_pointee(PolicySet::default()),
             clock,
             builtins: std::sync::OnceLock::new(),
+            quotas: limits::QuotaCounts::default(),
         }
     }
 
@@ -160,6 +164,14 @@ impl Gateway {
         if let Some((cors, origin)) = &outcome.cors {
             cors.decorate(origin.as_ref(), response.headers_mut());
         }
+        if let Some(limit) = outcome.limit.take()
+            && !response.headers().contains_key("ratelimit")
+        {
+            response
+                .headers_mut()
+                .insert("ratelimit-policy", limit.policy);
+            response.headers_mut().insert("ratelimit", limit.state);
+        }
         let route = outcome
             .route
             .take()
@@ -211,6 +223,12 @@ impl Gateway {
         if let Some(cors) = &route.cors {
             outcome.cors = Some((cors.clone(), req.headers().get(header::ORIGIN).cloned()));
         }
+        // Limits by network first: a flood costs no token verification past its budget.
+        for limit in route.rate_limits.iter().filter(|l| l.by_address()) {
+            if let Some(h) = limit.check(peer.ip(), None)? {
+                outcome.limit = Some(h);
+            }
+        }
         let identity = if route.kind == RouteKind::Public {
             None
         } else {
@@ -242,6 +260,20 @@ impl Gateway {
                 route.cors.as_deref(),
                 &caller.identity,
             )?;
+            for limit in route.rate_limits.iter().filter(|l| !l.by_address()) {
+                if let Some(h) = limit.check(peer.ip(), Some(&caller.identity))? {
+                    outcome.limit = Some(h);
+                }
+            }
+            for (i, quota) in route.quotas.iter().enumerate() {
+                self.quotas.check(
+                    &route.label,
+                    i,
+                    quota,
+                    Some(&caller.identity),
+                    self.clock.now(),
+                )?;
+            }
             outcome.decision = "allowed";
             Some(caller.identity)
         };

@@ -53,6 +53,8 @@ fn route(path: &str, kind: RouteKind, upstream: &str) -> RouteConfig {
         websocket: false,
         shared_cache: false,
         cors: None,
+        rate_limits: vec![],
+        quotas: vec![],
     }
 }
 

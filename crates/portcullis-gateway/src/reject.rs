@@ -64,6 +64,19 @@ pub enum Reject {
     UpstreamTimeout { upstream: String },
     /// The upstream switched protocols unasked (or to another than WebSocket): 502, closed.
     UpstreamSwitched { upstream: String },
+    /// A route's rate limit: 429 with `Retry-After` and the `RateLimit` headers.
+    RateLimited {
+        retry_after: u64,
+        headers: crate::limits::LimitHeaders,
+        /// The limit's name, for the log.
+        limit: String,
+    },
+    /// A client's quota for the day or month is used up: 429 until the period ends.
+    QuotaExceeded {
+        retry_after: u64,
+        limit: u64,
+        period: crate::limits::QuotaPeriod,
+    },
     /// A bug: 500.
     Internal(&'static str),
 }
@@ -78,6 +91,7 @@ impl Reject {
             Reject::Unauthenticated { .. } | Reject::SessionUnavailable => "authn",
             Reject::Denied { .. } | Reject::StepUp { .. } => "authz",
             Reject::CrossSite { .. } => "csrf",
+            Reject::RateLimited { .. } | Reject::QuotaExceeded { .. } => "limits",
             Reject::Upgrade(_)
             | Reject::BodyTooLarge { .. }
             | Reject::BodyTooSlow
@@ -109,6 +123,8 @@ impl Reject {
             Reject::StepUp { .. } => "step_up",
             Reject::CrossSite { .. } => "cross_site",
             Reject::SessionUnavailable => "unavailable",
+            Reject::RateLimited { .. } => "rate_limited",
+            Reject::QuotaExceeded { .. } => "quota_exceeded",
             _ => match self.fault() {
                 Fault::Client => "bad_request",
                 Fault::Upstream => "upstream_error",
@@ -155,6 +171,22 @@ impl Reject {
             }
             Reject::BodyTooLarge { .. } => {
                 tracing::info!(path, stage, "request refused: body over gateway.max_body");
+            }
+            Reject::RateLimited {
+                limit, retry_after, ..
+            } => {
+                metrics::counter!("portcullis_gateway_rate_limited_total").increment(1);
+                tracing::debug!(
+                    path,
+                    stage,
+                    limit,
+                    retry_after,
+                    "request refused: rate limit"
+                );
+            }
+            Reject::QuotaExceeded { limit, .. } => {
+                metrics::counter!("portcullis_gateway_quota_exceeded_total").increment(1);
+                tracing::info!(path, stage, limit, "request refused: quota used up");
             }
             Reject::BodyTooSlow => {
                 tracing::info!(
@@ -289,6 +321,38 @@ impl Reject {
                 );
                 r.headers_mut()
                     .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+                r
+            }
+            Reject::RateLimited {
+                retry_after,
+                headers,
+                ..
+            } => {
+                let mut r = json(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    json!({ "error": "rate_limited", "message": format!("too many requests; try again in {retry_after} s") }),
+                );
+                let h = r.headers_mut();
+                h.insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
+                h.insert("ratelimit-policy", headers.policy);
+                h.insert("ratelimit", headers.state);
+                r
+            }
+            Reject::QuotaExceeded {
+                retry_after,
+                limit,
+                period,
+            } => {
+                let period = match period {
+                    crate::limits::QuotaPeriod::Day => "day",
+                    crate::limits::QuotaPeriod::Month => "month",
+                };
+                let mut r = json(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    json!({ "error": "quota_exceeded", "message": format!("this client's quota of {limit} requests per {period} is used up") }),
+                );
+                r.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
                 r
             }
             Reject::Internal(_) => error(StatusCode::INTERNAL_SERVER_ERROR, "internal_error"),

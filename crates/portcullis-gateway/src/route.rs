@@ -48,6 +48,10 @@ pub struct Route {
     pub shared_cache: bool,
     /// Cross-origin calls from browsers.
     pub cors: Option<Arc<crate::cors::Cors>>,
+    /// Rate limits, in the order written (shared: the route is cloned, its counts are not).
+    pub rate_limits: Arc<[crate::limits::RateLimit]>,
+    /// Quotas per client.
+    pub quotas: Arc<[crate::limits::QuotaRule]>,
 }
 
 impl Route {
@@ -107,6 +111,12 @@ pub enum RouteProblem {
     WebSocketNeedsUpstream,
     #[error("{0}")]
     Cors(String),
+    #[error("{0}")]
+    Limit(String),
+    #[error(
+        "a public route has no caller to count: rate limits by sub, client or group and quotas need kind = \"api\" or \"page\""
+    )]
+    PublicLimit,
 }
 
 impl RouteTable {
@@ -206,6 +216,24 @@ impl RouteTable {
                     crate::cors::Cors::new(cfg, &methods).map_err(|e| at(RouteProblem::Cors(e)))?,
                 )),
             };
+            let rate_limits = c
+                .rate_limits
+                .iter()
+                .enumerate()
+                .map(|(i, l)| crate::limits::RateLimit::new(l, i))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| at(RouteProblem::Limit(e)))?;
+            let quotas = c
+                .quotas
+                .iter()
+                .map(crate::limits::QuotaRule::new)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| at(RouteProblem::Limit(e)))?;
+            if c.kind == RouteKind::Public
+                && (!quotas.is_empty() || rate_limits.iter().any(|l| !l.by_address()))
+            {
+                return Err(at(RouteProblem::PublicLimit));
+            }
             routes.push(Arc::new(Route {
                 label: Arc::from(pattern.as_str()),
                 pattern,
@@ -217,6 +245,8 @@ impl RouteTable {
                 websocket: c.websocket,
                 shared_cache: c.shared_cache,
                 cors,
+                rate_limits: rate_limits.into(),
+                quotas: quotas.into(),
             }));
         }
         routes.sort_by_key(|r| std::cmp::Reverse(r.pattern.specificity()));
@@ -259,6 +289,8 @@ mod tests {
             websocket: false,
             shared_cache: false,
             cors: None,
+            rate_limits: vec![],
+            quotas: vec![],
             total_timeout: None,
             token_sources: vec![TokenSource::Header],
             assertion: false,

@@ -80,6 +80,12 @@ pub struct RouteConfig {
     /// Cross-origin calls from browsers (`[routes.cors]`): answered preflights and
     /// `Access-Control-*` headers for the origins listed.
     pub cors: Option<crate::cors::CorsConfig>,
+    /// `[[routes.rate_limits]]`: requests per window by caller, client, group or network.
+    #[serde(default)]
+    pub rate_limits: Vec<crate::limits::RateLimitConfig>,
+    /// `[[routes.quotas]]`: requests per day or month per client, counted in the store.
+    #[serde(default)]
+    pub quotas: Vec<crate::limits::QuotaConfig>,
 }
 
 /// Gateway-wide settings.

@@ -70,6 +70,9 @@ impl Gateway {
             state.policy_version = version;
         }
         let now = self.clock.now();
+        if let Err(e) = self.quotas.sync(store, now).await {
+            tracing::warn!(error = %e, "quota counts could not be added to the store; retrying");
+        }
         // Incremental reads, with a full re-read every minute to forget expired entries.
         let full = state.revocations_since.is_none() || state.reads.is_multiple_of(120);
         let since = if full {

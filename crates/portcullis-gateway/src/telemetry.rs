@@ -20,6 +20,8 @@ pub(crate) struct Outcome {
     /// The matched route's CORS settings and the request's `Origin`, for the answer's headers
     /// (a refusal's too, so the caller's script can read why).
     pub cors: Option<(Arc<crate::cors::Cors>, Option<HeaderValue>)>,
+    /// What the route's rate limits have left, for the answer's `RateLimit` headers.
+    pub limit: Option<crate::limits::LimitHeaders>,
 }
 
 /// Records one request: counters and latency by route, status and decision, and (when

@@ -19,6 +19,7 @@ mod mfa;
 mod migrate;
 mod open;
 mod policies;
+mod quotas;
 mod sessions;
 mod settings;
 mod users;

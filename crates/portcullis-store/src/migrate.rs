@@ -45,6 +45,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "revisions",
         include_str!("../migrations/0010_revisions.sql"),
     ),
+    (11, "quotas", include_str!("../migrations/0011_quotas.sql")),
 ];
 
 pub(crate) async fn run(store: &Store) -> Result<(), StoreError> {

@@ -106,7 +106,51 @@ both_backends!(
     revisions_rise_with_every_change_and_guard_writes,
     user_pages_follow_the_username_order_and_filter,
     live_sessions_of_every_user_page_newest_first,
+    quota_usage_adds_up_across_writers,
 );
+
+async fn quota_usage_adds_up_across_writers(store: Store) {
+    let tasks: Vec<_> = (0..8)
+        .map(|_| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                store
+                    .add_quota_usage("/api/**#0", "billing", "d:2026-12-06", 5, 100)
+                    .await
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.expect("task").expect("add");
+    }
+    assert_eq!(
+        store
+            .add_quota_usage("/api/**#0", "billing", "d:2026-12-06", 0, 100)
+            .await
+            .expect("read"),
+        40
+    );
+    assert_eq!(
+        store
+            .add_quota_usage("/api/**#0", "other", "d:2026-12-06", 1, 200)
+            .await
+            .expect("add"),
+        1,
+        "another client counts apart"
+    );
+    let all = store
+        .quota_usage_in(&["d:2026-12-06", "m:2026-12"])
+        .await
+        .expect("read");
+    assert_eq!(all.len(), 2);
+    assert!(all.contains(&(
+        "/api/**#0".into(),
+        "billing".into(),
+        "d:2026-12-06".into(),
+        40
+    )));
+    assert_eq!(store.prune_quota_usage(150).await.expect("prune"), 1);
+}
 
 async fn revisions_rise_with_every_change_and_guard_writes(store: Store) {
     store

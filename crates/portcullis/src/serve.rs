@@ -23,7 +23,7 @@ use crate::http_server::Limits;
 /// How long `/readyz` waits for the store before answering 503.
 const READY_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Deletes audit events past `audit.retention`, hourly.
+/// Deletes audit events past `audit.retention` and quota counts of past periods, hourly.
 fn spawn_audit_retention(app: &App) {
     let store = app.store.clone();
     let keep = i64::try_from(app.config.audit_retention.as_secs()).unwrap_or(i64::MAX / 2);
@@ -34,6 +34,10 @@ fn spawn_audit_retention(app: &App) {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(events = n, "audit events past audit.retention deleted"),
                 Err(e) => tracing::warn!(error = %e, "pruning the audit log failed"),
+            }
+            // Quota counts of periods long over (a month and a bit).
+            if let Err(e) = store.prune_quota_usage(clock.now() - 40 * 86400).await {
+                tracing::warn!(error = %e, "pruning old quota counts failed");
             }
             tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
         }

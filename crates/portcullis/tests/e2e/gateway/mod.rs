@@ -8,6 +8,7 @@ mod authz;
 mod cors;
 mod forward;
 mod http2;
+mod limits;
 mod paths;
 mod telemetry;
 
