@@ -42,7 +42,7 @@ impl TrustedProxies {
         self.0.iter().any(|n| n.prefix_len() == 0)
     }
 
-    fn trusts(&self, ip: IpAddr) -> bool {
+    pub fn trusts(&self, ip: IpAddr) -> bool {
         let ip = canonical_ip(ip);
         self.0.iter().any(|n| n.contains(&ip))
     }

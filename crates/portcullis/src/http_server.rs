@@ -237,6 +237,7 @@ fn service(
     Future = impl Future<Output = Result<Response, std::convert::Infallible>> + Send + 'static,
 > {
     use tower::ServiceExt;
+    use tracing::Instrument;
     hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
         let mut req = req.map(axum::body::Body::new);
         // The client's address: the peer, or whom a trusted proxy forwards for.
@@ -247,6 +248,12 @@ fn service(
         };
         req.extensions_mut()
             .insert(axum::extract::ConnectInfo(client));
+        let ids = crate::request_id::assign(req.headers_mut(), trusted.trusts(peer.ip()));
+        let span = tracing::info_span!(
+            "request",
+            id = ids.request_id.to_str().unwrap_or("-"),
+            trace = %ids.trace_id
+        );
         let router = router.clone();
         let edge = edge.clone();
         let busy = h2.as_ref().map(|a| a.start());
@@ -270,9 +277,13 @@ fn service(
                     .entry(header::STRICT_TRANSPORT_SECURITY)
                     .or_insert_with(|| hsts.clone());
             }
+            response
+                .headers_mut()
+                .insert(crate::request_id::REQUEST_ID, ids.request_id);
             drop(busy);
             Ok(response)
         }
+        .instrument(span)
     })
 }
 

@@ -14,6 +14,7 @@ mod http_server;
 mod import;
 mod legacy;
 mod mail;
+mod request_id;
 mod serve;
 mod tls;
 

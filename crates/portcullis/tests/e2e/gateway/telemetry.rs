@@ -62,11 +62,16 @@ async fn one_json_access_log_line_per_request_without_tokens_or_queries() {
         std::process::Stdio::from(std::fs::File::create(&log).expect("log file")),
     );
     let http = reqwest::Client::new();
-    http.get(server.url("/api/orders/1?secret=hunter2"))
+    let answer = http
+        .get(server.url("/api/orders/1?secret=hunter2"))
         .bearer_auth("header.payload.signature-not-to-be-logged")
         .send()
         .await
         .expect("send");
+    let request_id = answer.headers()["x-request-id"]
+        .to_str()
+        .expect("ascii")
+        .to_owned();
     drop(server);
     let text = std::fs::read_to_string(&log).expect("log");
     let line = text
@@ -79,8 +84,75 @@ async fn one_json_access_log_line_per_request_without_tokens_or_queries() {
     assert_eq!(line["fields"]["status"], 401);
     assert_eq!(line["fields"]["route"], "/api/**");
     assert_eq!(line["fields"]["client"], "127.0.0.1");
+    assert_eq!(
+        line["span"]["id"], request_id,
+        "the log line names the request id the answer carries"
+    );
     assert!(
         !text.contains("hunter2") && !text.contains("signature-not-to-be-logged"),
         "no query or token in logs:\n{text}"
+    );
+}
+
+/// Every request has an id (a client's own is replaced: it is not a trusted proxy) and a trace:
+/// the upstream gets both, the answer returns the id, a valid `traceparent` is continued.
+#[tokio::test]
+async fn request_ids_and_traces_reach_the_upstream_and_come_back() {
+    let e = super::env().await;
+    let r = e
+        .idp
+        .http
+        .get(e.url("/api/orders/7"))
+        .bearer_auth(&e.ada)
+        .header("x-request-id", "chosen-by-the-client")
+        .header(
+            "traceparent",
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+        )
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status(), StatusCode::OK);
+    let id = r.headers()["x-request-id"]
+        .to_str()
+        .expect("ascii")
+        .to_owned();
+    assert_ne!(id, "chosen-by-the-client");
+    let seen = e.upstream.last();
+    assert_eq!(seen["headers"]["x-request-id"], serde_json::json!([id]));
+    let parent = seen["headers"]["traceparent"][0]
+        .as_str()
+        .expect("a traceparent");
+    assert!(
+        parent.starts_with("00-0af7651916cd43dd8448eb211c80319c-") && parent.ends_with("-01"),
+        "{parent}"
+    );
+    assert!(!parent.contains("b7ad6b7169203331"));
+    // Refusals carry an id too; without a traceparent a trace starts here.
+    let refused = e
+        .idp
+        .http
+        .get(e.url("/api/orders/7"))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(refused.status(), StatusCode::UNAUTHORIZED);
+    let other = refused.headers()["x-request-id"].to_str().expect("ascii");
+    assert_eq!(other.len(), 32);
+    assert_ne!(other, id);
+    let _ = e
+        .idp
+        .http
+        .get(e.url("/public/x"))
+        .send()
+        .await
+        .expect("send");
+    let started = e.upstream.last();
+    let fresh = started["headers"]["traceparent"][0]
+        .as_str()
+        .expect("traceparent");
+    assert!(
+        !fresh.contains("0af7651916cd43dd8448eb211c80319c"),
+        "{fresh}"
     );
 }

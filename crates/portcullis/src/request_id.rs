@@ -1,0 +1,155 @@
+//! Every request gets an id and a place in a trace, at the edge, before any service sees it:
+//!
+//! - `X-Request-Id`: kept when a trusted proxy (`server.trusted_proxies`) sent a well-formed one
+//!   (1–128 of `A-Z a-z 0-9 - _ . : /`), otherwise a new one (a UUIDv7: time-ordered, so logs
+//!   sort). The request carries it on (so the upstream gets it), the answer returns it, and every
+//!   log line written while the request is served names it (the `request` span).
+//! - W3C `traceparent` (`00-<trace>-<parent>-<flags>`): a valid one is continued — the same trace
+//!   id, this hop's own span id as the upstream's parent — and an invalid or missing one starts a
+//!   new trace. `tracestate` passes on only with a valid `traceparent`.
+
+use axum::http::{HeaderMap, HeaderValue, header::HeaderName};
+
+pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
+
+/// What the edge decided for one request.
+pub struct RequestIds {
+    pub request_id: HeaderValue,
+    /// The 32 hex digits of the trace.
+    pub trace_id: String,
+}
+
+fn well_formed_id(v: &HeaderValue) -> bool {
+    let b = v.as_bytes();
+    (1..=128).contains(&b.len())
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || b"-_.:/".contains(c))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn lower_hex(s: &str, len: usize) -> bool {
+    s.len() == len && s.bytes().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+/// `(trace id, flags)` of a valid version-00 `traceparent` (all-zero ids are invalid).
+fn parse_traceparent(v: &HeaderValue) -> Option<(String, String)> {
+    let s = v.to_str().ok()?;
+    let mut parts = s.split('-');
+    let (version, trace, parent, flags) =
+        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    if parts.next().is_some()
+        || version != "00"
+        || !lower_hex(trace, 32)
+        || !lower_hex(parent, 16)
+        || !lower_hex(flags, 2)
+        || trace.bytes().all(|c| c == b'0')
+        || parent.bytes().all(|c| c == b'0')
+    {
+        return None;
+    }
+    Some((trace.to_owned(), flags.to_owned()))
+}
+
+/// Sets the request's `X-Request-Id` and `traceparent` (see the module doc); `trusted`: the
+/// direct peer is a trusted proxy.
+pub fn assign(headers: &mut HeaderMap, trusted: bool) -> RequestIds {
+    let request_id = match headers.get(&REQUEST_ID) {
+        Some(v)
+            if trusted && well_formed_id(v) && headers.get_all(&REQUEST_ID).iter().count() == 1 =>
+        {
+            v.clone()
+        }
+        _ => HeaderValue::from_str(&uuid::Uuid::now_v7().simple().to_string())
+            .unwrap_or(HeaderValue::from_static("-")),
+    };
+    headers.insert(REQUEST_ID, request_id.clone());
+    let incoming = (headers.get_all(&TRACEPARENT).iter().count() == 1)
+        .then(|| headers.get(&TRACEPARENT).and_then(parse_traceparent))
+        .flatten();
+    let mut span = [0u8; 8];
+    rand::fill(&mut span);
+    let (trace_id, flags) = match incoming {
+        Some(t) => t,
+        None => {
+            headers.remove(&TRACESTATE);
+            let mut trace = [0u8; 16];
+            rand::fill(&mut trace);
+            (hex(&trace), "00".to_owned())
+        }
+    };
+    if let Ok(v) = HeaderValue::from_str(&format!("00-{trace_id}-{}-{flags}", hex(&span))) {
+        headers.insert(TRACEPARENT, v);
+    }
+    RequestIds {
+        request_id,
+        trace_id,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).expect("name"),
+                HeaderValue::from_str(v).expect("value"),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn a_request_id_is_kept_only_from_a_trusted_proxy_and_only_when_well_formed() {
+        let mut h = headers(&[("x-request-id", "lb-1234")]);
+        assert_eq!(assign(&mut h, true).request_id, "lb-1234");
+        let mut h = headers(&[("x-request-id", "lb-1234")]);
+        let ids = assign(&mut h, false);
+        assert_ne!(ids.request_id, "lb-1234", "a client cannot choose its id");
+        assert_eq!(h["x-request-id"], ids.request_id);
+        assert_eq!(ids.request_id.len(), 32);
+        for bad in ["a b", "x\"y", &"a".repeat(129), "<script>"] {
+            let mut h = headers(&[("x-request-id", bad)]);
+            assert_ne!(assign(&mut h, true).request_id, bad);
+        }
+        let mut h = headers(&[("x-request-id", "a"), ("x-request-id", "b")]);
+        let ids = assign(&mut h, true);
+        assert!(ids.request_id != "a" && ids.request_id != "b");
+        assert_eq!(h.get_all("x-request-id").iter().count(), 1);
+    }
+
+    #[test]
+    fn a_valid_trace_is_continued_and_anything_else_restarted() {
+        let parent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+        let mut h = headers(&[("traceparent", parent), ("tracestate", "congo=t61rcWkgMzE")]);
+        let ids = assign(&mut h, false);
+        assert_eq!(ids.trace_id, "0af7651916cd43dd8448eb211c80319c");
+        let sent = h["traceparent"].to_str().expect("ascii");
+        assert!(sent.starts_with("00-0af7651916cd43dd8448eb211c80319c-"));
+        assert!(sent.ends_with("-01"));
+        assert!(!sent.contains("b7ad6b7169203331"), "this hop's own span id");
+        assert_eq!(h["tracestate"], "congo=t61rcWkgMzE");
+        for bad in [
+            "00-00000000000000000000000000000000-b7ad6b7169203331-01",
+            "00-0af7651916cd43dd8448eb211c80319c-0000000000000000-01",
+            "01-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+            "00-0AF7651916CD43DD8448EB211C80319C-b7ad6b7169203331-01",
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331",
+            "garbage",
+        ] {
+            let mut h = headers(&[("traceparent", bad), ("tracestate", "x=y")]);
+            let ids = assign(&mut h, false);
+            assert_ne!(ids.trace_id, "0af7651916cd43dd8448eb211c80319c", "{bad}");
+            assert!(lower_hex(&ids.trace_id, 32));
+            assert!(!h.contains_key("tracestate"), "{bad}");
+            assert!(parse_traceparent(&h["traceparent"]).is_some());
+        }
+    }
+}
