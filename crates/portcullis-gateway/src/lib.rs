@@ -26,6 +26,7 @@ pub mod settings;
 mod static_files;
 mod sync;
 mod telemetry;
+pub mod validate;
 
 #[cfg(test)]
 mod pipeline_tests;
@@ -277,6 +278,12 @@ impl Gateway {
             outcome.decision = "allowed";
             Some(caller.identity)
         };
+        let mut req = req;
+        if let Some(rule) = route.validations.iter().find(|v| v.covers(req.method())) {
+            req = rule
+                .check(req, self.settings.max_body, self.settings.upstream_timeout)
+                .await?;
+        }
         let mut response = match &route.target {
             Target::Upstream { .. } => {
                 self.forwarder

@@ -55,6 +55,7 @@ fn route(path: &str, kind: RouteKind, upstream: &str) -> RouteConfig {
         cors: None,
         rate_limits: vec![],
         quotas: vec![],
+        validation: vec![],
     }
 }
 

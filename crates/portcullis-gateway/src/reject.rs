@@ -77,6 +77,15 @@ pub enum Reject {
         limit: u64,
         period: crate::limits::QuotaPeriod,
     },
+    /// A request the route's validation refuses: 400 (415 for a body that is not JSON), as
+    /// `application/problem+json` naming each failing JSON pointer or parameter.
+    Invalid {
+        status: StatusCode,
+        title: &'static str,
+        /// `(where, what)`: a JSON pointer into the body (`""` is the whole body), or
+        /// `query NAME` / `header NAME`.
+        problems: Vec<(String, String)>,
+    },
     /// A bug: 500.
     Internal(&'static str),
 }
@@ -92,6 +101,7 @@ impl Reject {
             Reject::Denied { .. } | Reject::StepUp { .. } => "authz",
             Reject::CrossSite { .. } => "csrf",
             Reject::RateLimited { .. } | Reject::QuotaExceeded { .. } => "limits",
+            Reject::Invalid { .. } => "validation",
             Reject::Upgrade(_)
             | Reject::BodyTooLarge { .. }
             | Reject::BodyTooSlow
@@ -125,6 +135,7 @@ impl Reject {
             Reject::SessionUnavailable => "unavailable",
             Reject::RateLimited { .. } => "rate_limited",
             Reject::QuotaExceeded { .. } => "quota_exceeded",
+            Reject::Invalid { .. } => "invalid",
             _ => match self.fault() {
                 Fault::Client => "bad_request",
                 Fault::Upstream => "upstream_error",
@@ -187,6 +198,10 @@ impl Reject {
             Reject::QuotaExceeded { limit, .. } => {
                 metrics::counter!("portcullis_gateway_quota_exceeded_total").increment(1);
                 tracing::info!(path, stage, limit, "request refused: quota used up");
+            }
+            Reject::Invalid { problems, .. } => {
+                let at = problems.first().map(|(w, _)| w.as_str()).unwrap_or("");
+                tracing::info!(path, stage, at, "request refused: invalid");
             }
             Reject::BodyTooSlow => {
                 tracing::info!(
@@ -353,6 +368,41 @@ impl Reject {
                 );
                 r.headers_mut()
                     .insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
+                r
+            }
+            Reject::Invalid {
+                status,
+                title,
+                problems,
+            } => {
+                let detail = problems
+                    .first()
+                    .map(|(w, m)| {
+                        if w.is_empty() {
+                            format!("the body {m}")
+                        } else {
+                            format!("{w} {m}")
+                        }
+                    })
+                    .unwrap_or_default();
+                let errors: Vec<serde_json::Value> = problems
+                    .iter()
+                    .map(|(w, m)| {
+                        if w.starts_with("query ") || w.starts_with("header ") {
+                            json!({ "parameter": w, "message": m })
+                        } else {
+                            json!({ "pointer": w, "message": m })
+                        }
+                    })
+                    .collect();
+                let mut r = json(
+                    status,
+                    json!({ "type": "about:blank", "title": title, "status": status.as_u16(), "detail": detail, "errors": errors }),
+                );
+                r.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/problem+json"),
+                );
                 r
             }
             Reject::Internal(_) => error(StatusCode::INTERNAL_SERVER_ERROR, "internal_error"),

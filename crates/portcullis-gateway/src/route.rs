@@ -52,6 +52,8 @@ pub struct Route {
     pub rate_limits: Arc<[crate::limits::RateLimit]>,
     /// Quotas per client.
     pub quotas: Arc<[crate::limits::QuotaRule]>,
+    /// Request validation rules; the first that covers the method applies.
+    pub validations: Arc<[crate::validate::Validation]>,
 }
 
 impl Route {
@@ -113,6 +115,10 @@ pub enum RouteProblem {
     Cors(String),
     #[error("{0}")]
     Limit(String),
+    #[error("{0}")]
+    Validation(String),
+    #[error("validation applies to upstream routes")]
+    ValidationNeedsUpstream,
     #[error(
         "a public route has no caller to count: rate limits by sub, client or group and quotas need kind = \"api\" or \"page\""
     )]
@@ -234,6 +240,15 @@ impl RouteTable {
             {
                 return Err(at(RouteProblem::PublicLimit));
             }
+            let validations = c
+                .validation
+                .iter()
+                .map(crate::validate::Validation::new)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| at(RouteProblem::Validation(e)))?;
+            if !validations.is_empty() && !matches!(target, Target::Upstream { .. }) {
+                return Err(at(RouteProblem::ValidationNeedsUpstream));
+            }
             routes.push(Arc::new(Route {
                 label: Arc::from(pattern.as_str()),
                 pattern,
@@ -247,6 +262,7 @@ impl RouteTable {
                 cors,
                 rate_limits: rate_limits.into(),
                 quotas: quotas.into(),
+                validations: validations.into(),
             }));
         }
         routes.sort_by_key(|r| std::cmp::Reverse(r.pattern.specificity()));
@@ -291,6 +307,7 @@ mod tests {
             cors: None,
             rate_limits: vec![],
             quotas: vec![],
+            validation: vec![],
             total_timeout: None,
             token_sources: vec![TokenSource::Header],
             assertion: false,

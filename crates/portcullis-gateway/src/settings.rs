@@ -86,6 +86,9 @@ pub struct RouteConfig {
     /// `[[routes.quotas]]`: requests per day or month per client, counted in the store.
     #[serde(default)]
     pub quotas: Vec<crate::limits::QuotaConfig>,
+    /// `[[routes.validation]]`: query, header and JSON body checks per method.
+    #[serde(default)]
+    pub validation: Vec<crate::validate::ValidationConfig>,
 }
 
 /// Gateway-wide settings.
