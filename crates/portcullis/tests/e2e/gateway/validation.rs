@@ -60,6 +60,9 @@ statements = [{{ effect = "allow", methods = ["GET", "POST"], paths = ["/api/**"
     (idp, upstream, ada, dir)
 }
 
+/// (body, content type, x-tenant, query) → status, where it failed, what the message says.
+type Case<'a> = (&'a str, &'a str, Option<&'a str>, &'a str, u16, &'a str, &'a str);
+
 const TENANT: &str = "67e55044-10b1-426f-9247-bb680e5fe0c8";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -86,7 +89,7 @@ async fn invalid_requests_are_refused_with_the_failing_pointer_and_go_nowhere() 
 
     let big = "x".repeat(5000);
     // (body, content type, tenant, query) → status, where, what it says
-    let cases: Vec<(&str, &str, Option<&str>, &str, u16, &str, &str)> = vec![
+    let cases: Vec<Case> = vec![
         (
             r#"{"sku":"ABC-1234","quantity":"2"}"#,
             "application/json",
