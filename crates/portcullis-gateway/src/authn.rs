@@ -39,6 +39,8 @@ pub struct Identity {
     pub auth: portcullis_policy::AuthContext,
     /// The identity headers for the upstream, built once when the token is verified.
     pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// Every claim of the verified token, for the routes' transformations.
+    pub claims: Arc<serde_json::Map<String, serde_json::Value>>,
 }
 
 impl Identity {
@@ -404,6 +406,7 @@ impl Authenticator {
                     .and_then(serde_json::Value::as_i64),
             },
             headers: Vec::new(),
+            claims: Arc::new(claims.raw.clone()),
         };
         id.principals = id.compute_principals();
         // A claim that cannot travel in a header (a newline, say) fails closed here.

@@ -26,6 +26,7 @@ pub mod settings;
 mod static_files;
 mod sync;
 mod telemetry;
+pub mod transform;
 pub mod validate;
 
 #[cfg(test)]
@@ -285,17 +286,41 @@ impl Gateway {
                 .await?;
         }
         let mut response = match &route.target {
-            Target::Upstream { .. } => {
-                self.forwarder
-                    .forward(
-                        req,
-                        &route,
-                        &canonical.encoded,
-                        peer.ip(),
-                        identity.as_deref(),
-                    )
-                    .await?
-            }
+            Target::Upstream { .. } => match &route.transform {
+                None => {
+                    self.forwarder
+                        .forward(
+                            req,
+                            &route,
+                            &canonical.encoded,
+                            peer.ip(),
+                            identity.as_deref(),
+                        )
+                        .await?
+                }
+                Some(t) => {
+                    let req = t
+                        .request(
+                            req,
+                            identity.as_deref(),
+                            self.settings.max_body,
+                            self.settings.upstream_timeout,
+                        )
+                        .await?;
+                    let mut response = self
+                        .forwarder
+                        .forward(
+                            req,
+                            &route,
+                            &t.path(&canonical.encoded),
+                            peer.ip(),
+                            identity.as_deref(),
+                        )
+                        .await?;
+                    t.response(response.headers_mut());
+                    response
+                }
+            },
             Target::Builtin { name } => {
                 let service = self
                     .builtins

@@ -56,6 +56,7 @@ fn route(path: &str, kind: RouteKind, upstream: &str) -> RouteConfig {
         rate_limits: vec![],
         quotas: vec![],
         validation: vec![],
+        transform: None,
     }
 }
 

@@ -54,6 +54,8 @@ pub struct Route {
     pub quotas: Arc<[crate::limits::QuotaRule]>,
     /// Request validation rules; the first that covers the method applies.
     pub validations: Arc<[crate::validate::Validation]>,
+    /// What the upstream receives and the answer, reshaped.
+    pub transform: Option<Arc<crate::transform::Transform>>,
 }
 
 impl Route {
@@ -119,6 +121,10 @@ pub enum RouteProblem {
     Validation(String),
     #[error("validation applies to upstream routes")]
     ValidationNeedsUpstream,
+    #[error("{0}")]
+    Transform(String),
+    #[error("transform applies to upstream routes")]
+    TransformNeedsUpstream,
     #[error(
         "a public route has no caller to count: rate limits by sub, client or group and quotas need kind = \"api\" or \"page\""
     )]
@@ -249,6 +255,16 @@ impl RouteTable {
             if !validations.is_empty() && !matches!(target, Target::Upstream { .. }) {
                 return Err(at(RouteProblem::ValidationNeedsUpstream));
             }
+            let transform = match &c.transform {
+                None => None,
+                Some(_) if !matches!(target, Target::Upstream { .. }) => {
+                    return Err(at(RouteProblem::TransformNeedsUpstream));
+                }
+                Some(t) => Some(Arc::new(
+                    crate::transform::Transform::new(t)
+                        .map_err(|e| at(RouteProblem::Transform(e)))?,
+                )),
+            };
             routes.push(Arc::new(Route {
                 label: Arc::from(pattern.as_str()),
                 pattern,
@@ -263,6 +279,7 @@ impl RouteTable {
                 rate_limits: rate_limits.into(),
                 quotas: quotas.into(),
                 validations: validations.into(),
+                transform,
             }));
         }
         routes.sort_by_key(|r| std::cmp::Reverse(r.pattern.specificity()));
@@ -308,6 +325,7 @@ mod tests {
             rate_limits: vec![],
             quotas: vec![],
             validation: vec![],
+            transform: None,
             total_timeout: None,
             token_sources: vec![TokenSource::Header],
             assertion: false,

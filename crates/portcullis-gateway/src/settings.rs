@@ -89,6 +89,8 @@ pub struct RouteConfig {
     /// `[[routes.validation]]`: query, header and JSON body checks per method.
     #[serde(default)]
     pub validation: Vec<crate::validate::ValidationConfig>,
+    /// `[routes.transform]`: path prefix, headers from claims, a body template, answer headers.
+    pub transform: Option<crate::transform::TransformConfig>,
 }
 
 /// Gateway-wide settings.

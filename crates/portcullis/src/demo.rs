@@ -43,10 +43,14 @@ pub async fn run(data_dir: PathBuf, listen: SocketAddr, reset: bool) -> Result<(
         .await
         .map_err(|e| Failure::internal(format!("cannot start the demo backend: {e}")))?;
     let site_abs = std::fs::canonicalize(&site).unwrap_or(site);
+    let gateway = data_dir.join("gateway");
+    write_files(&gateway, GATEWAY_FILES)?;
+    let gateway_abs = std::fs::canonicalize(&gateway).unwrap_or(gateway);
     let toml_str = |s: &str| s.replace('\\', "\\\\").replace('"', "\\\"");
     let text = DEMO_CONFIG
         .replace("{backend}", &toml_str(&backend))
-        .replace("{site}", &toml_str(&site_abs.display().to_string()));
+        .replace("{site}", &toml_str(&site_abs.display().to_string()))
+        .replace("{gateway}", &toml_str(&gateway_abs.display().to_string()));
     let source = Path::new("examples/demo/portcullis.toml (embedded)");
     let config = config::load(Some(source), Some(&text), &env)?;
     crate::serve::run_config(config, Some(listen), |app| {
@@ -79,6 +83,18 @@ const SITE: &[(&str, &str)] = &[
     ),
 ];
 
+/// The order route's schema and body template (`[[routes.validation]]`, `[routes.transform]`).
+const GATEWAY_FILES: &[(&str, &str)] = &[
+    (
+        "order.schema.json",
+        include_str!("../../../examples/demo/gateway/order.schema.json"),
+    ),
+    (
+        "order.json.j2",
+        include_str!("../../../examples/demo/gateway/order.json.j2"),
+    ),
+];
+
 /// Writes the embedded front end (every start: the binary's version wins).
 fn write_site(dir: &Path) -> Result<(), Failure> {
     // The data directory holds the database: private, as `App::open` would create it.
@@ -91,7 +107,12 @@ fn write_site(dir: &Path) -> Result<(), Failure> {
             .create(data_dir)
             .map_err(|e| Failure::user(format!("cannot create {}: {e}", data_dir.display())))?;
     }
-    for (name, content) in SITE {
+    write_files(dir, SITE)
+}
+
+/// Writes embedded files under `dir` (every start: the binary's version wins).
+fn write_files(dir: &Path, files: &[(&str, &str)]) -> Result<(), Failure> {
+    for (name, content) in files {
         let path = dir.join(name);
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent)

@@ -41,7 +41,7 @@ async function api(method, path, body) {
   }
   const data = await r.json().catch(() => ({}));
   if (r.status === 403) throw new Error('You are not allowed to do that.');
-  if (!r.ok) throw new Error(data.message || `Request failed (${r.status}).`);
+  if (!r.ok) throw new Error(data.detail || data.message || `Request failed (${r.status}).`);
   return data;
 }
 

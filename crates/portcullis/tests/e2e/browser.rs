@@ -573,15 +573,33 @@ async fn the_demo_shop_customer_orders_admin_approves() {
         .expect("order");
     wait_for_text(&c, "#orders", "Blue mug").await;
     wait_for_text(&c, "#orders", "pending").await;
-    // A bad body gets a clear 400 from the backend.
+    // A bad body gets a clear 400 from the gateway's validation, naming the field.
     let bad = c
-        .execute_async("const done = arguments[0]; fetch('/api/orders', {method: 'POST', headers: {'content-type': 'application/json'}, body: JSON.stringify({item: '', quantity: 0})}).then(r => r.json().then(b => done([r.status, b.message])));", vec![])
+        .execute_async("const done = arguments[0]; fetch('/api/orders', {method: 'POST', headers: {'content-type': 'application/json'}, body: JSON.stringify({item: '', quantity: 0})}).then(r => r.json().then(b => done([r.status, b.detail, b.errors.map(e => e.pointer)])));", vec![])
         .await
         .expect("fetch");
     assert_eq!(bad[0], json!(400));
     assert!(
-        bad[1].as_str().unwrap_or_default().contains("item"),
+        bad[1].as_str().unwrap_or_default().contains("/item"),
         "{bad}"
+    );
+    let mut pointers: Vec<&str> = bad[2]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| p.as_str())
+        .collect();
+    pointers.dedup();
+    assert_eq!(pointers, ["/item", "/quantity"], "{bad}");
+    // A customer cannot order in someone else's name: the customer comes from the token.
+    let forged = c
+        .execute_async("const done = arguments[0]; fetch('/api/orders', {method: 'POST', headers: {'content-type': 'application/json'}, body: JSON.stringify({item: 'Red mug', quantity: 1, customerRef: 'someone-else'})}).then(r => done(r.status));", vec![])
+        .await
+        .expect("fetch");
+    assert_eq!(
+        forged,
+        json!(400),
+        "unknown fields are refused by the schema"
     );
     sign_out(&c).await;
 

@@ -11,6 +11,7 @@ mod http2;
 mod limits;
 mod paths;
 mod telemetry;
+mod transform;
 mod validation;
 
 use std::io::{Read, Write};

@@ -61,7 +61,15 @@ statements = [{{ effect = "allow", methods = ["GET", "POST"], paths = ["/api/**"
 }
 
 /// (body, content type, x-tenant, query) → status, where it failed, what the message says.
-type Case<'a> = (&'a str, &'a str, Option<&'a str>, &'a str, u16, &'a str, &'a str);
+type Case<'a> = (
+    &'a str,
+    &'a str,
+    Option<&'a str>,
+    &'a str,
+    u16,
+    &'a str,
+    &'a str,
+);
 
 const TENANT: &str = "67e55044-10b1-426f-9247-bb680e5fe0c8";
 
@@ -198,15 +206,7 @@ async fn invalid_requests_are_refused_with_the_failing_pointer_and_go_nowhere() 
             "query dry_run",
             "true or false",
         ),
-        (
-            &big,
-            "application/json",
-            Some(TENANT),
-            "",
-            413,
-            "",
-            "",
-        ),
+        (&big, "application/json", Some(TENANT), "", 413, "", ""),
     ];
     for (body, ct, tenant, query, status, at, says) in cases {
         let r = post(body, ct, tenant, query).await.expect("post");
