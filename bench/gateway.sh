@@ -7,6 +7,8 @@
 #   portcullis-public wrk → portcullis, public route (no auth) → upstream
 #   portcullis-bearer wrk → portcullis, api route, ES256 Bearer token, policy check → upstream
 #   portcullis-cookie the same with the token in the access cookie
+#   portcullis-post   the Bearer row as a POST with a 1 KB JSON body
+#   portcullis-managed  that POST on a route with CORS + a rate limit + JSON Schema validation
 #
 #   bench/gateway.sh                # 10 s per target;  DURATION=30s for steadier numbers
 #   bench/gateway.sh --install      # also apt-get install nginx haproxy first
@@ -80,10 +82,44 @@ else
     up_pid=$!
 fi
 
+# The 1 KB JSON body of the POST rows, and the schema the managed route checks it against.
+post_body=$(python3 -c '
+import json
+orders = []
+while len(json.dumps({"orders": orders})) < 940:
+    i = len(orders)
+    orders.append({"id": i, "item": "widget-%03d" % i, "quantity": i % 7 + 1, "status": "shipped"})
+print(json.dumps({"orders": orders}))')
+cat > "$tmp/order.schema.json" <<'JSON'
+{ "type": "object", "required": ["orders"], "additionalProperties": false,
+  "properties": { "orders": { "type": "array", "maxItems": 100, "items": {
+    "type": "object", "required": ["id", "item", "quantity", "status"], "additionalProperties": false,
+    "properties": { "id": { "type": "integer", "minimum": 0 }, "item": { "type": "string", "maxLength": 40 },
+      "quantity": { "type": "integer", "minimum": 1, "maximum": 10 },
+      "status": { "enum": ["pending", "approved", "shipped"] } } } } } }
+JSON
 # Starts a portcullis from binary $1 with its own data in $tmp/$2; sets pc_port, pc_pid, token.
+# $3 = managed: also the API-management route (settings an older build may not know).
 start_portcullis() {
     local bin=$1 dir="$tmp/$2"
     mkdir -p "$dir"
+    local managed=""
+    [[ "${3:-}" == managed ]] && managed="
+[[routes]]
+path = \"/managed/**\"
+kind = \"api\"
+upstream = \"http://127.0.0.1:$up_port\"
+[routes.cors]
+origins = [\"https://app.example.com\"]
+credentials = true
+[[routes.rate_limits]]
+key = \"client\"
+rate = 10000000
+per = \"1s\"
+[[routes.validation]]
+methods = [\"POST\"]
+body_schema = \"$tmp/order.schema.json\"
+"
     cat > "$dir/p.toml" <<TOML
 data_dir = "$dir/data"
 [gateway]
@@ -96,9 +132,10 @@ upstream = "http://127.0.0.1:$up_port"
 path = "/public/**"
 kind = "public"
 upstream = "http://127.0.0.1:$up_port"
+$managed
 [[policy]]
 principal = "scope:bench/admin"
-statements = [{ effect = "allow", methods = ["GET"], paths = ["/api/admin/**"] }]
+statements = [{ effect = "allow", methods = ["GET", "POST"], paths = ["/api/admin/**", "/managed/**"] }]
 TOML
     P() { "$bin" --config "$dir/p.toml" "$@"; }
     P resource-server add bench --scope admin >/dev/null
@@ -117,8 +154,22 @@ if [[ -n "${BASELINE_BIN:-}" ]]; then
     start_portcullis "$BASELINE_BIN" baseline
     bl_port=$pc_port bl_pid=$pc_pid bl_token=$token
 fi
-start_portcullis "$BIN" current
+start_portcullis "$BIN" current managed
 base="http://localhost:$pc_port"
+post() { # $1: url → status of the benchmark's POST
+    curl -s -o /dev/null -w '%{http_code}' -X POST -H "Authorization: Bearer $token" -H 'Content-Type: application/json' \
+        -H 'Origin: https://app.example.com' --data-binary "$post_body" "$1"
+}
+[[ $(post "$base/managed/orders") == 200 ]] || { echo "setup failed: the managed route refuses the benchmark's POST" >&2; exit 1; }
+[[ $(curl -s -o /dev/null -w '%{http_code}' -X POST -H "Authorization: Bearer $token" -H 'Content-Type: application/json' \
+    --data-binary '{"orders": 1}' "$base/managed/orders") == 400 ]] || { echo "setup failed: the managed route does not validate" >&2; exit 1; }
+python3 - "$post_body" > "$tmp/post.lua" <<'PY'
+import json, sys
+print('wrk.method = "POST"')
+print('wrk.body = ' + json.dumps(sys.argv[1]))
+print('wrk.headers["Content-Type"] = "application/json"')
+print('wrk.headers["Origin"] = "https://app.example.com"')
+PY
 
 HYPER_FLOOR="hyper floor: bare hyper proxy, no logic (examples/minproxy)"
 NGINX_PLAIN="nginx plain proxy (defaults, $PEER_THREADS workers)"
@@ -222,6 +273,8 @@ targets+=("$HYPER_FLOOR|http://127.0.0.1:$mp_port/api/admin/x||$mp_pid")
 targets+=("portcullis public route (no auth)|http://127.0.0.1:$pc_port/public/x||$pc_pid")
 targets+=("portcullis Bearer ES256 + policy|http://127.0.0.1:$pc_port/api/admin/x|bearer|$pc_pid")
 targets+=("portcullis cookie ES256 + policy|http://127.0.0.1:$pc_port/api/admin/x|cookie|$pc_pid")
+targets+=("portcullis Bearer + policy, 1 KB POST|http://127.0.0.1:$pc_port/api/admin/x|post|$pc_pid")
+targets+=("portcullis CORS + rate limit + validation, 1 KB POST|http://127.0.0.1:$pc_port/managed/orders|post|$pc_pid")
 if [[ -n "${BASELINE_BIN:-}" ]]; then
     targets+=("baseline public route (no auth)|http://127.0.0.1:$bl_port/public/x||$bl_pid")
     targets+=("baseline Bearer ES256 + policy|http://127.0.0.1:$bl_port/api/admin/x|bearer-baseline|$bl_pid")
@@ -247,6 +300,7 @@ for round in $(seq "$ROUNDS"); do
         [[ "$auth" == bearer-rs ]] && hdr=(-H "Authorization: Bearer $rs_token")
         [[ "$auth" == bearer-baseline ]] && hdr=(-H "Authorization: Bearer $bl_token")
         [[ "$auth" == cookie-baseline ]] && hdr=(-H "Cookie: __Host-portcullis-access=$bl_token")
+        [[ "$auth" == post ]] && hdr=(-H "Authorization: Bearer $token" -s "$tmp/post.lua")
         before=$(cpu_ticks "$pid")
         wrk -t1 -c"$CONNS" -d"$DURATION" --latency "${hdr[@]}" "$url" > "$tmp/wrk.out"
         after=$(cpu_ticks "$pid")
@@ -274,6 +328,7 @@ ratio() { awk -v a="${rate[$1]}" -v b="${rate[$2]}" 'BEGIN { printf "%.2f", a / 
 echo "full auth (Bearer) / no-auth route: $(ratio 'portcullis Bearer ES256 + policy' 'portcullis public route (no auth)')"
 echo "full auth (Bearer) / hyper floor: $(ratio 'portcullis Bearer ES256 + policy' "$HYPER_FLOOR")"
 echo "cookie / Bearer: $(ratio 'portcullis cookie ES256 + policy' 'portcullis Bearer ES256 + policy')"
+echo "CORS + rate limit + validation (1 KB POST) / full auth GET: $(ratio 'portcullis CORS + rate limit + validation, 1 KB POST' 'portcullis Bearer ES256 + policy'), / full auth 1 KB POST: $(ratio 'portcullis CORS + rate limit + validation, 1 KB POST' 'portcullis Bearer + policy, 1 KB POST')"
 if [[ -n "${BASELINE_BIN:-}" ]]; then
     echo "current / baseline, public: $(ratio 'portcullis public route (no auth)' 'baseline public route (no auth)'), Bearer: $(ratio 'portcullis Bearer ES256 + policy' 'baseline Bearer ES256 + policy'), cookie: $(ratio 'portcullis cookie ES256 + policy' 'baseline cookie ES256 + policy')"
 fi

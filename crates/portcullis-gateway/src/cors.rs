@@ -213,6 +213,23 @@ impl Cors {
 
     /// Whether `origin` (an `Origin` header's value) is allowed.
     pub fn allows_origin(&self, origin: &str) -> bool {
+        // Listed origins are stored as browsers send them: equal text is the common case, and
+        // needs no parse.
+        if self
+            .patterns
+            .iter()
+            .any(|p| matches!(p, OriginPattern::Exact(o) if o == origin))
+        {
+            return true;
+        }
+        if !self.any_origin
+            && !self
+                .patterns
+                .iter()
+                .any(|p| matches!(p, OriginPattern::Subdomains { .. }))
+        {
+            return false;
+        }
         let Some((scheme, host, port)) = parse_origin(origin) else {
             return false;
         };
@@ -357,18 +374,18 @@ fn vary(h: &mut HeaderMap, preflight: bool) {
     } else {
         &["origin"]
     };
-    let present: Vec<String> = h
-        .get_all(header::VARY)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(|v| v.trim().to_ascii_lowercase())
-        .collect();
-    if present.iter().any(|v| v == "*") {
+    let has = |h: &HeaderMap, name: &str| {
+        h.get_all(header::VARY)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|v| v.trim().eq_ignore_ascii_case(name))
+    };
+    if has(h, "*") {
         return;
     }
     for n in names {
-        if !present.iter().any(|p| p == n) {
+        if !has(h, n) {
             h.append(header::VARY, HeaderValue::from_static(n));
         }
     }

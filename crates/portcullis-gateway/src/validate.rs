@@ -288,6 +288,10 @@ impl Validation {
                 vec![(String::new(), format!("is not JSON: {e}"))],
             )
         })?;
+        // The fast check first; the errors are collected only for a body that fails it.
+        if schema.is_valid(&value) {
+            return Ok(Request::from_parts(parts, Body::from(bytes)));
+        }
         let problems: Vec<(String, String)> = schema
             .iter_errors(&value)
             .take(MAX_ERRORS)

@@ -1,8 +1,8 @@
 //! Every request gets an id and a place in a trace, at the edge, before any service sees it:
 //!
 //! - `X-Request-Id`: kept when a trusted proxy (`server.trusted_proxies`) sent a well-formed one
-//!   (1–128 of `A-Z a-z 0-9 - _ . : /`), otherwise a new one (a UUIDv7: time-ordered, so logs
-//!   sort). The request carries it on (so the upstream gets it), the answer returns it, and every
+//!   (1–128 of `A-Z a-z 0-9 - _ . : /`), otherwise a new one (UUIDv7's layout: time-ordered, so
+//!   logs sort). The request carries it on (so the upstream gets it), the answer returns it, and every
 //!   log line written while the request is served names it (the `request` span).
 //! - W3C `traceparent` (`00-<trace>-<parent>-<flags>`): a valid one is continued — the same trace
 //!   id, this hop's own span id as the upstream's parent — and an invalid or missing one starts a
@@ -29,7 +29,28 @@ fn well_formed_id(v: &HeaderValue) -> bool {
 }
 
 fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        out.push(char::from(DIGITS[usize::from(b >> 4)]));
+        out.push(char::from(DIGITS[usize::from(b & 0x0f)]));
+    }
+    out
+}
+
+/// A new request id: UUIDv7's layout (48 bits of Unix milliseconds, then random bits, so ids
+/// sort by time) in 32 hex digits, from the thread's generator (no system call per request).
+fn new_id() -> String {
+    let ms = std::time::UNIX_EPOCH
+        .elapsed()
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0);
+    let mut bytes = [0u8; 16];
+    rand::fill(&mut bytes[6..]);
+    bytes[..6].copy_from_slice(&ms.to_be_bytes()[2..]);
+    bytes[6] = 0x70 | (bytes[6] & 0x0f); // version 7
+    bytes[8] = 0x80 | (bytes[8] & 0x3f); // the RFC 9562 variant
+    hex(&bytes)
 }
 
 fn lower_hex(s: &str, len: usize) -> bool {
@@ -64,8 +85,7 @@ pub fn assign(headers: &mut HeaderMap, trusted: bool) -> RequestIds {
         {
             v.clone()
         }
-        _ => HeaderValue::from_str(&uuid::Uuid::now_v7().simple().to_string())
-            .unwrap_or(HeaderValue::from_static("-")),
+        _ => HeaderValue::from_str(&new_id()).unwrap_or(HeaderValue::from_static("-")),
     };
     headers.insert(REQUEST_ID, request_id.clone());
     let incoming = (headers.get_all(&TRACEPARENT).iter().count() == 1)
@@ -115,6 +135,8 @@ mod tests {
         assert_ne!(ids.request_id, "lb-1234", "a client cannot choose its id");
         assert_eq!(h["x-request-id"], ids.request_id);
         assert_eq!(ids.request_id.len(), 32);
+        let parsed = uuid::Uuid::try_parse(ids.request_id.to_str().expect("ascii")).expect("uuid");
+        assert_eq!(parsed.get_version_num(), 7);
         for bad in ["a b", "x\"y", &"a".repeat(129), "<script>"] {
             let mut h = headers(&[("x-request-id", bad)]);
             assert_ne!(assign(&mut h, true).request_id, bad);
