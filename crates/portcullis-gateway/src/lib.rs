@@ -50,6 +50,27 @@ use crate::route::{RouteTable, Target};
 use crate::settings::{GatewaySettings, RouteKind};
 use crate::telemetry::Outcome;
 
+/// Whether the stages get spans of their own (`authenticate`, `authorize`, `upstream`, target
+/// `portcullis::otel`): on when traces are exported, so that without it they cost nothing.
+static STAGE_SPANS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Turns the stages' spans on (when traces are exported).
+pub fn set_stage_spans(on: bool) {
+    STAGE_SPANS.store(on, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// A stage's span, or none when traces are not exported.
+fn stage_span(name: &'static str) -> tracing::Span {
+    if !STAGE_SPANS.load(std::sync::atomic::Ordering::Relaxed) {
+        return tracing::Span::none();
+    }
+    match name {
+        "authenticate" => tracing::info_span!(target: "portcullis::otel", "authenticate"),
+        "authorize" => tracing::info_span!(target: "portcullis::otel", "authorize"),
+        _ => tracing::info_span!(target: "portcullis::otel", "upstream"),
+    }
+}
+
 /// The gateway.
 pub struct Gateway {
     settings: GatewaySettings,
@@ -234,18 +255,21 @@ impl Gateway {
         let identity = if route.kind == RouteKind::Public {
             None
         } else {
-            let caller = self
-                .sessions
-                .authenticate(
+            let caller = tracing::Instrument::instrument(
+                self.sessions.authenticate(
                     &self.auth,
                     &route,
                     (req.headers(), req.uri()),
                     &mut outcome.set_cookies,
-                )
-                .await?;
+                ),
+                stage_span("authenticate"),
+            )
+            .await?;
             if self.settings.access_log {
                 outcome.principal = Some(caller.identity.sub.clone());
             }
+            let authorizing = stage_span("authorize");
+            let entered = authorizing.enter();
             authz::authorize(
                 &self.policies.load(),
                 &caller.identity,
@@ -276,6 +300,7 @@ impl Gateway {
                     self.clock.now(),
                 )?;
             }
+            drop(entered);
             outcome.decision = "allowed";
             Some(caller.identity)
         };
@@ -285,18 +310,21 @@ impl Gateway {
                 .check(req, self.settings.max_body, self.settings.upstream_timeout)
                 .await?;
         }
+        let upstream_span = stage_span("upstream");
         let mut response = match &route.target {
             Target::Upstream { .. } => match &route.transform {
                 None => {
-                    self.forwarder
-                        .forward(
+                    tracing::Instrument::instrument(
+                        self.forwarder.forward(
                             req,
                             &route,
                             &canonical.encoded,
                             peer.ip(),
                             identity.as_deref(),
-                        )
-                        .await?
+                        ),
+                        upstream_span,
+                    )
+                    .await?
                 }
                 Some(t) => {
                     let req = t
@@ -307,16 +335,17 @@ impl Gateway {
                             self.settings.upstream_timeout,
                         )
                         .await?;
-                    let mut response = self
-                        .forwarder
-                        .forward(
+                    let mut response = tracing::Instrument::instrument(
+                        self.forwarder.forward(
                             req,
                             &route,
                             &t.path(&canonical.encoded),
                             peer.ip(),
                             identity.as_deref(),
-                        )
-                        .await?;
+                        ),
+                        upstream_span,
+                    )
+                    .await?;
                     t.response(response.headers_mut());
                     response
                 }

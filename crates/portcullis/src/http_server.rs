@@ -248,12 +248,19 @@ fn service(
         };
         req.extensions_mut()
             .insert(axum::extract::ConnectInfo(client));
-        let ids = crate::request_id::assign(req.headers_mut(), trusted.trusts(peer.ip()));
+        let exported = crate::otel::enabled();
+        let mut ids =
+            crate::request_id::assign(req.headers_mut(), trusted.trusts(peer.ip()), exported);
         let span = tracing::info_span!(
+            target: "portcullis::request",
             "request",
             id = ids.request_id.to_str().unwrap_or("-"),
-            trace = %ids.trace_id
+            trace = tracing::field::Empty,
         );
+        if exported {
+            ids.trace_id = crate::otel::continue_trace(&span, req.headers_mut());
+        }
+        span.record("trace", ids.trace_id.as_str());
         let router = router.clone();
         let edge = edge.clone();
         let busy = h2.as_ref().map(|a| a.start());

@@ -14,6 +14,7 @@ mod http_server;
 mod import;
 mod legacy;
 mod mail;
+mod otel;
 mod request_id;
 mod serve;
 mod tls;
@@ -58,6 +59,10 @@ struct Cli {
 
     #[command(subcommand)]
     command: Command,
+
+    /// `serve`'s configuration, read before logging starts.
+    #[arg(skip)]
+    preloaded: Option<config::Config>,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -447,10 +452,22 @@ fn main() -> ExitCode {
         Command::Serve(_) | Command::Demo(_) | Command::DemoBackend { .. } => "info",
         _ => "warn",
     };
+    // `serve` reads its configuration first: where traces go is part of setting up logging,
+    // and the exporter's HTTP client is built before the async runtime starts.
+    let mut cli = cli;
+    let serve_config = match &cli.command {
+        Command::Serve(_) => match app::load_config(cli.config.as_deref()) {
+            Ok(c) => Some(c),
+            Err(failure) => return failure.report(),
+        },
+        _ => None,
+    };
     init_logging(
         cli.log_level.as_deref().unwrap_or(default_level),
         cli.log_format,
+        serve_config.as_ref().and_then(|c| c.otlp.as_ref()),
     );
+    cli.preloaded = serve_config;
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -460,7 +477,9 @@ fn main() -> ExitCode {
             return Failure::internal(format!("cannot start the async runtime: {e}")).report();
         }
     };
-    match runtime.block_on(run(cli)) {
+    let outcome = runtime.block_on(run(cli));
+    otel::shutdown();
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(failure) => failure.report(),
     }
@@ -470,7 +489,10 @@ async fn run(cli: Cli) -> Result<(), Failure> {
     let json = cli.json;
     match cli.command {
         Command::Serve(args) => {
-            let config = app::load_config(cli.config.as_deref())?;
+            let config = match cli.preloaded {
+                Some(c) => c,
+                None => app::load_config(cli.config.as_deref())?,
+            };
             serve::run(config, args.listen).await
         }
         Command::Demo(args) => demo::run(args.data_dir, args.listen, args.reset).await,
@@ -537,23 +559,49 @@ async fn run(cli: Cli) -> Result<(), Failure> {
     }
 }
 
-fn init_logging(filter: &str, format: LogFormat) {
+fn init_logging(filter: &str, format: LogFormat, otlp: Option<&(String, String)>) {
+    use tracing_subscriber::Layer as _;
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
     // rustls warns about what clients send in their handshakes (an IP address as SNI, say):
     // any client could fill the log with them. Its errors only, unless the filter names it.
-    let filter = if filter.contains("rustls") {
+    let mut filter = if filter.contains("rustls") {
         filter.to_owned()
     } else {
         format!("{filter},rustls=error")
     };
+    // The gateway stages' spans are for trace export, not for log lines.
+    if !filter.contains("portcullis::otel") {
+        filter.push_str(",portcullis::otel=off");
+    }
     let filter = tracing_subscriber::EnvFilter::try_new(&filter)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     use std::io::IsTerminal;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal());
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
+    let fmt: Box<dyn tracing_subscriber::Layer<tracing_subscriber::Registry> + Send + Sync> =
+        match format {
+            LogFormat::Text => fmt.with_filter(filter).boxed(),
+            LogFormat::Json => fmt.json().with_filter(filter).boxed(),
+        };
+    // Traces: the request span and the stages' spans only, whatever the log level.
+    let traces = otlp.and_then(
+        |(endpoint, service)| match otel::tracer(endpoint, service) {
+            Ok(tracer) => Some(
+                tracing_opentelemetry::layer()
+                    .with_tracer(tracer)
+                    .with_filter(
+                        tracing_subscriber::filter::Targets::new()
+                            .with_target("portcullis::request", tracing::Level::INFO)
+                            .with_target("portcullis::otel", tracing::Level::INFO),
+                    ),
+            ),
+            Err(e) => {
+                eprintln!("portcullis: traces are not exported: {e}");
+                None
+            }
+        },
+    );
+    tracing_subscriber::registry().with(fmt).with(traces).init();
 }

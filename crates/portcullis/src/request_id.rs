@@ -77,8 +77,9 @@ fn parse_traceparent(v: &HeaderValue) -> Option<(String, String)> {
 }
 
 /// Sets the request's `X-Request-Id` and `traceparent` (see the module doc); `trusted`: the
-/// direct peer is a trusted proxy.
-pub fn assign(headers: &mut HeaderMap, trusted: bool) -> RequestIds {
+/// direct peer is a trusted proxy. With traces exported the trace is OpenTelemetry's
+/// ([`crate::otel::continue_trace`]): only the id is set here, and `trace_id` is empty.
+pub fn assign(headers: &mut HeaderMap, trusted: bool, exported: bool) -> RequestIds {
     let request_id = match headers.get(&REQUEST_ID) {
         Some(v)
             if trusted && well_formed_id(v) && headers.get_all(&REQUEST_ID).iter().count() == 1 =>
@@ -88,6 +89,12 @@ pub fn assign(headers: &mut HeaderMap, trusted: bool) -> RequestIds {
         _ => HeaderValue::from_str(&new_id()).unwrap_or(HeaderValue::from_static("-")),
     };
     headers.insert(REQUEST_ID, request_id.clone());
+    if exported {
+        return RequestIds {
+            request_id,
+            trace_id: String::new(),
+        };
+    }
     let incoming = (headers.get_all(&TRACEPARENT).iter().count() == 1)
         .then(|| headers.get(&TRACEPARENT).and_then(parse_traceparent))
         .flatten();
@@ -129,9 +136,9 @@ mod tests {
     #[test]
     fn a_request_id_is_kept_only_from_a_trusted_proxy_and_only_when_well_formed() {
         let mut h = headers(&[("x-request-id", "lb-1234")]);
-        assert_eq!(assign(&mut h, true).request_id, "lb-1234");
+        assert_eq!(assign(&mut h, true, false).request_id, "lb-1234");
         let mut h = headers(&[("x-request-id", "lb-1234")]);
-        let ids = assign(&mut h, false);
+        let ids = assign(&mut h, false, false);
         assert_ne!(ids.request_id, "lb-1234", "a client cannot choose its id");
         assert_eq!(h["x-request-id"], ids.request_id);
         assert_eq!(ids.request_id.len(), 32);
@@ -139,10 +146,10 @@ mod tests {
         assert_eq!(parsed.get_version_num(), 7);
         for bad in ["a b", "x\"y", &"a".repeat(129), "<script>"] {
             let mut h = headers(&[("x-request-id", bad)]);
-            assert_ne!(assign(&mut h, true).request_id, bad);
+            assert_ne!(assign(&mut h, true, false).request_id, bad);
         }
         let mut h = headers(&[("x-request-id", "a"), ("x-request-id", "b")]);
-        let ids = assign(&mut h, true);
+        let ids = assign(&mut h, true, false);
         assert!(ids.request_id != "a" && ids.request_id != "b");
         assert_eq!(h.get_all("x-request-id").iter().count(), 1);
     }
@@ -151,7 +158,7 @@ mod tests {
     fn a_valid_trace_is_continued_and_anything_else_restarted() {
         let parent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
         let mut h = headers(&[("traceparent", parent), ("tracestate", "congo=t61rcWkgMzE")]);
-        let ids = assign(&mut h, false);
+        let ids = assign(&mut h, false, false);
         assert_eq!(ids.trace_id, "0af7651916cd43dd8448eb211c80319c");
         let sent = h["traceparent"].to_str().expect("ascii");
         assert!(sent.starts_with("00-0af7651916cd43dd8448eb211c80319c-"));
@@ -167,7 +174,7 @@ mod tests {
             "garbage",
         ] {
             let mut h = headers(&[("traceparent", bad), ("tracestate", "x=y")]);
-            let ids = assign(&mut h, false);
+            let ids = assign(&mut h, false, false);
             assert_ne!(ids.trace_id, "0af7651916cd43dd8448eb211c80319c", "{bad}");
             assert!(lower_hex(&ids.trace_id, 32));
             assert!(!h.contains_key("tracestate"), "{bad}");

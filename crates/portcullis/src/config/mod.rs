@@ -181,6 +181,8 @@ pub struct Config {
     pub legacy_verifier: Option<crate::legacy::LegacyConfig>,
     /// `audit.retention`.
     pub audit_retention: Duration,
+    /// `telemetry.otlp_endpoint` (none: no traces exported) and `telemetry.service_name`.
+    pub otlp: Option<(String, String)>,
 }
 
 /// `sessions.issuer`: browser sessions sign in at another OpenID provider.
@@ -331,6 +333,7 @@ fn validate(
         idp: idp_file,
         mail,
         audit,
+        telemetry,
         gateway,
         sessions,
         branding,
@@ -607,6 +610,10 @@ fn validate(
         mail,
         legacy_verifier,
         audit_retention: audit.retention.value.0,
+        otlp: telemetry
+            .otlp_endpoint
+            .value
+            .map(|u| (u.0, telemetry.service_name.value.clone())),
         sessions_access_ttl: sessions.access_ttl.value.secs(),
         sessions_external,
         gateway: GatewayConfig {

@@ -80,6 +80,7 @@ pub struct File {
     pub idp: Idp,
     pub mail: Mail,
     pub audit: Audit,
+    pub telemetry: Telemetry,
     pub gateway: Gateway,
     pub sessions: Sessions,
     pub branding: Branding,
@@ -104,6 +105,7 @@ impl Default for File {
             idp: Idp::default(),
             mail: Mail::default(),
             audit: Audit::default(),
+            telemetry: Telemetry::default(),
             gateway: Gateway::default(),
             sessions: Sessions::default(),
             branding: Branding::default(),
@@ -133,6 +135,7 @@ pub fn keys() -> impl Iterator<Item = &'static KeyDoc> {
         .chain(Idp::KEYS)
         .chain(Mail::KEYS)
         .chain(Audit::KEYS)
+        .chain(Telemetry::KEYS)
         .chain(Gateway::KEYS)
         .chain(Sessions::KEYS)
         .chain(Branding::KEYS)
@@ -159,6 +162,7 @@ pub const SECTIONS: &[&str] = &[
     "idp",
     "mail",
     "audit",
+    "telemetry",
     "gateway",
     "sessions",
     "branding",
@@ -427,6 +431,19 @@ section! {
         /// How long audit events are kept. Older ones are deleted hourly; the chain stays
         /// verifiable from the last deleted event's hash (docs/admin.md).
         retention: Dur<86_400_000, 315_360_000_000> = "400d";
+    }
+}
+
+section! {
+    /// `[telemetry]`
+    pub struct Telemetry in "telemetry." {
+        /// Export traces over OTLP/HTTP (protobuf) to this URL, such as
+        /// `http://127.0.0.1:4318/v1/traces`: a span per request continuing the caller's
+        /// `traceparent`, with spans for authentication, authorization and the upstream call
+        /// (docs/gateway.md). Empty: no traces are exported.
+        otlp_endpoint: Option<HttpUrl> = "";
+        /// The `service.name` of the exported spans.
+        service_name: String = "portcullis";
     }
 }
 

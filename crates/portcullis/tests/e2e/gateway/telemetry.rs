@@ -156,3 +156,105 @@ async fn request_ids_and_traces_reach_the_upstream_and_come_back() {
         "{fresh}"
     );
 }
+
+/// A stand-in OpenTelemetry collector: records the bodies of `POST /v1/traces`.
+async fn collector() -> (String, std::sync::Arc<std::sync::Mutex<Vec<Vec<u8>>>>) {
+    let seen: std::sync::Arc<std::sync::Mutex<Vec<Vec<u8>>>> = Default::default();
+    let log = seen.clone();
+    let app = axum::Router::new().route(
+        "/v1/traces",
+        axum::routing::post(move |body: axum::body::Bytes| {
+            let log = log.clone();
+            async move {
+                log.lock().expect("log").push(body.to_vec());
+                (
+                    [("content-type", "application/x-protobuf")],
+                    Vec::<u8>::new(),
+                )
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}/v1/traces", listener.local_addr().expect("addr"));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (url, seen)
+}
+
+fn unhex(s: &str) -> Vec<u8> {
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).expect("hex"))
+        .collect()
+}
+
+/// With `telemetry.otlp_endpoint`, each request is exported as a span continuing the caller's
+/// trace, with spans for authentication, authorization and the upstream call; the upstream's
+/// `traceparent` names the request's span.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn traces_are_exported_over_otlp_with_a_span_per_stage() {
+    let (endpoint, exported) = collector().await;
+    let upstream = Upstream::start().await;
+    let mut idp = crate::oidc::setup(&format!(
+        r#"
+[telemetry]
+otlp_endpoint = "{endpoint}"
+service_name = "shop-gateway"
+
+[[routes]]
+path = "/api/**"
+kind = "api"
+upstream = "{up}"
+
+[[policy]]
+principal = "group:user"
+statements = [{{ effect = "allow", methods = ["GET"], paths = ["/api/**"] }}]
+"#,
+        up = upstream.base
+    ));
+    let ada = super::token_for(&mut idp, "ada").await;
+    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let r = idp
+        .http
+        .get(idp.url("/api/orders/1"))
+        .bearer_auth(&ada)
+        .header("traceparent", format!("00-{trace}-00f067aa0ba902b7-01"))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status(), StatusCode::OK);
+    let sent = upstream.last()["headers"]["traceparent"][0]
+        .as_str()
+        .expect("a traceparent upstream")
+        .to_owned();
+    let parts: Vec<&str> = sent.split('-').collect();
+    assert_eq!(parts[1], trace, "the caller's trace continues: {sent}");
+    assert_ne!(parts[2], "00f067aa0ba902b7", "under this hop's own span");
+    assert_eq!(parts[3], "01", "sampled");
+    let started = std::time::Instant::now();
+    loop {
+        let all: Vec<u8> = exported.lock().expect("log").concat();
+        let has = |needle: &[u8]| all.windows(needle.len()).any(|w| w == needle);
+        if [
+            &b"authenticate"[..],
+            b"authorize",
+            b"upstream",
+            b"request",
+            b"shop-gateway",
+            &unhex(trace),
+            &unhex(parts[2]),
+        ]
+        .iter()
+        .all(|n| has(n))
+        {
+            break;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(10),
+            "the spans were not exported ({} bytes so far)",
+            all.len()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
