@@ -1,6 +1,7 @@
-//! The gateway's request path (DESIGN.md §2), read top to bottom in [`Gateway::pipeline`]:
-//! framing → canonicalize → route → authenticate (refreshing browser sessions) → authorize →
-//! CSRF → forward or serve a file. Each stage is a module with one entry point that returns
+//! The gateway's request path (DESIGN.md §2, extended in docs/architecture.md), read top to
+//! bottom in [`Gateway::pipeline`]: framing → canonicalize → CORS preflight → route → limits by
+//! network → authenticate (refreshing browser sessions) → authorize → CSRF → limits by caller and
+//! quotas → validate → transform → forward or serve a file. Each stage is a module with one entry point that returns
 //! `Result<_, Reject>`; a refusal becomes its answer, its log line and its metric label in one
 //! place ([`reject`]), and every request is recorded once ([`telemetry`]).
 //!
