@@ -234,6 +234,15 @@ impl Validation {
         let Some(schema) = &self.body else {
             return Ok(req);
         };
+        // A read (GET, HEAD, OPTIONS, DELETE) that carries no body has none to check; one that
+        // does is checked like any other.
+        if matches!(
+            *req.method(),
+            Method::GET | Method::HEAD | Method::OPTIONS | Method::DELETE
+        ) && !carries_body(req.headers())
+        {
+            return Ok(req);
+        }
         let json = req
             .headers()
             .get(header::CONTENT_TYPE)
@@ -345,6 +354,16 @@ fn check_value(p: &Param, v: &str, at: &str, problems: &mut Vec<(String, String)
     }
 }
 
+/// Whether a request's headers announce a body (a non-zero `Content-Length`, or any
+/// `Transfer-Encoding`).
+fn carries_body(headers: &axum::http::HeaderMap) -> bool {
+    headers.contains_key(header::TRANSFER_ENCODING)
+        || headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.trim() != "0")
+}
+
 /// A message cut to a length fit for an answer (they can quote the client's own values).
 fn bounded(s: &str) -> String {
     if s.chars().count() <= 200 {
@@ -404,6 +423,24 @@ mod tests {
         assert!(nesting_within(br#"{"a":"[[[[[[[[\"{{{{"}"#, 1).is_ok());
         let deep = "[".repeat(100_000);
         assert_eq!(nesting_within(deep.as_bytes(), 32), Err(33));
+    }
+
+    #[test]
+    fn a_body_is_announced_by_its_length_or_its_encoding() {
+        let h = |pairs: &[(&str, &str)]| {
+            let mut m = axum::http::HeaderMap::new();
+            for (k, v) in pairs {
+                m.insert(
+                    HeaderName::from_bytes(k.as_bytes()).expect("name"),
+                    v.parse().expect("value"),
+                );
+            }
+            m
+        };
+        assert!(!carries_body(&h(&[])));
+        assert!(!carries_body(&h(&[("content-length", "0")])));
+        assert!(carries_body(&h(&[("content-length", "2")])));
+        assert!(carries_body(&h(&[("transfer-encoding", "chunked")])));
     }
 
     #[test]
