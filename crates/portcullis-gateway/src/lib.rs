@@ -306,9 +306,11 @@ impl Gateway {
             Some(caller.identity)
         };
         let mut req = req;
+        // Validation and transformation read whole bodies on the routes that ask for them:
+        // their futures are boxed, so every other request's pipeline future stays small (it is
+        // moved on every poll).
         if let Some(rule) = route.validations.iter().find(|v| v.covers(req.method())) {
-            req = rule
-                .check(req, self.settings.max_body, self.settings.upstream_timeout)
+            req = Box::pin(rule.check(req, self.settings.max_body, self.settings.upstream_timeout))
                 .await?;
         }
         let upstream_span = stage_span("upstream");
@@ -328,14 +330,13 @@ impl Gateway {
                     .await?
                 }
                 Some(t) => {
-                    let req = t
-                        .request(
-                            req,
-                            identity.as_deref(),
-                            self.settings.max_body,
-                            self.settings.upstream_timeout,
-                        )
-                        .await?;
+                    let req = Box::pin(t.request(
+                        req,
+                        identity.as_deref(),
+                        self.settings.max_body,
+                        self.settings.upstream_timeout,
+                    ))
+                    .await?;
                     let mut response = tracing::Instrument::instrument(
                         self.forwarder.forward(
                             req,

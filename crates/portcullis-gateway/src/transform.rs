@@ -8,9 +8,8 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use axum::body::{Body, Bytes};
+use axum::body::Body;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Request, header};
-use http_body_util::BodyExt;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
@@ -300,18 +299,7 @@ impl Transform {
             return Ok(req);
         };
         let (mut parts, body) = req.into_parts();
-        let limited = http_body_util::Limited::new(body, max_body);
-        let bytes: Bytes = match tokio::time::timeout(read_timeout, limited.collect()).await {
-            Err(_) => return Err(Reject::BodyTooSlow),
-            Ok(Err(e))
-                if e.downcast_ref::<http_body_util::LengthLimitError>()
-                    .is_some() =>
-            {
-                return Err(Reject::BodyTooLarge { streaming: true });
-            }
-            Ok(Err(_)) => return Err(Reject::BadBody),
-            Ok(Ok(collected)) => collected.to_bytes(),
-        };
+        let bytes = crate::validate::read_body(body, max_body, read_timeout).await?;
         let body: Value = if bytes.is_empty() {
             Value::Null
         } else {

@@ -267,18 +267,7 @@ impl Validation {
             return Err(Reject::BodyTooLarge { streaming: false });
         }
         let (parts, body) = req.into_parts();
-        let limited = http_body_util::Limited::new(body, max_body);
-        let bytes: Bytes = match tokio::time::timeout(read_timeout, limited.collect()).await {
-            Err(_) => return Err(Reject::BodyTooSlow),
-            Ok(Err(e))
-                if e.downcast_ref::<http_body_util::LengthLimitError>()
-                    .is_some() =>
-            {
-                return Err(Reject::BodyTooLarge { streaming: true });
-            }
-            Ok(Err(_)) => return Err(Reject::BadBody),
-            Ok(Ok(collected)) => collected.to_bytes(),
-        };
+        let bytes = read_body(body, max_body, read_timeout).await?;
         if let Err(depth) = nesting_within(&bytes, self.max_depth) {
             return Err(invalid(
                 "The request body is invalid",
@@ -351,6 +340,38 @@ fn check_value(p: &Param, v: &str, at: &str, problems: &mut Vec<(String, String)
             at.to_owned(),
             format!("is longer than {} characters", p.max_length.unwrap_or(0)),
         ));
+    }
+}
+
+/// A request body read whole, up to `max_body` (413 past it), within `read_timeout` (408). A
+/// body already received — the usual case for a small one — is taken without arming a timer
+/// (the timer wheel is shared by every request).
+pub(crate) async fn read_body(
+    body: Body,
+    max_body: usize,
+    read_timeout: Duration,
+) -> Result<Bytes, Reject> {
+    use std::future::Future as _;
+    let mut collecting = std::pin::pin!(http_body_util::Limited::new(body, max_body).collect());
+    let first = {
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        collecting.as_mut().poll(&mut cx)
+    };
+    let done = match first {
+        std::task::Poll::Ready(done) => done,
+        std::task::Poll::Pending => tokio::time::timeout(read_timeout, collecting)
+            .await
+            .map_err(|_| Reject::BodyTooSlow)?,
+    };
+    match done {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e)
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
+            Err(Reject::BodyTooLarge { streaming: true })
+        }
+        Err(_) => Err(Reject::BadBody),
     }
 }
 
