@@ -13,9 +13,10 @@
 //! counts to the store twice a second and reads back the total (so with N nodes a quota can be
 //! overshot by what N nodes serve in half a second).
 
+use std::cell::RefCell;
 use std::net::IpAddr;
 use std::num::NonZeroU32;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -118,6 +119,37 @@ pub struct RateLimit {
     name: String,
     max_keys: usize,
     last_sweep: Mutex<Option<Instant>>,
+    /// This limit's slot in each thread's [`LOOKS`] counters.
+    id: usize,
+    /// Whether the tracked keys were within `margin` of `max_keys` at the last look.
+    near: AtomicBool,
+    margin: usize,
+}
+
+/// How often a thread counts a limit's keys while they are far from `max_keys`: counting visits
+/// every shard of the map (a lock on each, shared by every core), too much for every request.
+const LOOK_EVERY: u32 = 64;
+
+static NEXT_LIMIT_ID: AtomicUsize = AtomicUsize::new(0);
+
+thread_local! {
+    /// Checks per limit on this thread since it last counted the limit's keys.
+    static LOOKS: RefCell<Vec<u32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Whether this thread should count limit `id`'s keys now (its first check, then every
+/// [`LOOK_EVERY`]th).
+fn look_due(id: usize) -> bool {
+    LOOKS.with(|looks| {
+        let mut looks = looks.borrow_mut();
+        if looks.len() <= id {
+            looks.resize(id + 1, 0);
+        }
+        let n = &mut looks[id];
+        let due = *n == 0;
+        *n = (*n + 1) % LOOK_EVERY;
+        due
+    })
 }
 
 impl std::fmt::Debug for RateLimit {
@@ -177,6 +209,7 @@ impl RateLimit {
             );
         }
         let window = quota.burst_size_replenished_in().as_secs().max(1);
+        let max_keys = c.max_keys.unwrap_or(100_000).max(1);
         let name = if index == 0 {
             c.key.name().to_owned()
         } else {
@@ -193,8 +226,18 @@ impl RateLimit {
             window,
             policy,
             name,
-            max_keys: c.max_keys.unwrap_or(100_000).max(1),
+            max_keys,
             last_sweep: Mutex::new(None),
+            id: NEXT_LIMIT_ID.fetch_add(1, Ordering::Relaxed),
+            near: AtomicBool::new(true),
+            // Between two looks every thread adds at most LOOK_EVERY keys unseen: past this
+            // margin (twice the threads that may check, with room to spare) the limit counts
+            // on every check, so the bound stays exact.
+            margin: (max_keys / 8).max(
+                LOOK_EVERY as usize
+                    * 2
+                    * std::thread::available_parallelism().map_or(8, usize::from),
+            ),
         })
     }
 
@@ -248,7 +291,14 @@ impl RateLimit {
         if buckets.is_empty() {
             return Ok(None);
         }
-        let full = self.limiter.len() >= self.max_keys && !self.sweep();
+        let full = (self.near.load(Ordering::Relaxed) || look_due(self.id)) && {
+            let tracked = self.limiter.len();
+            let near = tracked + self.margin >= self.max_keys;
+            if near != self.near.load(Ordering::Relaxed) {
+                self.near.store(near, Ordering::Relaxed);
+            }
+            tracked >= self.max_keys && !self.sweep()
+        };
         let mut remaining = u32::MAX;
         for bucket in buckets {
             let bucket = if full { Bucket::Shared } else { bucket };
@@ -531,6 +581,32 @@ mod tests {
             let _ = l.check(ip, None);
             assert!(l.tracked() <= 50_000 + 1, "at {i}: {}", l.tracked());
         }
+    }
+
+    #[test]
+    fn keys_stay_within_max_keys_when_threads_add_them_at_once() {
+        // A bound larger than the margin, so the limit starts out counting only now and then.
+        let max = 40_000;
+        let l = std::sync::Arc::new(limit(LimitKey::Address, 1000, "1s", max));
+        assert!(l.margin < max);
+        let threads: Vec<_> = (0..4u32)
+            .map(|t| {
+                let l = l.clone();
+                std::thread::spawn(move || {
+                    for i in 0..25_000u32 {
+                        let ip = IpAddr::V4(std::net::Ipv4Addr::from((t << 24) + i + 1));
+                        let _ = l.check(ip, None);
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().expect("thread");
+        }
+        // Counting then adding is not one step: each thread may add one key past a count that
+        // had room, and the shared bucket is one more.
+        assert!(l.tracked() <= max + 4 + 1, "{}", l.tracked());
+        assert!(l.tracked() >= max - l.margin, "{}", l.tracked());
     }
 
     #[test]

@@ -1,8 +1,9 @@
 //! Request validation per route and method (`[[routes.validation]]`): declared types for query
 //! parameters and headers, and a JSON Schema (draft 2020-12) for the body. An invalid request is
 //! answered `400 application/problem+json`, naming each failing JSON pointer, and never reaches
-//! the upstream. The body is read whole (up to `gateway.max_body`), its nesting depth checked
-//! before it is parsed, and forwarded byte for byte as it came.
+//! the upstream. The body is read whole (up to `gateway.max_body`), parsed flat ([`tape`]: no
+//! tree, the nesting depth enforced as it is read, repeated member names refused), and forwarded
+//! byte for byte as it came.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -14,6 +15,10 @@ use http_body_util::BodyExt;
 use serde::Deserialize;
 
 use crate::reject::Reject;
+
+mod tape;
+
+use tape::{Tape, TapeError, TapeJson};
 
 /// A declared parameter type.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
@@ -115,7 +120,7 @@ impl From<&ParamSpec> for Param {
 /// One validation rule, ready.
 pub struct Validation {
     methods: Vec<Method>,
-    body: Option<jsonschema::Validator>,
+    body: Option<jsonschema::Validator<TapeJson>>,
     max_depth: usize,
     query: Vec<(String, Param)>,
     headers: Vec<(HeaderName, Param)>,
@@ -130,6 +135,9 @@ impl std::fmt::Debug for Validation {
             .finish_non_exhaustive()
     }
 }
+
+/// The deepest `max_depth` allowed: `serde_json`'s parser refuses past 127 levels on its own.
+const MAX_DEPTH: usize = 100;
 
 /// At most this many problems are listed in one answer.
 const MAX_ERRORS: usize = 10;
@@ -161,7 +169,8 @@ impl Validation {
                     )
                 })?;
                 Some(
-                    jsonschema::draft202012::options()
+                    jsonschema::options_for::<TapeJson>()
+                        .with_draft(jsonschema::Draft::Draft202012)
                         .should_validate_formats(true)
                         .build(&schema)
                         .map_err(|e| {
@@ -174,8 +183,8 @@ impl Validation {
             }
         };
         let max_depth = c.max_depth.unwrap_or(32);
-        if !(1..=512).contains(&max_depth) {
-            return Err("validation.max_depth: between 1 and 512".into());
+        if !(1..=MAX_DEPTH).contains(&max_depth) {
+            return Err(format!("validation.max_depth: between 1 and {MAX_DEPTH}"));
         }
         let headers = c
             .headers
@@ -248,8 +257,12 @@ impl Validation {
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.split(';').next())
-            .map(|v| v.trim().to_ascii_lowercase())
-            .is_some_and(|v| v == "application/json" || v.ends_with("+json"));
+            .map(str::trim)
+            .is_some_and(|v| {
+                let v = v.as_bytes();
+                v.eq_ignore_ascii_case(b"application/json")
+                    || v.len() > 5 && v[v.len() - 5..].eq_ignore_ascii_case(b"+json")
+            });
         if !json {
             return Err(Reject::Invalid {
                 status: StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -268,40 +281,40 @@ impl Validation {
         }
         let (parts, body) = req.into_parts();
         let bytes = read_body(body, max_body, read_timeout).await?;
-        if let Err(depth) = nesting_within(&bytes, self.max_depth) {
-            return Err(invalid(
-                "The request body is invalid",
-                vec![(
-                    String::new(),
-                    format!(
-                        "nests deeper than {} levels (at least {depth})",
-                        self.max_depth
-                    ),
-                )],
-            ));
-        }
-        let value: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| {
-            invalid(
-                "The request body is invalid",
-                vec![(String::new(), format!("is not JSON: {e}"))],
-            )
+        let tape = Tape::parse(&bytes, self.max_depth).map_err(|e| {
+            let problem = match e {
+                TapeError::Syntax(e) => (String::new(), format!("is not JSON: {e}")),
+                TapeError::TooDeep { pointer, max } => {
+                    (pointer, format!("nests deeper than {max} levels"))
+                }
+                TapeError::Duplicate { pointer, name } => (
+                    pointer,
+                    bounded(&format!("has the member {name:?} more than once")),
+                ),
+            };
+            invalid("The request body is invalid", vec![problem])
         })?;
         // The fast check first; the errors are collected only for a body that fails it.
-        if schema.is_valid(&value) {
+        if schema.is_valid(tape.root()) {
+            drop(tape);
             return Ok(Request::from_parts(parts, Body::from(bytes)));
         }
         let problems: Vec<(String, String)> = schema
-            .iter_errors(&value)
+            .iter_errors(tape.root())
             .take(MAX_ERRORS)
             .map(|e| (e.instance_path().to_string(), bounded(&e.to_string())))
             .collect();
         if !problems.is_empty() {
             return Err(invalid("The request body is invalid", problems));
         }
+        drop(tape);
         Ok(Request::from_parts(parts, Body::from(bytes)))
     }
 
     fn check_query(&self, query: &str, problems: &mut Vec<(String, String)>) {
+        if self.query.is_empty() && !self.strict_query {
+            return;
+        }
         let pairs: Vec<(String, String)> = url::form_urlencoded::parse(query.as_bytes())
             .map(|(k, v)| (k.into_owned(), v.into_owned()))
             .collect();
@@ -404,47 +417,9 @@ fn invalid(title: &'static str, problems: Vec<(String, String)>) -> Reject {
     }
 }
 
-/// Whether JSON text nests arrays and objects at most `max` deep, by a scan of its bytes (no
-/// parse): `Err(depth)` at the first level past `max`.
-fn nesting_within(bytes: &[u8], max: usize) -> Result<(), usize> {
-    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
-    for &b in bytes {
-        if in_string {
-            match (escaped, b) {
-                (true, _) => escaped = false,
-                (false, b'\\') => escaped = true,
-                (false, b'"') => in_string = false,
-                _ => {}
-            }
-            continue;
-        }
-        match b {
-            b'"' => in_string = true,
-            b'[' | b'{' => {
-                depth += 1;
-                if depth > max {
-                    return Err(depth);
-                }
-            }
-            b']' | b'}' => depth = depth.saturating_sub(1),
-            _ => {}
-        }
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn nesting_is_measured_outside_strings_only() {
-        assert!(nesting_within(br#"{"a":[1,{"b":2}]}"#, 3).is_ok());
-        assert_eq!(nesting_within(br#"{"a":[1,{"b":2}]}"#, 2), Err(3));
-        assert!(nesting_within(br#"{"a":"[[[[[[[[\"{{{{"}"#, 1).is_ok());
-        let deep = "[".repeat(100_000);
-        assert_eq!(nesting_within(deep.as_bytes(), 32), Err(33));
-    }
 
     #[test]
     fn a_body_is_announced_by_its_length_or_its_encoding() {

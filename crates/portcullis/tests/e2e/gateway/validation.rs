@@ -167,8 +167,18 @@ async fn invalid_requests_are_refused_with_the_failing_pointer_and_go_nowhere() 
             Some(TENANT),
             "",
             400,
-            "",
+            "/a/0/0/0",
             "nests deeper than 4 levels",
+        ),
+        (
+            // Parsers differ on which of two equal names counts: refused, never guessed.
+            r#"{"sku":"ABC-1234","quantity":1,"quantity":1000}"#,
+            "application/json",
+            Some(TENANT),
+            "",
+            400,
+            "",
+            "has the member \"quantity\" more than once",
         ),
         (
             valid,
