@@ -49,6 +49,14 @@ impl Gateway {
         Ok(())
     }
 
+    /// Adds the quota counts not yet in the store (at shutdown, after the last request: the
+    /// refresh task adds them only every 500 ms).
+    pub async fn flush_quotas(&self, store: &Store) {
+        if let Err(e) = self.quotas.sync(store, self.clock.now()).await {
+            tracing::warn!(error = %e, "the last quota counts could not be added to the store");
+        }
+    }
+
     async fn refresh(
         &self,
         store: &Store,

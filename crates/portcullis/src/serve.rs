@@ -232,6 +232,7 @@ pub async fn run_config(
             }),
         hsts,
     });
+    let (gateway, quota_store) = (app.gateway.clone(), app.store.clone());
     let router = router(app, timeout)?.merge(guarded(sessions.router().layer(timeout), store));
     crate::http_server::serve(
         listener,
@@ -243,6 +244,8 @@ pub async fn run_config(
         shutdown_signal(),
     )
     .await;
+    // Requests served since the refresh task last counted them still count.
+    gateway.flush_quotas(&quota_store).await;
     Ok(())
 }
 
