@@ -39,6 +39,10 @@ pub enum StoreError {
         by: String,
     },
 
+    /// The operation cannot be done as asked (the message says what to do instead).
+    #[error("{0}")]
+    Refused(String),
+
     /// The schema is newer than this binary, or a migration failed.
     #[error("database migration failed: {0}")]
     Migration(String),
@@ -65,6 +69,7 @@ impl StoreError {
                 | StoreError::NotFound { .. }
                 | StoreError::Changed { .. }
                 | StoreError::InUse { .. }
+                | StoreError::Refused(_)
         )
     }
 }

@@ -12,6 +12,7 @@ mod acme;
 mod audit;
 mod availability;
 mod clients;
+mod copy;
 mod error;
 mod groups;
 mod keys;

@@ -107,7 +107,177 @@ both_backends!(
     user_pages_follow_the_username_order_and_filter,
     live_sessions_of_every_user_page_newest_first,
     quota_usage_adds_up_across_writers,
+    copy_moves_every_row_and_refuses_a_target_with_data,
+    backup_is_a_consistent_store_of_its_own,
 );
+
+/// Every row of every table, as text, in a stable order.
+async fn dump(store: &Store) -> BTreeMap<&'static str, Vec<Vec<String>>> {
+    use sqlx::Row;
+    let mut out = BTreeMap::new();
+    for table in crate::copy::TABLES {
+        let columns = store.columns(table).await.expect("columns");
+        let names: Vec<&str> = columns.iter().map(|(n, _)| n.as_str()).collect();
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {} FROM {table}",
+            names.join(", ")
+        )))
+        .fetch_all(&store.pool)
+        .await
+        .expect("select");
+        let mut rows: Vec<Vec<String>> = rows
+            .iter()
+            .map(|r| {
+                columns
+                    .iter()
+                    .enumerate()
+                    .map(|(i, (_, int))| {
+                        if *int {
+                            format!("{:?}", r.try_get::<Option<i64>, _>(i).expect("int"))
+                        } else {
+                            format!("{:?}", r.try_get::<Option<String>, _>(i).expect("text"))
+                        }
+                    })
+                    .collect()
+            })
+            .collect();
+        rows.sort();
+        out.insert(*table, rows);
+    }
+    out
+}
+
+/// A store with a little of everything: users in groups, a client, policies, audit, quotas.
+async fn populate(store: &Store) {
+    store
+        .create_group(&new_group("user", Some(10)))
+        .await
+        .expect("group");
+    store
+        .create_group(&new_group("admin", None))
+        .await
+        .expect("group");
+    store
+        .create_user(&new_user("ada", &["user", "admin"]))
+        .await
+        .expect("user");
+    let mut grace = new_user("grace", &[]);
+    grace.email = None;
+    grace.password_hash = None;
+    store.create_user(&grace).await.expect("user");
+    store
+        .create_client(&client("app", Some("$argon2id$secret")))
+        .await
+        .expect("client");
+    store
+        .add_policy_version(
+            "principal = \"group:user\"\n",
+            "by ada",
+            1_700_000_000,
+            false,
+        )
+        .await
+        .expect("policy");
+    store
+        .append_audit(&event("user.create", 1_700_000_001))
+        .await
+        .expect("audit");
+    store
+        .append_audit(&event("user.update", 1_700_000_002))
+        .await
+        .expect("audit");
+    store
+        .add_quota_usage("/api#0", "app", "d:2026-12-06", 7, 1_700_000_000)
+        .await
+        .expect("quota");
+}
+
+async fn copy_moves_every_row_and_refuses_a_target_with_data(store: Store) {
+    // Into the other backend when there is one (SQLite → PostgreSQL, PostgreSQL → SQLite).
+    let target = match store.backend() {
+        crate::Backend::Sqlite => match postgres().await {
+            Some(f) => f,
+            None => sqlite().await,
+        },
+        crate::Backend::Postgres => sqlite().await,
+    };
+    populate(&store).await;
+    let before = dump(&store).await;
+    let counts = store.copy_into(&target.store).await.expect("copy");
+    assert_eq!(counts.len(), crate::copy::TABLES.len());
+    assert_eq!(
+        counts.iter().find(|(t, _)| *t == "users").map(|(_, n)| *n),
+        Some(2)
+    );
+    assert_eq!(dump(&target.store).await, before, "every row, every value");
+    // The copy is a working store: the users, their groups, the audit chain.
+    let ada = target.store.user("ada").await.expect("read").expect("ada");
+    assert_eq!(ada.groups, ["user", "admin"]);
+    assert!(
+        matches!(
+            target.store.verify_audit().await.expect("verify"),
+            crate::AuditVerdict::Intact { events: 2, .. }
+        ),
+        "the audit chain still verifies"
+    );
+    // A second copy would mix two stores: refused, and nothing is written.
+    let again = store.copy_into(&target.store).await.expect_err("not empty");
+    assert!(
+        matches!(again, StoreError::Refused(ref m) if m.contains("not empty")),
+        "{again}"
+    );
+    assert_eq!(dump(&target.store).await, before);
+}
+
+async fn backup_is_a_consistent_store_of_its_own(store: Store) {
+    let dir = tempfile::tempdir().expect("dir");
+    let file = dir.path().join("backup.db");
+    if store.backend() == crate::Backend::Postgres {
+        let e = store.backup_to(&file).await.expect_err("sqlite only");
+        assert!(e.to_string().contains("pg_dump"), "{e}");
+        return;
+    }
+    populate(&store).await;
+    let bytes = store.backup_to(&file).await.expect("backup");
+    assert!(bytes > 0);
+    assert!(
+        store.backup_to(&file).await.is_err(),
+        "never over an existing file"
+    );
+    // Written after the backup: not in it.
+    store
+        .create_user(&new_user("later", &[]))
+        .await
+        .expect("user");
+    let copy = Store::open(&StoreOptions::sqlite(&file))
+        .await
+        .expect("open the backup");
+    copy.integrity_check().await.expect("intact");
+    assert!(copy.user("ada").await.expect("read").is_some());
+    assert!(copy.user("later").await.expect("read").is_none());
+    let mut original = dump(&store).await;
+    original
+        .get_mut("users")
+        .expect("users")
+        .retain(|r| !r.iter().any(|c| c.contains("later")));
+    assert_eq!(dump(&copy).await, original);
+}
+
+#[tokio::test]
+async fn every_table_is_listed_for_copies() {
+    let f = sqlite().await;
+    let mut tables = f.store.table_names().await.expect("tables");
+    tables.sort();
+    let mut listed: Vec<String> = crate::copy::TABLES
+        .iter()
+        .map(|t| (*t).to_owned())
+        .collect();
+    listed.sort();
+    assert_eq!(
+        tables, listed,
+        "copy::TABLES must name every table, parents first"
+    );
+}
 
 async fn quota_usage_adds_up_across_writers(store: Store) {
     let tasks: Vec<_> = (0..8)

@@ -558,6 +558,55 @@ pub async fn store_check(app: &Admin, json: bool) -> Result<(), Failure> {
     Ok(())
 }
 
+pub async fn store_copy(app: &Admin, to: &str, json: bool) -> Result<(), Failure> {
+    let options = portcullis_store::StoreOptions {
+        url: to.to_owned(),
+        ..app.config.store.clone()
+    };
+    let target = portcullis_store::Store::open(&options).await?;
+    if target.location() == app.store.location() {
+        return Err(Failure::user(format!(
+            "--to names the store itself ({}); give another database",
+            target.location()
+        )));
+    }
+    let counts = app.store.copy_into(&target).await?;
+    let total: u64 = counts.iter().map(|(_, n)| n).sum();
+    if json {
+        print_json(&json!({
+            "from": app.store.location(),
+            "to": target.location(),
+            "rows": total,
+            "tables": counts.iter().map(|(t, n)| (t.to_string(), json!(n))).collect::<serde_json::Map<_, _>>(),
+        }));
+    } else {
+        for (table, n) in &counts {
+            println!("{table:<24} {n:>10}");
+        }
+        println!(
+            "copied {total} rows from {} to {}, every table counted on both sides. Point store.url at the new database (with the same instance secret, if one is configured) and restart.",
+            app.store.location(),
+            target.location()
+        );
+    }
+    target.close().await;
+    Ok(())
+}
+
+pub async fn store_backup(app: &Admin, file: &std::path::Path, json: bool) -> Result<(), Failure> {
+    let bytes = app.store.backup_to(file).await?;
+    if json {
+        print_json(&json!({ "file": file.display().to_string(), "bytes": bytes }));
+    } else {
+        println!(
+            "backed up {} to {} ({bytes} bytes). To restore, stop portcullis and point store.url at that file (or copy it over the database, removing the -wal and -shm files beside it).",
+            app.store.location(),
+            file.display()
+        );
+    }
+    Ok(())
+}
+
 fn client_json(c: &portcullis_store::Client) -> serde_json::Value {
     json!({
         "client_id": c.client_id,

@@ -432,6 +432,20 @@ enum GroupCommand {
 enum StoreCommand {
     /// Open the store, apply migrations and check its integrity.
     Check,
+    /// Copy every row of the store into another, empty database (SQLite → PostgreSQL when one
+    /// node is no longer enough, or back), from one consistent snapshot, while it serves.
+    Copy {
+        /// The target: `postgres://user@host/db` or `sqlite:///path/new.db`. It is migrated
+        /// first and must hold no rows. A password is better given in PGPASSWORD.
+        #[arg(long)]
+        to: String,
+    },
+    /// Write a consistent online backup of a SQLite store to a new file (PostgreSQL: use
+    /// pg_dump). Restore by pointing `store.url` at the file.
+    Backup {
+        /// The new file.
+        file: std::path::PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -555,6 +569,14 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Store(StoreCommand::Check) => {
             let app = app::Admin::open(app::load_config(cli.config.as_deref())?).await?;
             commands::store_check(&app, json).await
+        }
+        Command::Store(StoreCommand::Copy { to }) => {
+            let app = app::Admin::open(app::load_config(cli.config.as_deref())?).await?;
+            commands::store_copy(&app, &to, json).await
+        }
+        Command::Store(StoreCommand::Backup { file }) => {
+            let app = app::Admin::open(app::load_config(cli.config.as_deref())?).await?;
+            commands::store_backup(&app, &file, json).await
         }
     }
 }

@@ -78,6 +78,14 @@ impl Instance {
         Some(instance)
     }
 
+    /// The `PORTCULLIS_STORE_URL` this instance runs with, if it names one (PostgreSQL).
+    pub fn store_url(&self) -> Option<&str> {
+        self.env
+            .iter()
+            .find(|(k, _)| k == "PORTCULLIS_STORE_URL")
+            .map(|(_, v)| v.as_str())
+    }
+
     pub fn data_dir(&self) -> PathBuf {
         self.dir.path().join("data")
     }
