@@ -100,8 +100,14 @@ async fn a_live_store_moves_to_postgres_and_back_and_a_backup_restores_with_its_
     )
     .expect("json");
     assert_eq!(copied["tables"]["users"], 2, "{copied}");
-    assert!(copied["tables"]["signing_keys"].as_u64() >= Some(1), "{copied}");
-    assert!(copied["tables"]["audit_events"].as_u64() >= Some(1), "{copied}");
+    assert!(
+        copied["tables"]["signing_keys"].as_u64() >= Some(1),
+        "{copied}"
+    );
+    assert!(
+        copied["tables"]["audit_events"].as_u64() >= Some(1),
+        "{copied}"
+    );
     let backup = source.dir.path().join("backup.db");
     source
         .run(&["store", "backup", backup.to_str().expect("utf-8")])
