@@ -542,6 +542,11 @@ impl Provider {
         self.inner.clock.now()
     }
 
+    /// The time in milliseconds (for rates finer than a second).
+    pub fn now_millis(&self) -> i64 {
+        self.inner.clock.now_millis()
+    }
+
     pub(crate) fn totp_kek(&self) -> &KeyEncryptionKey {
         &self.inner.totp_kek
     }

@@ -43,6 +43,7 @@ pub(crate) const TABLES: &[&str] = &[
     "webauthn_ceremonies",
     "audit_events",
     "quota_usage",
+    "attempt_throttle",
 ];
 
 /// Rows per `INSERT` (parameters stay far below both backends' limits).

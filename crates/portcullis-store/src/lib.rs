@@ -23,6 +23,7 @@ mod policies;
 mod quotas;
 mod sessions;
 mod settings;
+mod throttle;
 mod users;
 mod webauthn;
 
@@ -40,6 +41,7 @@ pub use mfa::TotpFactor;
 pub use open::{Backend, SqliteSync, StoreOptions};
 pub use policies::PolicyVersion;
 pub use sessions::{AuthCode, CodeUse, RefreshToken, Rotation, Session};
+pub use throttle::ThrottleRate;
 pub use users::{NewUser, User, UserStatus};
 pub use webauthn::StoredCredential;
 

@@ -46,6 +46,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("../migrations/0010_revisions.sql"),
     ),
     (11, "quotas", include_str!("../migrations/0011_quotas.sql")),
+    (
+        12,
+        "attempt throttle",
+        include_str!("../migrations/0012_throttle.sql"),
+    ),
 ];
 
 pub(crate) async fn run(store: &Store) -> Result<(), StoreError> {

@@ -109,7 +109,52 @@ both_backends!(
     quota_usage_adds_up_across_writers,
     copy_moves_every_row_and_refuses_a_target_with_data,
     backup_is_a_consistent_store_of_its_own,
+    attempts_spend_one_budget_whichever_node_counts_them,
 );
+
+async fn attempts_spend_one_budget_whichever_node_counts_them(store: Store) {
+    let rate = crate::ThrottleRate::per_minute(3);
+    assert_eq!(rate.interval_ms, 20_000);
+    let t = 1_700_000_000_000;
+    let attempt = |net: &'static str, scope: &'static str, at: i64| {
+        let store = store.clone();
+        async move {
+            store
+                .throttle_attempt(scope, net, rate, at)
+                .await
+                .expect("count")
+        }
+    };
+    for _ in 0..3 {
+        assert!(attempt("192.0.2.1", "signin", t).await);
+    }
+    assert!(
+        !attempt("192.0.2.1", "signin", t).await,
+        "the burst is spent"
+    );
+    assert!(!attempt("192.0.2.1", "signin", t + 19_999).await);
+    // Another network, or another kind of attempt, has its own budget.
+    assert!(attempt("192.0.2.2", "signin", t).await);
+    assert!(attempt("192.0.2.1", "account", t).await);
+    // One interval refills one attempt, and a refusal spent nothing.
+    assert!(attempt("192.0.2.1", "signin", t + 20_000).await);
+    assert!(!attempt("192.0.2.1", "signin", t + 20_000).await);
+    // Twenty at once, as from many nodes: exactly the burst gets through.
+    let racers: Vec<_> = (0..20)
+        .map(|_| tokio::spawn(attempt("198.51.100.7", "signin", t)))
+        .collect();
+    let mut allowed = 0;
+    for r in racers {
+        allowed += usize::from(r.await.expect("task"));
+    }
+    assert_eq!(allowed, 3);
+    // Buckets full again are forgotten, and forgetting them changes nothing.
+    assert!(store.prune_throttle(t + 200_000).await.expect("prune") >= 3);
+    for _ in 0..3 {
+        assert!(attempt("192.0.2.1", "signin", t + 200_000).await);
+    }
+    assert!(!attempt("192.0.2.1", "signin", t + 200_000).await);
+}
 
 /// Every row of every table, as text, in a stable order.
 async fn dump(store: &Store) -> BTreeMap<&'static str, Vec<Vec<String>>> {

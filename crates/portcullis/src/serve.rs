@@ -42,6 +42,18 @@ fn spawn_audit_retention(app: &App) {
             tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
         }
     });
+    // Attempt budgets that are full again mean the same as none: forgotten every minute, so a
+    // spray from many networks leaves no more rows than a minute of it.
+    let store = app.store.clone();
+    tokio::spawn(async move {
+        let clock = portcullis_token::Clock::system();
+        loop {
+            tokio::time::sleep(std::time::Duration::from_secs(60)).await;
+            if let Err(e) = store.prune_throttle(clock.now_millis()).await {
+                tracing::warn!(error = %e, "pruning sign-in attempt counts failed");
+            }
+        }
+    });
 }
 
 /// `portcullis serve`.

@@ -170,7 +170,7 @@ pub(super) async fn posted(
 ) -> Result<(Session, User, BTreeMap<String, String>, String), Box<Response>> {
     let (form, csrf) = read_form(web, headers, body)?;
     let (session, user) = signed_in(web, headers).await?;
-    if !web.account_action_allowed(peer.ip()) {
+    if !web.account_action_allowed(peer.ip()).await {
         let mut r = web.error_page(
             StatusCode::TOO_MANY_REQUESTS,
             "Too many requests from your network. Wait a while and try again.",

@@ -131,7 +131,7 @@ pub(super) async fn signup_submit(
     let field = |k: &str| form.get(k).cloned().unwrap_or_default();
     let request = live_request(&web, form.get("request"));
     let (email, name) = (field("email").trim().to_owned(), field("name"));
-    if !web.account_action_allowed(peer.ip()) {
+    if !web.account_action_allowed(peer.ip()).await {
         return throttled(&web);
     }
     let password = Secret::new(field("password"));
@@ -220,7 +220,7 @@ pub(super) async fn verify_submit(
     };
     let request = live_request(&web, form.get("request"));
     let code = form.get("code").map(|c| c.trim()).unwrap_or_default();
-    if !web.account_action_allowed(peer.ip()) {
+    if !web.account_action_allowed(peer.ip()).await {
         return throttled(&web);
     }
     match web.accounts.verify_email(code).await {
@@ -292,7 +292,7 @@ pub(super) async fn forgot_submit(
         .get("username")
         .map(|u| u.trim().to_owned())
         .unwrap_or_default();
-    if !web.account_action_allowed(peer.ip()) {
+    if !web.account_action_allowed(peer.ip()).await {
         return throttled(&web);
     }
     // Answered before the lookup, so neither the answer nor its timing says whether the
@@ -420,7 +420,7 @@ async fn code_submit(
     let field = |k: &str| form.get(k).cloned().unwrap_or_default();
     let request = live_request(&web, form.get("request"));
     let code = field("code");
-    if !web.account_action_allowed(peer.ip()) {
+    if !web.account_action_allowed(peer.ip()).await {
         return throttled(&web);
     }
     let password = Secret::new(field("password"));

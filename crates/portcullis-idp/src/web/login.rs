@@ -283,7 +283,7 @@ pub(super) async fn login_submit(
             &name,
         )
     };
-    if !web.address_allowed(peer.ip()) {
+    if !web.address_allowed(peer.ip()).await {
         return again("Too many sign-in attempts from your network. Wait a minute and try again.");
     }
     let password = Secret::new(field("password").to_owned());

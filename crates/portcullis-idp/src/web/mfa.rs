@@ -138,7 +138,7 @@ async fn second_step_submit(
         Err(_) => return web.error_page(StatusCode::SERVICE_UNAVAILABLE, UNAVAILABLE),
     };
     let again = |message: String| form_again(&web, sealed, &csrf, ticket, &user, enrol, message);
-    if !web.address_allowed(peer.ip()) {
+    if !web.address_allowed(peer.ip()).await {
         return again(
             "Too many sign-in attempts from your network. Wait a minute and try again.".into(),
         )

@@ -51,9 +51,15 @@ struct Web {
     account_attempts: Arc<Attempts>,
 }
 
-/// Sign-in attempts per network: governor's keyed GCRA limiter, `idp.signin_rate_per_address`
-/// per minute (a burst of that many, then one every 60/n s), per node.
+/// Attempts per network — sign-ins at `idp.signin_rate_per_address` a minute, account actions
+/// at `idp.accounts.rate_per_address` an hour (a burst of that many, refilled evenly) — counted
+/// for the whole cluster in the store, so spreading guesses over nodes gains nothing. Each node
+/// also counts in memory with the same budget first (governor's keyed GCRA): no node can allow
+/// more than the budget by itself, so a flood from one network is refused there without a
+/// write to the database.
 struct Attempts {
+    scope: &'static str,
+    rate: portcullis_store::ThrottleRate,
     limiter: governor::DefaultKeyedRateLimiter<IpAddr>,
     /// When stale networks were last forgotten.
     last_sweep: Mutex<Option<Instant>>,
@@ -62,23 +68,38 @@ struct Attempts {
 impl Attempts {
     fn new(per_minute: u32) -> Attempts {
         let per_minute = std::num::NonZeroU32::new(per_minute).unwrap_or(std::num::NonZeroU32::MIN);
-        Attempts::with_quota(governor::Quota::per_minute(per_minute))
+        Attempts::with_quota(
+            "signin",
+            portcullis_store::ThrottleRate::per_minute(per_minute.get()),
+            governor::Quota::per_minute(per_minute),
+        )
     }
 
     fn per_hour(per_hour: u32) -> Attempts {
         let per_hour = std::num::NonZeroU32::new(per_hour).unwrap_or(std::num::NonZeroU32::MIN);
-        Attempts::with_quota(governor::Quota::per_hour(per_hour))
+        Attempts::with_quota(
+            "account",
+            portcullis_store::ThrottleRate::per_hour(per_hour.get()),
+            governor::Quota::per_hour(per_hour),
+        )
     }
 
-    fn with_quota(quota: governor::Quota) -> Attempts {
+    fn with_quota(
+        scope: &'static str,
+        rate: portcullis_store::ThrottleRate,
+        quota: governor::Quota,
+    ) -> Attempts {
         Attempts {
+            scope,
+            rate,
             limiter: governor::RateLimiter::keyed(quota),
             last_sweep: Mutex::new(None),
         }
     }
 
-    /// Counts an attempt from `ip`; false when its network is over its budget.
-    fn allowed(&self, ip: IpAddr) -> bool {
+    /// Counts an attempt from `ip`; false when its network is over its budget, here or in the
+    /// cluster. A store that cannot count refuses (fails closed).
+    async fn allowed(&self, ip: IpAddr, store: &portcullis_store::Store, now_ms: i64) -> bool {
         // Forget networks whose budget is full again when many are tracked, at most once a
         // second: a sweep walks the whole map and must not happen on every attempt.
         if self.limiter.len() > ATTEMPTS_TRACKED
@@ -88,7 +109,20 @@ impl Attempts {
             self.limiter.retain_recent();
             *last = Some(Instant::now());
         }
-        self.limiter.check_key(&network_of(ip)).is_ok()
+        let network = network_of(ip);
+        if self.limiter.check_key(&network).is_err() {
+            return false;
+        }
+        match store
+            .throttle_attempt(self.scope, &network.to_string(), self.rate, now_ms)
+            .await
+        {
+            Ok(allowed) => allowed,
+            Err(e) => {
+                tracing::warn!(error = %e, scope = self.scope, "attempt not counted in the store; refused");
+                false
+            }
+        }
     }
 }
 
@@ -334,13 +368,21 @@ impl Web {
     }
 
     /// Counts a sign-in attempt from `ip`; false when its network is over its budget.
-    fn address_allowed(&self, ip: IpAddr) -> bool {
-        self.attempts.allowed(ip)
+    async fn address_allowed(&self, ip: IpAddr) -> bool {
+        self.attempts
+            .allowed(ip, self.provider.store(), self.now_ms())
+            .await
     }
 
     /// Counts a sign-up, reset, verification or resend from `ip`.
-    fn account_action_allowed(&self, ip: IpAddr) -> bool {
-        self.account_attempts.allowed(ip)
+    async fn account_action_allowed(&self, ip: IpAddr) -> bool {
+        self.account_attempts
+            .allowed(ip, self.provider.store(), self.now_ms())
+            .await
+    }
+
+    fn now_ms(&self) -> i64 {
+        self.provider.now_millis()
     }
 }
 

@@ -67,7 +67,7 @@ pub(super) async fn account_begin(
     let Ok((_, user)) = signed_in(&web, &headers).await else {
         return message(StatusCode::UNAUTHORIZED, "Sign in again to add a passkey.");
     };
-    if !web.account_action_allowed(peer.ip()) {
+    if !web.account_action_allowed(peer.ip()).await {
         return message(
             StatusCode::TOO_MANY_REQUESTS,
             "Too many requests. Wait a while.",
@@ -137,7 +137,7 @@ async fn sign_in_begin(
     if let Err(r) = request_of(&web, &form) {
         return *r;
     }
-    if !web.address_allowed(peer.ip()) {
+    if !web.address_allowed(peer.ip()).await {
         return message(
             StatusCode::TOO_MANY_REQUESTS,
             "Too many sign-in attempts from your network. Wait a minute.",
@@ -179,7 +179,7 @@ async fn sign_in_finish(
         Ok(r) => r,
         Err(r) => return *r,
     };
-    if !web.address_allowed(peer.ip()) {
+    if !web.address_allowed(peer.ip()).await {
         return message(
             StatusCode::TOO_MANY_REQUESTS,
             "Too many sign-in attempts from your network. Wait a minute.",

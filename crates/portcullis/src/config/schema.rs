@@ -372,10 +372,10 @@ section! {
         /// After 5 failed sign-ins an account waits this long before the next attempt, doubling with
         /// each further failure up to 15 minutes (Cognito's behaviour).
         lockout_delay: Dur<1_000, 3_600_000> = "1s";
-        /// Sign-in attempts accepted per client address (per /64 network for IPv6) per minute on each
-        /// node: a burst of that many, then one every 60/n seconds; more get "try again in a minute".
-        /// Accounts are throttled separately: after 5 failures a delay that doubles, from 1 s up to
-        /// 15 min.
+        /// Sign-in attempts accepted per client address (per /64 network for IPv6) per minute,
+        /// counted in the store for every node together: a burst of that many, then one every 60/n
+        /// seconds; more get "try again in a minute". Accounts are throttled separately: after 5
+        /// failures a delay that doubles, from 1 s up to 15 min.
         signin_rate_per_address: Int<1, 1_000_000> = "60";
         /// Who may create an account on the hosted `/signup` page: `closed` (operators only),
         /// `open` (anyone with an e-mail address), `domains` (addresses in `idp.signup_domains`),
@@ -396,8 +396,8 @@ section! {
         /// How long an invitation link works.
         invite_link_ttl: Dur<60_000, 2_592_000_000> = "7d";
         /// Sign-ups, password-reset requests, verifications and new passwords accepted per client
-        /// address (per /64 network for IPv6) per hour on each node. Each account also gets at most
-        /// 3 mails of a kind per hour.
+        /// address (per /64 network for IPv6) per hour, counted in the store for every node
+        /// together. Each account also gets at most 3 mails of a kind per hour.
         account_rate_per_address: Int<1, 1_000_000> = "20";
         /// Users may delete their own account on the account page (`/account`), with their
         /// password.

@@ -971,6 +971,69 @@ async fn the_refresh_grace_window_is_exact() {
     }
 }
 
+/// The budget per network is the cluster's: attempts spread over two nodes of one PostgreSQL
+/// store spend one budget (and a sign-in started on one node continues on the other).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sign_in_attempts_spread_over_nodes_spend_one_budget() {
+    let Some(i) = Instance::postgres().await else {
+        return;
+    };
+    let mut text = std::fs::read_to_string(&i.config).expect("config");
+    // One issuer for both nodes, as behind one load balancer.
+    text.push_str("[idp]\nissuer = \"http://localhost:8080\"\nsignin_rate_per_address = 3\n");
+    std::fs::write(&i.config, text).expect("config");
+    let mut idp = setup_on(i);
+    let second = idp._instance.serve();
+    let (request, csrf) = idp.open_form(&idp.authorize_url("spa", &[])).await;
+    let on_second = |idp: &Idp, username: &str, password: &str| {
+        idp.http
+            .post(second.url("/login"))
+            .header("cookie", idp.cookie_header())
+            .form(&[
+                ("request", request.as_str()),
+                ("csrf", csrf.as_str()),
+                ("username", username),
+                ("password", password),
+            ])
+            .send()
+    };
+    let first = idp
+        .post_form(&request, &csrf, "sprayed-1", "some-guess-0000")
+        .await;
+    assert!(
+        first
+            .text()
+            .await
+            .expect("html")
+            .contains("Incorrect username or password.")
+    );
+    let other = on_second(&idp, "sprayed-2", "some-guess-0000")
+        .await
+        .expect("post");
+    let body = other.text().await.expect("html");
+    assert!(
+        body.contains("Incorrect username or password."),
+        "the other node continues the sign-in: {body}"
+    );
+    let third = idp
+        .post_form(&request, &csrf, "sprayed-3", "some-guess-0000")
+        .await;
+    assert!(
+        third
+            .text()
+            .await
+            .expect("html")
+            .contains("Incorrect username or password.")
+    );
+    // The second node has seen one attempt itself, but the network's budget of 3 is spent.
+    let throttled = on_second(&idp, "ada", PASSWORD).await.expect("post");
+    let body = throttled.text().await.expect("html");
+    assert!(
+        body.contains("Too many sign-in attempts from your network"),
+        "the fourth attempt in a minute is refused on any node: {body}"
+    );
+}
+
 /// The sign-in page counts attempts per client network (per /64 for IPv6): past
 /// `idp.signin_rate_per_address` a minute — whatever the usernames, so account lockout cannot
 /// be sidestepped by spraying many accounts — even the right password gets "wait a minute".
