@@ -87,6 +87,10 @@ pub struct Gateway {
     builtins: std::sync::OnceLock<std::collections::HashMap<String, Arc<dyn Builtin>>>,
     /// Quota counts of every route, synced with the store by the refresh task.
     quotas: limits::QuotaCounts,
+    /// Wakes the refresh task before its next tick (another node changed something).
+    wake: Arc<tokio::sync::Notify>,
+    /// The next refresh re-reads every revocation, not only the newest.
+    reread_all: std::sync::atomic::AtomicBool,
 }
 
 /// One of portcullis' own services behind a `builtin` route. It gets the request after
@@ -136,6 +140,8 @@ impl Gateway {
             clock,
             builtins: std::sync::OnceLock::new(),
             quotas: limits::QuotaCounts::default(),
+            wake: Arc::new(tokio::sync::Notify::new()),
+            reread_all: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -165,6 +171,16 @@ impl Gateway {
     /// Replaces the policies in force.
     pub fn set_policies(&self, set: PolicySet) {
         self.policies.store(Arc::new(set));
+    }
+
+    /// Another node changed policies or revocations: re-read now rather than at the next tick.
+    /// `everything`: changes may have been missed, so every revocation is read again.
+    pub fn changed_elsewhere(&self, everything: bool) {
+        if everything {
+            self.reread_all
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        self.wake.notify_one();
     }
 
     /// Handles one request: the pipeline, a refusal rendered for the route's kind, the cookies of

@@ -126,6 +126,9 @@ pub struct GatewaySettings {
     pub strip_request_headers: Vec<crate::forward::HeaderPattern>,
     /// TLS to `https://` upstreams (`forward::upstream_tls`).
     pub upstream_tls: std::sync::Arc<rustls::ClientConfig>,
+    /// How often policies, revocations and quota totals are re-read from the store (the
+    /// fallback: with PostgreSQL, changes also arrive at once by notification).
+    pub refresh_interval: Duration,
 }
 
 /// Settings for unit tests.
@@ -147,5 +150,6 @@ pub(crate) fn test_settings() -> GatewaySettings {
         refresh_margin: 30,
         strip_request_headers: Vec::new(),
         upstream_tls: crate::forward::upstream_tls(None, None).expect("default upstream TLS"),
+        refresh_interval: Duration::from_millis(500),
     }
 }

@@ -1,6 +1,8 @@
 //! Keeping what the hot path reads fresh: the policy documents in force and the revocation set,
-//! re-read from the store twice a second (so a change reaches every node within a second), and
-//! the external issuers' keys at start. The request path itself never reads the store.
+//! re-read from the store every `gateway.refresh_interval` (500 ms: a change reaches every node
+//! within a second) and at once when another node announces a change (PostgreSQL
+//! `LISTEN/NOTIFY`, [`Gateway::changed_elsewhere`]), and the external issuers' keys at start. The
+//! request path itself never reads the store.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,12 +34,26 @@ impl Gateway {
             ext.refresh().await;
         }
         let gw = Arc::downgrade(self);
+        let wake = self.wake.clone();
+        let every = self
+            .settings
+            .refresh_interval
+            .max(Duration::from_millis(10));
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_millis(500));
+            let mut tick = tokio::time::interval(every);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
-                tick.tick().await;
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    () = wake.notified() => {}
+                }
                 let Some(gw) = gw.upgrade() else { return };
+                if gw
+                    .reread_all
+                    .swap(false, std::sync::atomic::Ordering::Relaxed)
+                {
+                    state.revocations_since = None;
+                }
                 tracing::trace!("gateway refresh");
                 if let Err(e) = gw.refresh(&store, &mut state).await {
                     // Keep serving with what is in memory; revocations are re-read in full next time.

@@ -36,7 +36,7 @@ impl Store {
         .bind(k.retire_at)
         .execute(&self.pool)
         .await?;
-        Ok(())
+        self.notify(crate::Change::Keys).await
     }
 
     /// Keys still published at `now` (not retired), oldest first.
@@ -71,7 +71,7 @@ impl Store {
             .bind(kid)
             .execute(&self.pool)
             .await?;
-        Ok(())
+        self.notify(crate::Change::Keys).await
     }
 
     /// A value that changes whenever the set of keys or their schedule changes: cheap to poll.

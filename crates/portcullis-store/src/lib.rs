@@ -11,6 +11,7 @@ mod accounts;
 mod acme;
 mod audit;
 mod availability;
+mod changes;
 mod clients;
 mod copy;
 mod error;
@@ -33,6 +34,7 @@ mod tests;
 pub use accounts::{CodePurpose, NewCode, NewMail, OutboxCounts, QueuedMail, UsedCode};
 pub use acme::{AcmeCertificate, AcmeChallenge};
 pub use audit::{AuditEvent, AuditFilter, AuditRecord, AuditVerdict, GENESIS};
+pub use changes::{Change, Changes};
 pub use clients::{Client, ResourceServer};
 pub use error::StoreError;
 pub use groups::{Group, NewGroup};
@@ -62,6 +64,8 @@ pub struct Store {
     write_lock: Arc<tokio::sync::Mutex<()>>,
     /// Whether the database answers (see [`Store::monitor_availability`]).
     availability: Arc<availability::Availability>,
+    /// PostgreSQL: the URL a listener for other nodes' changes connects to ([`Store::listen`]).
+    listen_url: Option<Arc<str>>,
 }
 
 /// A write transaction; on SQLite it also holds this process's write turn.

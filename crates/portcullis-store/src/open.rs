@@ -169,6 +169,7 @@ async fn open_sqlite(options: &StoreOptions, path: PathBuf) -> Result<Store, Sto
         location: path.display().to_string(),
         write_lock: Default::default(),
         availability: Default::default(),
+        listen_url: None,
     };
     // Two processes starting on one new file must not both create the schema: an exclusive
     // lock on a file beside the database serializes migrations (SQLite has no advisory locks).
@@ -297,6 +298,7 @@ async fn open_postgres(
         location,
         write_lock: Default::default(),
         availability: Default::default(),
+        listen_url: Some(url.into()),
     };
     migrate::run(&store).await?;
     store.probe_write().await?;

@@ -102,6 +102,7 @@ impl Store {
                 other?;
             }
         }
+        crate::changes::notify_on(&mut tx, crate::Change::Policies).await?;
         tx.commit().await?;
         Ok(Some(current + 1))
     }
@@ -129,6 +130,7 @@ impl Store {
             .bind(now)
             .execute(&mut *tx)
             .await?;
+        crate::changes::notify_on(&mut tx, crate::Change::Policies).await?;
         tx.commit().await?;
         Ok(Some(version))
     }

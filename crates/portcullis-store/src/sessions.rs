@@ -163,7 +163,7 @@ async fn insert_revocation_tx(
     .bind(now)
     .execute(&mut **tx)
     .await?;
-    Ok(())
+    crate::changes::notify_on(tx, crate::Change::Revocations).await
 }
 
 impl Store {

@@ -110,7 +110,55 @@ both_backends!(
     copy_moves_every_row_and_refuses_a_target_with_data,
     backup_is_a_consistent_store_of_its_own,
     attempts_spend_one_budget_whichever_node_counts_them,
+    changes_reach_listeners_when_committed,
 );
+
+async fn next(changes: &mut crate::Changes) -> crate::Change {
+    tokio::time::timeout(Duration::from_secs(5), changes.next())
+        .await
+        .expect("a change within 5 s")
+}
+
+async fn changes_reach_listeners_when_committed(store: Store) {
+    let Some(mut changes) = store.listen().await else {
+        assert_eq!(
+            store.backend(),
+            crate::Backend::Sqlite,
+            "only SQLite has no listener"
+        );
+        return;
+    };
+    assert_eq!(
+        next(&mut changes).await,
+        crate::Change::Missed,
+        "first: connected, re-read everything"
+    );
+    store
+        .revoke_jti("jti-1", 1_700_000_600, 1_700_000_000)
+        .await
+        .expect("revoke");
+    assert_eq!(next(&mut changes).await, crate::Change::Revocations);
+    store
+        .add_policy_version("principal = \"group:user\"\n", "", 1_700_000_000, false)
+        .await
+        .expect("policy");
+    assert_eq!(next(&mut changes).await, crate::Change::Policies);
+    store
+        .retire_signing_key("nope", 1_700_000_000)
+        .await
+        .expect("retire");
+    assert_eq!(next(&mut changes).await, crate::Change::Keys);
+    // A write that rolls back announces nothing: the next change seen is the next real one.
+    let _ = store
+        .add_policy_version_if(999, "x", "", 1_700_000_000)
+        .await
+        .expect("no-op");
+    store
+        .revoke_jti("jti-2", 1_700_000_600, 1_700_000_000)
+        .await
+        .expect("revoke");
+    assert_eq!(next(&mut changes).await, crate::Change::Revocations);
+}
 
 async fn attempts_spend_one_budget_whichever_node_counts_them(store: Store) {
     let rate = crate::ThrottleRate::per_minute(3);

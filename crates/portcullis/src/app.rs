@@ -265,6 +265,7 @@ fn gateway_settings(config: &Config) -> GatewaySettings {
         refresh_margin: i64::try_from(g.refresh_margin.as_secs()).unwrap_or(0),
         strip_request_headers: g.strip_request_headers.clone(),
         upstream_tls: g.upstream_tls.clone(),
+        refresh_interval: g.refresh_interval,
     }
 }
 

@@ -123,7 +123,9 @@ pub async fn run_config(
     .map_err(Failure::internal)?;
     app.gateway.set_refresher(Arc::new(sessions.clone()));
     app.gateway.spawn_refresh(app.store.clone()).await?;
-    spawn_key_refresh(&app);
+    let keys_changed = Arc::new(tokio::sync::Notify::new());
+    spawn_key_refresh(&app, keys_changed.clone());
+    spawn_change_listener(&app, keys_changed).await;
     spawn_audit_retention(&app);
     let mut builtins: std::collections::HashMap<String, Arc<dyn portcullis_gateway::Builtin>> =
         std::collections::HashMap::new();
@@ -490,14 +492,49 @@ async fn shutdown_signal() {
 
 /// Keeps the in-memory signing keys in step with the store (a rotation on another node), so
 /// the gateway verifies tokens signed by a newly activated key within a second or two.
-fn spawn_key_refresh(app: &App) {
+/// Re-reads the signing keys every other `gateway.refresh_interval` (at most every second),
+/// and when `wake` says another node changed them.
+fn spawn_key_refresh(app: &App, wake: Arc<tokio::sync::Notify>) {
     let provider = app.provider.clone();
+    let every = (app.config.gateway.refresh_interval * 2).max(Duration::from_secs(1));
     tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            tick.tick().await;
+            tokio::select! {
+                _ = tick.tick() => {}
+                () = wake.notified() => {}
+            }
             if let Err(e) = provider.keys().refresh(provider.now()).await {
                 tracing::warn!(error = %e, "could not re-read signing keys");
+            }
+        }
+    });
+}
+
+/// With PostgreSQL: what other nodes change (revocations, policies, signing keys) is re-read at
+/// once when they announce it, instead of at the next poll.
+async fn spawn_change_listener(app: &App, keys_changed: Arc<tokio::sync::Notify>) {
+    let Some(mut changes) = app.store.listen().await else {
+        return;
+    };
+    let gateway = Arc::downgrade(&app.gateway);
+    tokio::spawn(async move {
+        loop {
+            let change = changes.next().await;
+            let Some(gateway) = gateway.upgrade() else {
+                return;
+            };
+            tracing::debug!(?change, "change announced by another node");
+            match change {
+                portcullis_store::Change::Revocations | portcullis_store::Change::Policies => {
+                    gateway.changed_elsewhere(false)
+                }
+                portcullis_store::Change::Keys => keys_changed.notify_one(),
+                portcullis_store::Change::Missed => {
+                    gateway.changed_elsewhere(true);
+                    keys_changed.notify_one();
+                }
             }
         }
     });

@@ -209,6 +209,7 @@ pub struct GatewayConfig {
     pub access_log: bool,
     pub token_leeway: Duration,
     pub refresh_margin: Duration,
+    pub refresh_interval: Duration,
     pub strip_request_headers: Vec<portcullis_gateway::forward::HeaderPattern>,
     /// TLS to `https://` upstreams, built (roots from `gateway.upstream_ca_file` or the system).
     pub upstream_tls: Arc<rustls::ClientConfig>,
@@ -628,6 +629,7 @@ fn validate(
             access_log: gateway.access_log.value,
             token_leeway: gateway.token_leeway.value.0,
             refresh_margin: gateway.refresh_margin.value.0,
+            refresh_interval: gateway.refresh_interval.value.0,
             strip_request_headers,
             upstream_tls: upstream_tls?,
         },

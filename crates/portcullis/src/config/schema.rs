@@ -520,6 +520,11 @@ section! {
         /// refreshed in line by the request that notices, so the backend never receives an identity
         /// whose token has expired. Keep it well under `sessions.access_ttl`.
         refresh_margin: Dur<0, 3_600_000> = "30s";
+        /// How often each node re-reads the policies in force, the revoked tokens and sessions,
+        /// and quota totals from the store (signing keys: every other time, at least every
+        /// second). With PostgreSQL a change made on any node also reaches every node at once by
+        /// `LISTEN/NOTIFY`; this poll is the fallback for a notification that was missed.
+        refresh_interval: Dur<100, 300_000> = "500ms";
         /// Request headers removed before forwarding, in addition to the built-in list (identity
         /// headers of other gateways, path rewrites; see docs/gateway.md): comma-separated names,
         /// matched in any case and with `_` or `.` for `-`; a name ending in `*` is a prefix

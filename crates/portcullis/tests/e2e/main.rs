@@ -7,6 +7,7 @@ mod admin_api;
 mod audit;
 mod browser;
 mod cli;
+mod cluster;
 mod config_file;
 mod deploy;
 mod durability;
