@@ -79,6 +79,15 @@ pub struct Changes {
     listener: Option<sqlx::postgres::PgListener>,
 }
 
+impl std::fmt::Debug for Changes {
+    // Not the URL: it may hold a password.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Changes")
+            .field("listening", &self.listener.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
 impl Changes {
     /// The next change. After a lost connection (or before the first one is made) it answers
     /// [`Change::Missed`] once the listener is connected again, then the changes that follow.
