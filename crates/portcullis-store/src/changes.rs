@@ -65,7 +65,7 @@ impl Store {
 
     /// Listens for the changes other nodes announce; `None` on SQLite.
     pub async fn listen(&self) -> Option<Changes> {
-        let url = self.listen_url.clone()?;
+        let url = self.listen_url.clone()?.0;
         Some(Changes {
             url,
             listener: None,

@@ -65,7 +65,17 @@ pub struct Store {
     /// Whether the database answers (see [`Store::monitor_availability`]).
     availability: Arc<availability::Availability>,
     /// PostgreSQL: the URL a listener for other nodes' changes connects to ([`Store::listen`]).
-    listen_url: Option<Arc<str>>,
+    listen_url: Option<ListenUrl>,
+}
+
+/// A database URL, which may hold a password: never shown by `Debug`.
+#[derive(Clone)]
+struct ListenUrl(Arc<str>);
+
+impl std::fmt::Debug for ListenUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ListenUrl(..)")
+    }
 }
 
 /// A write transaction; on SQLite it also holds this process's write turn.

@@ -298,7 +298,7 @@ async fn open_postgres(
         location,
         write_lock: Default::default(),
         availability: Default::default(),
-        listen_url: Some(url.into()),
+        listen_url: Some(crate::ListenUrl(url.into())),
     };
     migrate::run(&store).await?;
     store.probe_write().await?;
