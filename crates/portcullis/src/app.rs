@@ -147,6 +147,8 @@ pub struct App {
     pub gateway: Arc<Gateway>,
     /// Seals browser sign-in flows (`serve` builds the sessions with it).
     pub instance_secret: Arc<Secret<String>>,
+    /// Shutting down: `/readyz` answers 503 while requests are still served.
+    pub draining: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// The gateway verifies our own tokens with the identity provider's key ring, in memory.
@@ -212,6 +214,7 @@ impl App {
             accounts,
             gateway: Arc::new(gateway),
             instance_secret: Arc::new(instance_secret),
+            draining: Arc::default(),
         })
     }
 }

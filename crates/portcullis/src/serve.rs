@@ -247,16 +247,20 @@ pub async fn run_config(
         hsts,
     });
     let (gateway, quota_store) = (app.gateway.clone(), app.store.clone());
+    let (draining, drain) = (app.draining.clone(), app.config.shutdown_drain);
     let router = router(app, timeout)?.merge(guarded(sessions.router().layer(timeout), store));
-    crate::http_server::serve(
-        listener,
-        tls,
-        router,
-        limits,
-        trusted,
-        edge,
-        shutdown_signal(),
-    )
+    crate::http_server::serve(listener, tls, router, limits, trusted, edge, async move {
+        shutdown_signal().await;
+        // Out of the load balancer's rotation first, still serving, then stop accepting.
+        if !drain.is_zero() {
+            draining.store(true, std::sync::atomic::Ordering::Relaxed);
+            tracing::info!(
+                "draining: /readyz answers 503 for {} before connections stop being accepted",
+                humantime::format_duration(drain)
+            );
+            tokio::time::sleep(drain).await;
+        }
+    })
     .await;
     // Requests served since the refresh task last counted them still count.
     gateway.flush_quotas(&quota_store).await;
@@ -440,6 +444,12 @@ async fn healthz() -> Response {
 }
 
 async fn readyz(State(app): State<App>) -> Response {
+    if app.draining.load(std::sync::atomic::Ordering::Relaxed) {
+        return portcullis_http::no_store((
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(json!({ "status": "draining" })),
+        ));
+    }
     if !app.store.is_available() {
         return portcullis_http::no_store((
             StatusCode::SERVICE_UNAVAILABLE,

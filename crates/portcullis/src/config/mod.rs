@@ -131,6 +131,7 @@ pub struct Config {
     /// Proxies whose `X-Forwarded-For` is believed.
     pub trusted_proxies: portcullis_gateway::forwarded::TrustedProxies,
     pub shutdown_grace: Duration,
+    pub shutdown_drain: Duration,
     /// Time allowed for a request head, and for an idle keep-alive connection.
     pub header_timeout: Duration,
     /// The largest request head, in bytes.
@@ -640,6 +641,7 @@ fn validate(
         trusted_proxies,
         allow_insecure_http: server.allow_insecure_http.value,
         shutdown_grace: server.shutdown_grace.value.0,
+        shutdown_drain: server.shutdown_drain.value.0,
         header_timeout: server.header_timeout.value.0,
         max_header_bytes: server.max_header_bytes.value.get(),
         request_timeout: server.request_timeout.value.0,

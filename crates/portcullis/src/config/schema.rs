@@ -226,7 +226,13 @@ section! {
         /// Cookies then lose `Secure` and the `__Host-` prefix, so anyone on the network can read
         /// them. Never in production.
         allow_insecure_http: bool = "false";
-        /// On SIGTERM or Ctrl-C, how long in-flight requests may take to finish.
+        /// On SIGTERM or Ctrl-C, how long the node keeps serving while `/readyz` answers 503
+        /// ("draining"), so a load balancer's health check takes it out of rotation before it
+        /// stops accepting connections. Behind a load balancer, set it above the check's interval
+        /// times its fall count (HAProxy `inter 1s fall 2`: "3s").
+        shutdown_drain: Dur<0, 300_000> = "0s";
+        /// On SIGTERM or Ctrl-C (after `shutdown_drain`), how long in-flight requests may take to
+        /// finish.
         shutdown_grace: Dur<0, 300_000> = "10s";
         /// How long a client has to send a request's headers, which is also how long an idle
         /// keep-alive connection stays open. Slow-header (slowloris) connections are closed after it.

@@ -279,6 +279,61 @@ async fn shutdown_finishes_requests_in_flight() {
     );
 }
 
+/// With `server.shutdown_drain`, SIGTERM first takes the node out of rotation — `/readyz`
+/// answers 503 "draining" while every request is still served — and only then stops accepting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_drains_reporting_not_ready_before_it_stops_accepting() {
+    use std::time::{Duration, Instant};
+    let upstream = crate::gateway_upstream::Upstream::start().await;
+    let i = Instance::with_config(&format!(
+        "[server]\nshutdown_drain = \"2s\"\n[[routes]]\npath = \"/api/**\"\nkind = \"public\"\nupstream = \"{}\"\n",
+        upstream.base
+    ));
+    let server = i.serve();
+    let (ready, api) = (server.url("/readyz"), server.url("/api/x"));
+    assert_eq!(reqwest::get(&ready).await.expect("ready").status(), 200);
+    server.signal("TERM");
+    let signalled = Instant::now();
+    let mut saw_draining = false;
+    // Inside the drain: not ready, still serving, on new connections too.
+    while signalled.elapsed() < Duration::from_millis(1500) {
+        let r = reqwest::Client::new()
+            .get(&ready)
+            .send()
+            .await
+            .expect("still accepting");
+        if r.status() == 503 {
+            let body: serde_json::Value = r.json().await.expect("json");
+            assert_eq!(body["status"], "draining");
+            saw_draining = true;
+            assert_eq!(
+                reqwest::Client::new()
+                    .get(&api)
+                    .send()
+                    .await
+                    .expect("served")
+                    .status(),
+                200
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(saw_draining, "/readyz said draining");
+    let base = server.base.clone();
+    let status = tokio::task::spawn_blocking(move || server.terminate())
+        .await
+        .expect("join");
+    assert!(status.success(), "clean exit: {status:?}");
+    assert!(
+        signalled.elapsed() >= Duration::from_secs(2),
+        "not before the drain ended"
+    );
+    assert!(
+        reqwest::get(format!("{base}/healthz")).await.is_err(),
+        "stopped"
+    );
+}
+
 /// A body trickled to portcullis' own endpoints is cut off by `server.request_timeout` (408).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_trickled_body_to_the_sign_in_endpoints_times_out() {
