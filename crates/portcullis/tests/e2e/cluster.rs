@@ -151,3 +151,251 @@ async fn a_revocation_and_a_policy_change_reach_the_other_node_at_once() {
         );
     }
 }
+
+/// Three nodes on one PostgreSQL behind Debian's HAProxy (health checks on `/readyz`), all on
+/// loopback, with a steady load through the balancer: a rolling restart of every node fails no
+/// request (each node drains: not ready first, then stops); a node killed with SIGKILL costs at
+/// most the requests it had in flight.
+mod behind_haproxy {
+    use std::process::{Child, Command, Stdio};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::time::Duration;
+
+    use reqwest::StatusCode;
+    use serde_json::Value;
+
+    use crate::gateway_upstream::Upstream;
+    use crate::harness::{Instance, Server};
+
+    fn free_port() -> u16 {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .expect("bind")
+            .local_addr()
+            .expect("addr")
+            .port()
+    }
+
+    struct Haproxy(Child);
+
+    impl Drop for Haproxy {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    fn haproxy(dir: &std::path::Path, front: u16, nodes: &[u16]) -> Haproxy {
+        let servers: String = nodes
+            .iter()
+            .enumerate()
+            .map(|(i, p)| format!("    server n{i} 127.0.0.1:{p} check\n"))
+            .collect();
+        let cfg = format!(
+            "global\n    nbthread 2\ndefaults\n    mode http\n    timeout connect 1s\n    timeout client 30s\n    timeout server 30s\n    retries 3\n    option redispatch 1\n    retry-on conn-failure\nfrontend fe\n    bind 127.0.0.1:{front}\n    default_backend nodes\nbackend nodes\n    balance roundrobin\n    option httpchk GET /readyz\n    http-check expect status 200\n    default-server inter 200ms fall 2 rise 2\n{servers}"
+        );
+        let path = dir.join("haproxy.cfg");
+        std::fs::write(&path, cfg).expect("write");
+        let child = Command::new("haproxy")
+            .arg("-f")
+            .arg(&path)
+            .arg("-db")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("haproxy (scripts/test-deps installs Debian's haproxy)");
+        Haproxy(child)
+    }
+
+    fn node(i: &Instance, port: u16) -> Server {
+        Server::start(i.command(&[
+            "--log-level",
+            "warn",
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+        ]))
+    }
+
+    /// Steady load: `workers` callers in a loop through the balancer, counting answers.
+    struct Load {
+        ok: Arc<AtomicU64>,
+        failed: Arc<AtomicU64>,
+        stop: Arc<AtomicBool>,
+        tasks: Vec<tokio::task::JoinHandle<()>>,
+    }
+
+    impl Load {
+        fn start(url: String, token: String, workers: usize) -> Load {
+            let (ok, failed, stop) = (
+                Arc::new(AtomicU64::new(0)),
+                Arc::new(AtomicU64::new(0)),
+                Arc::new(AtomicBool::new(false)),
+            );
+            let tasks = (0..workers)
+                .map(|_| {
+                    let (ok, failed, stop) = (ok.clone(), failed.clone(), stop.clone());
+                    let (url, token) = (url.clone(), token.clone());
+                    tokio::spawn(async move {
+                        let http = reqwest::Client::new();
+                        while !stop.load(Ordering::Relaxed) {
+                            match http.get(&url).bearer_auth(&token).send().await {
+                                Ok(r) if r.status() == StatusCode::OK => {
+                                    ok.fetch_add(1, Ordering::Relaxed);
+                                }
+                                _ => {
+                                    failed.fetch_add(1, Ordering::Relaxed);
+                                }
+                            }
+                        }
+                    })
+                })
+                .collect();
+            Load {
+                ok,
+                failed,
+                stop,
+                tasks,
+            }
+        }
+
+        fn counts(&self) -> (u64, u64) {
+            (
+                self.ok.load(Ordering::Relaxed),
+                self.failed.load(Ordering::Relaxed),
+            )
+        }
+
+        async fn stop(self) -> (u64, u64) {
+            self.stop.store(true, Ordering::Relaxed);
+            let counts = (self.ok.clone(), self.failed.clone());
+            for t in self.tasks {
+                t.await.expect("worker");
+            }
+            (
+                counts.0.load(Ordering::Relaxed),
+                counts.1.load(Ordering::Relaxed),
+            )
+        }
+    }
+
+    /// Until the balancer has the node back (its own /readyz, then two checks' worth).
+    async fn until_ready(port: u16) {
+        let url = format!("http://127.0.0.1:{port}/readyz");
+        for _ in 0..100 {
+            if reqwest::get(&url).await.is_ok_and(|r| r.status() == 200) {
+                tokio::time::sleep(Duration::from_millis(600)).await;
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("node on {port} never became ready");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn rolling_restart_fails_nothing_and_a_killed_node_costs_only_its_requests_in_flight() {
+        let Some(i) = Instance::postgres().await else {
+            return;
+        };
+        let upstream = Upstream::start().await;
+        let front = free_port();
+        let ports = [free_port(), free_port(), free_port()];
+        let mut text = std::fs::read_to_string(&i.config).expect("config");
+        text.push_str(&format!(
+            r#"
+[server]
+shutdown_drain = "1s"
+[idp]
+issuer = "http://localhost:{front}"
+[gateway]
+access_log = false
+[[routes]]
+path = "/api/**"
+kind = "api"
+upstream = "{up}"
+[[policy]]
+principal = "scope:svc/read"
+statements = [{{ effect = "allow", methods = ["GET"], paths = ["/api/**"] }}]
+"#,
+            up = upstream.base
+        ));
+        std::fs::write(&i.config, text).expect("config");
+        i.run(&["resource-server", "add", "svc", "--scope", "read"])
+            .ok();
+        let created: Value = serde_json::from_str(
+            &i.run(&[
+                "--json",
+                "client",
+                "add",
+                "Svc",
+                "--id",
+                "svc",
+                "--confidential",
+                "--scope",
+                "svc/read",
+            ])
+            .ok(),
+        )
+        .expect("json");
+        let secret = created["client_secret"]
+            .as_str()
+            .expect("secret")
+            .to_owned();
+        let mut nodes: Vec<Option<Server>> = ports.iter().map(|p| Some(node(&i, *p))).collect();
+        let _balancer = haproxy(i.dir.path(), front, &ports);
+        for p in ports {
+            until_ready(p).await;
+        }
+        let base = format!("http://127.0.0.1:{front}");
+        let issued: Value = reqwest::Client::new()
+            .post(format!("{base}/oauth2/token"))
+            .basic_auth("svc", Some(&secret))
+            .form(&[("grant_type", "client_credentials"), ("scope", "svc/read")])
+            .send()
+            .await
+            .expect("token through the balancer")
+            .json()
+            .await
+            .expect("json");
+        let token = issued["access_token"].as_str().expect("token").to_owned();
+
+        // A rolling restart under load: every node drains, stops, starts again.
+        let load = Load::start(format!("{base}/api/orders"), token.clone(), 8);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        for (n, port) in ports.iter().enumerate() {
+            let old = nodes[n].take().expect("running");
+            let status = tokio::task::spawn_blocking(move || old.terminate())
+                .await
+                .expect("join");
+            assert!(status.success(), "node {n} stopped cleanly: {status:?}");
+            nodes[n] = Some(node(&i, *port));
+            until_ready(*port).await;
+        }
+        let (ok, failed) = load.stop().await;
+        eprintln!("rolling restart of 3 nodes under load: {ok} answered, {failed} failed");
+        assert!(ok > 100, "the load ran: {ok} answered");
+        assert_eq!(
+            failed,
+            0,
+            "a rolling restart failed {failed} of {} requests",
+            ok + failed
+        );
+
+        // SIGKILL under load: at most the killed node's requests in flight fail (8 callers: at
+        // most 8 at once), and the other nodes serve the rest.
+        let load = Load::start(format!("{base}/api/orders"), token, 8);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        drop(nodes[1].take());
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let (ok_before, failed_at_kill) = load.counts();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let (ok, failed) = load.stop().await;
+        eprintln!("SIGKILL of one node under load: {ok} answered, {failed} failed");
+        assert!(failed <= 8, "SIGKILL of one node failed {failed} requests");
+        assert_eq!(
+            failed, failed_at_kill,
+            "nothing failed once the node was out"
+        );
+        assert!(ok > ok_before, "the other nodes kept serving");
+    }
+}
