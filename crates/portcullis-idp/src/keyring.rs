@@ -132,6 +132,16 @@ impl KeyRing {
         self.reload_if_changed(now).await
     }
 
+    /// Re-reads the keys now if the store says they changed, however recently they were last
+    /// checked: another node announced a change (a rotation it published must be verifiable
+    /// here before it starts signing).
+    pub async fn reload(&self, now: i64) -> Result<(), KeyRingError> {
+        if let Ok(mut t) = self.checked.write() {
+            *t = Instant::now();
+        }
+        self.reload_if_changed(now).await
+    }
+
     async fn reload_if_changed(&self, now: i64) -> Result<(), KeyRingError> {
         let version = self.store.signing_keys_version().await?;
         if version != self.current().version {

@@ -511,11 +511,17 @@ fn spawn_key_refresh(app: &App, wake: Arc<tokio::sync::Notify>) {
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            tokio::select! {
-                _ = tick.tick() => {}
-                () = wake.notified() => {}
-            }
-            if let Err(e) = provider.keys().refresh(provider.now()).await {
+            let announced = tokio::select! {
+                _ = tick.tick() => false,
+                () = wake.notified() => true,
+            };
+            let keys = provider.keys();
+            let read = if announced {
+                keys.reload(provider.now()).await
+            } else {
+                keys.refresh(provider.now()).await
+            };
+            if let Err(e) = read {
                 tracing::warn!(error = %e, "could not re-read signing keys");
             }
         }
