@@ -568,3 +568,46 @@ statements = [{{ effect = "allow", methods = ["GET"], paths = ["/api/**"] }}]
         }
     }
 }
+
+/// A browser sign-in started on one node finishes on another, and refresh-token rotation and
+/// reuse detection hold across nodes: the family a reused token belongs to is revoked on every
+/// node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sign_in_and_refresh_rotation_span_nodes() {
+    let Some(i) = Instance::postgres().await else {
+        return;
+    };
+    let mut text = std::fs::read_to_string(&i.config).expect("config");
+    text.push_str("[idp]\nissuer = \"http://localhost:8080\"\nrefresh_grace = \"0s\"\n");
+    std::fs::write(&i.config, text).expect("config");
+    let mut idp = crate::oidc::setup_on(i);
+    let mut other = idp._instance.serve();
+    // The authorization request and the sign-in form on node A...
+    let code = idp.sign_in("spa", "ada").await["code"].clone();
+    // ...the code redeemed at node B.
+    std::mem::swap(&mut idp.server, &mut other);
+    let (status, tokens) = idp.exchange("spa", &code).await;
+    assert_eq!(status, StatusCode::OK, "{tokens}");
+    let first = tokens["refresh_token"]
+        .as_str()
+        .expect("refresh")
+        .to_owned();
+    // Rotated at node A.
+    std::mem::swap(&mut idp.server, &mut other);
+    let (status, rotated) = idp.refresh("spa", &first).await;
+    assert_eq!(status, StatusCode::OK, "{rotated}");
+    let second = rotated["refresh_token"]
+        .as_str()
+        .expect("refresh")
+        .to_owned();
+    assert_ne!(first, second);
+    // The old one replayed at node B (no grace configured): reuse.
+    std::mem::swap(&mut idp.server, &mut other);
+    let (status, body) = idp.refresh("spa", &first).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["error"], "invalid_grant");
+    // ...which revoked the whole family: the newest token is refused at node A too.
+    std::mem::swap(&mut idp.server, &mut other);
+    let (status, body) = idp.refresh("spa", &second).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+}
