@@ -21,6 +21,7 @@ mod mfa;
 mod migration;
 mod oidc;
 mod passkeys;
+mod pgbouncer;
 mod serve;
 mod sessions;
 mod smtp;
