@@ -1,5 +1,5 @@
 //! PostgreSQL through Debian's PgBouncer: in session pooling a node works end to end (the store
-//! opens and migrates, tokens are issued, changes are announced by LISTEN/NOTIFY); in
+//! opens and migrates, tokens are issued); in
 //! transaction pooling it cannot, and the error says why — sqlx prepares named statements on a
 //! server connection, and PgBouncer 1.18 (Debian 12) hands the next transaction another one.
 //! docs/guide-postgresql.md states both.
