@@ -133,7 +133,7 @@ row() { # name base-url nodes(pids) wrk-args...
 token=$(curl -fs -u "backend:$secret" -d grant_type=client_credentials -d scope=orders/read "http://127.0.0.1:$front/oauth2/token" | python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])')
 W=(wrk -t1 -c"$CONNS" -d"$DURATION" --latency)
 
-echo "portcullis cluster, $(date -u +%Y-%m-%d), $(nproc) cores, PostgreSQL $("$pg_bin/postgres" --version | grep -oP '[0-9.]+$'), wrk -t1 -c$CONNS -d$DURATION"
+echo "portcullis cluster, $(date -u +%Y-%m-%d), $(nproc) cores, PostgreSQL $("$pg_bin/pg_ctl" --version | grep -oP '[0-9.]+$'), wrk -t1 -c$CONNS -d$DURATION"
 echo
 echo "| row | req/s | portcullis CPU µs/req | PostgreSQL CPU µs/req | errors |"
 echo "|---|---:|---:|---:|---:|"
