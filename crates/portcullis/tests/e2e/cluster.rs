@@ -611,3 +611,56 @@ async fn sign_in_and_refresh_rotation_span_nodes() {
     let (status, body) = idp.refresh("spa", &second).await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
 }
+
+/// A user disabled with the CLI is refused by every node within a second (polling slowed to a
+/// minute: only the announcement can make it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disabled_user_is_refused_by_every_node_at_once() {
+    let Some(i) = Instance::postgres().await else {
+        return;
+    };
+    let upstream = Upstream::start().await;
+    let mut text = std::fs::read_to_string(&i.config).expect("config");
+    text.push_str(&format!(
+        r#"
+[idp]
+issuer = "http://localhost:8080"
+[gateway]
+refresh_interval = "60s"
+[[routes]]
+path = "/api/**"
+kind = "api"
+upstream = "{up}"
+[[policy]]
+principal = "group:user"
+statements = [{{ effect = "allow", methods = ["GET"], paths = ["/api/**"] }}]
+"#,
+        up = upstream.base
+    ));
+    std::fs::write(&i.config, text).expect("config");
+    let mut idp = crate::oidc::setup_on(i);
+    let other = idp._instance.serve();
+    let code = idp.sign_in("spa", "ada").await["code"].clone();
+    let (status, tokens) = idp.exchange("spa", &code).await;
+    assert_eq!(status, StatusCode::OK, "{tokens}");
+    let access = tokens["access_token"].as_str().expect("access").to_owned();
+    for node in [&idp.server, &other] {
+        assert!(
+            until(node, &access, StatusCode::OK, Duration::from_secs(5))
+                .await
+                .is_some()
+        );
+    }
+    idp._instance.run(&["user", "disable", "ada"]).ok();
+    for node in [&idp.server, &other] {
+        let took = until(
+            node,
+            &access,
+            StatusCode::UNAUTHORIZED,
+            Duration::from_secs(5),
+        )
+        .await
+        .expect("the disabled user's token is refused");
+        assert!(took < Duration::from_secs(1), "refused after {took:?}");
+    }
+}
