@@ -322,6 +322,67 @@ mod behind_haproxy {
             .to_owned()
     }
 
+    /// Chromium signs in through the balancer, which sends each request to the next of three
+    /// nodes: the flow (the protected page, the form, its submission, the callback, the page
+    /// again) crosses nodes at every step and ends signed in.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_browser_sign_in_crosses_nodes_and_ends_signed_in() {
+        let Some(d) = crate::browser::driver() else {
+            return;
+        };
+        let Some(i) = Instance::postgres().await else {
+            return;
+        };
+        let pages = tempfile::tempdir().expect("dir");
+        std::fs::write(
+            pages.path().join("index.html"),
+            "<!doctype html><title>admin</title><h1>Admin area</h1>",
+        )
+        .expect("write");
+        let front = free_port();
+        let ports = [free_port(), free_port(), free_port()];
+        let mut text = std::fs::read_to_string(&i.config).expect("config");
+        text.push_str(&format!(
+            r#"
+[idp]
+issuer = "http://localhost:{front}"
+[[routes]]
+path = "/admin/**"
+kind = "page"
+static_dir = "{dir}"
+[[policy]]
+principal = "group:admin"
+statements = [{{ effect = "allow", methods = ["GET"], paths = ["/admin/**"] }}]
+"#,
+            dir = pages.path().display()
+        ));
+        std::fs::write(&i.config, text).expect("config");
+        crate::oidc::add_users(&i);
+        let _nodes: Vec<Server> = ports.iter().map(|p| node(&i, *p)).collect();
+        let _balancer = haproxy(i.dir.path(), front, &ports);
+        for p in ports {
+            until_ready(p).await;
+        }
+        let base = format!("http://localhost:{front}");
+        let c = crate::browser::browser(&d).await;
+        c.goto(&format!("{base}/admin/")).await.expect("goto");
+        assert!(
+            crate::browser::path_of(&c)
+                .await
+                .starts_with("/login?request="),
+            "a signed-out visitor is asked to sign in"
+        );
+        crate::browser::sign_in_as(&c, "root", crate::oidc::PASSWORD).await;
+        crate::browser::wait_for_path(&c, "/admin/").await;
+        assert!(c.source().await.expect("html").contains("Admin area"));
+        // Signed in on every node: three loads of the page, one per node, all shown.
+        for _ in 0..3 {
+            c.goto(&format!("{base}/admin/")).await.expect("goto");
+            assert_eq!(crate::browser::path_of(&c).await, "/admin/");
+        }
+        c.close().await.expect("close");
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn rolling_restart_kill_key_rotation_and_a_database_crash_under_load() {
         let Some(pg) = crate::harness::PrivatePostgres::start() else {
