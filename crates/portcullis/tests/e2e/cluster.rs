@@ -673,10 +673,10 @@ async fn sign_in_and_refresh_rotation_span_nodes() {
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
 }
 
-/// A user disabled with the CLI is refused by every node within a second (polling slowed to a
-/// minute: only the announcement can make it).
+/// A sign-out on one node, and a user disabled with the CLI, are enforced by every node within a
+/// second (polling slowed to a minute: only the announcement can make it).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_disabled_user_is_refused_by_every_node_at_once() {
+async fn sign_out_and_a_disabled_user_reach_every_node_at_once() {
     let Some(i) = Instance::postgres().await else {
         return;
     };
@@ -701,10 +701,8 @@ statements = [{{ effect = "allow", methods = ["GET"], paths = ["/api/**"] }}]
     std::fs::write(&i.config, text).expect("config");
     let mut idp = crate::oidc::setup_on(i);
     let other = idp._instance.serve();
-    let code = idp.sign_in("spa", "ada").await["code"].clone();
-    let (status, tokens) = idp.exchange("spa", &code).await;
-    assert_eq!(status, StatusCode::OK, "{tokens}");
-    let access = tokens["access_token"].as_str().expect("access").to_owned();
+    // Ada signs in on node A, then signs out there.
+    let access = access_token(&mut idp, "ada").await;
     for node in [&idp.server, &other] {
         assert!(
             until(node, &access, StatusCode::OK, Duration::from_secs(5))
@@ -712,7 +710,40 @@ statements = [{{ effect = "allow", methods = ["GET"], paths = ["/api/**"] }}]
                 .is_some()
         );
     }
-    idp._instance.run(&["user", "disable", "ada"]).ok();
+    let out = idp
+        .http
+        .get(idp.url("/logout"))
+        .header("cookie", idp.cookie_header())
+        .send()
+        .await
+        .expect("logout");
+    assert!(
+        out.status().is_success() || out.status().is_redirection(),
+        "{}",
+        out.status()
+    );
+    idp.cookies.clear();
+    for node in [&idp.server, &other] {
+        let took = until(
+            node,
+            &access,
+            StatusCode::UNAUTHORIZED,
+            Duration::from_secs(5),
+        )
+        .await
+        .expect("the signed-out session's token is refused");
+        assert!(took < Duration::from_secs(1), "refused after {took:?}");
+    }
+    // Root signs in; an administrator disables the account with the CLI.
+    let access = access_token(&mut idp, "root").await;
+    for node in [&idp.server, &other] {
+        assert!(
+            until(node, &access, StatusCode::OK, Duration::from_secs(5))
+                .await
+                .is_some()
+        );
+    }
+    idp._instance.run(&["user", "disable", "root"]).ok();
     for node in [&idp.server, &other] {
         let took = until(
             node,
@@ -724,4 +755,12 @@ statements = [{{ effect = "allow", methods = ["GET"], paths = ["/api/**"] }}]
         .expect("the disabled user's token is refused");
         assert!(took < Duration::from_secs(1), "refused after {took:?}");
     }
+}
+
+/// Signs `user` in (authorization code + PKCE) and returns the access token.
+async fn access_token(idp: &mut crate::oidc::Idp, user: &str) -> String {
+    let code = idp.sign_in("spa", user).await["code"].clone();
+    let (status, tokens) = idp.exchange("spa", &code).await;
+    assert_eq!(status, StatusCode::OK, "{tokens}");
+    tokens["access_token"].as_str().expect("access").to_owned()
 }
