@@ -71,8 +71,9 @@ impl<'a> Tape<'a> {
         let text = std::str::from_utf8(text)
             .map_err(|e| TapeError::Syntax(format!("invalid UTF-8 at byte {}", e.valid_up_to())))?;
         let mut builder = Builder {
-            // About one entry per 8 bytes of typical JSON: one allocation for most bodies.
-            entries: Vec::with_capacity(text.len() / 8 + 1),
+            // About one entry per 8 bytes of typical JSON: one allocation for most bodies. Capped:
+            // a large body that is mostly one string must not reserve four times its size.
+            entries: Vec::with_capacity((text.len() / 8 + 1).min(4096)),
             max_depth,
             failure: None,
             names: Vec::new(),
