@@ -52,7 +52,7 @@ struct Web {
 }
 
 /// Attempts per network — sign-ins at `idp.signin_rate_per_address` a minute, account actions
-/// at `idp.accounts.rate_per_address` an hour (a burst of that many, refilled evenly) — counted
+/// at `idp.account_rate_per_address` an hour (a burst of that many, refilled evenly) — counted
 /// for the whole cluster in the store, so spreading guesses over nodes gains nothing. Each node
 /// also counts in memory with the same budget first (governor's keyed GCRA): no node can allow
 /// more than the budget by itself, so a flood from one network is refused there without a
