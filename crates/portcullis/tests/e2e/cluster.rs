@@ -60,27 +60,7 @@ async fn a_revocation_and_a_policy_change_reach_the_other_node_at_once() {
     let mut text = std::fs::read_to_string(&i.config).expect("config");
     text.push_str(&config(&upstream.base));
     std::fs::write(&i.config, text).expect("config");
-    i.run(&["resource-server", "add", "svc", "--scope", "read"])
-        .ok();
-    let created: Value = serde_json::from_str(
-        &i.run(&[
-            "--json",
-            "client",
-            "add",
-            "Svc",
-            "--id",
-            "svc",
-            "--confidential",
-            "--scope",
-            "svc/read",
-        ])
-        .ok(),
-    )
-    .expect("json");
-    let secret = created["client_secret"]
-        .as_str()
-        .expect("secret")
-        .to_owned();
+    let secret = i.add_machine_client();
     let (a, b) = (i.serve(), i.serve());
     let http = reqwest::Client::new();
     let token = |node: &Server| {
@@ -413,27 +393,7 @@ statements = [{{ effect = "allow", methods = ["GET"], paths = ["/api/**"] }}]
             up = upstream.base
         ));
         std::fs::write(&i.config, text).expect("config");
-        i.run(&["resource-server", "add", "svc", "--scope", "read"])
-            .ok();
-        let created: Value = serde_json::from_str(
-            &i.run(&[
-                "--json",
-                "client",
-                "add",
-                "Svc",
-                "--id",
-                "svc",
-                "--confidential",
-                "--scope",
-                "svc/read",
-            ])
-            .ok(),
-        )
-        .expect("json");
-        let secret = created["client_secret"]
-            .as_str()
-            .expect("secret")
-            .to_owned();
+        let secret = i.add_machine_client();
         let mut nodes: Vec<Option<Server>> = ports.iter().map(|p| Some(node(&i, *p))).collect();
         let _balancer = haproxy(i.dir.path(), front, &ports);
         for p in ports {

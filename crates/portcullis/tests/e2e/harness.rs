@@ -137,6 +137,33 @@ impl Instance {
         Server::start(self.command(&["serve", "--listen", "127.0.0.1:0"]))
     }
 
+    /// Adds the resource server `svc` (scope `read`) and the confidential client `svc` allowed
+    /// `svc/read`; returns the client's secret.
+    pub fn add_machine_client(&self) -> String {
+        self.run(&["resource-server", "add", "svc", "--scope", "read"])
+            .ok();
+        let created: serde_json::Value = serde_json::from_str(
+            &self
+                .run(&[
+                    "--json",
+                    "client",
+                    "add",
+                    "Svc",
+                    "--id",
+                    "svc",
+                    "--confidential",
+                    "--scope",
+                    "svc/read",
+                ])
+                .ok(),
+        )
+        .expect("json");
+        created["client_secret"]
+            .as_str()
+            .expect("secret")
+            .to_owned()
+    }
+
     /// The usernames in the store.
     pub fn usernames(&self) -> Vec<String> {
         let out = self.run(&["--json", "user", "list"]).ok();

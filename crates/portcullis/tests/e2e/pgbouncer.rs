@@ -7,8 +7,6 @@
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use serde_json::Value;
-
 use crate::harness::{Instance, is_root, open_up};
 
 struct Bouncer {
@@ -109,24 +107,7 @@ async fn session_pooling_works_and_transaction_pooling_is_refused_with_the_reaso
         return;
     };
     let i = through(&session).await.expect("instance");
-    i.run(&["resource-server", "add", "svc", "--scope", "read"])
-        .ok();
-    let created: Value = serde_json::from_str(
-        &i.run(&[
-            "--json",
-            "client",
-            "add",
-            "Svc",
-            "--id",
-            "svc",
-            "--confidential",
-            "--scope",
-            "svc/read",
-        ])
-        .ok(),
-    )
-    .expect("json");
-    let secret = created["client_secret"].as_str().expect("secret");
+    let secret = i.add_machine_client();
     let server = i.serve();
     let token = reqwest::Client::new()
         .post(server.url("/oauth2/token"))

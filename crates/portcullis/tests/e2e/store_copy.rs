@@ -46,29 +46,7 @@ async fn a_live_store_moves_to_postgres_and_back_and_a_backup_restores_with_its_
     };
     let upstream = Upstream::start().await;
     let source = Instance::with_config(&config(&upstream.base));
-    source
-        .run(&["resource-server", "add", "svc", "--scope", "read"])
-        .ok();
-    let created: Value = serde_json::from_str(
-        &source
-            .run(&[
-                "--json",
-                "client",
-                "add",
-                "Svc",
-                "--id",
-                "svc",
-                "--confidential",
-                "--scope",
-                "svc/read",
-            ])
-            .ok(),
-    )
-    .expect("json");
-    let secret = created["client_secret"]
-        .as_str()
-        .expect("secret")
-        .to_owned();
+    let secret = source.add_machine_client();
     for name in ["ada", "grace"] {
         source
             .run_with_stdin(
