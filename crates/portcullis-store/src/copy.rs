@@ -41,6 +41,7 @@ pub(crate) const TABLES: &[&str] = &[
     "mfa_recovery_codes",
     "webauthn_credentials",
     "webauthn_ceremonies",
+    "federated_identities",
     "audit_events",
     "quota_usage",
     "attempt_throttle",

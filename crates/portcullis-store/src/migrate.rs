@@ -51,6 +51,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "attempt throttle",
         include_str!("../migrations/0012_throttle.sql"),
     ),
+    (
+        13,
+        "federation",
+        include_str!("../migrations/0013_federation.sql"),
+    ),
 ];
 
 pub(crate) async fn run(store: &Store) -> Result<(), StoreError> {

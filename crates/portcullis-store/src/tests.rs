@@ -111,6 +111,7 @@ both_backends!(
     backup_is_a_consistent_store_of_its_own,
     attempts_spend_one_budget_whichever_node_counts_them,
     changes_reach_listeners_when_committed,
+    federated_identities_link_once_and_sync_managed_groups,
 );
 
 async fn next(changes: &mut crate::Changes) -> crate::Change {
@@ -1321,6 +1322,134 @@ async fn acme_state_is_shared_and_one_node_holds_the_lease(store: Store) {
             .acme_lease_take("order", "node-a", 310, 400)
             .await
             .expect("take")
+    );
+}
+
+async fn federated_identities_link_once_and_sync_managed_groups(store: Store) {
+    use crate::{FederatedIdentity, FederatedProfile};
+    for g in ["admin", "staff", "user"] {
+        store
+            .create_group(&new_group(g, None))
+            .await
+            .expect("group");
+    }
+    let identity = |user_id: &str, subject: &str| FederatedIdentity {
+        provider: "corp".into(),
+        subject: subject.into(),
+        user_id: user_id.into(),
+        email: Some("erin@example.com".into()),
+        created_at: 10,
+        last_used_at: 10,
+    };
+    let mut new = new_user("corp_erin", &["user"]);
+    new.password_hash = None;
+    let erin = store
+        .create_federated_user(&new, &identity(&new.id, "s-1"))
+        .await
+        .expect("create");
+    assert_eq!(erin.groups, ["user"]);
+    // A second first sign-in of the same identity (a race) creates nothing.
+    let again = new_user("corp_erin2", &[]);
+    let err = store
+        .create_federated_user(&again, &identity(&again.id, "s-1"))
+        .await
+        .expect_err("identity taken");
+    assert!(matches!(err, StoreError::AlreadyExists { .. }), "{err:?}");
+    assert!(store.user("corp_erin2").await.expect("read").is_none());
+    let found = store
+        .federated_identity("corp", "s-1")
+        .await
+        .expect("read")
+        .expect("linked");
+    assert_eq!(found.user_id, erin.id);
+    assert!(
+        store
+            .federated_identity("other", "s-1")
+            .await
+            .expect("read")
+            .is_none()
+    );
+
+    // Managed groups follow the rules; unmanaged ones (user) are left alone.
+    let profile = FederatedProfile {
+        attributes: BTreeMap::from([("name".to_owned(), "Erin".to_owned())]),
+        managed_groups: vec!["admin".into(), "staff".into(), "gone".into()],
+        groups: vec!["ADMIN".into(), "gone".into()],
+    };
+    store
+        .apply_federated_sign_in(&found, &profile, 20)
+        .await
+        .expect("apply");
+    let u = store
+        .user_by_id(&erin.id)
+        .await
+        .expect("read")
+        .expect("user");
+    assert_eq!(u.groups, ["admin", "user"]);
+    assert_eq!(u.attributes.get("name").map(String::as_str), Some("Erin"));
+    assert_eq!(u.updated_at, 20);
+    let revision = u.revision;
+    // The same sign-in again changes nothing about the user.
+    store
+        .apply_federated_sign_in(&found, &profile, 30)
+        .await
+        .expect("apply");
+    let u = store
+        .user_by_id(&erin.id)
+        .await
+        .expect("read")
+        .expect("user");
+    assert_eq!((u.revision, u.updated_at), (revision, 20));
+    // Removed upstream: removed here.
+    let profile = FederatedProfile {
+        groups: vec!["staff".into()],
+        ..profile
+    };
+    store
+        .apply_federated_sign_in(&found, &profile, 40)
+        .await
+        .expect("apply");
+    let u = store
+        .user_by_id(&erin.id)
+        .await
+        .expect("read")
+        .expect("user");
+    assert_eq!(u.groups, ["staff", "user"]);
+    let ids = store.identities_of(&erin.id).await.expect("list");
+    assert_eq!(ids.len(), 1);
+    assert_eq!(ids[0].last_used_at, 40);
+
+    // A second identity links to the same user; only its owner can unlink it.
+    let second = FederatedIdentity {
+        provider: "other".into(),
+        ..identity(&erin.id, "s-9")
+    };
+    store.link_identity(&second).await.expect("link");
+    assert!(matches!(
+        store.link_identity(&second).await,
+        Err(StoreError::AlreadyExists { .. })
+    ));
+    assert!(
+        !store
+            .unlink_identity("someone-else", "other", "s-9")
+            .await
+            .expect("unlink")
+    );
+    assert!(
+        store
+            .unlink_identity(&erin.id, "other", "s-9")
+            .await
+            .expect("unlink")
+    );
+    assert_eq!(store.identities_of(&erin.id).await.expect("list").len(), 1);
+    // Deleting the user forgets its identities.
+    store.delete_user("corp_erin", None).await.expect("delete");
+    assert!(
+        store
+            .federated_identity("corp", "s-1")
+            .await
+            .expect("read")
+            .is_none()
     );
 }
 

@@ -124,45 +124,8 @@ impl Store {
     /// [`StoreError::AlreadyExists`] when the username is taken in any letter case, and with
     /// [`StoreError::NotFound`] when a group does not exist; nothing is written then.
     pub async fn create_user(&self, new: &NewUser) -> Result<User, StoreError> {
-        let attributes = serde_json::to_string(&new.attributes)
-            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let mut tx = self.begin_write().await?;
-        let inserted = sqlx::query(
-            "INSERT INTO users (id, username, username_key, email, email_key, email_verified, attributes, status, password_hash, password_change_required, legacy_password, created_at, updated_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $12)",
-        )
-        .bind(&new.id)
-        .bind(&new.username)
-        .bind(name_key(&new.username))
-        .bind(&new.email)
-        .bind(new.email.as_deref().map(name_key))
-        .bind(i64::from(new.email_verified))
-        .bind(&attributes)
-        .bind(if new.disabled {
-            UserStatus::Disabled.as_str()
-        } else {
-            UserStatus::Enabled.as_str()
-        })
-        .bind(&new.password_hash)
-        .bind(i64::from(new.password_change_required))
-        .bind(i64::from(new.legacy_password))
-        .bind(new.now)
-        .execute(&mut *tx)
-        .await;
-        match inserted {
-            Err(e) if is_unique_violation(&e) => {
-                return Err(StoreError::AlreadyExists {
-                    kind: "user",
-                    name: new.username.clone(),
-                });
-            }
-            other => {
-                other?;
-            }
-        }
-        for group in &new.groups {
-            add_member_tx(&mut tx, &new.id, group, new.now).await?;
-        }
+        insert_user_tx(&mut tx, new).await?;
         tx.commit().await?;
         self.user(&new.username)
             .await?
@@ -506,5 +469,51 @@ pub(crate) async fn bump_revision_tx(
         .bind(user_id)
         .execute(&mut **tx)
         .await?;
+    Ok(())
+}
+
+/// Inserts a user and its group memberships in `tx` (see [`Store::create_user`]).
+pub(crate) async fn insert_user_tx(
+    tx: &mut crate::WriteTx,
+    new: &NewUser,
+) -> Result<(), StoreError> {
+    let attributes =
+        serde_json::to_string(&new.attributes).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    let inserted = sqlx::query(
+        "INSERT INTO users (id, username, username_key, email, email_key, email_verified, attributes, status, password_hash, password_change_required, legacy_password, created_at, updated_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $12)",
+    )
+    .bind(&new.id)
+    .bind(&new.username)
+    .bind(name_key(&new.username))
+    .bind(&new.email)
+    .bind(new.email.as_deref().map(name_key))
+    .bind(i64::from(new.email_verified))
+    .bind(&attributes)
+    .bind(if new.disabled {
+        UserStatus::Disabled.as_str()
+    } else {
+        UserStatus::Enabled.as_str()
+    })
+    .bind(&new.password_hash)
+    .bind(i64::from(new.password_change_required))
+    .bind(i64::from(new.legacy_password))
+    .bind(new.now)
+    .execute(&mut **tx)
+    .await;
+    match inserted {
+        Err(e) if is_unique_violation(&e) => {
+            return Err(StoreError::AlreadyExists {
+                kind: "user",
+                name: new.username.clone(),
+            });
+        }
+        other => {
+            other?;
+        }
+    }
+    for group in &new.groups {
+        add_member_tx(tx, &new.id, group, new.now).await?;
+    }
     Ok(())
 }
