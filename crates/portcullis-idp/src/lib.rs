@@ -8,6 +8,7 @@
 mod accounts;
 pub mod audit;
 mod crypto;
+pub mod federation;
 mod instance;
 mod keyring;
 mod mfa;

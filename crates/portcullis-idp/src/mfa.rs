@@ -40,6 +40,9 @@ struct MfaTicket {
     expires_at: i64,
     /// An enrolment (true) or a verification (false).
     enrol: bool,
+    /// How the first step was passed (`amr`): `pwd`, or `fed` for a federated sign-in.
+    #[serde(default)]
+    first: Option<String>,
 }
 
 /// The outcome of the second step.
@@ -283,15 +286,30 @@ impl Provider {
         Ok(removed)
     }
 
-    fn mfa_ticket(&self, user: &User, enrol: bool) -> String {
+    fn mfa_ticket(&self, user: &User, enrol: bool, first: &str) -> String {
         let t = MfaTicket {
             user_id: user.id.clone(),
             updated_at: user.updated_at,
             expires_at: self.now() + TICKET_SECS,
             enrol,
+            first: (first != "pwd").then(|| first.to_owned()),
         };
         self.ticket_signer()
             .sign(&serde_json::to_vec(&t).unwrap_or_default())
+    }
+
+    /// How the first step of a ticket's sign-in was passed (`pwd` or `fed`), for the session's
+    /// `amr`; read from a ticket whose validity [`Provider::mfa_ticket_user`] checks.
+    pub(crate) fn ticket_first_factor(&self, ticket: &str) -> &'static str {
+        let first = self
+            .ticket_signer()
+            .open(ticket)
+            .and_then(|b| serde_json::from_slice::<MfaTicket>(&b).ok())
+            .and_then(|t| t.first);
+        match first.as_deref() {
+            Some("fed") => "fed",
+            _ => "pwd",
+        }
     }
 
     /// The user a second-step ticket is for, while it is valid.
@@ -320,9 +338,29 @@ impl Provider {
         user: User,
         need_mfa: bool,
     ) -> Result<SignIn, OAuthError> {
+        self.second_step_after(user, need_mfa, &["pwd"]).await
+    }
+
+    /// [`Provider::second_step`] after a first step passed by the methods in `amr` (`pwd`, or
+    /// `fed` and what the upstream provider reported). An `amr` that already has `mfa` needs no
+    /// second factor here.
+    pub(crate) async fn second_step_after(
+        &self,
+        user: User,
+        need_mfa: bool,
+        amr: &[&str],
+    ) -> Result<SignIn, OAuthError> {
+        let first = amr.first().copied().unwrap_or("pwd");
+        if amr.contains(&"mfa") {
+            let (session, secret) = self.start_session(&user, amr).await?;
+            return Ok(SignIn::Session {
+                session: Box::new(session),
+                secret,
+            });
+        }
         if self.has_mfa(&user).await? {
             return Ok(SignIn::SecondFactor {
-                ticket: self.mfa_ticket(&user, false),
+                ticket: self.mfa_ticket(&user, false, first),
                 user: Box::new(user),
             });
         }
@@ -331,12 +369,12 @@ impl Provider {
                 return Err(OAuthError::ServerError);
             };
             return Ok(SignIn::Enrol {
-                ticket: self.mfa_ticket(&user, true),
+                ticket: self.mfa_ticket(&user, true, first),
                 user: Box::new(user),
                 enrolment: Box::new(enrolment),
             });
         }
-        let (session, secret) = self.start_session(&user, &["pwd"]).await?;
+        let (session, secret) = self.start_session(&user, amr).await?;
         Ok(SignIn::Session {
             session: Box::new(session),
             secret,
@@ -355,6 +393,7 @@ impl Provider {
         let Some(user) = self.mfa_ticket_user(ticket, enrol).await? else {
             return Ok(SecondFactor::Expired);
         };
+        let first = self.ticket_first_factor(ticket);
         let key = user.username.to_ascii_lowercase();
         let now = self.now();
         let until = self.store().login_locked_until(&key).await?;
@@ -363,7 +402,7 @@ impl Provider {
                 seconds: until - now,
             });
         }
-        let (amr, recovery_codes): (&[&str], Vec<String>) =
+        let (amr, recovery_codes): (Vec<&str>, Vec<String>) =
             if self.accept_totp(&user, code, enrol).await? {
                 let codes = if enrol {
                     crate::audit::record(
@@ -379,7 +418,7 @@ impl Provider {
                 } else {
                     Vec::new()
                 };
-                (&["pwd", "otp", "mfa"], codes)
+                (vec![first, "otp", "mfa"], codes)
             } else if !enrol
                 && self
                     .store()
@@ -395,7 +434,7 @@ impl Provider {
                     serde_json::json!({}),
                 )
                 .await;
-                (&["pwd", "otp", "mfa"], Vec::new())
+                (vec![first, "otp", "mfa"], Vec::new())
             } else {
                 let s = self.settings();
                 self.store()
@@ -410,7 +449,7 @@ impl Provider {
                 return Ok(SecondFactor::Wrong);
             };
         self.store().clear_login_failures(&key).await?;
-        let (session, secret) = self.start_session(&user, amr).await?;
+        let (session, secret) = self.start_session(&user, &amr).await?;
         Ok(SecondFactor::Session {
             session: Box::new(session),
             secret,

@@ -406,7 +406,7 @@ impl ClientError {
     }
 }
 
-struct Inner {
+pub(crate) struct Inner {
     store: Store,
     pool: UserPool,
     keys: KeyRing,
@@ -420,12 +420,16 @@ struct Inner {
     /// The WebAuthn relying party (the issuer's host), unless the issuer is an IP address.
     relying_party: Option<webauthn_rs::prelude::Webauthn>,
     legacy: std::sync::OnceLock<Arc<dyn LegacyVerifier>>,
+    /// Upstream providers for federated sign-in (set once at start).
+    pub(crate) federation: std::sync::OnceLock<Vec<crate::federation::FederatedProvider>>,
+    /// Seals federated sign-in attempts into their browser cookie.
+    pub(crate) attempt_kek: KeyEncryptionKey,
 }
 
 /// The identity provider. Cheap to clone.
 #[derive(Clone)]
 pub struct Provider {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
 }
 
 impl std::fmt::Debug for Provider {
@@ -505,8 +509,15 @@ impl Provider {
                 reason: e.to_string(),
             }
         })?;
+        let attempt_kek = KeyEncryptionKey::derive_for(instance_secret, "federated sign-in v1")
+            .map_err(|e| KeyRingError::Key {
+                kid: "federation".into(),
+                reason: e.to_string(),
+            })?;
         Ok(Provider {
             inner: Arc::new(Inner {
+                federation: std::sync::OnceLock::new(),
+                attempt_kek,
                 store,
                 pool,
                 keys,

@@ -43,6 +43,9 @@ pub enum SameSite {
     Lax,
     /// Never sent with a request another site starts.
     Strict,
+    /// Sent with every request, cross-site form posts included (needs `Secure`): only for a
+    /// value that is useless without what the request itself must bring (a sealed state).
+    None,
 }
 
 /// Every cookie portcullis sets — its name, its attributes, whether it is ours — decided once
@@ -117,6 +120,25 @@ impl CookiePolicy {
         }
     }
 
+    /// A federated sign-in attempt's sealed state (one at a time).
+    pub fn federation(&self) -> &'static str {
+        if self.secure {
+            "__Host-portcullis-federation"
+        } else {
+            "portcullis-federation"
+        }
+    }
+
+    /// The upstream provider's session after a federated sign-in (sealed: its ID token, for
+    /// signing out there too).
+    pub fn upstream_session(&self) -> &'static str {
+        if self.secure {
+            "__Host-portcullis-upstream"
+        } else {
+            "portcullis-upstream"
+        }
+    }
+
     /// A `Set-Cookie` value: `name=value; Path=/; HttpOnly; SameSite=…[; Secure][; Max-Age=…]`.
     pub fn set(
         &self,
@@ -128,6 +150,9 @@ impl CookiePolicy {
         let same_site = match same_site {
             SameSite::Lax => "Lax",
             SameSite::Strict => "Strict",
+            // Browsers refuse `SameSite=None` without `Secure`: plain-http development gets Lax.
+            SameSite::None if self.secure => "None",
+            SameSite::None => "Lax",
         };
         let secure = if self.secure { "; Secure" } else { "" };
         let age = max_age

@@ -98,6 +98,31 @@ async fn render(
         (Ok(m), Ok(n)) => (m, n),
         _ => return web.error_page(StatusCode::SERVICE_UNAVAILABLE, UNAVAILABLE),
     };
+    let linked = match web.provider.store().identities_of(&user.id).await {
+        Ok(l) => l,
+        Err(_) => return web.error_page(StatusCode::SERVICE_UNAVAILABLE, UNAVAILABLE),
+    };
+    let providers = web.provider.federated_providers();
+    let name_of = |id: &str| {
+        providers
+            .iter()
+            .find(|p| p.rules.id == id)
+            .map_or_else(|| id.to_owned(), |p| p.rules.name.clone())
+    };
+    let identities: Vec<Value> = linked
+        .iter()
+        .map(|i| {
+            json!({
+                "provider": i.provider, "name": name_of(&i.provider), "subject": i.subject,
+                "email": i.email, "linked": when(i.created_at), "last_used": when(i.last_used_at),
+            })
+        })
+        .collect();
+    let linkable: Vec<Value> = providers
+        .iter()
+        .filter(|p| !linked.iter().any(|i| i.provider == p.rules.id))
+        .map(|p| json!({ "id": p.rules.id, "name": p.rules.name }))
+        .collect();
     let a = &web.provider.settings().accounts;
     let status = if outcome.error.is_some() {
         StatusCode::BAD_REQUEST
@@ -109,6 +134,9 @@ async fn render(
         "account.html",
         json!({
             "username": user.username,
+            "identities": identities,
+            "linkable": linkable,
+            "has_password": user.password_hash.is_some(),
             "email": user.email,
             "email_verified": user.email_verified,
             "mail": a.mail,

@@ -17,7 +17,13 @@ pub(super) fn login_form(
         StatusCode::OK
     };
     let a = &web.provider.settings().accounts;
-    web.page(status, "login.html", json!({ "request": sealed, "csrf": csrf, "username": username, "error": error, "client_name": client_name, "_hint": req.login_hint, "forgot_password": a.mail, "signup": a.signup_open(), "passkeys": web.provider.passkeys_available() }))
+    let providers: Vec<Value> = web
+        .provider
+        .federated_providers()
+        .iter()
+        .map(|p| json!({ "id": p.rules.id, "name": p.rules.name, "logo_url": p.rules.logo_url }))
+        .collect();
+    web.page(status, "login.html", json!({ "providers": providers, "request": sealed, "csrf": csrf, "username": username, "error": error, "client_name": client_name, "_hint": req.login_hint, "forgot_password": a.mail, "signup": a.signup_open(), "passkeys": web.provider.passkeys_available() }))
 }
 
 /// The double-submit CSRF token of a hosted form: the browser's cookie, or a new one to set.

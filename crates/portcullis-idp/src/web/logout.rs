@@ -49,11 +49,22 @@ pub(super) async fn logout(State(web): State<Web>, uri: Uri, headers: HeaderMap)
             "Signing out failed. Try again shortly.",
         );
     }
-    let mut r = match location {
-        Some(l) => redirect(&l),
-        None => web.page(StatusCode::OK, "signed_out.html", json!({})),
+    let upstream = super::federated::upstream_logout(&web, &headers, location.as_deref()).await;
+    let mut r = match (upstream, location) {
+        (Some(u), _) => redirect(&u),
+        (None, Some(l)) => redirect(&l),
+        (None, None) => web.page(StatusCode::OK, "signed_out.html", json!({})),
     };
     r.headers_mut()
         .append(header::SET_COOKIE, web.session_cookie(None));
+    r.headers_mut().append(
+        header::SET_COOKIE,
+        web.set_cookie(
+            web.cookies.upstream_session(),
+            "",
+            Some(0),
+            portcullis_token::cookie::SameSite::Lax,
+        ),
+    );
     r
 }

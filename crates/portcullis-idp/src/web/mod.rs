@@ -6,6 +6,7 @@ mod account;
 mod accounts;
 mod authorize;
 mod discovery;
+pub mod federated;
 mod login;
 mod logout;
 mod mfa;
@@ -254,6 +255,23 @@ pub fn router(provider: Provider, accounts: Accounts, cookies: CookiePolicy) -> 
         .route(
             "/invitation",
             get(accounts::invitation_page).post(accounts::invitation_submit),
+        )
+        .route("/login/federated/{id}", get(federated::start))
+        .route(
+            "/login/federated/{id}/callback",
+            get(federated::callback).post(federated::callback),
+        )
+        .route(
+            "/login/federated/{id}/signed-out",
+            get(federated::signed_out),
+        )
+        .route(
+            "/account/federated/{id}/link",
+            axum::routing::post(federated::link),
+        )
+        .route(
+            "/account/federated/unlink",
+            axum::routing::post(federated::unlink),
         )
         .route("/oauth2/token", axum::routing::post(token::token))
         .route(

@@ -233,12 +233,16 @@ async fn sign_in_finish(
             "Confirm your e-mail address first: we sent a link to it (check your spam folder too).",
         );
     }
-    let amr: &[&str] = if second {
-        &["pwd", key, "mfa"]
+    let amr: Vec<&str> = if second {
+        vec![
+            web.provider.ticket_first_factor(field("ticket")),
+            key,
+            "mfa",
+        ]
     } else {
-        &[key, "mfa"]
+        vec![key, "mfa"]
     };
-    let (session, secret) = match web.provider.start_session(&user, amr).await {
+    let (session, secret) = match web.provider.start_session(&user, &amr).await {
         Ok(s) => s,
         Err(e) => return failed(PasskeyError::Server(e)),
     };
