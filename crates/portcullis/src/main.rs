@@ -10,6 +10,7 @@ mod console;
 mod demo;
 mod demo_app;
 mod failure;
+mod federation;
 mod http_server;
 mod import;
 mod legacy;

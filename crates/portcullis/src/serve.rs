@@ -113,6 +113,20 @@ pub async fn run_config(
         .map_err(Failure::internal)?;
         app.provider.set_legacy_verifier(Arc::new(verifier));
     }
+    let mut providers = Vec::new();
+    for cfg in &app.config.federation {
+        let upstream = crate::federation::HttpUpstream::new(
+            cfg.clone(),
+            &app.config.idp.issuer,
+            (*app.config.gateway.upstream_tls).clone(),
+        )
+        .map_err(Failure::internal)?;
+        providers.push(portcullis_idp::federation::FederatedProvider {
+            rules: cfg.rules.clone(),
+            upstream: Arc::new(upstream),
+        });
+    }
+    app.provider.set_federated_providers(providers);
     let g = app.gateway.settings();
     let sessions = portcullis_session::Sessions::new(
         session_provider(&app).await?,

@@ -180,6 +180,8 @@ pub struct Config {
     pub mail: crate::mail::MailConfig,
     /// `idp.legacy_verifier_*`, checked.
     pub legacy_verifier: Option<crate::legacy::LegacyConfig>,
+    /// `[[idp.providers]]`, checked (secrets read).
+    pub federation: Vec<crate::federation::ProviderConfig>,
     /// `audit.retention`.
     pub audit_retention: Duration,
     /// `telemetry.otlp_endpoint` (none: no traces exported) and `telemetry.service_name`.
@@ -481,6 +483,7 @@ fn validate(
         mail.transport.value.0 != crate::mail::TransportKind::None,
         check,
     );
+    let federation = federation_config(&idp_file, &accounts, env, check);
     let issuer = idp_file.issuer.value.map(|u| u.0);
     let tls = !server.certificates.is_empty() || acme.is_some();
     if !tls && server.redirect_listen.value.is_some() {
@@ -611,6 +614,7 @@ fn validate(
         policies,
         mail,
         legacy_verifier,
+        federation,
         audit_retention: audit.retention.value.0,
         otlp: telemetry
             .otlp_endpoint
@@ -896,6 +900,42 @@ fn legacy_config(
         (None, None) => None,
     };
     Some(crate::legacy::LegacyConfig { url, secret })
+}
+
+/// `[[idp.providers]]`: each checked, ids unique, secrets read from their file or the
+/// environment.
+fn federation_config(
+    idp: &schema::Idp,
+    accounts: &portcullis_idp::AccountSettings,
+    env: &Env,
+    check: &mut Check<'_, '_>,
+) -> Vec<crate::federation::ProviderConfig> {
+    use portcullis_idp::SignupMode;
+    let open = matches!(accounts.signup, SignupMode::Open | SignupMode::Domains);
+    let domains: &[String] = if accounts.signup == SignupMode::Domains {
+        &accounts.signup_domains
+    } else {
+        &[]
+    };
+    let mut out: Vec<crate::federation::ProviderConfig> = Vec::new();
+    for entry in &idp.providers {
+        let p = entry.get_ref();
+        let secret = env.get(&crate::federation::secret_env(&p.id));
+        match p.check(secret, (open, domains)) {
+            Ok(c) if out.iter().any(|o| o.id == c.id) => check.error(
+                Some(&entry.span()),
+                "idp.providers",
+                format!("the id {:?} is used twice", c.id),
+            ),
+            Ok(c) => out.push(c),
+            Err((key, message)) => check.error(
+                Some(&entry.span()),
+                &format!("idp.providers.{key}"),
+                format!("{}: {message}", p.id),
+            ),
+        }
+    }
+    out
 }
 
 /// The `idp.signup*` and link settings.

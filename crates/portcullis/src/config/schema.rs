@@ -150,6 +150,7 @@ pub const TABLE_ARRAYS: &[&str] = &[
     "policy",
     "gateway.issuers",
     "idp.signup_attributes",
+    "idp.providers",
 ];
 
 /// The sections (`[...]`).
@@ -427,6 +428,9 @@ section! {
             /// `[[idp.signup_attributes]]`: custom attributes the sign-up page asks for
             /// (docs/accounts.md).
             signup_attributes: Vec<Spanned<portcullis_idp::CustomAttribute>>;
+            /// `[[idp.providers]]`: upstream OpenID Connect and OAuth 2.0 providers for
+            /// "Continue with …" (docs/federation.md).
+            providers: Vec<Spanned<crate::federation::DeclaredProvider>>;
         }
     }
 }
