@@ -918,23 +918,21 @@ impl Upstream for HttpUpstream {
         Box::pin(async move {
             let m = self.metadata().await?;
             // RFC 9207: an answer names its issuer; a provider that says it does must.
-            match callback.get("iss") {
-                Some(iss)
-                    if matches!(
-                        self.cfg.kind,
-                        Kind::Oidc {
-                            check: IssuerCheck::EntraTenant(_),
-                            ..
-                        }
-                    ) =>
-                {
-                    if !iss.starts_with("https://login.microsoftonline.com/") {
-                        return Err(UpstreamError::Invalid(format!(
-                            "the answer came from {iss}"
-                        )));
-                    }
+            let entra = matches!(
+                self.cfg.kind,
+                Kind::Oidc {
+                    check: IssuerCheck::EntraTenant(_),
+                    ..
                 }
-                Some(iss) if *iss != m.issuer => {
+            );
+            match callback.get("iss") {
+                // Entra's issuer names the tenant; the ID token's is checked exactly.
+                Some(iss) if entra && !iss.starts_with("https://login.microsoftonline.com/") => {
+                    return Err(UpstreamError::Invalid(format!(
+                        "the answer came from {iss}"
+                    )));
+                }
+                Some(iss) if !entra && *iss != m.issuer => {
                     return Err(UpstreamError::Invalid(format!(
                         "the answer came from another issuer ({iss})"
                     )));

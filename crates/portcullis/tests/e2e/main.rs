@@ -11,6 +11,7 @@ mod cluster;
 mod config_file;
 mod deploy;
 mod durability;
+mod federation;
 mod gateway;
 mod gateway_upstream;
 mod h2wire;
