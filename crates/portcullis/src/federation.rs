@@ -596,19 +596,6 @@ impl HttpUpstream {
         })
     }
 
-    /// Apple's client secret: an ES256 JWT from the team's key, valid for 5 minutes.
-    fn apple_secret(&self, key: &AppleKey) -> Result<String, UpstreamError> {
-        let now = self.clock.now();
-        let claims = serde_json::json!({
-            "iss": key.team_id, "iat": now, "exp": now + 300,
-            "aud": "https://appleid.apple.com", "sub": self.cfg.client_id,
-        });
-        let Value::Object(claims) = claims else {
-            return Err(UpstreamError::Invalid("claims".into()));
-        };
-        jwt::sign(&key.key, "JWT", &claims).map_err(|e| UpstreamError::Invalid(e.to_string()))
-    }
-
     /// POSTs the code to the token endpoint with the client's authentication.
     async fn redeem(
         &self,
@@ -630,7 +617,10 @@ impl HttpUpstream {
         match (&self.cfg.apple_key, &self.cfg.secret) {
             (Some(key), _) => {
                 form.push(("client_id", self.cfg.client_id.clone()));
-                form.push(("client_secret", self.apple_secret(key)?));
+                form.push((
+                    "client_secret",
+                    apple_client_secret(&self.cfg, key, self.clock.now())?,
+                ));
             }
             (None, Some(s)) if post_secret => {
                 form.push(("client_id", self.cfg.client_id.clone()));
@@ -663,61 +653,24 @@ impl HttpUpstream {
         token: &str,
         nonce: &str,
     ) -> Result<Map<String, Value>, UpstreamError> {
-        let invalid = |why: &str| UpstreamError::Invalid(format!("ID token: {why}"));
-        let keys = m.keys.as_ref().ok_or_else(|| invalid("no keys"))?;
-        let expected_issuer = match &self.cfg.kind {
-            Kind::Oidc {
-                check: IssuerCheck::EntraTenant(allowed),
-                ..
-            } => {
-                // The issuer names the tenant; the signature (checked next) vouches for both.
-                let tid = unverified_claim(token, "tid").ok_or_else(|| invalid("no tid"))?;
-                if !allowed.is_empty() && !allowed.contains(&tid) {
-                    return Err(invalid("tenant not allowed"));
-                }
-                m.issuer.replace("{tenantid}", &tid)
-            }
-            _ => match unverified_claim(token, "iss") {
-                // Google's tokens may say `accounts.google.com` without the scheme.
-                Some(iss)
-                    if iss == "accounts.google.com"
-                        && m.issuer == "https://accounts.google.com" =>
-                {
-                    iss
-                }
-                _ => m.issuer.clone(),
-            },
-        };
-        let aud = [self.cfg.client_id.clone()];
-        let expect = Expect {
-            issuer: &expected_issuer,
-            audiences: &aud,
-            token_use: None,
-            leeway: 60,
-            exp_leeway: 0,
-            now: self.clock.now(),
-        };
-        let claims = match jwt::verify(token, &keys.keys(), &expect) {
-            Err(jwt::VerifyError::UnknownKey) if keys.refresh().await => {
-                jwt::verify(token, &keys.keys(), &expect)
+        let keys = m
+            .keys
+            .as_ref()
+            .ok_or_else(|| UpstreamError::Invalid("ID token: no keys".into()))?;
+        let now = self.clock.now();
+        match check_id_token(&self.cfg, now, &m.issuer, &keys.keys(), token, nonce) {
+            // A key the provider rotated in since we last looked (refetched at most every 30 s).
+            Err(IdTokenError::UnknownKey) if keys.refresh().await => {
+                check_id_token(&self.cfg, now, &m.issuer, &keys.keys(), token, nonce)
             }
             other => other,
         }
-        .map_err(|e| invalid(&e.to_string()))?;
-        let raw = claims.raw;
-        let sent_nonce = raw.get("nonce").and_then(Value::as_str).unwrap_or_default();
-        if !portcullis_token::constant_time_eq(sent_nonce.as_bytes(), nonce.as_bytes()) {
-            return Err(invalid("the nonce is not this attempt's"));
-        }
-        let several = raw
-            .get("aud")
-            .and_then(Value::as_array)
-            .is_some_and(|a| a.len() > 1);
-        let azp = raw.get("azp").and_then(Value::as_str);
-        if (several || azp.is_some()) && azp != Some(self.cfg.client_id.as_str()) {
-            return Err(invalid("issued to another client (azp)"));
-        }
-        Ok(raw)
+        .map_err(|e| match e {
+            IdTokenError::UnknownKey => {
+                UpstreamError::Invalid("ID token: signed by an unknown key".into())
+            }
+            IdTokenError::Invalid(why) => UpstreamError::Invalid(format!("ID token: {why}")),
+        })
     }
 
     async fn get_json(&self, url: &str, access_token: &str) -> Result<Value, UpstreamError> {
@@ -839,6 +792,97 @@ impl HttpUpstream {
         claims.insert("sub".into(), Value::String(sub.clone()));
         Ok(assertion(sub, claims, Vec::new(), None))
     }
+}
+
+/// Verifies an ID token against `keys`: signature, issuer (discovery's; Entra's with the
+/// token's tenant; Google's either spelling), audience, expiry, nonce, and `azp` when present
+/// or when there are several audiences.
+fn check_id_token(
+    cfg: &ProviderConfig,
+    now: i64,
+    issuer: &str,
+    keys: &portcullis_token::jwt::KeySet,
+    token: &str,
+    nonce: &str,
+) -> Result<Map<String, Value>, IdTokenError> {
+    let invalid = |why: &str| IdTokenError::Invalid(why.to_owned());
+    let expected_issuer = match &cfg.kind {
+        Kind::Oidc {
+            check: IssuerCheck::EntraTenant(allowed),
+            ..
+        } => {
+            // The issuer names the tenant; the signature (checked next) vouches for both.
+            let tid = unverified_claim(token, "tid").ok_or_else(|| invalid("no tid"))?;
+            if !allowed.is_empty() && !allowed.contains(&tid) {
+                return Err(invalid("tenant not allowed"));
+            }
+            if tid.is_empty() || !tid.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
+                return Err(invalid("tid is not a tenant id"));
+            }
+            issuer.replace("{tenantid}", &tid)
+        }
+        _ => match unverified_claim(token, "iss") {
+            // Google's tokens may say `accounts.google.com` without the scheme.
+            Some(iss)
+                if iss == "accounts.google.com" && issuer == "https://accounts.google.com" =>
+            {
+                iss
+            }
+            _ => issuer.to_owned(),
+        },
+    };
+    let aud = [cfg.client_id.clone()];
+    let expect = Expect {
+        issuer: &expected_issuer,
+        audiences: &aud,
+        token_use: None,
+        leeway: 60,
+        exp_leeway: 0,
+        now,
+    };
+    let raw = match jwt::verify(token, keys, &expect) {
+        Ok(c) => c.raw,
+        Err(jwt::VerifyError::UnknownKey) => return Err(IdTokenError::UnknownKey),
+        Err(e) => return Err(invalid(&e.to_string())),
+    };
+    let sent_nonce = raw.get("nonce").and_then(Value::as_str).unwrap_or_default();
+    if !portcullis_token::constant_time_eq(sent_nonce.as_bytes(), nonce.as_bytes()) {
+        return Err(invalid("the nonce is not this attempt's"));
+    }
+    let several = raw
+        .get("aud")
+        .and_then(Value::as_array)
+        .is_some_and(|a| a.len() > 1);
+    let azp = raw.get("azp").and_then(Value::as_str);
+    if (several || azp.is_some()) && azp != Some(cfg.client_id.as_str()) {
+        return Err(invalid("issued to another client (azp)"));
+    }
+    Ok(raw)
+}
+
+/// Apple's client secret: an ES256 JWT signed by the team's key (its `kid`), valid for five
+/// minutes — made for each code exchange.
+fn apple_client_secret(
+    cfg: &ProviderConfig,
+    key: &AppleKey,
+    now: i64,
+) -> Result<String, UpstreamError> {
+    let claims = serde_json::json!({
+        "iss": key.team_id, "iat": now, "exp": now + 300,
+        "aud": "https://appleid.apple.com", "sub": cfg.client_id,
+    });
+    let Value::Object(claims) = claims else {
+        return Err(UpstreamError::Invalid("claims".into()));
+    };
+    jwt::sign(&key.key, "JWT", &claims).map_err(|e| UpstreamError::Invalid(e.to_string()))
+}
+
+/// Why an ID token was refused.
+#[derive(Debug)]
+enum IdTokenError {
+    /// Signed by a key not (yet) in the provider's JWKS.
+    UnknownKey,
+    Invalid(String),
 }
 
 /// A claim of a JWT's payload, read without verification (to choose what to verify against).
@@ -989,5 +1033,187 @@ impl Upstream for HttpUpstream {
 
     fn form_post(&self) -> bool {
         self.cfg.apple_key.is_some()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use portcullis_token::jwt::KeySet;
+
+    fn provider(toml_text: &str) -> ProviderConfig {
+        let declared: DeclaredProvider = toml::from_str(toml_text).expect("toml");
+        declared.check(None, (false, &[])).expect("valid")
+    }
+
+    fn signer() -> (SigningKey, KeySet) {
+        let key = SigningKey::generate(portcullis_token::Algorithm::ES256, "k1").expect("key");
+        let keys = KeySet::new([key.verifying_key().clone()]);
+        (key, keys)
+    }
+
+    const NOW: i64 = 1_800_000_000;
+
+    fn token(key: &SigningKey, claims: Value) -> String {
+        let Value::Object(mut claims) = claims else {
+            panic!("object")
+        };
+        claims.entry("iat").or_insert(json(NOW));
+        claims.entry("exp").or_insert(json(NOW + 300));
+        claims.entry("sub").or_insert(json("user-1"));
+        claims.entry("nonce").or_insert(json("n-1"));
+        jwt::sign(key, "JWT", &claims).expect("sign")
+    }
+
+    fn json<T: serde::Serialize>(v: T) -> Value {
+        serde_json::to_value(v).expect("json")
+    }
+
+    const TID: &str = "9188040d-6c67-4c5b-b112-36a304b66dad";
+    const TEMPLATE: &str = "https://login.microsoftonline.com/{tenantid}/v2.0";
+
+    #[test]
+    fn entra_multi_tenant_tokens_are_checked_against_their_own_tenant() {
+        let cfg = provider(&format!(
+            "id = \"entra\"\npreset = \"entra\"\ntenant = \"organizations\"\nclient_id = \"app\"\ntenants = [\"{TID}\"]"
+        ));
+        let (key, keys) = signer();
+        let iss = TEMPLATE.replace("{tenantid}", TID);
+        let check = |t: &str| check_id_token(&cfg, NOW, TEMPLATE, &keys, t, "n-1");
+        let good = token(
+            &key,
+            serde_json::json!({ "iss": iss, "aud": "app", "tid": TID }),
+        );
+        assert_eq!(check(&good).expect("valid")["tid"], TID);
+        // Another tenant than the allowed one.
+        let other = "72f988bf-86f1-41af-91ab-2d7cd011db47";
+        let t = token(
+            &key,
+            serde_json::json!({ "iss": TEMPLATE.replace("{tenantid}", other), "aud": "app", "tid": other }),
+        );
+        assert!(check(&t).is_err());
+        // `tid` saying the allowed tenant while the issuer is another's.
+        let t = token(
+            &key,
+            serde_json::json!({ "iss": TEMPLATE.replace("{tenantid}", other), "aud": "app", "tid": TID }),
+        );
+        assert!(check(&t).is_err());
+        // Not for this client, or for another attempt.
+        let t = token(
+            &key,
+            serde_json::json!({ "iss": iss, "aud": "someone-else", "tid": TID }),
+        );
+        assert!(check(&t).is_err());
+        let t = token(
+            &key,
+            serde_json::json!({ "iss": iss, "aud": "app", "tid": TID, "nonce": "n-2" }),
+        );
+        assert!(check(&t).is_err());
+        // Several audiences need azp = this client.
+        let t = token(
+            &key,
+            serde_json::json!({ "iss": iss, "aud": ["app", "x"], "tid": TID }),
+        );
+        assert!(check(&t).is_err());
+        let t = token(
+            &key,
+            serde_json::json!({ "iss": iss, "aud": ["app", "x"], "azp": "app", "tid": TID }),
+        );
+        assert!(check(&t).is_ok());
+        // Expired; signed by a key the provider does not publish.
+        let t = token(
+            &key,
+            serde_json::json!({ "iss": iss, "aud": "app", "tid": TID, "exp": NOW - 1 }),
+        );
+        assert!(check(&t).is_err());
+        let (stranger, _) = signer();
+        let t = token(
+            &stranger,
+            serde_json::json!({ "iss": iss, "aud": "app", "tid": TID }),
+        );
+        assert!(check(&t).is_err());
+    }
+
+    #[test]
+    fn google_tokens_may_name_the_issuer_without_its_scheme_and_nothing_else() {
+        let cfg = provider("id = \"google\"\npreset = \"google\"\nclient_id = \"app\"");
+        let (key, keys) = signer();
+        let check =
+            |t: &str| check_id_token(&cfg, NOW, "https://accounts.google.com", &keys, t, "n-1");
+        for iss in ["https://accounts.google.com", "accounts.google.com"] {
+            let t = token(
+                &key,
+                serde_json::json!({ "iss": iss, "aud": "app", "azp": "app" }),
+            );
+            assert!(check(&t).is_ok(), "{iss}");
+        }
+        for iss in ["https://evil.example", "accounts.google.com.evil.example"] {
+            let t = token(&key, serde_json::json!({ "iss": iss, "aud": "app" }));
+            assert!(check(&t).is_err(), "{iss}");
+        }
+        let t = token(
+            &key,
+            serde_json::json!({ "iss": "accounts.google.com", "aud": "app", "azp": "other" }),
+        );
+        assert!(check(&t).is_err());
+    }
+
+    #[test]
+    fn apple_client_secret_is_a_short_lived_es256_jwt_of_the_team() {
+        let key = SigningKey::generate(portcullis_token::Algorithm::ES256, "ignored").expect("key");
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("AuthKey_ABC123.p8");
+        use base64::Engine;
+        let b64 = base64::engine::general_purpose::STANDARD.encode(key.pkcs8().expose());
+        std::fs::write(
+            &path,
+            format!("-----BEGIN PRIVATE KEY-----\n{b64}\n-----END PRIVATE KEY-----\n"),
+        )
+        .expect("write");
+        let cfg = provider(&format!(
+            "id = \"apple\"\npreset = \"apple\"\nclient_id = \"com.example.web\"\nteam_id = \"TEAM123\"\nkey_id = \"ABC123\"\nprivate_key_file = {:?}",
+            path.display().to_string()
+        ));
+        let apple = cfg.apple_key.clone().expect("apple key");
+        let secret = apple_client_secret(&cfg, &apple, NOW).expect("secret");
+        let keys = KeySet::new([apple.key.verifying_key().clone()]);
+        let aud = ["https://appleid.apple.com".to_owned()];
+        let claims = jwt::verify(
+            &secret,
+            &keys,
+            &Expect {
+                issuer: "TEAM123",
+                audiences: &aud,
+                token_use: None,
+                leeway: 0,
+                exp_leeway: 0,
+                now: NOW,
+            },
+        )
+        .expect("a valid JWT");
+        assert_eq!(claims.kid, "ABC123");
+        assert_eq!(claims.sub.as_deref(), Some("com.example.web"));
+        assert_eq!(claims.exp, NOW + 300);
+        // Apple answers with a form post.
+        assert!(
+            HttpUpstream::new(
+                cfg,
+                "https://id.example.com",
+                crate::federation::tests::tls()
+            )
+            .expect("upstream")
+            .form_post()
+        );
+    }
+
+    fn tls() -> rustls::ClientConfig {
+        let roots = rustls::RootCertStore::empty();
+        rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth()
     }
 }
