@@ -131,6 +131,9 @@ enum Kind {
         userinfo_endpoint: String,
         /// GitHub: the address list at `<api>/user/emails` says which address is verified.
         github_emails: Option<String>,
+        /// The provider's issuer identifier, if it has one: answers naming another (RFC 9207)
+        /// are refused.
+        issuer: Option<String>,
     },
 }
 
@@ -266,6 +269,7 @@ impl DeclaredProvider {
                             .unwrap_or_else(|| "https://api.github.com/user".into())
                             + "/emails",
                     ),
+                    issuer: None,
                 },
                 "read:user user:email",
             ),
@@ -283,6 +287,7 @@ impl DeclaredProvider {
                         token_endpoint: need(&self.token_endpoint, "token_endpoint")?,
                         userinfo_endpoint: need(&self.userinfo_endpoint, "userinfo_endpoint")?,
                         github_emails: None,
+                        issuer: self.issuer.clone(),
                     },
                     "",
                 )
@@ -524,9 +529,10 @@ impl HttpUpstream {
                 authorization_endpoint,
                 token_endpoint,
                 userinfo_endpoint,
+                issuer,
                 ..
             } => Metadata {
-                issuer: String::new(),
+                issuer: issuer.clone().unwrap_or_default(),
                 authorization_endpoint: authorization_endpoint.clone(),
                 token_endpoint: token_endpoint.clone(),
                 userinfo_endpoint: Some(userinfo_endpoint.clone()),
@@ -976,7 +982,8 @@ impl Upstream for HttpUpstream {
                         "the answer came from {iss}"
                     )));
                 }
-                Some(iss) if !entra && *iss != m.issuer => {
+                // (A plain OAuth 2.0 provider configured without an issuer cannot be checked.)
+                Some(iss) if !entra && !m.issuer.is_empty() && *iss != m.issuer => {
                     return Err(UpstreamError::Invalid(format!(
                         "the answer came from another issuer ({iss})"
                     )));

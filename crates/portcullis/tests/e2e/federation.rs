@@ -104,7 +104,7 @@ struct PortcullisUpstream {
     secret: String,
 }
 
-fn portcullis_upstream(redirect_uri: &str) -> PortcullisUpstream {
+fn portcullis_upstream(base: &str) -> PortcullisUpstream {
     // On 127.0.0.1, not localhost: another host for the browser, so the two instances' cookies
     // (the same names; cookies ignore ports) do not overwrite each other.
     let port = free_port();
@@ -137,7 +137,9 @@ fn portcullis_upstream(redirect_uri: &str) -> PortcullisUpstream {
                 id,
                 "--confidential",
                 "--redirect-uri",
-                redirect_uri,
+                &format!("{base}/login/federated/corp/callback"),
+                "--redirect-uri",
+                &format!("{base}/login/federated/plain/callback"),
                 "--scope",
                 "openid",
                 "--scope",
@@ -221,6 +223,21 @@ groups = ["customer"]
 attributes = {{ name = "name" }}
 group_rules = [{{ claim = "groups", value = "admins", group = "admin" }}]
 sign_out = true
+
+# The second portcullis again, as plain OAuth 2.0 (no ID token: the user from its userinfo
+# endpoint, as for GitHub).
+[[idp.providers]]
+id = "plain"
+name = "Plain"
+preset = "oauth2"
+issuer = "{corp_issuer}"
+authorization_endpoint = "{corp_issuer}/oauth2/authorize"
+token_endpoint = "{corp_issuer}/oauth2/token"
+userinfo_endpoint = "{corp_issuer}/oauth2/userInfo"
+client_id = "fed"
+client_secret_file = "{secret}"
+scopes = ["email"]
+create_users = true
 
 {extra}
 
@@ -358,7 +375,7 @@ async fn sign_in_with_two_upstream_providers_in_chromium() {
     let Some(node) = NodeProvider::start(&node_client(&base), &accounts) else {
         return;
     };
-    let corp = portcullis_upstream(&format!("{base}/login/federated/corp/callback"));
+    let corp = portcullis_upstream(&base);
     let corp_issuer = discovery_issuer(&corp.server.base).await;
     let site = site(port, &corp, &corp_issuer, &node.issuer, "");
     let c = browser(&d).await;
@@ -528,6 +545,11 @@ impl Jar {
 
 /// Starts a sign-in at the site and clicks "Continue with Corp": the redirect to corp.
 async fn start_corp_attempt(jar: &mut Jar, base: &str) -> String {
+    start_attempt(jar, base, "corp").await
+}
+
+/// Starts a sign-in at the site and clicks "Continue with <provider>".
+async fn start_attempt(jar: &mut Jar, base: &str, provider: &str) -> String {
     let resp = jar.get(&format!("{base}/auth/login?return_to=/")).await;
     let authorize = location(resp.headers());
     let resp = jar.get(&authorize).await;
@@ -536,7 +558,7 @@ async fn start_corp_attempt(jar: &mut Jar, base: &str) -> String {
     let request = query(&format!("{base}{login}"))["request"].clone();
     let resp = jar
         .get(&format!(
-            "{base}/login/federated/corp?request={}",
+            "{base}/login/federated/{provider}?request={}",
             url::form_urlencoded::byte_serialize(request.as_bytes()).collect::<String>()
         ))
         .await;
@@ -602,7 +624,7 @@ async fn page(jar: &mut Jar, url: &str) -> (StatusCode, String) {
 async fn forged_and_replayed_callbacks_fail_cleanly() {
     let port = free_port();
     let base = format!("http://localhost:{port}");
-    let corp = portcullis_upstream(&format!("{base}/login/federated/corp/callback"));
+    let corp = portcullis_upstream(&base);
     let corp_issuer = discovery_issuer(&corp.server.base).await;
     // `node` points at a port nobody listens on: a provider that is down.
     let dead = format!("http://localhost:{}", free_port());
@@ -709,6 +731,59 @@ async fn forged_and_replayed_callbacks_fail_cleanly() {
             .iter()
             .any(|u| u.starts_with("corp_"))
     );
+
+    // Plain OAuth 2.0 (GitHub's way): no nonce, no ID token; the user comes from userinfo and
+    // is created with corp's verified address.
+    let mut jar = Jar::new(&base);
+    let to_plain = start_attempt(&mut jar, &base, "plain").await;
+    let q = query(&to_plain);
+    assert!(
+        !q.contains_key("nonce") && q["scope"] == "email",
+        "{to_plain}"
+    );
+    let callback = corp_code(&to_plain).await;
+    let resp = jar.get(&callback).await;
+    assert_eq!(
+        resp.status(),
+        StatusCode::SEE_OTHER,
+        "{}",
+        resp.text().await.unwrap_or_default()
+    );
+    let created: Vec<String> = site
+        .instance
+        .usernames()
+        .into_iter()
+        .filter(|u| u.starts_with("plain_"))
+        .collect();
+    assert_eq!(created.len(), 1, "{created:?}");
+    let plain = user(&site, &created[0]);
+    assert_eq!(plain["email"], "uma@corp.example");
+    assert_eq!(plain["email_verified"], true);
+    // Her only way to sign in: the account page will not unlink it.
+    let html = jar
+        .get(&format!("{base}/account"))
+        .await
+        .text()
+        .await
+        .expect("html");
+    assert!(html.contains("Unlink Plain"), "{html}");
+    let form = [
+        ("csrf", hidden(&html, "csrf")),
+        ("provider", hidden(&html, "provider")),
+        ("subject", hidden(&html, "subject")),
+    ];
+    let form: Vec<(&str, &str)> = form.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let resp = jar
+        .post(&format!("{base}/account/federated/unlink"), &form)
+        .await;
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    assert!(
+        resp.text()
+            .await
+            .expect("html")
+            .contains("only way to sign in")
+    );
+    assert_eq!(user(&site, &created[0])["username"], created[0].as_str());
 
     // A provider that is down: its button answers 503 with a clear page, and the password
     // form beside it still signs in.
