@@ -652,6 +652,22 @@ async fn forged_and_replayed_callbacks_fail_cleanly() {
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert!(!signed_in(&jar));
 
+    // The provider's own refusal (the user cancelled): a clear page, nobody signed in.
+    let to_corp = start_corp_attempt(&mut jar, &base).await;
+    let state = query(&to_corp)["state"].clone();
+    let cancelled = format!(
+        "{base}/login/federated/corp/callback?error=access_denied&error_description=%3Cscript%3E&state={state}&iss={}",
+        url::form_urlencoded::byte_serialize(corp_issuer.as_bytes()).collect::<String>()
+    );
+    let (status, html) = page(&mut jar, &cancelled).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert!(
+        html.contains("Signing in with Corp was cancelled."),
+        "{html}"
+    );
+    assert!(!html.contains("<script>"), "{html}");
+    assert!(!signed_in(&jar));
+
     // From another issuer (RFC 9207 mix-up): refused although state and code are right.
     let to_corp = start_corp_attempt(&mut jar, &base).await;
     let callback = corp_code(&to_corp).await;
