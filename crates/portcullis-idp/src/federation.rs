@@ -148,6 +148,12 @@ pub struct Attempt {
     /// A link from the account page: the user the identity is to join.
     #[serde(default)]
     pub link_user: Option<String>,
+    /// The application asked for a fresh sign-in (`prompt=login`) or one at most this many
+    /// seconds old (`max_age`): asked of the provider in turn.
+    #[serde(default)]
+    pub prompt_login: bool,
+    #[serde(default)]
+    pub max_age: Option<i64>,
     pub expires_at: i64,
 }
 
@@ -361,7 +367,18 @@ impl Provider {
                     ..identity.clone()
                 };
                 match store.link_identity(&linked).await {
-                    Ok(()) | Err(StoreError::AlreadyExists { .. }) => {}
+                    Ok(()) => {}
+                    // Linked meanwhile (a concurrent first sign-in): to whoever it was linked.
+                    Err(StoreError::AlreadyExists { .. }) => {
+                        let owner = store
+                            .federated_identity(&rules.id, &assertion.subject)
+                            .await?
+                            .ok_or(OAuthError::TemporarilyUnavailable)?;
+                        return Ok(Ok(store
+                            .user_by_id(&owner.user_id)
+                            .await?
+                            .ok_or(OAuthError::TemporarilyUnavailable)?));
+                    }
                     Err(e) => return Err(e.into()),
                 }
                 crate::audit::record(

@@ -457,6 +457,9 @@ struct Metadata {
     fetched: Instant,
 }
 
+/// After a failed discovery, how long sign-ins with the provider fail at once.
+const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(5);
+
 /// How long discovery is trusted before it is read again.
 const METADATA_TTL: Duration = Duration::from_secs(24 * 3600);
 
@@ -466,6 +469,9 @@ pub struct HttpUpstream {
     redirect_uri: String,
     http: reqwest::Client,
     metadata: tokio::sync::Mutex<Option<Arc<Metadata>>>,
+    /// When discovery last failed: for a few seconds after, sign-ins fail at once instead of
+    /// each waiting for a provider that is down.
+    failed_at: std::sync::Mutex<Option<Instant>>,
     clock: Clock,
 }
 
@@ -511,6 +517,7 @@ impl HttpUpstream {
             cfg,
             http,
             metadata: tokio::sync::Mutex::new(None),
+            failed_at: std::sync::Mutex::new(None),
             clock: Clock::system(),
         })
     }
@@ -518,11 +525,25 @@ impl HttpUpstream {
     /// The provider's metadata: discovered (OpenID Connect) or configured (OAuth 2.0); read
     /// again after a day, and retried at the next sign-in after a failure.
     async fn metadata(&self) -> Result<Arc<Metadata>, UpstreamError> {
+        let recently_failed = self
+            .failed_at
+            .lock()
+            .ok()
+            .and_then(|f| *f)
+            .is_some_and(|t| t.elapsed() < RETRY_AFTER_FAILURE);
         let mut slot = self.metadata.lock().await;
         if let Some(m) = slot.as_ref()
             && m.fetched.elapsed() < METADATA_TTL
         {
             return Ok(m.clone());
+        }
+        if recently_failed {
+            return match slot.as_ref() {
+                Some(stale) => Ok(stale.clone()),
+                None => Err(UpstreamError::Unavailable(
+                    "discovery failed moments ago".into(),
+                )),
+            };
         }
         let m = Arc::new(match &self.cfg.kind {
             Kind::OAuth2 {
@@ -544,7 +565,20 @@ impl HttpUpstream {
             Kind::Oidc {
                 discovery_base,
                 check,
-            } => self.discover(discovery_base, check).await?,
+            } => match self.discover(discovery_base, check).await {
+                Ok(m) => m,
+                Err(e) => {
+                    if let Ok(mut f) = self.failed_at.lock() {
+                        *f = Some(Instant::now());
+                    }
+                    // A day-old document still beats none while the provider is unreachable.
+                    if let Some(stale) = slot.as_ref() {
+                        tracing::warn!(provider = %self.cfg.id, error = %e, "rediscovery failed; keeping the provider's metadata");
+                        return Ok(stale.clone());
+                    }
+                    return Err(e);
+                }
+            },
         });
         *slot = Some(m.clone());
         Ok(m)
@@ -954,6 +988,13 @@ impl Upstream for HttpUpstream {
                 }
                 if self.form_post() {
                     q.append_pair("response_mode", "form_post");
+                }
+                // The application's demand for a fresh sign-in reaches the provider too.
+                if attempt.prompt_login {
+                    q.append_pair("prompt", "login");
+                }
+                if let Some(max_age) = attempt.max_age {
+                    q.append_pair("max_age", &max_age.to_string());
                 }
             }
             Ok(url.to_string())

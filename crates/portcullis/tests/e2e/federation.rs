@@ -641,6 +641,29 @@ async fn forged_and_replayed_callbacks_fail_cleanly() {
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert!(html.contains("started in another browser"), "{html}");
 
+    // An application asking for a fresh sign-in (`prompt=login`, `max_age`) asks it of the
+    // provider in turn.
+    let authorize = format!(
+        "{base}/oauth2/authorize?response_type=code&client_id=portcullis-browser&redirect_uri={}&scope=openid&state=s1&nonce=n1&code_challenge=E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM&code_challenge_method=S256&prompt=login&max_age=60",
+        url::form_urlencoded::byte_serialize(format!("{base}/auth/callback").as_bytes())
+            .collect::<String>()
+    );
+    let resp = jar.get(&authorize).await;
+    let login = location(resp.headers());
+    assert!(login.starts_with("/login?request="), "{login}");
+    let request = query(&format!("{base}{login}"))["request"].clone();
+    let resp = jar
+        .get(&format!(
+            "{base}/login/federated/corp?request={}",
+            url::form_urlencoded::byte_serialize(request.as_bytes()).collect::<String>()
+        ))
+        .await;
+    let q = query(&location(resp.headers()));
+    assert_eq!(
+        (q["prompt"].as_str(), q["max_age"].as_str()),
+        ("login", "60")
+    );
+
     // A real code, with the wrong state.
     let to_corp = start_corp_attempt(&mut jar, &base).await;
     let callback = corp_code(&to_corp).await;
