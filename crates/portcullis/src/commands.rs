@@ -238,11 +238,56 @@ async fn user_inner(app: &Admin, cmd: UserCommand, json: bool) -> Result<(), Fai
         }
         UserCommand::Show { username } => {
             let user = pool.user(&username).await?;
+            let identities = app.store.identities_of(&user.id).await?;
             if json {
-                print_json(&user_json(&user))
+                let mut doc = user_json(&user);
+                doc["identities"] = identities
+                    .iter()
+                    .map(|i| {
+                        json!({
+                            "provider": i.provider,
+                            "subject": i.subject,
+                            "email": i.email,
+                            "linked_at": rfc3339(i.created_at),
+                            "last_used_at": rfc3339(i.last_used_at),
+                        })
+                    })
+                    .collect();
+                print_json(&doc)
             } else {
-                print_user(&user)
+                print_user(&user);
+                for i in &identities {
+                    println!(
+                        "signs in with:  {} ({}){}",
+                        i.provider,
+                        i.subject,
+                        i.email
+                            .as_deref()
+                            .map(|e| format!(", {e}"))
+                            .unwrap_or_default()
+                    );
+                }
             }
+        }
+        UserCommand::Unlink { username, provider } => {
+            let user = pool.user(&username).await?;
+            let mut unlinked = 0;
+            for i in app.store.identities_of(&user.id).await? {
+                if i.provider == provider
+                    && app
+                        .store
+                        .unlink_identity(&user.id, &i.provider, &i.subject)
+                        .await?
+                {
+                    unlinked += 1;
+                }
+            }
+            if unlinked == 0 {
+                return Err(Failure::user(format!(
+                    "{username} has no identity at {provider:?} (`user show {username}` lists them)"
+                )));
+            }
+            done(json, &format!("unlinked {username} from {provider}"));
         }
         UserCommand::Delete { username } => {
             pool.delete_user(&username, None).await?;
@@ -1259,6 +1304,11 @@ pub async fn user(app: &Admin, cmd: UserCommand, json: bool) -> Result<(), Failu
             json!({ "temporary": temporary, "sessions": "all revoked" }),
         )),
         UserCommand::Disable { username } => Some(("user.disable", username.clone(), json!({}))),
+        UserCommand::Unlink { username, provider } => Some((
+            "federation.unlink",
+            username.clone(),
+            json!({ "provider": provider, "by": "operator" }),
+        )),
         UserCommand::Enable { username } => Some(("user.enable", username.clone(), json!({}))),
         UserCommand::ResetMfa { username } => Some((
             "mfa.reset",

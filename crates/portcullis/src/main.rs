@@ -402,6 +402,10 @@ enum UserCommand {
         #[arg(long)]
         temporary: bool,
     },
+    /// Unlink a user's identities at an upstream provider (`[[idp.providers]]` id): they no
+    /// longer sign in through it (a next sign-in there may link or create again, by the
+    /// provider's rules).
+    Unlink { username: String, provider: String },
     /// Stop a user from signing in.
     Disable { username: String },
     /// Allow a disabled user to sign in again.

@@ -822,7 +822,19 @@ async fn forged_and_replayed_callbacks_fail_cleanly() {
             .expect("html")
             .contains("only way to sign in")
     );
-    assert_eq!(user(&site, &created[0])["username"], created[0].as_str());
+    // The operator sees the identity and can unlink it (the audit log says who did).
+    let shown = user(&site, &created[0]);
+    assert_eq!(shown["identities"][0]["provider"], "plain", "{shown}");
+    assert_eq!(shown["identities"][0]["email"], "uma@corp.example");
+    site.instance
+        .run(&["user", "unlink", &created[0], "plain"])
+        .ok();
+    assert_eq!(user(&site, &created[0])["identities"], json!([]));
+    let again = site
+        .instance
+        .run(&["user", "unlink", &created[0], "plain"])
+        .user_error();
+    assert!(again.contains("has no identity at \"plain\""), "{again}");
 
     // A provider that is down: its button answers 503 with a clear page, and the password
     // form beside it still signs in.
