@@ -806,6 +806,13 @@ async fn forged_and_replayed_callbacks_fail_cleanly() {
         .await
         .expect("html");
     assert!(html.contains("Unlink Plain"), "{html}");
+    // No password to ask for: the page says how she signs in instead of showing forms that
+    // would ask for one.
+    assert!(
+        html.contains("You sign in through Plain; there is no password here."),
+        "{html}"
+    );
+    assert!(!html.contains("id=\"change-password\""), "{html}");
     let form = [
         ("csrf", hidden(&html, "csrf")),
         ("provider", hidden(&html, "provider")),
