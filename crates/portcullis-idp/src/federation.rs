@@ -222,6 +222,11 @@ pub trait Upstream: Send + Sync + std::fmt::Debug {
     fn form_post(&self) -> bool {
         false
     }
+    /// Signing out here also signs out at the provider: its ID token is kept (in a cookie)
+    /// for the logout hint. Off, nothing is kept — the cookie would ride on every request.
+    fn signs_out(&self) -> bool {
+        false
+    }
 }
 
 /// A configured upstream provider: the rules and the HTTP side.

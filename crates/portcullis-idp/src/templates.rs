@@ -226,8 +226,21 @@ mod tests {
             "sessions": [{ "created": "2026-12-06 10:00 UTC", "current": true, "clients": ["web"] },
                          { "created": "2026-12-05 10:00 UTC", "current": false, "clients": [] }],
         });
-        let html = t.render("account.html", &b, account).expect("account.html");
+        let mut with_password = account.clone();
+        with_password["has_password"] = serde_json::json!(true);
+        let html = t
+            .render("account.html", &b, with_password)
+            .expect("account.html");
         assert!(html.contains("this browser") && html.contains("Delete my account"));
+        // Signed in through a provider only: no forms that ask for a password.
+        let mut federated = account.clone();
+        federated["identities"] = serde_json::json!([{ "provider": "google", "name": "Google",
+            "subject": "1", "email": "ada@example.com", "linked": "-", "last_used": "-" }]);
+        let html = t
+            .render("account.html", &b, federated)
+            .expect("account.html");
+        assert!(html.contains("You sign in through Google; there is no password here."));
+        assert!(!html.contains("Delete my account") && !html.contains("id=\"change-password\""));
         for kind in [
             "verify",
             "reset",

@@ -1082,6 +1082,10 @@ impl Upstream for HttpUpstream {
     fn form_post(&self) -> bool {
         self.cfg.apple_key.is_some()
     }
+
+    fn signs_out(&self) -> bool {
+        self.cfg.sign_out
+    }
 }
 
 #[cfg(test)]

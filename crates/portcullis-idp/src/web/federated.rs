@@ -315,7 +315,11 @@ async fn callback_inner(
             )
             .await;
             let mut r = finish_sign_in(web, &req, &session, &secret).await;
-            if let Some(token) = &assertion.id_token {
+            if let Some(token) = assertion
+                .id_token
+                .as_ref()
+                .filter(|_| p.upstream.signs_out())
+            {
                 remember_upstream(web, &mut r, id, token.expose());
             }
             r
@@ -325,7 +329,11 @@ async fn callback_inner(
             let mut r =
                 super::mfa::second_step_page(web, &attempt.request, &csrf, other, None).await;
             // Kept now: the second step ends in the MFA handlers, which know no provider.
-            if let Some(token) = &assertion.id_token {
+            if let Some(token) = assertion
+                .id_token
+                .as_ref()
+                .filter(|_| p.upstream.signs_out())
+            {
                 remember_upstream(web, &mut r, id, token.expose());
             }
             with_csrf_cookie(r, new_cookie)

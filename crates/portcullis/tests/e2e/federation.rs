@@ -738,6 +738,12 @@ async fn forged_and_replayed_callbacks_fail_cleanly() {
         resp.text().await.unwrap_or_default()
     );
     assert!(signed_in(&jar));
+    // corp has no `sign_out`: its ID token is not kept in a cookie.
+    assert!(
+        !jar.cookies
+            .keys()
+            .any(|k| k.contains("portcullis-upstream"))
+    );
     // Back at the application, its tokens say how: federated, after corp's password.
     let to_app = location(resp.headers());
     let resp = jar.get(&to_app).await;
