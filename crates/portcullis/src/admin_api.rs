@@ -986,6 +986,92 @@ struct SessionView {
     clients: Vec<String>,
 }
 
+#[utoipa::path(get, path = "/users/{username}/identities", params(("username" = String, Path)), responses(
+    (status = 200, description = "The user's identities at upstream providers (docs/federation.md)", body = Vec<IdentityView>),
+    (status = 404, description = "No such user"),
+))]
+async fn user_identities(
+    State(api): State<Api>,
+    ApiPath(username): ApiPath<String>,
+) -> Response<Body> {
+    let user = match api.app.pool.user(&username).await {
+        Ok(u) => u,
+        Err(e) => return pool_problem(e),
+    };
+    match api.app.store.identities_of(&user.id).await {
+        Ok(ids) => ok_json(
+            StatusCode::OK,
+            json!(
+                ids.iter()
+                    .map(|i| json!({ "provider": i.provider, "subject": i.subject, "email": i.email, "linked_at": i.created_at, "last_used_at": i.last_used_at }))
+                    .collect::<Vec<_>>()
+            ),
+        ),
+        Err(e) => store_problem(e),
+    }
+}
+
+/// (The shape the OpenAPI document gives; the handler writes the JSON.)
+#[allow(dead_code)]
+#[derive(serde::Serialize, ToSchema)]
+struct IdentityView {
+    /// The provider's id in `[[idp.providers]]`.
+    provider: String,
+    /// The user's `sub` at the provider.
+    subject: String,
+    email: Option<String>,
+    linked_at: i64,
+    last_used_at: i64,
+}
+
+#[utoipa::path(delete, path = "/users/{username}/identities/{provider}", params(("username" = String, Path), ("provider" = String, Path)), responses(
+    (status = 200, description = "Unlinked: the user no longer signs in through that provider", body = Object),
+    (status = 404, description = "No such user, or no identity at that provider"),
+))]
+async fn unlink_identity(
+    State(api): State<Api>,
+    axum::Extension(caller): axum::Extension<Caller>,
+    ApiPath((username, provider)): ApiPath<(String, String)>,
+) -> Response<Body> {
+    let user = match api.app.pool.user(&username).await {
+        Ok(u) => u,
+        Err(e) => return pool_problem(e),
+    };
+    let ids = match api.app.store.identities_of(&user.id).await {
+        Ok(ids) => ids,
+        Err(e) => return store_problem(e),
+    };
+    let mut unlinked = 0;
+    for i in ids.iter().filter(|i| i.provider == provider) {
+        match api
+            .app
+            .store
+            .unlink_identity(&user.id, &i.provider, &i.subject)
+            .await
+        {
+            Ok(true) => unlinked += 1,
+            Ok(false) => {}
+            Err(e) => return store_problem(e),
+        }
+    }
+    if unlinked == 0 {
+        return problem(
+            StatusCode::NOT_FOUND,
+            "Not found",
+            format!("{username} has no identity at {provider:?}"),
+        );
+    }
+    audit(
+        &api,
+        &caller,
+        "federation.unlink",
+        &username,
+        json!({ "provider": provider, "by": "operator" }),
+    )
+    .await;
+    ok_json(StatusCode::OK, json!({ "unlinked": unlinked }))
+}
+
 #[utoipa::path(delete, path = "/users/{username}/sessions", params(("username" = String, Path)), responses(
     (status = 200, description = "Every session ended (the gateway refuses their tokens within a second)", body = Object),
     (status = 404, description = "No such user"),
@@ -2180,6 +2266,8 @@ async fn end_session(
         set_password,
         user_sessions,
         end_sessions,
+        user_identities,
+        unlink_identity,
         reset_mfa,
         list_groups,
         get_group,
@@ -2217,6 +2305,7 @@ async fn end_session(
         NewUser,
         SetPassword,
         SessionView,
+        IdentityView,
         GroupView,
         GroupPage,
         GroupDetail,
@@ -2344,6 +2433,11 @@ impl AdminApi {
                 get(user_sessions).delete(end_sessions),
             )
             .route("/users/{username}/mfa", axum::routing::delete(reset_mfa))
+            .route("/users/{username}/identities", get(user_identities))
+            .route(
+                "/users/{username}/identities/{provider}",
+                axum::routing::delete(unlink_identity),
+            )
             .route("/groups", get(list_groups).post(create_group))
             .route("/groups/{group}", get(get_group).delete(delete_group))
             .route("/policies/versions", get(policy_versions))

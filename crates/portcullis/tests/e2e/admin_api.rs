@@ -313,6 +313,34 @@ async fn the_admin_api_is_authorized_by_policies_and_guards_concurrent_edits() {
         .await
         .expect("json");
     assert!(ended["ended"].as_i64().unwrap_or_default() >= 1);
+    // Identities at upstream providers: ada has none (the federation tests link real ones).
+    let identities: Value = http
+        .get(api("/users/ada/identities"))
+        .bearer_auth(&reader)
+        .send()
+        .await
+        .expect("get")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(identities, json!([]));
+    let unlink = http
+        .delete(api("/users/ada/identities/google"))
+        .bearer_auth(&writer)
+        .send()
+        .await
+        .expect("delete");
+    assert_eq!(unlink.status(), 404);
+    assert_eq!(
+        http.delete(api("/users/ada/identities/google"))
+            .bearer_auth(&reader)
+            .send()
+            .await
+            .expect("delete")
+            .status(),
+        403,
+        "a reader cannot unlink"
+    );
     assert_eq!(
         http.delete(api("/users/ada/mfa"))
             .bearer_auth(&writer)
