@@ -200,6 +200,7 @@ fn site(
         r#"
 [idp]
 issuer = "http://localhost:{port}"
+{extra}
 
 [[idp.providers]]
 id = "corp"
@@ -238,8 +239,6 @@ client_id = "fed"
 client_secret_file = "{secret}"
 scopes = ["email"]
 create_users = true
-
-{extra}
 
 [[routes]]
 path = "/admin/**"
@@ -929,4 +928,78 @@ client_id = "x"
         err.contains("PORTCULLIS_IDP_PROVIDER_GH_CLIENT_SECRET"),
         "{err}"
     );
+}
+
+/// A provider that did no multi-factor sign-in does not satisfy a second-factor requirement
+/// here: the user enrols (or uses) their own, and the session says both how the first step was
+/// passed and the second: `fed`, `otp`, `mfa`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_required_second_factor_follows_a_federated_first_step() {
+    let port = free_port();
+    let base = format!("http://localhost:{port}");
+    let corp = portcullis_upstream(&base);
+    let corp_issuer = discovery_issuer(&corp.server.base).await;
+    let dead = format!("http://localhost:{}", free_port());
+    let _site = site(
+        port,
+        &corp,
+        &corp_issuer,
+        &dead,
+        "mfa_required_groups = \"user\"",
+    );
+    let mut jar = Jar::new(&base);
+    let to_corp = start_corp_attempt(&mut jar, &base).await;
+    let callback = corp_code(&to_corp).await;
+    // Linked by address and put in `user` by the rule, which requires a second factor: she has
+    // none, so she sets one up now.
+    let resp = jar.get(&callback).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let page = resp.text().await.expect("html");
+    assert!(page.contains("Set up two-step sign-in"), "{page}");
+    let secret = page
+        .split("id=\"totp-secret\">")
+        .nth(1)
+        .and_then(|s| s.split('<').next())
+        .expect("the secret")
+        .to_owned();
+    let (request, csrf, ticket) = (
+        hidden(&page, "request"),
+        hidden(&page, "csrf"),
+        hidden(&page, "ticket"),
+    );
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("time")
+        .as_secs();
+    let code = crate::mfa::totp(&secret, now);
+    let resp = jar
+        .post(
+            &format!("{base}/login/enrol"),
+            &[
+                ("request", &request),
+                ("csrf", &csrf),
+                ("ticket", &ticket),
+                ("code", &code),
+            ],
+        )
+        .await;
+    assert_eq!(resp.status(), StatusCode::OK, "recovery codes shown");
+    let resp = jar
+        .post(
+            &format!("{base}/login/continue"),
+            &[("request", &request), ("csrf", &csrf)],
+        )
+        .await;
+    assert_eq!(resp.status(), StatusCode::SEE_OTHER);
+    let resp = jar.get(&location(resp.headers())).await;
+    assert_eq!(resp.status(), StatusCode::FOUND);
+    let access = jar
+        .cookies
+        .iter()
+        .find(|(k, _)| k.ends_with("portcullis-access"))
+        .map(|(_, v)| v.clone())
+        .expect("the access cookie");
+    let claims = crate::oidc::claims(&access);
+    assert_eq!(claims["amr"], json!(["fed", "otp", "mfa"]), "{claims}");
+    drop(corp);
 }
