@@ -967,10 +967,7 @@ async fn a_required_second_factor_follows_a_federated_first_step() {
         hidden(&page, "csrf"),
         hidden(&page, "ticket"),
     );
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("time")
-        .as_secs();
+    let now = u64::try_from(portcullis_token::Clock::system().now()).expect("after 1970");
     let code = crate::mfa::totp(&secret, now);
     let resp = jar
         .post(
