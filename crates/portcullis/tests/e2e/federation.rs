@@ -496,24 +496,11 @@ impl Jar {
     }
 
     fn header(&self) -> String {
-        self.cookies
-            .iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect::<Vec<_>>()
-            .join("; ")
+        crate::oidc::cookie_header(&self.cookies)
     }
 
     fn remember(&mut self, headers: &HeaderMap) {
-        for v in headers.get_all(reqwest::header::SET_COOKIE) {
-            let v = v.to_str().expect("ascii");
-            let pair = v.split(';').next().expect("pair");
-            let (k, val) = pair.split_once('=').expect("name=value");
-            if val.is_empty() || v.contains("Max-Age=0") {
-                self.cookies.remove(k);
-            } else {
-                self.cookies.insert(k.to_owned(), val.to_owned());
-            }
-        }
+        crate::oidc::remember_cookies(&mut self.cookies, headers);
     }
 
     async fn get(&mut self, url: &str) -> reqwest::Response {
@@ -551,20 +538,30 @@ async fn start_corp_attempt(jar: &mut Jar, base: &str) -> String {
 async fn start_attempt(jar: &mut Jar, base: &str, provider: &str) -> String {
     let resp = jar.get(&format!("{base}/auth/login?return_to=/")).await;
     let authorize = location(resp.headers());
-    let resp = jar.get(&authorize).await;
-    let login = location(resp.headers());
-    assert!(login.starts_with("/login?request="), "{login}");
-    let request = query(&format!("{base}{login}"))["request"].clone();
-    let resp = jar
-        .get(&format!(
-            "{base}/login/federated/{provider}?request={}",
-            url::form_urlencoded::byte_serialize(request.as_bytes()).collect::<String>()
-        ))
-        .await;
+    let resp = click_provider(jar, base, &authorize, provider).await;
     assert_eq!(resp.status(), StatusCode::SEE_OTHER);
     let to_corp = location(resp.headers());
     assert!(to_corp.contains("/oauth2/authorize?"), "{to_corp}");
     to_corp
+}
+
+/// Follows an authorization URL of the site to its sign-in page and clicks the provider's
+/// button there: the button's answer.
+async fn click_provider(
+    jar: &mut Jar,
+    base: &str,
+    authorize: &str,
+    provider: &str,
+) -> reqwest::Response {
+    let resp = jar.get(authorize).await;
+    let login = location(resp.headers());
+    assert!(login.starts_with("/login?request="), "{login}");
+    let request = query(&format!("{base}{login}"))["request"].clone();
+    jar.get(&format!(
+        "{base}/login/federated/{provider}?request={}",
+        url::form_urlencoded::byte_serialize(request.as_bytes()).collect::<String>()
+    ))
+    .await
 }
 
 /// Signs `uma` in at corp for an authorization URL (its own jar): the callback URL corp sends
@@ -647,16 +644,7 @@ async fn forged_and_replayed_callbacks_fail_cleanly() {
         url::form_urlencoded::byte_serialize(format!("{base}/auth/callback").as_bytes())
             .collect::<String>()
     );
-    let resp = jar.get(&authorize).await;
-    let login = location(resp.headers());
-    assert!(login.starts_with("/login?request="), "{login}");
-    let request = query(&format!("{base}{login}"))["request"].clone();
-    let resp = jar
-        .get(&format!(
-            "{base}/login/federated/corp?request={}",
-            url::form_urlencoded::byte_serialize(request.as_bytes()).collect::<String>()
-        ))
-        .await;
+    let resp = click_provider(&mut jar, &base, &authorize, "corp").await;
     let q = query(&location(resp.headers()));
     assert_eq!(
         (q["prompt"].as_str(), q["max_age"].as_str()),

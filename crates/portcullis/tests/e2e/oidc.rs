@@ -167,17 +167,35 @@ pub(crate) fn hidden(html: &str, name: &str) -> String {
         .replace("&amp;", "&")
 }
 
+/// A `Cookie` header from a jar.
+pub(crate) fn cookie_header(jar: &HashMap<String, String>) -> String {
+    jar.iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// Keeps a response's `Set-Cookie`s in a jar (a deletion removes the cookie).
+pub(crate) fn remember_cookies(jar: &mut HashMap<String, String>, headers: &HeaderMap) {
+    for v in headers.get_all(reqwest::header::SET_COOKIE) {
+        let v = v.to_str().expect("ascii");
+        let pair = v.split(';').next().expect("pair");
+        let (k, val) = pair.split_once('=').expect("name=value");
+        if val.is_empty() || v.contains("Max-Age=0") {
+            jar.remove(k);
+        } else {
+            jar.insert(k.to_owned(), val.to_owned());
+        }
+    }
+}
+
 impl Idp {
     pub(crate) fn url(&self, path: &str) -> String {
         self.server.url(path)
     }
 
     pub(crate) fn cookie_header(&self) -> String {
-        self.cookies
-            .iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect::<Vec<_>>()
-            .join("; ")
+        cookie_header(&self.cookies)
     }
 
     pub(crate) fn remember_cookies(&mut self, headers: &HeaderMap) {
@@ -185,16 +203,7 @@ impl Idp {
     }
 
     fn remember(&mut self, headers: &HeaderMap) {
-        for v in headers.get_all(reqwest::header::SET_COOKIE) {
-            let v = v.to_str().expect("ascii");
-            let pair = v.split(';').next().expect("pair");
-            let (k, val) = pair.split_once('=').expect("name=value");
-            if val.is_empty() || v.contains("Max-Age=0") {
-                self.cookies.remove(k);
-            } else {
-                self.cookies.insert(k.to_owned(), val.to_owned());
-            }
-        }
+        remember_cookies(&mut self.cookies, headers);
     }
 
     pub(crate) async fn get(&mut self, url: &str) -> reqwest::Response {
