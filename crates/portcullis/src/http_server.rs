@@ -52,10 +52,82 @@ const MAX_ERROR_RESETS: usize = 256;
 /// HTTP/2 PING interval and how long the answer may take: a peer that stops answering is gone.
 const KEEP_ALIVE: Duration = Duration::from_secs(20);
 
+/// The threads that serve client connections, each running its own single-threaded event loop
+/// (like nginx's worker processes). A connection stays on the thread it was given: its request,
+/// the upstream connection the gateway drives for it (`portcullis-gateway`'s forward pool) and
+/// its answer never move between threads, so nothing is handed from one thread to another on
+/// the way through — on a work-stealing runtime every readiness of either socket woke a second
+/// thread. New connections go to the thread with the fewest open ones.
+pub struct Workers {
+    threads: Vec<Worker>,
+}
+
+struct Worker {
+    handle: tokio::runtime::Handle,
+    open: Arc<AtomicUsize>,
+    /// Dropped with the pool: the thread's event loop then ends (its remaining tasks with it).
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+impl Workers {
+    /// `count` threads; 0 means one per CPU.
+    pub fn start(count: usize) -> std::io::Result<Workers> {
+        let count = if count == 0 {
+            std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
+        } else {
+            count
+        };
+        let threads = (0..count)
+            .map(|i| {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?;
+                let handle = runtime.handle().clone();
+                let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+                std::thread::Builder::new()
+                    .name(format!("portcullis-io-{i}"))
+                    .spawn(move || {
+                        let _ = runtime.block_on(stopped);
+                    })?;
+                Ok(Worker {
+                    handle,
+                    open: Arc::new(AtomicUsize::new(0)),
+                    _stop: stop,
+                })
+            })
+            .collect::<std::io::Result<Vec<_>>>()?;
+        Ok(Workers { threads })
+    }
+
+    /// Runs `connection` on the least busy thread.
+    fn spawn(&self, connection: impl Future<Output = ()> + Send + 'static) {
+        let Some(worker) = self
+            .threads
+            .iter()
+            .min_by_key(|w| w.open.load(Ordering::Relaxed))
+        else {
+            tokio::spawn(connection);
+            return;
+        };
+        let open = worker.open.clone();
+        open.fetch_add(1, Ordering::Relaxed);
+        worker.handle.spawn(async move {
+            connection.await;
+            open.fetch_sub(1, Ordering::Relaxed);
+        });
+    }
+}
+
 /// Serves HTTP on `listener` (over TLS when `tls` is given; HTTP/2 to clients that choose `h2`
 /// by ALPN) until `stop` completes, then lets in-flight requests finish within the grace period.
+/// Connections are served on `workers`' threads, or on the calling runtime without them.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the listener's parts, each used once"
+)]
 pub async fn serve(
     listener: tokio::net::TcpListener,
+    workers: Option<Arc<Workers>>,
     tls: Option<tokio_rustls::TlsAcceptor>,
     router: Router,
     limits: Limits,
@@ -115,7 +187,7 @@ pub async fn serve(
             stopped: stopped.clone(),
         };
         let tls = tls.clone();
-        tokio::spawn(async move {
+        let connection = async move {
             let result = match tls {
                 None => conn.http1(stream).await,
                 Some(acceptor) => {
@@ -155,7 +227,13 @@ pub async fn serve(
                 tracing::debug!(error = %e, "connection ended with an error");
             }
             drop(slot);
-        });
+        };
+        match &workers {
+            Some(workers) => workers.spawn(connection),
+            None => {
+                tokio::spawn(connection);
+            }
+        }
     }
     drop(listener);
     tracing::info!("shutting down; finishing in-flight requests");

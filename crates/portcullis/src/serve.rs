@@ -262,22 +262,37 @@ pub async fn run_config(
     });
     let (gateway, quota_store) = (app.gateway.clone(), app.store.clone());
     let (draining, drain) = (app.draining.clone(), app.config.shutdown_drain);
+    let threads = app.config.threads;
     let router = router(app, timeout)?.merge(guarded(sessions.router().layer(timeout), store));
-    crate::http_server::serve(listener, tls, router, limits, trusted, edge, async move {
-        shutdown_signal().await;
-        // Out of the load balancer's rotation first, still serving, then stop accepting.
-        if !drain.is_zero() {
-            draining.store(true, std::sync::atomic::Ordering::Relaxed);
-            tracing::info!(
-                "draining: /readyz answers 503 for {} before connections stop being accepted",
-                humantime::format_duration(drain)
-            );
-            tokio::time::sleep(drain).await;
-        }
-    })
+    let workers = crate::http_server::Workers::start(threads)
+        .map(Arc::new)
+        .map_err(|e| Failure::internal(format!("cannot start the serving threads: {e}")))?;
+    crate::http_server::serve(
+        listener,
+        Some(workers.clone()),
+        tls,
+        router,
+        limits,
+        trusted,
+        edge,
+        async move {
+            shutdown_signal().await;
+            // Out of the load balancer's rotation first, still serving, then stop accepting.
+            if !drain.is_zero() {
+                draining.store(true, std::sync::atomic::Ordering::Relaxed);
+                tracing::info!(
+                    "draining: /readyz answers 503 for {} before connections stop being accepted",
+                    humantime::format_duration(drain)
+                );
+                tokio::time::sleep(drain).await;
+            }
+        },
+    )
     .await;
-    // Requests served since the refresh task last counted them still count.
+    // Requests served since the refresh task last counted them still count. The serving
+    // threads outlive this: store connections opened on them are bound to their event loops.
     gateway.flush_quotas(&quota_store).await;
+    drop(workers);
     Ok(())
 }
 
@@ -355,6 +370,7 @@ async fn spawn_redirect_listener(
     };
     tokio::spawn(crate::http_server::serve(
         listener,
+        None,
         None,
         redirect,
         limits,

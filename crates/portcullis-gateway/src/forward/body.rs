@@ -158,3 +158,65 @@ pub(crate) fn over_limit(e: &(dyn std::error::Error + 'static)) -> bool {
     }
     false
 }
+
+/// A request body whose first frame has been read already, before anything went upstream.
+#[derive(Debug)]
+pub struct Primed<B: hyper::body::Body> {
+    first: Option<hyper::body::Frame<B::Data>>,
+    rest: B,
+}
+
+impl<B> Primed<B>
+where
+    B: hyper::body::Body + Unpin,
+{
+    /// Waits for the body's first frame: a body that is broken from its start (an HTTP/2 body
+    /// that contradicts its `content-length`, a bad first chunk) fails here, and the upstream
+    /// never sees its request line.
+    pub async fn new(mut body: B) -> Result<Self, B::Error> {
+        use http_body_util::BodyExt;
+        let first = body.frame().await.transpose()?;
+        Ok(Primed { first, rest: body })
+    }
+}
+
+impl<B> hyper::body::Body for Primed<B>
+where
+    B: hyper::body::Body + Unpin,
+    B::Data: Unpin,
+{
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        match self.first.take() {
+            Some(frame) => std::task::Poll::Ready(Some(Ok(frame))),
+            None => std::pin::Pin::new(&mut self.rest).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.first.is_none() && self.rest.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        let hint = self.rest.size_hint();
+        let Some(first) = self.first.as_ref().and_then(|f| f.data_ref()) else {
+            return hint;
+        };
+        let n = bytes_len(first);
+        let mut sum = hyper::body::SizeHint::new();
+        sum.set_lower(hint.lower() + n);
+        if let Some(upper) = hint.upper() {
+            sum.set_upper(upper + n);
+        }
+        sum
+    }
+}
+
+fn bytes_len<D: hyper::body::Buf>(d: &D) -> u64 {
+    d.remaining() as u64
+}

@@ -4,6 +4,7 @@
 mod assertion;
 pub mod body;
 pub mod headers;
+mod pool;
 pub mod upgrade;
 
 use std::net::IpAddr;
@@ -17,7 +18,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use portcullis_token::Clock;
 
-pub use body::{BodyState, Deadline, ReadToEnd, TotalTimeout};
+pub use body::{BodyState, Deadline, Primed, ReadToEnd, TotalTimeout};
 pub use headers::{Forwarding, HeaderPattern, parse_header_list, protect_cache, upstream_request};
 pub use upgrade::{UpgradeAsk, accepts_websocket, upgrade_ask};
 
@@ -30,18 +31,28 @@ use crate::settings::GatewaySettings;
 pub type UpstreamClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Body>;
 
 pub fn client(connect_timeout: Duration, tls: Arc<rustls::ClientConfig>) -> UpstreamClient {
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(IDLE_TIMEOUT)
+        .build(connector(connect_timeout, tls))
+}
+
+/// How long an idle upstream connection is kept for reuse.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Plain TCP for `http://` upstreams, TLS for `https://` ones; HTTP/1.1 either way.
+fn connector(
+    connect_timeout: Duration,
+    tls: Arc<rustls::ClientConfig>,
+) -> hyper_rustls::HttpsConnector<HttpConnector> {
     let mut connector = HttpConnector::new();
     connector.set_connect_timeout(Some(connect_timeout));
     connector.set_nodelay(true);
     connector.enforce_http(false);
-    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+    hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(Arc::unwrap_or_clone(tls))
         .https_or_http()
         .enable_http1()
-        .wrap_connector(connector);
-    Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(60))
-        .build(connector)
+        .wrap_connector(connector)
 }
 
 /// Why the TLS settings for upstreams cannot be built.
@@ -136,7 +147,10 @@ pub fn upstream_tls(
 
 /// Forwards allowed requests.
 pub(crate) struct Forwarder {
-    client: UpstreamClient,
+    /// Connections driven by the request that uses them (see `pool`).
+    upstreams: pool::Upstreams,
+    /// hyper-util's pooled client, for WebSocket handshakes: the tunnel outlives the request.
+    tunnels: UpstreamClient,
     assertions: assertion::Assertions,
     /// `X-Forwarded-Proto`, from the public origin (fixed at start).
     forwarded_proto: &'static str,
@@ -154,7 +168,11 @@ impl Forwarder {
         clock: Clock,
     ) -> Forwarder {
         Forwarder {
-            client: client(settings.connect_timeout, settings.upstream_tls.clone()),
+            upstreams: pool::Upstreams::new(
+                connector(settings.connect_timeout, settings.upstream_tls.clone()),
+                IDLE_TIMEOUT,
+            ),
+            tunnels: client(settings.connect_timeout, settings.upstream_tls.clone()),
             assertions: assertion::Assertions::new(settings.issuer.clone(), keys, clock),
             forwarded_proto: if settings.public_origin.starts_with("https://") {
                 "https"
@@ -243,11 +261,30 @@ impl Forwarder {
         let done_within = total_timeout.unwrap_or(self.total_timeout);
         let sent = std::time::Instant::now();
         let deadline = tokio::time::Instant::from_std(sent) + done_within;
-        let result = tokio::time::timeout(
-            headers_within.min(done_within),
-            self.client.request(upstream),
-        )
-        .await;
+        let within = headers_within.min(done_within);
+        let result = if upgrade.is_some() {
+            tokio::time::timeout(within, async {
+                match self.tunnels.request(upstream).await {
+                    Ok(resp) => Ok(resp.map(Body::new)),
+                    Err(e) => Err(pool::Error::from(e)),
+                }
+            })
+            .await
+        } else {
+            tokio::time::timeout(within, async {
+                // The body's first frame before anything goes upstream: a request whose body is
+                // broken from its start reaches nobody.
+                let upstream = if axum::body::HttpBody::is_end_stream(upstream.body()) {
+                    upstream
+                } else {
+                    let (parts, body) = upstream.into_parts();
+                    let body = Primed::new(body).await.map_err(pool::Error::from)?;
+                    Request::from_parts(parts, Body::new(body))
+                };
+                self.upstreams.request(upstream).await
+            })
+            .await
+        };
         metrics::histogram!("portcullis_gateway_upstream_seconds")
             .record(sent.elapsed().as_secs_f64());
         answer(result, upgrade, body_state.as_deref(), base, deadline)
@@ -306,10 +343,7 @@ impl Forwarder {
 /// What the upstream's answer (or its absence) becomes: the response streamed back within the
 /// deadline, a WebSocket tunnel, or the refusal that says whose fault it was.
 fn answer(
-    result: Result<
-        Result<Response<hyper::body::Incoming>, hyper_util::client::legacy::Error>,
-        tokio::time::error::Elapsed,
-    >,
+    result: Result<Result<Response<Body>, pool::Error>, tokio::time::error::Elapsed>,
     upgrade: Option<hyper::upgrade::OnUpgrade>,
     body_state: Option<&BodyState>,
     base: &str,
@@ -338,13 +372,13 @@ fn answer(
         }
         // A chunked body grew past gateway.max_body while it streamed: the upstream got an
         // aborted request, the client gets the reason; the rest of its body is unread.
-        Ok(Err(e)) if body::over_limit(&e) => Err(Reject::BodyTooLarge { streaming: true }),
+        Ok(Err(e)) if body::over_limit(&*e) => Err(Reject::BodyTooLarge { streaming: true }),
         // The client's body broke off or was badly framed (a malformed chunk size, say): the
         // upstream got an aborted request, and the fault is the client's.
         Ok(Err(_)) if body_state.is_some_and(|s| s.failed()) => Err(Reject::BadBody),
         Ok(Err(e)) => Err(Reject::UpstreamFailed {
             upstream: upstream(),
-            error: e.to_string(),
+            error: pool::chain(&*e),
         }),
         // Still waiting for the client's body when the upstream gave up: the client's delay.
         Err(_) if body_state.is_some_and(|s| !s.finished()) => Err(Reject::BodyTooSlow),

@@ -140,6 +140,8 @@ pub struct Config {
     pub request_timeout: Duration,
     /// Client connections served at once.
     pub max_connections: usize,
+    /// Threads serving client connections; 0: one per CPU.
+    pub threads: usize,
     /// `[[server.certificates]]`, loaded and checked: with any, the listener speaks TLS.
     pub certificates: Vec<crate::tls::Loaded>,
     /// `[server.acme]`, when it names domains.
@@ -650,6 +652,7 @@ fn validate(
         max_header_bytes: server.max_header_bytes.value.get(),
         request_timeout: server.request_timeout.value.0,
         max_connections: server.max_connections.value.get(),
+        threads: server.threads.value.get(),
         certificates,
         acme,
         redirect_listen: server.redirect_listen.value,

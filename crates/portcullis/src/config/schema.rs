@@ -246,6 +246,9 @@ section! {
         /// Client connections served at once. At the limit new connections wait in the kernel's
         /// accept queue until one closes. Keep the process's open-file limit (`ulimit -n`) above it.
         max_connections: Int<1, 1_000_000> = "10000";
+        /// Threads that serve client connections, each with its own event loop (a connection
+        /// stays on one thread from accept to close); 0 means one per CPU.
+        threads: Int<0, 1024> = "0";
         /// Largest request head (request line and headers), in bytes: beyond it the answer is 431 and
         /// the connection is closed.
         max_header_bytes: Int<8192, 1_048_576> = "65536";
