@@ -91,7 +91,7 @@ pub enum RouteProblem {
     Pattern(#[from] portcullis_policy::PatternError),
     #[error("upstream {url:?}: {reason}")]
     UpstreamUrl { url: String, reason: String },
-    #[error("upstream {0:?} must be http(s)://host[:port][/base] without a query")]
+    #[error("upstream {0:?} must be http(s)://host[:port][/base] without a query or user name")]
     UpstreamShape(String),
     #[error("{name} {value:?} must be a duration of at least 10ms, such as \"30s\" or \"1h\"")]
     Timeout { name: &'static str, value: String },
@@ -161,6 +161,8 @@ impl RouteTable {
                     if !matches!(url.scheme(), "http" | "https")
                         || url.host_str().is_none()
                         || url.query().is_some()
+                        || !url.username().is_empty()
+                        || url.password().is_some()
                     {
                         return Err(at(RouteProblem::UpstreamShape(u.clone())));
                     }
@@ -372,7 +374,13 @@ mod tests {
 
     #[test]
     fn bad_routes_are_refused() {
-        for bad in ["ftp://x", "https://x/?q=1", "x:9000", "https://"] {
+        for bad in [
+            "ftp://x",
+            "https://x/?q=1",
+            "x:9000",
+            "https://",
+            "http://user:secret@x:8080",
+        ] {
             let mut c = cfg("/api/**", RouteKind::Api);
             c.upstream = Some(bad.into());
             assert!(RouteTable::new(&[c]).is_err(), "{bad}");

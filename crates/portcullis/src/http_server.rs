@@ -177,6 +177,15 @@ pub async fn serve(
             () = &mut stop => break,
         };
         let _ = stream.set_nodelay(true);
+        // The socket was registered with this runtime's event loop by `accept`; it moves to the
+        // serving thread's own, or every readiness would pass through this thread first.
+        let stream = match stream.into_std() {
+            Ok(stream) => stream,
+            Err(e) => {
+                tracing::debug!(error = %e, "an accepted connection could not be handed over");
+                continue;
+            }
+        };
         let conn = Connection {
             router: router.clone(),
             trusted: trusted.clone(),
@@ -188,6 +197,13 @@ pub async fn serve(
         };
         let tls = tls.clone();
         let connection = async move {
+            let stream = match tokio::net::TcpStream::from_std(stream) {
+                Ok(stream) => stream,
+                Err(e) => {
+                    tracing::debug!(error = %e, "an accepted connection could not be served");
+                    return;
+                }
+            };
             let result = match tls {
                 None => conn.http1(stream).await,
                 Some(acceptor) => {

@@ -71,7 +71,8 @@ struct Idle {
 }
 
 thread_local! {
-    static IDLE: RefCell<HashMap<Key, Vec<Idle>>> = RefCell::new(HashMap::new());
+    static IDLE: RefCell<HashMap<Key, Vec<Idle>, foldhash::fast::RandomState>> =
+        RefCell::new(HashMap::default());
 }
 
 impl Upstreams {
@@ -147,16 +148,19 @@ impl Upstreams {
     }
 }
 
-/// `Host` for `uri`: its host, with the port when it is not the scheme's default.
+/// `Host` for `uri`: its authority, without the port when that is the scheme's default.
 fn host_value(uri: &Uri) -> Result<HeaderValue, Error> {
-    let host = uri.host().ok_or("the upstream URL has no host")?;
+    let authority = uri.authority().ok_or("the upstream URL has no host")?;
     let default = match uri.scheme_str() {
         Some("https") => 443,
         _ => 80,
     };
-    let value = match uri.port_u16() {
-        Some(port) if port != default => HeaderValue::try_from(format!("{host}:{port}")),
-        _ => HeaderValue::try_from(host),
+    let value = match authority.port_u16() {
+        None => HeaderValue::from_str(authority.host()),
+        Some(port) if port == default => HeaderValue::from_str(authority.host()),
+        // Routes refuse upstream URLs with a user name; never send one in `Host` regardless.
+        Some(_) if !authority.as_str().contains('@') => HeaderValue::from_str(authority.as_str()),
+        Some(port) => HeaderValue::try_from(format!("{}:{port}", authority.host())),
     };
     Ok(value?)
 }
