@@ -213,6 +213,10 @@ pub struct Authenticator {
     cache: moka::sync::Cache<TokenDigest, Arc<Identity>, foldhash::fast::RandomState>,
     pub revocations: Revocations,
     clock: Clock,
+    /// Whether identities keep every claim of their token (a route's transformation reads them).
+    pub(crate) keep_claims: bool,
+    /// The claims of identities that keep none: shared, so not one allocation per token.
+    no_claims: Arc<serde_json::Map<String, serde_json::Value>>,
     /// Registered once: the macros build a labelled key on every call.
     cache_hits: metrics::Counter,
     cache_misses: metrics::Counter,
@@ -260,6 +264,8 @@ impl Authenticator {
                 .build_with_hasher(foldhash::fast::RandomState::default()),
             revocations: Revocations::default(),
             clock,
+            keep_claims: true,
+            no_claims: Arc::new(serde_json::Map::new()),
             cache_hits: metrics::counter!("portcullis_gateway_token_cache_total", "result" => "hit"),
             cache_misses: metrics::counter!("portcullis_gateway_token_cache_total", "result" => "miss"),
         }
@@ -406,7 +412,11 @@ impl Authenticator {
                     .and_then(serde_json::Value::as_i64),
             },
             headers: Vec::new(),
-            claims: Arc::new(claims.raw.clone()),
+            claims: if self.keep_claims {
+                Arc::new(claims.raw.clone())
+            } else {
+                self.no_claims.clone()
+            },
         };
         id.principals = id.compute_principals();
         // A claim that cannot travel in a header (a newline, say) fails closed here.

@@ -161,6 +161,17 @@ pub struct Transform {
     body: Option<minijinja::Environment<'static>>,
 }
 
+impl Transform {
+    /// Whether it reads the caller's claims: a `{claims.NAME}` header, or a body template.
+    pub fn uses_claims(&self) -> bool {
+        self.body.is_some()
+            || self
+                .request_headers
+                .iter()
+                .any(|(_, pieces)| pieces.iter().any(|p| matches!(p, Piece::Claim(_))))
+    }
+}
+
 impl std::fmt::Debug for Transform {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Transform")
