@@ -385,6 +385,23 @@ mod tests {
     use super::*;
 
     #[test]
+    fn only_claim_headers_and_body_templates_read_claims() {
+        let with = |headers: &[(&str, &str)]| {
+            Transform::new(&TransformConfig {
+                request_headers: headers
+                    .iter()
+                    .map(|(n, v)| ((*n).to_owned(), (*v).to_owned()))
+                    .collect(),
+                ..TransformConfig::default()
+            })
+            .expect("valid")
+        };
+        assert!(!with(&[]).uses_claims());
+        assert!(!with(&[("x-api-version", "2")]).uses_claims());
+        assert!(with(&[("x-tenant", "t-{claims.custom:tenant}")]).uses_claims());
+    }
+
+    #[test]
     fn header_templates_parse_claims_and_escapes() {
         assert_eq!(
             parse_template("{claims.custom:tenant}").expect("ok"),
