@@ -109,12 +109,21 @@ impl Workers {
             tokio::spawn(connection);
             return;
         };
-        let open = worker.open.clone();
-        open.fetch_add(1, Ordering::Relaxed);
+        worker.open.fetch_add(1, Ordering::Relaxed);
+        let open = Open(worker.open.clone());
         worker.handle.spawn(async move {
+            let _open = open;
             connection.await;
-            open.fetch_sub(1, Ordering::Relaxed);
         });
+    }
+}
+
+/// One open connection of a serving thread, counted until dropped (a panicking connection too).
+struct Open(Arc<AtomicUsize>);
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
