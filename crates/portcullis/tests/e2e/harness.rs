@@ -286,6 +286,16 @@ impl Server {
             .expect("VmRSS")
     }
 
+    /// The names of the server process's threads (Linux `/proc`).
+    pub fn thread_names(&self) -> Vec<String> {
+        let tasks = std::fs::read_dir(format!("/proc/{}/task", self.child.id()))
+            .expect("the server's /proc tasks");
+        tasks
+            .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+            .map(|name| name.trim().to_owned())
+            .collect()
+    }
+
     /// Sends a signal (`"HUP"`, `"TERM"`) to the server.
     pub fn signal(&self, name: &str) {
         let pid = self.child.id().to_string();

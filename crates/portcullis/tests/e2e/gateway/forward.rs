@@ -369,3 +369,109 @@ async fn x_forwarded_for_is_believed_from_trusted_proxies_only() {
         "{err}"
     );
 }
+
+/// `server.threads = 1`: one serving thread still serves many connections at once (a slow
+/// upstream answer holds up no one else), and the upstream connections it drives are reused
+/// from its pool once their answers are read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_serving_thread_serves_connections_concurrently_and_reuses_upstream_connections() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // A raw upstream: `/slow/…` answers after 2 s, anything else at once; counts connections.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let upstream = format!("http://{}", listener.local_addr().expect("addr"));
+    let connections = Arc::new(AtomicUsize::new(0));
+    let count = connections.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match s.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    let end = buf.windows(4).position(|w| w == b"\r\n\r\n").expect("head") + 4;
+                    let head: Vec<u8> = buf.drain(..end).collect();
+                    if head.starts_with(b"GET /slow/") {
+                        tokio::time::sleep(Duration::from_secs(2)).await;
+                    }
+                    if s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let i = crate::harness::Instance::with_config(&format!(
+        "[server]\nthreads = 1\n\n[[routes]]\npath = \"/**\"\nkind = \"public\"\nupstream = \"{upstream}\"\n"
+    ));
+    let server = i.serve();
+    // The serving threads start right after the listening line is printed.
+    let mut serving = Vec::new();
+    for _ in 0..50 {
+        serving = server
+            .thread_names()
+            .into_iter()
+            .filter(|n| n.starts_with("portcullis-io-"))
+            .collect();
+        if !serving.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(serving, ["portcullis-io-0"], "server.threads = 1");
+    let slow_url = server.url("/slow/x");
+    let slow = tokio::spawn(async move {
+        let started = Instant::now();
+        let resp = reqwest::get(slow_url).await.expect("slow answer");
+        (resp.status(), started.elapsed())
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Twenty other clients, each on its own connection, while the slow answer is pending.
+    let started = Instant::now();
+    let fast: Vec<_> = (0..20)
+        .map(|n| {
+            let url = server.url(&format!("/fast/{n}"));
+            tokio::spawn(async move {
+                let client = reqwest::Client::new();
+                client.get(url).send().await.expect("fast answer").status()
+            })
+        })
+        .collect();
+    for f in fast {
+        assert_eq!(f.await.expect("task"), StatusCode::OK);
+    }
+    assert!(
+        started.elapsed() < Duration::from_millis(1500),
+        "the slow answer held up the others: {:?}",
+        started.elapsed()
+    );
+    let (status, took) = slow.await.expect("task");
+    assert_eq!(status, StatusCode::OK);
+    assert!(took >= Duration::from_millis(1900), "{took:?}");
+    // Answers read to the end leave their upstream connections in the thread's pool: ten more
+    // requests in a row open none.
+    let before = connections.load(Ordering::SeqCst);
+    let client = reqwest::Client::new();
+    for n in 0..10 {
+        let resp = client
+            .get(server.url(&format!("/again/{n}")))
+            .send()
+            .await
+            .expect("answer");
+        assert_eq!(resp.status(), StatusCode::OK);
+        assert_eq!(resp.text().await.expect("body"), "ok");
+    }
+    assert_eq!(connections.load(Ordering::SeqCst), before);
+}
