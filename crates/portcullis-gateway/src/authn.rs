@@ -322,7 +322,10 @@ impl Authenticator {
             }
             _ => {
                 self.cache_misses.increment(1);
-                let id = Arc::new(self.verify(token, now).await?);
+                // Boxed: a miss is rare and already costs a signature check, and the verification
+                // future (it may fetch an issuer's keys) would otherwise make every request's
+                // future larger — futures are moved whole as they are built.
+                let id = Arc::new(Box::pin(self.verify(token, now)).await?);
                 self.cache.insert(digest, id.clone());
                 id
             }

@@ -340,13 +340,13 @@ impl Gateway {
             Target::Upstream { .. } => match &route.transform {
                 None => {
                     tracing::Instrument::instrument(
-                        self.forwarder.forward(
+                        Box::pin(self.forwarder.forward(
                             req,
                             &route,
                             &canonical.encoded,
                             peer.ip(),
                             identity.as_deref(),
-                        ),
+                        )),
                         upstream_span,
                     )
                     .await?
@@ -360,13 +360,13 @@ impl Gateway {
                     ))
                     .await?;
                     let mut response = tracing::Instrument::instrument(
-                        self.forwarder.forward(
+                        Box::pin(self.forwarder.forward(
                             req,
                             &route,
                             &t.path(&canonical.encoded),
                             peer.ip(),
                             identity.as_deref(),
-                        ),
+                        )),
                         upstream_span,
                     )
                     .await?;
@@ -384,7 +384,14 @@ impl Gateway {
                 service.call(req, identity.clone(), peer).await
             }
             Target::Static { dir, spa_fallback } => {
-                static_files::serve(req, &route, dir, *spa_fallback, &canonical.encoded).await?
+                Box::pin(static_files::serve(
+                    req,
+                    &route,
+                    dir,
+                    *spa_fallback,
+                    &canonical.encoded,
+                ))
+                .await?
             }
         };
         if route.kind != RouteKind::Public && response.status() != StatusCode::SWITCHING_PROTOCOLS {

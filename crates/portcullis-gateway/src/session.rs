@@ -121,7 +121,7 @@ impl Sessions {
                 // An expired access cookie with a live refresh cookie: refresh in line, so the
                 // browser never sees an expiry while its session is alive.
                 Err(AuthError::Invalid(VerifyError::Expired)) if from_cookie => {
-                    refreshed(self.refresh(auth, headers, set_cookies).await)
+                    refreshed(Box::pin(self.refresh(auth, headers, set_cookies)).await)
                 }
                 // About to expire: refresh now, so the upstream does not get an identity that
                 // expires while it works; if that fails, the token is still valid.
@@ -130,7 +130,7 @@ impl Sessions {
                         && self.expires_soon(&identity)
                         && self.refresh_cookie(headers).is_some() =>
                 {
-                    let identity = match self.refresh(auth, headers, set_cookies).await {
+                    let identity = match Box::pin(self.refresh(auth, headers, set_cookies)).await {
                         Ok(fresh) => fresh,
                         Err(e) => {
                             tracing::debug!(reason = ?e, "early session refresh failed; the access token is still valid");
@@ -152,7 +152,7 @@ impl Sessions {
                 if route.sources.contains(&TokenSource::Cookie)
                     && self.refresh_cookie(headers).is_some() =>
             {
-                refreshed(self.refresh(auth, headers, set_cookies).await)
+                refreshed(Box::pin(self.refresh(auth, headers, set_cookies)).await)
             }
             Err(e) => Err(unauthenticated(e)),
         }

@@ -361,7 +361,10 @@ fn service(
             trace = tracing::field::Empty,
         );
         if exported {
-            ids.trace_id = crate::otel::continue_trace(&span, req.headers_mut());
+            ids.trace_id = crate::request_id::TraceId::from_otel(&crate::otel::continue_trace(
+                &span,
+                req.headers_mut(),
+            ));
         }
         span.record("trace", ids.trace_id.as_str());
         let router = router.clone();
@@ -606,20 +609,20 @@ where
 /// GOAWAY) when the server stops or, with `idle`, when it has been idle too long.
 async fn drive(
     conn: impl Graceful,
-    mut stopped: watch::Receiver<bool>,
+    stopped: watch::Receiver<bool>,
     idle: Option<Idle>,
 ) -> Result<(), hyper::Error> {
     let mut conn = std::pin::pin!(conn);
+    let mut stop = WhenWoken::new(Box::pin(stop_signal(stopped)));
     let mut finishing = false;
     loop {
         let idle_at = idle.as_ref().map(|i| i.activity.idle_at(i.after));
         tokio::select! {
+            biased;
             result = conn.as_mut() => return result,
-            changed = stopped.changed(), if !finishing => {
-                if changed.is_err() || *stopped.borrow() {
-                    conn.as_mut().finish();
-                    finishing = true;
-                }
+            () = &mut stop, if !finishing => {
+                conn.as_mut().finish();
+                finishing = true;
             }
             () = sleep_until(idle_at), if !finishing && idle_at.is_some() => {
                 let idle = idle.as_ref().expect("checked");
@@ -642,9 +645,123 @@ async fn drive(
     }
 }
 
+/// Ends when the server stops (or its sender is gone).
+async fn stop_signal(mut stopped: watch::Receiver<bool>) {
+    while !*stopped.borrow_and_update() {
+        if stopped.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// A future polled only after its own waker fired. `tokio::select!` polls every branch each
+/// time the task wakes — for a connection, on every read and write — and a pending
+/// `watch::Receiver::changed` takes a mutex shared by every connection on every thread each
+/// time it is polled. Wrapped, the stop signal costs a connection one atomic load per wake-up.
+struct WhenWoken<F> {
+    inner: Pin<Box<F>>,
+    signal: Arc<Signal>,
+    waker: std::task::Waker,
+}
+
+#[derive(Default)]
+struct Signal {
+    woken: std::sync::atomic::AtomicBool,
+    task: atomic_waker::AtomicWaker,
+}
+
+impl std::task::Wake for Signal {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.woken.store(true, Ordering::Release);
+        self.task.wake();
+    }
+}
+
+impl<F: Future> WhenWoken<F> {
+    fn new(inner: Pin<Box<F>>) -> Self {
+        let signal = Arc::new(Signal::default());
+        // Polled once at the start, to register.
+        signal.woken.store(true, Ordering::Relaxed);
+        WhenWoken {
+            inner,
+            waker: std::task::Waker::from(signal.clone()),
+            signal,
+        }
+    }
+}
+
+impl<F: Future> Future for WhenWoken<F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<F::Output> {
+        let this = self.get_mut();
+        this.signal.task.register(cx.waker());
+        if !this.signal.woken.swap(false, Ordering::AcqRel) {
+            return std::task::Poll::Pending;
+        }
+        this.inner
+            .as_mut()
+            .poll(&mut std::task::Context::from_waker(&this.waker))
+    }
+}
+
 async fn sleep_until(at: Option<tokio::time::Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_stop_signal_is_polled_only_after_it_woke() {
+        use std::sync::atomic::AtomicUsize;
+        let polls = Arc::new(AtomicUsize::new(0));
+        let (tx, rx) = watch::channel(false);
+        let counted = {
+            let polls = polls.clone();
+            let mut signal = Box::pin(stop_signal(rx));
+            std::future::poll_fn(move |cx| {
+                polls.fetch_add(1, Ordering::Relaxed);
+                signal.as_mut().poll(cx)
+            })
+        };
+        let mut stop = WhenWoken::new(Box::pin(counted));
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        // The first poll registers; the task's other wake-ups do not reach the signal.
+        for _ in 0..100 {
+            assert!(Pin::new(&mut stop).poll(&mut cx).is_pending());
+        }
+        assert_eq!(polls.load(Ordering::Relaxed), 1);
+        tx.send(true).expect("receiver alive");
+        assert!(Pin::new(&mut stop).poll(&mut cx).is_ready());
+        assert_eq!(polls.load(Ordering::Relaxed), 2);
+    }
+
+    #[tokio::test]
+    async fn a_stop_sent_before_the_connection_started_is_seen() {
+        let (tx, rx) = watch::channel(false);
+        tx.send(true).expect("receiver alive");
+        tokio::time::timeout(
+            Duration::from_secs(5),
+            WhenWoken::new(Box::pin(stop_signal(rx))),
+        )
+        .await
+        .expect("stops at once");
+        let (tx, rx) = watch::channel(false);
+        drop(tx);
+        tokio::time::timeout(
+            Duration::from_secs(5),
+            WhenWoken::new(Box::pin(stop_signal(rx))),
+        )
+        .await
+        .expect("a server gone counts as stopped");
     }
 }

@@ -17,8 +17,40 @@ const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 /// What the edge decided for one request.
 pub struct RequestIds {
     pub request_id: HeaderValue,
-    /// The 32 hex digits of the trace.
-    pub trace_id: String,
+    pub trace_id: TraceId,
+}
+
+/// The 32 lowercase hex digits of a trace id (no allocation per request).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct TraceId([u8; 32]);
+
+impl TraceId {
+    pub fn as_str(&self) -> &str {
+        // Only ever filled with hex digits.
+        std::str::from_utf8(&self.0).unwrap_or("-")
+    }
+
+    /// OpenTelemetry's id as it prints it (32 lowercase hex digits); anything else reads as
+    /// all zeros.
+    pub fn from_otel(s: &str) -> TraceId {
+        let mut id = [b'0'; 32];
+        if lower_hex(s, 32) {
+            id.copy_from_slice(s.as_bytes());
+        }
+        TraceId(id)
+    }
+}
+
+impl std::fmt::Debug for TraceId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl PartialEq<&str> for TraceId {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
 }
 
 fn well_formed_id(v: &HeaderValue) -> bool {
@@ -28,29 +60,31 @@ fn well_formed_id(v: &HeaderValue) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || b"-_.:/".contains(c))
 }
 
-fn hex(bytes: &[u8]) -> String {
+/// Writes `bytes` as lowercase hex into `out` (twice as long).
+fn hex_into(bytes: &[u8], out: &mut [u8]) {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut out = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        out.push(char::from(DIGITS[usize::from(b >> 4)]));
-        out.push(char::from(DIGITS[usize::from(b & 0x0f)]));
+    for (b, pair) in bytes.iter().zip(out.chunks_exact_mut(2)) {
+        pair[0] = DIGITS[usize::from(b >> 4)];
+        pair[1] = DIGITS[usize::from(b & 0x0f)];
     }
-    out
 }
 
 /// A new request id: UUIDv7's layout (48 bits of Unix milliseconds, then random bits, so ids
-/// sort by time) in 32 hex digits, from the thread's generator (no system call per request).
-fn new_id() -> String {
+/// sort by time) in 32 hex digits; `random` from the thread's generator (no system call per
+/// request).
+fn new_id(random: &[u8; 10]) -> [u8; 32] {
     let ms = std::time::UNIX_EPOCH
         .elapsed()
         .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
         .unwrap_or(0);
     let mut bytes = [0u8; 16];
-    rand::fill(&mut bytes[6..]);
+    bytes[6..].copy_from_slice(random);
     bytes[..6].copy_from_slice(&ms.to_be_bytes()[2..]);
     bytes[6] = 0x70 | (bytes[6] & 0x0f); // version 7
     bytes[8] = 0x80 | (bytes[8] & 0x3f); // the RFC 9562 variant
-    hex(&bytes)
+    let mut out = [0u8; 32];
+    hex_into(&bytes, &mut out);
+    out
 }
 
 fn lower_hex(s: &str, len: usize) -> bool {
@@ -58,7 +92,7 @@ fn lower_hex(s: &str, len: usize) -> bool {
 }
 
 /// `(trace id, flags)` of a valid version-00 `traceparent` (all-zero ids are invalid).
-fn parse_traceparent(v: &HeaderValue) -> Option<(String, String)> {
+fn parse_traceparent(v: &HeaderValue) -> Option<([u8; 32], [u8; 2])> {
     let s = v.to_str().ok()?;
     let mut parts = s.split('-');
     let (version, trace, parent, flags) =
@@ -73,48 +107,64 @@ fn parse_traceparent(v: &HeaderValue) -> Option<(String, String)> {
     {
         return None;
     }
-    Some((trace.to_owned(), flags.to_owned()))
+    Some((
+        trace.as_bytes().try_into().ok()?,
+        flags.as_bytes().try_into().ok()?,
+    ))
 }
 
 /// Sets the request's `X-Request-Id` and `traceparent` (see the module doc); `trusted`: the
 /// direct peer is a trusted proxy. With traces exported the trace is OpenTelemetry's
-/// ([`crate::otel::continue_trace`]): only the id is set here, and `trace_id` is empty.
+/// ([`crate::otel::continue_trace`]): only the id is set here, and `trace_id` is all zeros.
+/// Per request: one draw from the thread's generator and one buffer per header set.
 pub fn assign(headers: &mut HeaderMap, trusted: bool, exported: bool) -> RequestIds {
+    // Random bits for the request id (10), this hop's span id (8) and a new trace id (16).
+    let mut random = [0u8; 34];
+    rand::fill(&mut random);
+    let (for_id, rest) = random.split_at(10);
+    let (for_span, for_trace) = rest.split_at(8);
     let request_id = match headers.get(&REQUEST_ID) {
         Some(v)
             if trusted && well_formed_id(v) && headers.get_all(&REQUEST_ID).iter().count() == 1 =>
         {
             v.clone()
         }
-        _ => HeaderValue::from_str(&new_id()).unwrap_or(HeaderValue::from_static("-")),
+        _ => {
+            let id = new_id(for_id.try_into().unwrap_or(&[0; 10]));
+            HeaderValue::from_bytes(&id).unwrap_or(HeaderValue::from_static("-"))
+        }
     };
     headers.insert(REQUEST_ID, request_id.clone());
     if exported {
         return RequestIds {
             request_id,
-            trace_id: String::new(),
+            trace_id: TraceId([b'0'; 32]),
         };
     }
     let incoming = (headers.get_all(&TRACEPARENT).iter().count() == 1)
         .then(|| headers.get(&TRACEPARENT).and_then(parse_traceparent))
         .flatten();
-    let mut span = [0u8; 8];
-    rand::fill(&mut span);
     let (trace_id, flags) = match incoming {
         Some(t) => t,
         None => {
             headers.remove(&TRACESTATE);
-            let mut trace = [0u8; 16];
-            rand::fill(&mut trace);
-            (hex(&trace), "00".to_owned())
+            let mut trace = [0u8; 32];
+            hex_into(for_trace, &mut trace);
+            (trace, *b"00")
         }
     };
-    if let Ok(v) = HeaderValue::from_str(&format!("00-{trace_id}-{}-{flags}", hex(&span))) {
+    // 00-<32 hex>-<16 hex>-<2 hex>
+    let mut value = [b'-'; 55];
+    value[..2].copy_from_slice(b"00");
+    value[3..35].copy_from_slice(&trace_id);
+    hex_into(for_span, &mut value[36..52]);
+    value[53..].copy_from_slice(&flags);
+    if let Ok(v) = HeaderValue::from_bytes(&value) {
         headers.insert(TRACEPARENT, v);
     }
     RequestIds {
         request_id,
-        trace_id,
+        trace_id: TraceId(trace_id),
     }
 }
 
@@ -176,7 +226,7 @@ mod tests {
             let mut h = headers(&[("traceparent", bad), ("tracestate", "x=y")]);
             let ids = assign(&mut h, false, false);
             assert_ne!(ids.trace_id, "0af7651916cd43dd8448eb211c80319c", "{bad}");
-            assert!(lower_hex(&ids.trace_id, 32));
+            assert!(lower_hex(ids.trace_id.as_str(), 32));
             assert!(!h.contains_key("tracestate"), "{bad}");
             assert!(parse_traceparent(&h["traceparent"]).is_some());
         }

@@ -262,29 +262,26 @@ impl Forwarder {
         let sent = std::time::Instant::now();
         let deadline = tokio::time::Instant::from_std(sent) + done_within;
         let within = headers_within.min(done_within);
-        let result = if upgrade.is_some() {
-            tokio::time::timeout(within, async {
-                match self.tunnels.request(upstream).await {
+        let tunnel = upgrade.is_some();
+        let result = tokio::time::timeout(within, async {
+            if tunnel {
+                return match self.tunnels.request(upstream).await {
                     Ok(resp) => Ok(resp.map(Body::new)),
                     Err(e) => Err(pool::Error::from(e)),
-                }
-            })
-            .await
-        } else {
-            tokio::time::timeout(within, async {
-                // The body's first frame before anything goes upstream: a request whose body is
-                // broken from its start reaches nobody.
-                let upstream = if axum::body::HttpBody::is_end_stream(upstream.body()) {
-                    upstream
-                } else {
-                    let (parts, body) = upstream.into_parts();
-                    let body = Primed::new(body).await.map_err(pool::Error::from)?;
-                    Request::from_parts(parts, Body::new(body))
                 };
-                self.upstreams.request(upstream).await
-            })
-            .await
-        };
+            }
+            // The body's first frame before anything goes upstream: a request whose body is
+            // broken from its start reaches nobody.
+            let upstream = if axum::body::HttpBody::is_end_stream(upstream.body()) {
+                upstream
+            } else {
+                let (parts, body) = upstream.into_parts();
+                let body = Primed::new(body).await.map_err(pool::Error::from)?;
+                Request::from_parts(parts, Body::new(body))
+            };
+            self.upstreams.request(upstream).await
+        })
+        .await;
         metrics::histogram!("portcullis_gateway_upstream_seconds")
             .record(sent.elapsed().as_secs_f64());
         answer(result, upgrade, body_state.as_deref(), base, deadline)

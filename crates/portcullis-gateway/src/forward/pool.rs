@@ -104,18 +104,27 @@ impl Upstreams {
                 .cloned()
                 .unwrap_or_else(|| PathAndQuery::from_static("/")),
         );
-        while let Some(held) = self.take(&key) {
+        // One `send` in the loop, not one for pooled and one for new connections: the future
+        // stays half the size.
+        let mut fresh = false;
+        loop {
+            let held = match self.take(&key) {
+                Some(held) => held,
+                None => {
+                    fresh = true;
+                    // Boxed: connecting is rare with pooling, and its future (TCP, TLS, the
+                    // HTTP/1 handshake) is most of this one's size otherwise.
+                    Box::pin(self.connect(uri.clone())).await?
+                }
+            };
             match send(held, req).await {
                 Sent::Answered(resp) => return Ok(resp.map(|b| b.into_body(key))),
-                Sent::Unsent(back) => req = back,
+                Sent::Unsent(back) if !fresh => req = back,
+                Sent::Unsent(_) => {
+                    return Err("the new upstream connection closed before the request".into());
+                }
                 Sent::Failed(e) => return Err(e),
             }
-        }
-        let held = self.connect(uri).await?;
-        match send(held, req).await {
-            Sent::Answered(resp) => Ok(resp.map(|b| b.into_body(key))),
-            Sent::Unsent(_) => Err("the new upstream connection closed before the request".into()),
-            Sent::Failed(e) => Err(e),
         }
     }
 
