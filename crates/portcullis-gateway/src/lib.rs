@@ -60,6 +60,20 @@ pub fn set_stage_spans(on: bool) {
     STAGE_SPANS.store(on, std::sync::atomic::Ordering::Relaxed);
 }
 
+/// Whether request metrics are recorded (a metrics recorder is installed).
+static METRICS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Turns the request metrics on: call it once a recorder is installed (`server.admin_listen`).
+/// Off, a request spends no clock reads and builds no metric keys for them (the `metrics`
+/// macros build their labelled keys even when no recorder would take them).
+pub fn set_metrics(on: bool) {
+    METRICS.store(on, std::sync::atomic::Ordering::Relaxed);
+}
+
+pub(crate) fn metrics_on() -> bool {
+    METRICS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// A stage's span, or none when traces are not exported.
 fn stage_span(name: &'static str) -> tracing::Span {
     if !STAGE_SPANS.load(std::sync::atomic::Ordering::Relaxed) {
@@ -192,7 +206,7 @@ impl Gateway {
     /// Handles one request: the pipeline, a refusal rendered for the route's kind, the cookies of
     /// a refreshed session, and one record of what it came to.
     pub async fn handle(self: Arc<Self>, peer: SocketAddr, req: Request<Body>) -> Response<Body> {
-        let started = std::time::Instant::now();
+        let started = (metrics_on() || self.settings.access_log).then(std::time::Instant::now);
         let method = req.method().clone();
         let mut outcome = Outcome::default();
         let mut kind = None;

@@ -422,3 +422,39 @@ fn a_requests_future_stays_small() {
         std::mem::size_of_val(&pipeline)
     );
 }
+
+/// An upstream URL with a path: requests go to that path + the canonical path + the query, with
+/// the upstream's own `Host` (the route's origin is worked out once, at load).
+#[tokio::test]
+async fn an_upstream_with_a_base_path_gets_it_before_the_request_path() {
+    let app = axum::Router::new().fallback(|req: Request<Body>| async move {
+        axum::Json(json!({
+            "target": req.uri().to_string(),
+            "host": req.headers().get(header::HOST).and_then(|v| v.to_str().ok()),
+        }))
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let f = fixture(&format!("http://{addr}/base/"));
+    for _ in 0..2 {
+        // Twice: a new upstream connection, then the pooled one.
+        let resp = f
+            .send(
+                get("/api/orders/7?x=1&y=%2F")
+                    .header(
+                        header::AUTHORIZATION,
+                        format!("Bearer {}", f.token(&["user"], 600)),
+                    )
+                    .body(Body::empty())
+                    .expect("request"),
+            )
+            .await;
+        assert_eq!(resp.status(), StatusCode::OK);
+        let seen = body_json(resp).await;
+        assert_eq!(seen["target"], "/base/api/orders/7?x=1&y=%2F");
+        assert_eq!(seen["host"], addr.to_string());
+    }
+}

@@ -15,6 +15,10 @@ pub enum Target {
     /// Reverse proxy to this base (scheme://authority[/base-path], no trailing slash).
     Upstream {
         base: String,
+        /// `base`'s scheme and authority, parsed once.
+        origin: Box<crate::forward::Origin>,
+        /// `base`'s path (`""` or `/prefix`, no trailing slash).
+        base_path: String,
         /// Forward the client's `Host` instead of the upstream's own authority.
         preserve_host: bool,
         /// This route's own timeouts, where it sets them (else the gateway's).
@@ -176,8 +180,21 @@ impl RouteTable {
                             })),
                         },
                     };
+                    let base = u.trim_end_matches('/').to_owned();
+                    let parsed = base.parse::<axum::http::Uri>().ok();
+                    let origin = parsed
+                        .as_ref()
+                        .and_then(|uri| crate::forward::Origin::of(uri).ok())
+                        .map(Box::new)
+                        .ok_or_else(|| at(RouteProblem::UpstreamShape(u.clone())))?;
+                    let base_path = parsed
+                        .as_ref()
+                        .map(|uri| uri.path().trim_end_matches('/').to_owned())
+                        .unwrap_or_default();
                     Target::Upstream {
-                        base: u.trim_end_matches('/').to_owned(),
+                        base,
+                        origin,
+                        base_path,
                         preserve_host: c.preserve_host,
                         upstream_timeout: timeout("upstream_timeout", &c.upstream_timeout)?,
                         total_timeout: timeout("total_timeout", &c.total_timeout)?,

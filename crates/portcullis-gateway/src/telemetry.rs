@@ -33,11 +33,14 @@ pub(crate) fn record(
     peer: SocketAddr,
     method: &Method,
     status: u16,
-    started: Instant,
+    started: Option<Instant>,
     access_log: bool,
 ) {
-    metrics::counter!("portcullis_gateway_requests_total", "route" => route.clone(), "status" => status_label(status), "decision" => outcome.decision).increment(1);
-    metrics::histogram!("portcullis_gateway_request_duration_seconds", "decision" => outcome.decision).record(started.elapsed().as_secs_f64());
+    let elapsed = started.map(|s| s.elapsed()).unwrap_or_default();
+    if crate::metrics_on() {
+        metrics::counter!("portcullis_gateway_requests_total", "route" => route.clone(), "status" => status_label(status), "decision" => outcome.decision).increment(1);
+        metrics::histogram!("portcullis_gateway_request_duration_seconds", "decision" => outcome.decision).record(elapsed.as_secs_f64());
+    }
     if access_log {
         tracing::info!(
             target: "portcullis::access",
@@ -48,7 +51,7 @@ pub(crate) fn record(
             principal = outcome.principal.as_deref().unwrap_or("-"),
             decision = outcome.decision,
             status,
-            micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
+            micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
             "request"
         );
     }

@@ -604,6 +604,7 @@ async fn admin_listener(
     let handle = metrics_exporter_prometheus::PrometheusBuilder::new()
         .install_recorder()
         .map_err(|e| Failure::internal(format!("cannot install the metrics recorder: {e}")))?;
+    portcullis_gateway::set_metrics(true);
     Ok((listener, handle))
 }
 

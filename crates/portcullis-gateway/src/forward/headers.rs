@@ -206,7 +206,8 @@ pub struct Forwarding<'a> {
     pub cookies: &'a CookiePolicy,
 }
 
-/// Builds the upstream request: `base` + canonical encoded path + the query as sent.
+/// Builds the upstream request: `base` (an absolute URL, or the path of one for an origin-form
+/// target) + canonical encoded path + the query as sent.
 pub fn upstream_request(
     mut req: Request<Body>,
     base: &str,
@@ -241,8 +242,10 @@ pub fn upstream_request(
             headers.insert(header::COOKIE, v);
         }
     }
-    let ip = HeaderValue::try_from(fwd.client_ip.to_string()).map_err(|e| e.to_string())?;
-    headers.insert(HeaderName::from_static("x-forwarded-for"), ip);
+    headers.insert(
+        HeaderName::from_static("x-forwarded-for"),
+        address_value(fwd.client_ip)?,
+    );
     headers.insert(
         HeaderName::from_static("x-forwarded-proto"),
         HeaderValue::from_static(fwd.proto),
@@ -260,6 +263,27 @@ pub fn upstream_request(
         }
     }
     Ok(req)
+}
+
+/// A client address as a header value. A keep-alive client sends request after request from
+/// one address, so each thread remembers the last one it wrote (formatting an address and
+/// copying it into a header value is otherwise done per request).
+fn address_value(ip: IpAddr) -> Result<HeaderValue, String> {
+    thread_local! {
+        static LAST: std::cell::RefCell<Option<(IpAddr, HeaderValue)>> =
+            const { std::cell::RefCell::new(None) };
+    }
+    LAST.with(|last| {
+        let mut last = last.borrow_mut();
+        if let Some((seen, value)) = &*last
+            && *seen == ip
+        {
+            return Ok(value.clone());
+        }
+        let value = HeaderValue::try_from(ip.to_string()).map_err(|e| e.to_string())?;
+        *last = Some((ip, value.clone()));
+        Ok(value)
+    })
 }
 
 /// On a route that needs sign-in, an answer must not outlive the session in a cache: with no

@@ -20,6 +20,7 @@ use portcullis_token::Clock;
 
 pub use body::{BodyState, Deadline, Primed, ReadToEnd, TotalTimeout};
 pub use headers::{Forwarding, HeaderPattern, parse_header_list, protect_cache, upstream_request};
+pub use pool::Origin;
 pub use upgrade::{UpgradeAsk, accepts_websocket, upgrade_ask};
 
 use crate::authn::{Identity, KeySource};
@@ -199,6 +200,8 @@ impl Forwarder {
     ) -> Result<Response<Body>, Reject> {
         let Target::Upstream {
             base,
+            origin,
+            base_path,
             preserve_host,
             upstream_timeout,
             total_timeout,
@@ -238,12 +241,16 @@ impl Forwarder {
             strip: &self.strip,
             cookies: &self.cookies,
         };
-        let mut upstream = upstream_request(Request::from_parts(parts, body), base, encoded, &fwd)
-            .map_err(|e| {
-                // The canonical path always makes a valid URI; this is a bug, not the caller's.
-                tracing::error!(error = %e, "request cannot be forwarded");
-                Reject::Internal("the request cannot be forwarded")
-            })?;
+        // A tunnel goes through hyper-util's client, which takes an absolute URI; the pool takes
+        // the origin-form target and the route's origin.
+        let target_base = if upgrade.is_some() { base } else { base_path };
+        let mut upstream =
+            upstream_request(Request::from_parts(parts, body), target_base, encoded, &fwd)
+                .map_err(|e| {
+                    // The canonical path always makes a valid URI; this is a bug, not the caller's.
+                    tracing::error!(error = %e, "request cannot be forwarded");
+                    Reject::Internal("the request cannot be forwarded")
+                })?;
         if let Some(a) = assertion {
             upstream
                 .headers_mut()
@@ -279,11 +286,13 @@ impl Forwarder {
                 let body = Primed::new(body).await.map_err(pool::Error::from)?;
                 Request::from_parts(parts, Body::new(body))
             };
-            self.upstreams.request(upstream).await
+            self.upstreams.send_to(origin, upstream).await
         })
         .await;
-        metrics::histogram!("portcullis_gateway_upstream_seconds")
-            .record(sent.elapsed().as_secs_f64());
+        if crate::metrics_on() {
+            metrics::histogram!("portcullis_gateway_upstream_seconds")
+                .record(sent.elapsed().as_secs_f64());
+        }
         answer(result, upgrade, body_state.as_deref(), base, deadline)
     }
 

@@ -23,7 +23,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
-use axum::http::uri::{Authority, PathAndQuery, Scheme};
+use axum::http::uri::{Authority, Scheme};
 use axum::http::{HeaderValue, Request, Response, Uri, header};
 use hyper::body::{Body as _, Incoming};
 use hyper::client::conn::http1::{Connection, SendRequest};
@@ -86,24 +86,33 @@ impl Upstreams {
 
     /// Sends `req` (absolute URI, `http` or `https`) and returns the answer, its body streaming
     /// from the connection. Sets `Host` from the URI when the request has none.
+    #[cfg(test)]
     pub(crate) async fn request(&self, mut req: Request<Body>) -> Result<Response<Body>, Error> {
-        let uri = req.uri().clone();
-        let (Some(scheme), Some(authority)) = (uri.scheme(), uri.authority()) else {
-            return Err("the upstream URL has no scheme or host".into());
-        };
+        let origin = Origin::of(req.uri())?;
+        *req.uri_mut() = Uri::from(
+            req.uri()
+                .path_and_query()
+                .cloned()
+                .unwrap_or_else(|| axum::http::uri::PathAndQuery::from_static("/")),
+        );
+        self.send_to(&origin, req).await
+    }
+
+    /// Sends `req` (origin-form target) to `origin` and returns the answer, its body streaming
+    /// from the connection. Sets `Host` to the origin's when the request has none.
+    pub(crate) async fn send_to(
+        &self,
+        origin: &Origin,
+        mut req: Request<Body>,
+    ) -> Result<Response<Body>, Error> {
         let key = Key {
             pool: self.id,
-            scheme: scheme.clone(),
-            authority: authority.clone(),
+            scheme: origin.scheme.clone(),
+            authority: origin.authority.clone(),
         };
         if !req.headers().contains_key(header::HOST) {
-            req.headers_mut().insert(header::HOST, host_value(&uri)?);
+            req.headers_mut().insert(header::HOST, origin.host.clone());
         }
-        *req.uri_mut() = Uri::from(
-            uri.path_and_query()
-                .cloned()
-                .unwrap_or_else(|| PathAndQuery::from_static("/")),
-        );
         // One `send` in the loop, not one for pooled and one for new connections: the future
         // stays half the size.
         let mut fresh = false;
@@ -114,7 +123,7 @@ impl Upstreams {
                     fresh = true;
                     // Boxed: connecting is rare with pooling, and its future (TCP, TLS, the
                     // HTTP/1 handshake) is most of this one's size otherwise.
-                    Box::pin(self.connect(uri.clone())).await?
+                    Box::pin(self.connect(origin.connect.clone())).await?
                 }
             };
             match send(held, req).await {
@@ -154,6 +163,36 @@ impl Upstreams {
             .handshake(stream)
             .await?;
         Ok(Box::new(Held { sender, conn }))
+    }
+}
+
+/// Where a route's requests go: the upstream's scheme and authority, worked out once per route
+/// (the pool's key, the `Host` it is sent, the URI a connection is made to) rather than parsed
+/// back out of each request's URI.
+#[derive(Clone, Debug)]
+pub struct Origin {
+    scheme: Scheme,
+    authority: Authority,
+    host: HeaderValue,
+    connect: Uri,
+}
+
+impl Origin {
+    /// The origin of an absolute `http(s)` URI.
+    pub fn of(uri: &Uri) -> Result<Origin, Error> {
+        let (Some(scheme), Some(authority)) = (uri.scheme(), uri.authority()) else {
+            return Err("the upstream URL has no scheme or host".into());
+        };
+        Ok(Origin {
+            scheme: scheme.clone(),
+            authority: authority.clone(),
+            host: host_value(uri)?,
+            connect: Uri::builder()
+                .scheme(scheme.clone())
+                .authority(authority.clone())
+                .path_and_query("/")
+                .build()?,
+        })
     }
 }
 

@@ -215,7 +215,7 @@ section! {
         /// Address and port the server listens on (`serve --listen` overrides it).
         listen: SocketAddr = "127.0.0.1:8080";
         /// Address of the admin listener that serves Prometheus `/metrics` (empty: no admin
-        /// listener). Keep it off the public network.
+        /// listener, and no request metrics are recorded). Keep it off the public network.
         admin_listen: Option<SocketAddr> = "";
         /// Load balancers or proxies in front of portcullis, as comma-separated addresses or CIDR
         /// ranges (`10.0.0.0/8, 192.0.2.7`). A request from one of them is attributed to the address
