@@ -1,5 +1,7 @@
 //! One place that records what each request came to: the request metrics and the access log.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
@@ -38,8 +40,11 @@ pub(crate) fn record(
 ) {
     let elapsed = started.map(|s| s.elapsed()).unwrap_or_default();
     if crate::metrics_on() {
-        metrics::counter!("portcullis_gateway_requests_total", "route" => route.clone(), "status" => status_label(status), "decision" => outcome.decision).increment(1);
-        metrics::histogram!("portcullis_gateway_request_duration_seconds", "decision" => outcome.decision).record(elapsed.as_secs_f64());
+        HANDLES.with(|h| {
+            let mut h = h.borrow_mut();
+            h.request(route, status, outcome.decision).increment(1);
+            h.duration(outcome.decision).record(elapsed.as_secs_f64());
+        });
     }
     if access_log {
         tracing::info!(
@@ -54,6 +59,70 @@ pub(crate) fn record(
             micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
             "request"
         );
+    }
+}
+
+/// Records how long the upstream took (`portcullis_gateway_upstream_seconds`).
+pub(crate) fn upstream_seconds(seconds: f64) {
+    HANDLES.with(|h| {
+        h.borrow_mut()
+            .upstream
+            .get_or_insert_with(|| metrics::histogram!("portcullis_gateway_upstream_seconds"))
+            .record(seconds);
+    });
+}
+
+type Fast = foldhash::fast::RandomState;
+type ByStatus = HashMap<(u16, &'static str), metrics::Counter, Fast>;
+
+/// This thread's handles to the request metrics. The `metrics` macros build a labelled key
+/// (allocating its list of labels) and look it up in the recorder's registry — a map behind
+/// locks shared by every thread — on every call; a handle once found is kept here instead.
+#[derive(Default)]
+struct Handles {
+    /// By route, then by (status, decision).
+    requests: HashMap<Box<str>, ByStatus, Fast>,
+    durations: HashMap<&'static str, metrics::Histogram, Fast>,
+    upstream: Option<metrics::Histogram>,
+    /// Handles in `requests`; past [`MAX_HANDLES`] they are dropped and found again.
+    kept: usize,
+}
+
+/// Routes come from the configuration and decisions are a fixed set, but an upstream may answer
+/// with any status: a bound on what one thread keeps.
+const MAX_HANDLES: usize = 4096;
+
+thread_local! {
+    static HANDLES: RefCell<Handles> = RefCell::new(Handles::default());
+}
+
+impl Handles {
+    fn request(
+        &mut self,
+        route: &Arc<str>,
+        status: u16,
+        decision: &'static str,
+    ) -> &metrics::Counter {
+        if self.kept >= MAX_HANDLES {
+            self.requests.clear();
+            self.kept = 0;
+        }
+        if !self.requests.contains_key(&**route) {
+            self.requests
+                .insert(Box::from(&**route), HashMap::default());
+        }
+        let by_status = self.requests.get_mut(&**route).expect("inserted above");
+        let kept = &mut self.kept;
+        by_status.entry((status, decision)).or_insert_with(|| {
+            *kept += 1;
+            metrics::counter!("portcullis_gateway_requests_total", "route" => route.clone(), "status" => status_label(status), "decision" => decision)
+        })
+    }
+
+    fn duration(&mut self, decision: &'static str) -> &metrics::Histogram {
+        self.durations.entry(decision).or_insert_with(|| {
+            metrics::histogram!("portcullis_gateway_request_duration_seconds", "decision" => decision)
+        })
     }
 }
 
@@ -85,4 +154,29 @@ fn status_label(status: u16) -> metrics::SharedString {
         other => return metrics::SharedString::from(other.to_string()),
     };
     metrics::SharedString::const_str(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_threads_metric_handles_stay_bounded() {
+        let mut h = Handles::default();
+        let routes: Vec<Arc<str>> = (0..8).map(|i| Arc::from(format!("/r{i}/**"))).collect();
+        for route in &routes {
+            for status in 100..999 {
+                h.request(route, status, "allowed");
+                h.request(route, status, "allowed");
+            }
+        }
+        let held: usize = h.requests.values().map(|m| m.len()).sum();
+        assert_eq!(held, h.kept);
+        assert!(h.kept <= MAX_HANDLES, "{} handles", h.kept);
+        // The same labels find the same handle.
+        h.request(&routes[0], 200, "public");
+        let before = h.kept;
+        h.request(&routes[0], 200, "public");
+        assert_eq!(h.kept, before);
+    }
 }

@@ -290,8 +290,7 @@ impl Forwarder {
         })
         .await;
         if crate::metrics_on() {
-            metrics::histogram!("portcullis_gateway_upstream_seconds")
-                .record(sent.elapsed().as_secs_f64());
+            crate::telemetry::upstream_seconds(sent.elapsed().as_secs_f64());
         }
         answer(result, upgrade, body_state.as_deref(), base, deadline)
     }
