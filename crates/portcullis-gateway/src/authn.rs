@@ -109,7 +109,16 @@ pub trait KeySource: Send + Sync {
     fn keys(&self) -> Arc<KeySet>;
     /// The key that signs `X-Auth-Assertion` tokens (the access-token key), if any.
     fn assertion_key(&self) -> Option<Arc<portcullis_token::SigningKey>>;
+    /// Re-reads the keys now (a token names a key this node has not loaded: another node may
+    /// have published it since this one last looked). Whether the read succeeded; by default
+    /// there is nothing to re-read.
+    fn reload(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send + '_>> {
+        Box::pin(async { false })
+    }
 }
+
+/// How often a token naming an unknown key of our own may make the gateway re-read its keys.
+const KEY_RELOAD_EVERY: Duration = Duration::from_secs(1);
 
 /// Revoked session ids and token ids.
 #[derive(Debug, Default, Clone)]
@@ -220,6 +229,9 @@ pub struct Authenticator {
     /// Registered once: the macros build a labelled key on every call.
     cache_hits: metrics::Counter,
     cache_misses: metrics::Counter,
+    /// When a token naming an unknown key of ours last made the keys be re-read; requests that
+    /// meet one wait here for the re-read in progress rather than start another.
+    key_reload: tokio::sync::Mutex<Option<std::time::Instant>>,
 }
 
 impl std::fmt::Debug for Authenticator {
@@ -268,6 +280,7 @@ impl Authenticator {
             no_claims: Arc::new(serde_json::Map::new()),
             cache_hits: metrics::counter!("portcullis_gateway_token_cache_total", "result" => "hit"),
             cache_misses: metrics::counter!("portcullis_gateway_token_cache_total", "result" => "miss"),
+            key_reload: tokio::sync::Mutex::new(None),
         }
     }
 
@@ -336,6 +349,18 @@ impl Authenticator {
         Ok(identity)
     }
 
+    /// Re-reads our keys for a token that names one not loaded, at most once a
+    /// [`KEY_RELOAD_EVERY`]: whether the keys may have changed since the caller looked (a re-read
+    /// now, or one that finished while it waited), so that checking again is worth it.
+    async fn reload_keys(&self) -> bool {
+        let mut last = self.key_reload.lock().await;
+        if last.is_some_and(|at| at.elapsed() < KEY_RELOAD_EVERY) {
+            return true;
+        }
+        *last = Some(std::time::Instant::now());
+        self.keys.reload().await
+    }
+
     async fn verify(&self, token: &str, now: i64) -> Result<Identity, AuthError> {
         // The issuer picks the keys and the rules; the signature is checked with that issuer's
         // keys only, so a forged `iss` gains nothing.
@@ -352,8 +377,17 @@ impl Authenticator {
                 exp_leeway: self.own_leeway,
                 now,
             };
+            let claims = match jwt::verify(token, &keys, &expect) {
+                // A key this node has not loaded: during a rotation another node may have
+                // published it since this one last looked. Re-read (at most once a second) and
+                // check again.
+                Err(VerifyError::UnknownKey) if self.reload_keys().await => {
+                    jwt::verify(token, &self.keys.keys(), &expect)
+                }
+                other => other,
+            };
             (
-                jwt::verify(token, &keys, &expect).map_err(AuthError::Invalid)?,
+                claims.map_err(AuthError::Invalid)?,
                 self.groups_claim.as_str(),
                 self.own_leeway,
                 false,

@@ -70,6 +70,11 @@ struct Fixture {
 /// `/api/orders/**` and POST there.
 fn fixture(upstream: &str) -> Fixture {
     let key = Arc::new(SigningKey::generate(Algorithm::ES256, "k1").expect("key"));
+    fixture_with_keys(upstream, key.clone(), Arc::new(TestKeys { key }))
+}
+
+/// [`fixture`] whose tokens are signed with `key` and verified with `keys`.
+fn fixture_with_keys(upstream: &str, key: Arc<SigningKey>, keys: Arc<dyn KeySource>) -> Fixture {
     let clock = Clock::manual(NOW);
     let gateway = Gateway::new(
         test_settings(),
@@ -79,7 +84,7 @@ fn fixture(upstream: &str) -> Fixture {
         ])
         .expect("routes"),
         Vec::new(),
-        Arc::new(TestKeys { key: key.clone() }),
+        keys,
         clock.clone(),
     );
     let docs = parse_file(
@@ -457,4 +462,68 @@ async fn an_upstream_with_a_base_path_gets_it_before_the_request_path() {
         assert_eq!(seen["target"], "/base/api/orders/7?x=1&y=%2F");
         assert_eq!(seen["host"], addr.to_string());
     }
+}
+
+/// Keys as a node sees them during a rotation made on another node: the new key is published
+/// in the store, but this node has not re-read it yet.
+struct RotatingKeys {
+    old: Arc<SigningKey>,
+    new: Arc<SigningKey>,
+    loaded_new: std::sync::atomic::AtomicBool,
+    reloads: std::sync::atomic::AtomicUsize,
+}
+
+impl KeySource for RotatingKeys {
+    fn keys(&self) -> Arc<KeySet> {
+        let mut keys = vec![self.old.verifying_key().clone()];
+        if self.loaded_new.load(std::sync::atomic::Ordering::SeqCst) {
+            keys.push(self.new.verifying_key().clone());
+        }
+        Arc::new(KeySet::new(keys))
+    }
+    fn assertion_key(&self) -> Option<Arc<SigningKey>> {
+        Some(self.old.clone())
+    }
+    fn reload(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send + '_>> {
+        self.reloads
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.loaded_new
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        Box::pin(async { true })
+    }
+}
+
+/// A token signed with a key of ours this node has not loaded yet is checked again after the
+/// keys are re-read; a key that is nowhere stays refused, and re-reads happen at most once a
+/// second however many such tokens arrive.
+#[tokio::test]
+async fn a_token_signed_with_a_key_published_elsewhere_is_accepted_after_a_reread() {
+    let up = upstream().await;
+    let old = Arc::new(SigningKey::generate(Algorithm::ES256, "old").expect("key"));
+    let new = Arc::new(SigningKey::generate(Algorithm::ES256, "new").expect("key"));
+    let keys = Arc::new(RotatingKeys {
+        old: old.clone(),
+        new: new.clone(),
+        loaded_new: std::sync::atomic::AtomicBool::new(false),
+        reloads: std::sync::atomic::AtomicUsize::new(0),
+    });
+    let f = fixture_with_keys(&up, old, keys.clone());
+    let with = |token: String| {
+        get("/api/orders/1")
+            .header(header::AUTHORIZATION, format!("Bearer {token}"))
+            .body(Body::empty())
+            .expect("request")
+    };
+    let resp = f.send(with(mint(&new, &f.clock, &["user"], 600))).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(keys.reloads.load(std::sync::atomic::Ordering::SeqCst), 1);
+    // A key nobody published: refused, and a burst of them re-reads nothing more this second.
+    let stranger = SigningKey::generate(Algorithm::ES256, "stranger").expect("key");
+    for _ in 0..20 {
+        let resp = f
+            .send(with(mint(&stranger, &f.clock, &["user"], 600)))
+            .await;
+        assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    }
+    assert_eq!(keys.reloads.load(std::sync::atomic::Ordering::SeqCst), 1);
 }

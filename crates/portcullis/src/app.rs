@@ -165,6 +165,18 @@ impl KeySource for ProviderKeys {
             .signing_key(portcullis_idp::Purpose::Access, None, self.0.now())
             .ok()
     }
+
+    fn reload(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send + '_>> {
+        Box::pin(async move {
+            match self.0.keys().reload(self.0.now()).await {
+                Ok(()) => true,
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not re-read signing keys for a token naming an unknown key");
+                    false
+                }
+            }
+        })
+    }
 }
 
 impl App {
