@@ -117,8 +117,9 @@ pub trait KeySource: Send + Sync {
     }
 }
 
-/// How often a token naming an unknown key of our own may make the gateway re-read its keys.
-const KEY_RELOAD_EVERY: Duration = Duration::from_secs(1);
+/// How often (milliseconds) a token naming an unknown key of our own may make the gateway
+/// re-read its keys.
+const KEY_RELOAD_EVERY_MS: i64 = 1000;
 
 /// Revoked session ids and token ids.
 #[derive(Debug, Default, Clone)]
@@ -231,7 +232,8 @@ pub struct Authenticator {
     cache_misses: metrics::Counter,
     /// When a token naming an unknown key of ours last made the keys be re-read; requests that
     /// meet one wait here for the re-read in progress rather than start another.
-    key_reload: tokio::sync::Mutex<Option<std::time::Instant>>,
+    /// (The gateway's clock, in milliseconds: tests control it.)
+    key_reload: tokio::sync::Mutex<Option<i64>>,
 }
 
 impl std::fmt::Debug for Authenticator {
@@ -350,14 +352,15 @@ impl Authenticator {
     }
 
     /// Re-reads our keys for a token that names one not loaded, at most once a
-    /// [`KEY_RELOAD_EVERY`]: whether the keys may have changed since the caller looked (a re-read
+    /// [`KEY_RELOAD_EVERY_MS`]: whether the keys may have changed since the caller looked (a re-read
     /// now, or one that finished while it waited), so that checking again is worth it.
     async fn reload_keys(&self) -> bool {
         let mut last = self.key_reload.lock().await;
-        if last.is_some_and(|at| at.elapsed() < KEY_RELOAD_EVERY) {
+        let now = self.clock.now_millis();
+        if last.is_some_and(|at| now.saturating_sub(at) < KEY_RELOAD_EVERY_MS) {
             return true;
         }
-        *last = Some(std::time::Instant::now());
+        *last = Some(now);
         self.keys.reload().await
     }
 

@@ -135,6 +135,14 @@ fn get(path: &str) -> axum::http::request::Builder {
     Request::get(path).header(header::HOST, "app.example.com")
 }
 
+/// A GET of `path` with `token` as its Bearer credential.
+fn bearer(path: &str, token: &str) -> Request<Body> {
+    get(path)
+        .header(header::AUTHORIZATION, format!("Bearer {token}"))
+        .body(Body::empty())
+        .expect("request")
+}
+
 async fn body_json(resp: Response<Body>) -> Value {
     let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20)
         .await
@@ -216,15 +224,7 @@ async fn stages_refuse_in_order() {
     assert_eq!(body_json(resp).await["message"], "cross-site request");
     // Everything passed: the dead upstream is the only problem left.
     let resp = f
-        .send(
-            get("/api/orders/1")
-                .header(
-                    header::AUTHORIZATION,
-                    format!("Bearer {}", f.token(&["user"], 600)),
-                )
-                .body(Body::empty())
-                .expect("request"),
-        )
+        .send(bearer("/api/orders/1", &f.token(&["user"], 600)))
         .await;
     assert_eq!(resp.status(), StatusCode::BAD_GATEWAY);
 }
@@ -245,14 +245,7 @@ async fn refusals_are_rendered_per_route_kind() {
         "/auth/login?return_to=%2Fadmin%2Fsettings%3Ftab%3D2"
     );
     let user = f.token(&["user"], 600);
-    let resp = f
-        .send(
-            get("/admin/settings")
-                .header(header::AUTHORIZATION, format!("Bearer {user}"))
-                .body(Body::empty())
-                .expect("request"),
-        )
-        .await;
+    let resp = f.send(bearer("/admin/settings", &user)).await;
     assert_eq!(
         (
             resp.status(),
@@ -276,14 +269,7 @@ async fn the_test_clock_expires_tokens_exactly_at_exp() {
     let up = upstream().await;
     let f = fixture(&up);
     let token = f.token(&["user"], 60);
-    let call = || {
-        f.send(
-            get("/api/orders/7")
-                .header(header::AUTHORIZATION, format!("Bearer {token}"))
-                .body(Body::empty())
-                .expect("request"),
-        )
-    };
+    let call = || f.send(bearer("/api/orders/7", &token));
     let resp = call().await;
     assert_eq!(resp.status(), StatusCode::OK);
     assert_eq!(
@@ -447,15 +433,7 @@ async fn an_upstream_with_a_base_path_gets_it_before_the_request_path() {
     for _ in 0..2 {
         // Twice: a new upstream connection, then the pooled one.
         let resp = f
-            .send(
-                get("/api/orders/7?x=1&y=%2F")
-                    .header(
-                        header::AUTHORIZATION,
-                        format!("Bearer {}", f.token(&["user"], 600)),
-                    )
-                    .body(Body::empty())
-                    .expect("request"),
-            )
+            .send(bearer("/api/orders/7?x=1&y=%2F", &f.token(&["user"], 600)))
             .await;
         assert_eq!(resp.status(), StatusCode::OK);
         let seen = body_json(resp).await;
@@ -508,22 +486,36 @@ async fn a_token_signed_with_a_key_published_elsewhere_is_accepted_after_a_rerea
         reloads: std::sync::atomic::AtomicUsize::new(0),
     });
     let f = fixture_with_keys(&up, old, keys.clone());
-    let with = |token: String| {
-        get("/api/orders/1")
-            .header(header::AUTHORIZATION, format!("Bearer {token}"))
-            .body(Body::empty())
-            .expect("request")
-    };
-    let resp = f.send(with(mint(&new, &f.clock, &["user"], 600))).await;
+    let resp = f
+        .send(bearer(
+            "/api/orders/1",
+            &mint(&new, &f.clock, &["user"], 600),
+        ))
+        .await;
     assert_eq!(resp.status(), StatusCode::OK);
     assert_eq!(keys.reloads.load(std::sync::atomic::Ordering::SeqCst), 1);
     // A key nobody published: refused, and a burst of them re-reads nothing more this second.
     let stranger = SigningKey::generate(Algorithm::ES256, "stranger").expect("key");
     for _ in 0..20 {
         let resp = f
-            .send(with(mint(&stranger, &f.clock, &["user"], 600)))
+            .send(bearer(
+                "/api/orders/1",
+                &mint(&stranger, &f.clock, &["user"], 600),
+            ))
             .await;
         assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
     }
     assert_eq!(keys.reloads.load(std::sync::atomic::Ordering::SeqCst), 1);
+    // A second later, the next such token may re-read again (once).
+    f.clock.advance(1);
+    for _ in 0..2 {
+        let resp = f
+            .send(bearer(
+                "/api/orders/1",
+                &mint(&stranger, &f.clock, &["user"], 600),
+            ))
+            .await;
+        assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    }
+    assert_eq!(keys.reloads.load(std::sync::atomic::Ordering::SeqCst), 2);
 }
