@@ -13,6 +13,9 @@
 #   bench/gateway.sh                # 10 s per target;  DURATION=30s for steadier numbers
 #   bench/gateway.sh --install      # also apt-get install nginx haproxy first
 #   BASELINE_BIN=old/portcullis bench/gateway.sh   # adds rows for another build, same run
+#   PINGORA=1 bench/gateway.sh      # adds pingora's floor (bench/pingora-floor: the same no-logic
+#                                   # proxy on pingora-proxy; needs cmake, built on first use)
+#   ONLY='floor|nginx' bench/gateway.sh   # only the targets whose name matches (grep -E)
 #
 # With HAProxy installed, rows for HAProxy `jwt_verify` on every request: the same ES256 token
 # against portcullis' published key (converted from the JWKS to PEM), and an RS256 token (its
@@ -270,6 +273,16 @@ mp_port=$(free_port)
 "$target/release/examples/minproxy" "127.0.0.1:$mp_port" "http://127.0.0.1:$up_port" & pids+=($!)
 mp_pid=$!
 targets+=("$HYPER_FLOOR|http://127.0.0.1:$mp_port/api/admin/x||$mp_pid")
+PINGORA_FLOOR="pingora floor: bare pingora-proxy, no logic (bench/pingora-floor)"
+if [[ "${PINGORA:-0}" != 0 ]]; then
+    command -v cmake >/dev/null || { echo "PINGORA=1 needs cmake (pingora's zlib-ng): apt-get install cmake" >&2; exit 1; }
+    CARGO_TARGET_DIR="$target/pingora-floor" cargo build --release --quiet --manifest-path bench/pingora-floor/Cargo.toml
+    pf_port=$(free_port)
+    "$target/pingora-floor/release/pingora-floor" "127.0.0.1:$pf_port" "127.0.0.1:$up_port" "$PEER_THREADS" > "$tmp/pingora.log" 2>&1 & pids+=($!)
+    pf_pid=$!
+    for _ in $(seq 50); do curl -fs -o /dev/null "http://127.0.0.1:$pf_port/api/admin/x" && break; sleep 0.1; done
+    targets+=("$PINGORA_FLOOR|http://127.0.0.1:$pf_port/api/admin/x||$pf_pid")
+fi
 targets+=("portcullis public route (no auth)|http://127.0.0.1:$pc_port/public/x||$pc_pid")
 targets+=("portcullis Bearer ES256 + policy|http://127.0.0.1:$pc_port/api/admin/x|bearer|$pc_pid")
 targets+=("portcullis cookie ES256 + policy|http://127.0.0.1:$pc_port/api/admin/x|cookie|$pc_pid")
@@ -281,6 +294,11 @@ if [[ -n "${BASELINE_BIN:-}" ]]; then
     targets+=("baseline cookie ES256 + policy|http://127.0.0.1:$bl_port/api/admin/x|cookie-baseline|$bl_pid")
 fi
 
+if [[ -n "${ONLY:-}" ]]; then
+    kept=()
+    for t in "${targets[@]}"; do [[ "${t%%|*}" =~ $ONLY ]] && kept+=("$t"); done
+    targets=("${kept[@]}")
+fi
 echo "gateway benchmark, $(date -u +%Y-%m-%d), $(nproc) cores, upstream $UPSTREAM, wrk -t1 -c$CONNS -d$DURATION, GET /api/admin/x, median of $ROUNDS interleaved rounds"
 echo
 declare -A rates p50s p99s bads cpus
@@ -324,7 +342,10 @@ for t in "${targets[@]}"; do
     printf '| %s | %.0f | %s | %.2fms | %s | %s |\n' "$name" "${rate[$name]}" "$(echo ${rates[$name]} | tr ' ' '/')" "$(awk -v x="$p99" 'BEGIN { print x * 1000 }')" "$cpu" "${bads[$name]}"
 done
 echo
-ratio() { awk -v a="${rate[$1]}" -v b="${rate[$2]}" 'BEGIN { printf "%.2f", a / b }'; }
+ratio() { # "n/a" when ONLY left either row out
+    if [[ -z "${rate[$1]:-}" || -z "${rate[$2]:-}" ]]; then echo n/a; return; fi
+    awk -v a="${rate[$1]}" -v b="${rate[$2]}" 'BEGIN { printf "%.2f", a / b }'
+}
 echo "full auth (Bearer) / no-auth route: $(ratio 'portcullis Bearer ES256 + policy' 'portcullis public route (no auth)')"
 echo "full auth (Bearer) / hyper floor: $(ratio 'portcullis Bearer ES256 + policy' "$HYPER_FLOOR")"
 echo "cookie / Bearer: $(ratio 'portcullis cookie ES256 + policy' 'portcullis Bearer ES256 + policy')"
@@ -343,10 +364,13 @@ if [[ -n "${rate[$NGINX_PLAIN]:-}" ]]; then
     echo "full auth (Bearer) / nginx with upstream keep-alive: $(ratio 'portcullis Bearer ES256 + policy' "$NGINX_KEEPALIVE")"
     echo "hyper floor / nginx with upstream keep-alive: $(ratio "$HYPER_FLOOR" "$NGINX_KEEPALIVE")"
 fi
+if [[ -n "${rate[$PINGORA_FLOOR]:-}" ]]; then
+    echo "pingora floor / hyper floor: $(ratio "$PINGORA_FLOOR" "$HYPER_FLOOR"), / nginx with upstream keep-alive: $(ratio "$PINGORA_FLOOR" "$NGINX_KEEPALIVE")"
+fi
 
 # Latency at half of portcullis' saturation rate (constant rate with hey, keep-alive, CONNS
 # connections): what a request pays for passing through, when the proxy is not the bottleneck.
-if [[ "$LATENCY" != 0 ]] && command -v hey >/dev/null; then
+if [[ "$LATENCY" != 0 && -n "${rate['portcullis Bearer ES256 + policy']:-}" ]] && command -v hey >/dev/null; then
     half=$(awk -v r="${rate['portcullis Bearer ES256 + policy']}" 'BEGIN { printf "%d", r / 2 }')
     per_conn=$(awk -v r="$half" -v c="$CONNS" 'BEGIN { printf "%.1f", r / c }')
     echo
