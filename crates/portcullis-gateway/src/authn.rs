@@ -3,9 +3,16 @@
 //! Verified tokens are cached until they expire (or 5 minutes), so the hot path costs a hash-map
 //! lookup; revocation is checked on every request against an in-memory set refreshed from the
 //! store twice a second, never a database read per request.
+//!
+//! Two levels: each serving thread keeps the last tokens it saw ([`recent`]: a keep-alive client
+//! sends request after request on one connection, so on one thread), found by a cheap keyed hash
+//! of the token and confirmed by comparing the token itself in constant time; behind it the cache
+//! all threads share, keyed by the token's SHA-256 so that it holds 32 bytes per token however
+//! many sessions are live.
 
 use std::collections::HashSet;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -124,8 +131,8 @@ const KEY_RELOAD_EVERY_MS: i64 = 1000;
 /// Revoked session ids and token ids.
 #[derive(Debug, Default, Clone)]
 pub struct RevokedSet {
-    pub sids: HashSet<String>,
-    pub jtis: HashSet<String>,
+    pub sids: HashSet<String, foldhash::fast::RandomState>,
+    pub jtis: HashSet<String, foldhash::fast::RandomState>,
 }
 
 impl RevokedSet {
@@ -207,8 +214,104 @@ impl TokenDigest {
     }
 }
 
+/// A verified token's identity, and until when (the gateway's clock, seconds) the verification
+/// may be reused: the token's end plus the issuer's leeway, and no more than [`VERIFIED_FOR`]
+/// after it was checked (a key removed from the ring stops counting within that).
+#[derive(Clone, Debug)]
+pub(crate) struct Verified {
+    identity: Arc<Identity>,
+    until: i64,
+}
+
+#[cfg(test)]
+pub(crate) const RECENT_SLOTS: usize = recent::SLOTS;
+
+/// How long a verification is reused at most, seconds.
+const VERIFIED_FOR: i64 = 300;
+
+/// Tells authenticators apart in the per-thread cache: an entry counts only for the one that
+/// made it (a gateway rebuilt with other issuers or keys starts with nothing cached).
+static NEXT_AUTHENTICATOR: AtomicU64 = AtomicU64::new(1);
+
+/// The tokens a serving thread verified or found last, in front of the shared cache.
+///
+/// The shared cache costs a SHA-256 of the token (~0.25–0.5 µs for a 400–700-byte token) and a
+/// lookup that writes to state every core shares (its read log, epoch pins, the entry's
+/// counters). Here a thread finds a token it saw recently with a keyed 64-bit hash of it
+/// (foldhash, seeded per thread: nobody outside can aim two tokens at one slot) and the token
+/// itself compared in constant time — a cached token is a credential. Direct-mapped: a token
+/// replaces whatever held its slot. At most [`recent::SLOTS`] tokens per thread.
+mod recent {
+    use std::cell::RefCell;
+    use std::hash::BuildHasher;
+
+    use super::Verified;
+
+    pub(crate) const SLOTS: usize = 128;
+
+    struct Entry {
+        owner: u64,
+        token: Box<[u8]>,
+        verified: Verified,
+    }
+
+    struct Slots {
+        hasher: foldhash::fast::RandomState,
+        entries: Box<[Option<Entry>]>,
+    }
+
+    impl Slots {
+        fn index(&self, token: &[u8]) -> usize {
+            (self.hasher.hash_one(token) as usize) & (SLOTS - 1)
+        }
+    }
+
+    thread_local! {
+        static SLOTS_OF_THIS_THREAD: RefCell<Option<Slots>> = const { RefCell::new(None) };
+    }
+
+    /// What `owner` last stored for `token` on this thread, if it is still there.
+    pub(super) fn get(owner: u64, token: &str) -> Option<Verified> {
+        let token = token.as_bytes();
+        SLOTS_OF_THIS_THREAD
+            .try_with(|slots| {
+                let slots = slots.try_borrow().ok()?;
+                let slots = slots.as_ref()?;
+                let entry = slots.entries[slots.index(token)].as_ref()?;
+                let same = entry.owner == owner
+                    && entry.token.len() == token.len()
+                    && aws_lc_rs::constant_time::verify_slices_are_equal(&entry.token, token)
+                        .is_ok();
+                same.then(|| entry.verified.clone())
+            })
+            .ok()
+            .flatten()
+    }
+
+    pub(super) fn put(owner: u64, token: &str, verified: &Verified) {
+        let token = token.as_bytes();
+        let _ = SLOTS_OF_THIS_THREAD.try_with(|slots| {
+            let Ok(mut slots) = slots.try_borrow_mut() else {
+                return;
+            };
+            let slots = slots.get_or_insert_with(|| Slots {
+                hasher: foldhash::fast::RandomState::default(),
+                entries: (0..SLOTS).map(|_| None).collect(),
+            });
+            let at = slots.index(token);
+            slots.entries[at] = Some(Entry {
+                owner,
+                token: token.into(),
+                verified: verified.clone(),
+            });
+        });
+    }
+}
+
 /// Verifies credentials.
 pub struct Authenticator {
+    /// This authenticator's entries in the per-thread cache ([`recent`]).
+    id: u64,
     pub(crate) issuer: String,
     pub(crate) external: std::collections::HashMap<String, Arc<crate::issuers::ExternalIssuer>>,
     groups_claim: String,
@@ -220,7 +323,7 @@ pub struct Authenticator {
     /// (100,000 live sessions held ~60 MB of keys), and no one can present a different token
     /// that finds a cached identity without a SHA-256 collision. foldhash with a per-process
     /// random seed over the digest; only verified tokens are inserted.
-    cache: moka::sync::Cache<TokenDigest, Arc<Identity>, foldhash::fast::RandomState>,
+    cache: moka::sync::Cache<TokenDigest, Verified, foldhash::fast::RandomState>,
     pub revocations: Revocations,
     clock: Clock,
     /// Whether identities keep every claim of their token (a route's transformation reads them).
@@ -263,6 +366,7 @@ impl Authenticator {
         clock: Clock,
     ) -> Self {
         Authenticator {
+            id: NEXT_AUTHENTICATOR.fetch_add(1, Ordering::Relaxed),
             issuer,
             external: external
                 .into_iter()
@@ -274,7 +378,7 @@ impl Authenticator {
             keys,
             cache: moka::sync::Cache::builder()
                 .max_capacity(100_000)
-                .time_to_live(Duration::from_secs(300))
+                .time_to_live(Duration::from_secs(VERIFIED_FOR as u64))
                 .build_with_hasher(foldhash::fast::RandomState::default()),
             revocations: Revocations::default(),
             clock,
@@ -329,26 +433,45 @@ impl Authenticator {
     /// Verifies an access token (cached) and checks revocation (every time).
     pub async fn authenticate(&self, token: &str) -> Result<Arc<Identity>, AuthError> {
         let now = self.clock.now();
-        let digest = TokenDigest::of(token);
-        let identity = match self.cache.get(&digest) {
-            Some(id) if now < id.valid_until => {
+        let identity = match self.cached(token, now) {
+            Some(id) => {
                 self.cache_hits.increment(1);
                 id
             }
-            _ => {
+            None => {
                 self.cache_misses.increment(1);
                 // Boxed: a miss is rare and already costs a signature check, and the verification
                 // future (it may fetch an issuer's keys) would otherwise make every request's
                 // future larger — futures are moved whole as they are built.
-                let id = Arc::new(Box::pin(self.verify(token, now)).await?);
-                self.cache.insert(digest, id.clone());
-                id
+                let identity = Arc::new(Box::pin(self.verify(token, now)).await?);
+                let verified = Verified {
+                    until: identity.valid_until.min(now + VERIFIED_FOR),
+                    identity: identity.clone(),
+                };
+                recent::put(self.id, token, &verified);
+                self.cache.insert(TokenDigest::of(token), verified);
+                identity
             }
         };
         if self.revocations.is_revoked(&identity) {
             return Err(AuthError::Revoked);
         }
         Ok(identity)
+    }
+
+    /// A verification of `token` that still counts at `now`: this thread's, else the shared one.
+    fn cached(&self, token: &str, now: i64) -> Option<Arc<Identity>> {
+        if let Some(v) = recent::get(self.id, token)
+            && now < v.until
+        {
+            return Some(v.identity);
+        }
+        let v = self.cache.get(&TokenDigest::of(token))?;
+        if now >= v.until {
+            return None;
+        }
+        recent::put(self.id, token, &v);
+        Some(v.identity)
     }
 
     /// Re-reads our keys for a token that names one not loaded, at most once a

@@ -519,3 +519,112 @@ async fn a_token_signed_with_a_key_published_elsewhere_is_accepted_after_a_rerea
     }
     assert_eq!(keys.reloads.load(std::sync::atomic::Ordering::SeqCst), 2);
 }
+
+/// Keys that can be withdrawn, as when a key is removed from the ring.
+struct WithdrawableKeys {
+    key: Arc<SigningKey>,
+    withdrawn: std::sync::atomic::AtomicBool,
+}
+
+impl KeySource for WithdrawableKeys {
+    fn keys(&self) -> Arc<KeySet> {
+        if self.withdrawn.load(std::sync::atomic::Ordering::SeqCst) {
+            Arc::new(KeySet::new([]))
+        } else {
+            Arc::new(KeySet::new([self.key.verifying_key().clone()]))
+        }
+    }
+    fn assertion_key(&self) -> Option<Arc<SigningKey>> {
+        None
+    }
+}
+
+/// A verification is reused for five minutes at most: a token whose key was withdrawn keeps
+/// working from the caches (this thread's and the shared one) until then, and not a second more.
+#[tokio::test]
+async fn a_cached_verification_lasts_five_minutes_at_most() {
+    let up = upstream().await;
+    let key = Arc::new(SigningKey::generate(Algorithm::ES256, "k1").expect("key"));
+    let keys = Arc::new(WithdrawableKeys {
+        key: key.clone(),
+        withdrawn: std::sync::atomic::AtomicBool::new(false),
+    });
+    let f = fixture_with_keys(&up, key, keys.clone());
+    let token = f.token(&["user"], 3600);
+    assert_eq!(
+        f.send(bearer("/api/orders/1", &token)).await.status(),
+        StatusCode::OK
+    );
+    keys.withdrawn
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    f.clock.advance(299);
+    assert_eq!(
+        f.send(bearer("/api/orders/1", &token)).await.status(),
+        StatusCode::OK,
+        "verified 299 s ago: still cached"
+    );
+    f.clock.advance(1);
+    assert_eq!(
+        f.send(bearer("/api/orders/1", &token)).await.status(),
+        StatusCode::UNAUTHORIZED,
+        "verified 300 s ago: checked again, and the key is gone"
+    );
+}
+
+/// The per-thread cache answers only for the gateway that filled it, for exactly the token it
+/// saw, and keeps answering right when tokens outnumber its slots.
+#[tokio::test]
+async fn the_per_thread_cache_is_per_gateway_and_per_exact_token() {
+    let up = upstream().await;
+    let a = fixture(&up);
+    let b = fixture(&up); // its own key, also named "k1"
+    let token = a.token(&["user"], 600);
+    assert_eq!(
+        a.send(bearer("/api/orders/1", &token)).await.status(),
+        StatusCode::OK
+    );
+    assert_eq!(
+        b.send(bearer("/api/orders/1", &token)).await.status(),
+        StatusCode::UNAUTHORIZED,
+        "another gateway on this thread does not trust a's key"
+    );
+    // The same token with one character of its signature changed: not the cached token.
+    let at = token.len() - 10;
+    let was = token.as_bytes()[at];
+    let tampered = format!(
+        "{}{}{}",
+        &token[..at],
+        if was == b'A' { 'B' } else { 'A' },
+        &token[at + 1..]
+    );
+    assert_eq!(
+        a.send(bearer("/api/orders/1", &tampered)).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+    // More tokens than slots (each a different user): every one is answered as itself.
+    let tokens: Vec<(String, String)> = (0..(crate::authn::RECENT_SLOTS * 2))
+        .map(|i| {
+            let user = format!("u-{i}");
+            let now = a.clock.now();
+            let claims = json!({
+                "iss": test_settings().issuer, "sub": user, "username": user,
+                "token_use": "access", "scope": "openid", "groups": ["user"],
+                "jti": format!("j-{i}"), "iat": now, "exp": now + 600,
+            });
+            let token = portcullis_token::jwt::sign(
+                &a.key,
+                portcullis_token::jwt::ACCESS_TOKEN_TYP,
+                claims.as_object().expect("object"),
+            )
+            .expect("sign");
+            (user, token)
+        })
+        .collect();
+    for _ in 0..2 {
+        for (user, token) in &tokens {
+            let resp = a.send(bearer("/api/orders/1", token)).await;
+            assert_eq!(resp.status(), StatusCode::OK);
+            assert_eq!(body_json(resp).await["username"], json!(user));
+        }
+    }
+}
