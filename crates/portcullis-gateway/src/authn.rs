@@ -225,6 +225,8 @@ pub(crate) struct Verified {
 
 #[cfg(test)]
 pub(crate) const RECENT_SLOTS: usize = recent::SLOTS;
+#[cfg(test)]
+pub(crate) const RECENT_MAX_TOKEN: usize = recent::MAX_TOKEN;
 
 /// How long a verification is reused at most, seconds.
 const VERIFIED_FOR: i64 = 300;
@@ -240,7 +242,9 @@ static NEXT_AUTHENTICATOR: AtomicU64 = AtomicU64::new(1);
 /// counters). Here a thread finds a token it saw recently with a keyed 64-bit hash of it
 /// (foldhash, seeded per thread: nobody outside can aim two tokens at one slot) and the token
 /// itself compared in constant time — a cached token is a credential. Direct-mapped: a token
-/// replaces whatever held its slot. At most [`recent::SLOTS`] tokens per thread.
+/// replaces whatever held its slot. At most [`recent::SLOTS`] tokens per thread, each of at most
+/// [`recent::MAX_TOKEN`] bytes (a longer one is found in the shared cache only): 1 MiB a thread
+/// at worst.
 mod recent {
     use std::cell::RefCell;
     use std::hash::BuildHasher;
@@ -248,6 +252,7 @@ mod recent {
     use super::Verified;
 
     pub(crate) const SLOTS: usize = 128;
+    pub(crate) const MAX_TOKEN: usize = 8192;
 
     struct Entry {
         owner: u64,
@@ -290,6 +295,9 @@ mod recent {
 
     pub(super) fn put(owner: u64, token: &str, verified: &Verified) {
         let token = token.as_bytes();
+        if token.len() > MAX_TOKEN {
+            return;
+        }
         let _ = SLOTS_OF_THIS_THREAD.try_with(|slots| {
             let Ok(mut slots) = slots.try_borrow_mut() else {
                 return;

@@ -620,6 +620,25 @@ async fn the_per_thread_cache_is_per_gateway_and_per_exact_token() {
             (user, token)
         })
         .collect();
+    // A token too long for the per-thread cache is found in the shared one.
+    let now = a.clock.now();
+    let claims = json!({
+        "iss": test_settings().issuer, "sub": "u-long", "username": "long",
+        "token_use": "access", "scope": "openid", "groups": ["user"],
+        "note": "x".repeat(crate::authn::RECENT_MAX_TOKEN), "iat": now, "exp": now + 600,
+    });
+    let long = portcullis_token::jwt::sign(
+        &a.key,
+        portcullis_token::jwt::ACCESS_TOKEN_TYP,
+        claims.as_object().expect("object"),
+    )
+    .expect("sign");
+    assert!(long.len() > crate::authn::RECENT_MAX_TOKEN);
+    for _ in 0..2 {
+        let resp = a.send(bearer("/api/orders/1", &long)).await;
+        assert_eq!(resp.status(), StatusCode::OK);
+        assert_eq!(body_json(resp).await["username"], json!("long"));
+    }
     for _ in 0..2 {
         for (user, token) in &tokens {
             let resp = a.send(bearer("/api/orders/1", token)).await;
