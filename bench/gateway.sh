@@ -35,6 +35,7 @@ ROUNDS=${ROUNDS:-3}   # targets run interleaved, ROUNDS times; the table shows e
 PEER_THREADS=${PEER_THREADS:-$(nproc)}   # nginx workers / HAProxy threads: peers at their best
 UPSTREAM=${UPSTREAM:-hyper}
 LATENCY=${LATENCY:-1}
+LATENCY_ROUNDS=${LATENCY_ROUNDS:-$ROUNDS}   # interleaved rounds of the latency runs
 if [[ "${1:-}" == "--install" ]]; then
     apt-get install -y -qq nginx haproxy wrk hey nghttp2-client >/dev/null
 fi
@@ -374,25 +375,35 @@ if [[ "$LATENCY" != 0 && -n "${rate['portcullis Bearer ES256 + policy']:-}" ]] &
     half=$(awk -v r="${rate['portcullis Bearer ES256 + policy']}" 'BEGIN { printf "%d", r / 2 }')
     per_conn=$(awk -v r="$half" -v c="$CONNS" 'BEGIN { printf "%.1f", r / c }')
     echo
-    echo "latency at $half req/s (half of portcullis full auth's median), hey -c $CONNS -q $per_conn -z $DURATION:"
+    echo "latency at $half req/s (half of portcullis full auth's median), hey -c $CONNS -q $per_conn -z $DURATION, median of $LATENCY_ROUNDS interleaved rounds (over direct: the median of each round's difference):"
     echo
-    echo "| target | req/s | p50 | p99 | p99 over direct |"
-    echo "|---|---:|---:|---:|---:|"
-    direct_p99=""
+    echo "| target | req/s | p50 | p99 | p99 over direct | p99 of each round |"
+    echo "|---|---:|---:|---:|---:|---|"
     lat_targets=("direct|http://127.0.0.1:$up_port/api/admin/x|")
     [[ -n "${rate[$NGINX_KEEPALIVE]:-}" ]] && lat_targets+=("$NGINX_KEEPALIVE|http://127.0.0.1:$nk_port/api/admin/x|")
     lat_targets+=("portcullis Bearer ES256 + policy|http://127.0.0.1:$pc_port/api/admin/x|Authorization: Bearer $token")
+    declare -A l_rate l_p50 l_p99 l_over
+    for round in $(seq "$LATENCY_ROUNDS"); do
+        direct_p99=""
+        for t in "${lat_targets[@]}"; do
+            IFS='|' read -r name url header <<<"$t"
+            args=(-c "$CONNS" -q "$per_conn" -z "$DURATION")
+            [[ -n "$header" ]] && args+=(-H "$header")
+            hey "${args[@]}" "$url" > "$tmp/hey.out"
+            grep -q '\[200\]' "$tmp/hey.out" || { echo "  (no 200 answers from $name)"; }
+            p99=$(grep -oP '99% in \K[0-9.]+' "$tmp/hey.out")
+            [[ -z "$direct_p99" ]] && direct_p99=$p99
+            l_rate[$name]+="$(grep -oP 'Requests/sec:\s+\K[0-9.]+' "$tmp/hey.out") "
+            l_p50[$name]+="$(grep -oP '50% in \K[0-9.]+' "$tmp/hey.out") "
+            l_p99[$name]+="$p99 "
+            l_over[$name]+="$(awk -v b="$p99" -v d="$direct_p99" 'BEGIN { print b - d }') "
+        done
+    done
     for t in "${lat_targets[@]}"; do
-        IFS='|' read -r name url header <<<"$t"
-        args=(-c "$CONNS" -q "$per_conn" -z "$DURATION")
-        [[ -n "$header" ]] && args+=(-H "$header")
-        hey "${args[@]}" "$url" > "$tmp/hey.out"
-        got=$(grep -oP 'Requests/sec:\s+\K[0-9.]+' "$tmp/hey.out")
-        p50=$(grep -oP '50% in \K[0-9.]+' "$tmp/hey.out")
-        p99=$(grep -oP '99% in \K[0-9.]+' "$tmp/hey.out")
-        [[ -z "$direct_p99" ]] && direct_p99=$p99
-        awk -v n="$name" -v g="$got" -v a="$p50" -v b="$p99" -v d="$direct_p99" \
-            'BEGIN { printf "| %s | %.0f | %.2fms | %.2fms | %+.2fms |\n", n, g, a * 1000, b * 1000, (b - d) * 1000 }'
-        grep -q '\[200\]' "$tmp/hey.out" || { echo "  (no 200 answers from $name)"; }
+        IFS='|' read -r name _ _ <<<"$t"
+        awk -v n="$name" -v g="$(echo "${l_rate[$name]}" | median)" -v a="$(echo "${l_p50[$name]}" | median)" \
+            -v b="$(echo "${l_p99[$name]}" | median)" -v o="$(echo "${l_over[$name]}" | median)" \
+            -v all="$(for x in ${l_p99[$name]}; do awk -v x="$x" 'BEGIN { printf "%.2f ", x * 1000 }'; done)" \
+            'BEGIN { sub(/ $/, "", all); gsub(/ /, "/", all); printf "| %s | %.0f | %.2fms | %.2fms | %+.2fms | %s |\n", n, g, a * 1000, b * 1000, o * 1000, all }'
     done
 fi
