@@ -225,12 +225,11 @@ impl Gateway {
             cors.decorate(origin.as_ref(), response.headers_mut());
         }
         if let Some(limit) = outcome.limit.take()
-            && !response.headers().contains_key("ratelimit")
+            && !response.headers().contains_key(limits::RATELIMIT)
         {
-            response
-                .headers_mut()
-                .insert("ratelimit-policy", limit.policy);
-            response.headers_mut().insert("ratelimit", limit.state);
+            let headers = response.headers_mut();
+            headers.insert(limits::RATELIMIT_POLICY, limit.policy);
+            headers.insert(limits::RATELIMIT, limit.state);
         }
         let route = outcome
             .route

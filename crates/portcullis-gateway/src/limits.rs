@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::http::HeaderValue;
+use axum::http::{HeaderName, HeaderValue};
 use governor::clock::{Clock as _, DefaultClock};
 use governor::middleware::StateInformationMiddleware;
 use governor::state::keyed::DashMapStateStore;
@@ -161,6 +161,11 @@ impl std::fmt::Debug for RateLimit {
             .finish_non_exhaustive()
     }
 }
+
+/// The IETF rate-limit headers (draft-ietf-httpapi-ratelimit-headers), parsed once: a header
+/// map keyed by a `&str` parses and checks the name on every call.
+pub const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+pub const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
 
 /// What the answer says about the limits: `RateLimit-Policy` and `RateLimit`.
 #[derive(Clone, Debug)]

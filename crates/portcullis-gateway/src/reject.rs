@@ -349,8 +349,8 @@ impl Reject {
                 );
                 let h = r.headers_mut();
                 h.insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
-                h.insert("ratelimit-policy", headers.policy);
-                h.insert("ratelimit", headers.state);
+                h.insert(crate::limits::RATELIMIT_POLICY, headers.policy);
+                h.insert(crate::limits::RATELIMIT, headers.state);
                 r
             }
             Reject::QuotaExceeded {
