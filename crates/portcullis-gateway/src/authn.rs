@@ -244,7 +244,9 @@ static NEXT_AUTHENTICATOR: AtomicU64 = AtomicU64::new(1);
 /// itself compared in constant time — a cached token is a credential. Direct-mapped: a token
 /// replaces whatever held its slot. At most [`recent::SLOTS`] tokens per thread, each of at most
 /// [`recent::MAX_TOKEN`] bytes (a longer one is found in the shared cache only): 1 MiB a thread
-/// at worst.
+/// at worst. Unlike the shared cache this keeps the tokens themselves, in memory only, until
+/// replaced — a digest or a fast hash in their place would need a collision-resistant hash per
+/// request, which is the cost this level exists to avoid.
 mod recent {
     use std::cell::RefCell;
     use std::hash::BuildHasher;
