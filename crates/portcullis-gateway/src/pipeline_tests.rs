@@ -118,11 +118,18 @@ impl Fixture {
 /// An access token signed with `key`, issued now by `clock`, valid for `ttl` seconds.
 fn mint(key: &SigningKey, clock: &Clock, groups: &[&str], ttl: i64) -> String {
     let now = clock.now();
-    let claims = json!({
-        "iss": test_settings().issuer, "sub": "u-1", "username": "ada", "client_id": "spa",
-        "token_use": "access", "scope": "openid", "groups": groups, "jti": "j-1",
-        "iat": now, "exp": now + ttl,
-    });
+    sign(
+        key,
+        json!({
+            "iss": test_settings().issuer, "sub": "u-1", "username": "ada", "client_id": "spa",
+            "token_use": "access", "scope": "openid", "groups": groups, "jti": "j-1",
+            "iat": now, "exp": now + ttl,
+        }),
+    )
+}
+
+/// An access token with exactly these claims, signed with `key`.
+fn sign(key: &SigningKey, claims: Value) -> String {
     portcullis_token::jwt::sign(
         key,
         portcullis_token::jwt::ACCESS_TOKEN_TYP,
@@ -496,27 +503,22 @@ async fn a_token_signed_with_a_key_published_elsewhere_is_accepted_after_a_rerea
     assert_eq!(keys.reloads.load(std::sync::atomic::Ordering::SeqCst), 1);
     // A key nobody published: refused, and a burst of them re-reads nothing more this second.
     let stranger = SigningKey::generate(Algorithm::ES256, "stranger").expect("key");
-    for _ in 0..20 {
-        let resp = f
-            .send(bearer(
-                "/api/orders/1",
-                &mint(&stranger, &f.clock, &["user"], 600),
-            ))
-            .await;
-        assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
-    }
+    let refuse_strangers = |n: usize| {
+        let f = &f;
+        let stranger = &stranger;
+        async move {
+            for _ in 0..n {
+                let token = mint(stranger, &f.clock, &["user"], 600);
+                let resp = f.send(bearer("/api/orders/1", &token)).await;
+                assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+            }
+        }
+    };
+    refuse_strangers(20).await;
     assert_eq!(keys.reloads.load(std::sync::atomic::Ordering::SeqCst), 1);
     // A second later, the next such token may re-read again (once).
     f.clock.advance(1);
-    for _ in 0..2 {
-        let resp = f
-            .send(bearer(
-                "/api/orders/1",
-                &mint(&stranger, &f.clock, &["user"], 600),
-            ))
-            .await;
-        assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
-    }
+    refuse_strangers(2).await;
     assert_eq!(keys.reloads.load(std::sync::atomic::Ordering::SeqCst), 2);
 }
 
@@ -606,33 +608,27 @@ async fn the_per_thread_cache_is_per_gateway_and_per_exact_token() {
         .map(|i| {
             let user = format!("u-{i}");
             let now = a.clock.now();
-            let claims = json!({
-                "iss": test_settings().issuer, "sub": user, "username": user,
-                "token_use": "access", "scope": "openid", "groups": ["user"],
-                "jti": format!("j-{i}"), "iat": now, "exp": now + 600,
-            });
-            let token = portcullis_token::jwt::sign(
+            let token = sign(
                 &a.key,
-                portcullis_token::jwt::ACCESS_TOKEN_TYP,
-                claims.as_object().expect("object"),
-            )
-            .expect("sign");
+                json!({
+                    "iss": test_settings().issuer, "sub": user, "username": user,
+                    "token_use": "access", "scope": "openid", "groups": ["user"],
+                    "jti": format!("j-{i}"), "iat": now, "exp": now + 600,
+                }),
+            );
             (user, token)
         })
         .collect();
     // A token too long for the per-thread cache is found in the shared one.
     let now = a.clock.now();
-    let claims = json!({
-        "iss": test_settings().issuer, "sub": "u-long", "username": "long",
-        "token_use": "access", "scope": "openid", "groups": ["user"],
-        "note": "x".repeat(crate::authn::RECENT_MAX_TOKEN), "iat": now, "exp": now + 600,
-    });
-    let long = portcullis_token::jwt::sign(
+    let long = sign(
         &a.key,
-        portcullis_token::jwt::ACCESS_TOKEN_TYP,
-        claims.as_object().expect("object"),
-    )
-    .expect("sign");
+        json!({
+            "iss": test_settings().issuer, "sub": "u-long", "username": "long",
+            "token_use": "access", "scope": "openid", "groups": ["user"],
+            "note": "x".repeat(crate::authn::RECENT_MAX_TOKEN), "iat": now, "exp": now + 600,
+        }),
+    );
     assert!(long.len() > crate::authn::RECENT_MAX_TOKEN);
     for _ in 0..2 {
         let resp = a.send(bearer("/api/orders/1", &long)).await;
