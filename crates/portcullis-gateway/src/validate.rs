@@ -16,8 +16,10 @@ use serde::Deserialize;
 
 use crate::reject::Reject;
 
+mod stream;
 mod tape;
 
+use stream::Plan;
 use tape::{Tape, TapeError, TapeJson};
 
 /// A declared parameter type.
@@ -121,6 +123,8 @@ impl From<&ParamSpec> for Param {
 pub struct Validation {
     methods: Vec<Method>,
     body: Option<jsonschema::Validator<TapeJson>>,
+    /// The schema compiled for validation while parsing, when it can be ([`stream`]).
+    plan: Option<Plan>,
     max_depth: usize,
     query: Vec<(String, Param)>,
     headers: Vec<(HeaderName, Param)>,
@@ -153,8 +157,8 @@ impl Validation {
                     .map_err(|_| format!("validation.methods: {m:?} is not a method"))
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let body = match &c.body_schema {
-            None => None,
+        let (body, plan) = match &c.body_schema {
+            None => (None, None),
             Some(path) => {
                 let text = std::fs::read_to_string(path).map_err(|e| {
                     format!(
@@ -168,18 +172,17 @@ impl Validation {
                         path.display()
                     )
                 })?;
-                Some(
-                    jsonschema::options_for::<TapeJson>()
-                        .with_draft(jsonschema::Draft::Draft202012)
-                        .should_validate_formats(true)
-                        .build(&schema)
-                        .map_err(|e| {
-                            format!(
-                                "validation.body_schema: {} is not a valid JSON Schema (draft 2020-12): {e}",
-                                path.display()
-                            )
-                        })?,
-                )
+                let validator = jsonschema::options_for::<TapeJson>()
+                    .with_draft(jsonschema::Draft::Draft202012)
+                    .should_validate_formats(true)
+                    .build(&schema)
+                    .map_err(|e| {
+                        format!(
+                            "validation.body_schema: {} is not a valid JSON Schema (draft 2020-12): {e}",
+                            path.display()
+                        )
+                    })?;
+                (Some(validator), Plan::new(&schema))
             }
         };
         let max_depth = c.max_depth.unwrap_or(32);
@@ -198,6 +201,7 @@ impl Validation {
         Ok(Validation {
             methods,
             body,
+            plan,
             max_depth,
             query: c
                 .query
@@ -281,6 +285,14 @@ impl Validation {
         }
         let (parts, body) = req.into_parts();
         let bytes = read_body(body, max_body, read_timeout).await?;
+        // Checked while parsing when the schema allows; the full path decides anything else.
+        if self
+            .plan
+            .as_ref()
+            .is_some_and(|p| p.accepts(&bytes, self.max_depth))
+        {
+            return Ok(Request::from_parts(parts, Body::from(bytes)));
+        }
         let tape = Tape::parse(&bytes, self.max_depth).map_err(|e| {
             let problem = match e {
                 TapeError::Syntax(e) => (String::new(), format!("is not JSON: {e}")),

@@ -422,6 +422,11 @@ pub struct TapeNode<'a> {
 }
 
 impl<'a> TapeNode<'a> {
+    /// A document of one scalar entry (`doc` holds exactly that entry).
+    pub(super) fn scalar(doc: &'a [Entry<'a>]) -> TapeNode<'a> {
+        TapeNode { doc, at: 0 }
+    }
+
     fn entry(&self) -> Option<&'a Entry<'a>> {
         self.doc.get(self.at)
     }

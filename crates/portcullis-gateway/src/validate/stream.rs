@@ -1,0 +1,1000 @@
+//! Validation while parsing, for the schemas most request bodies are described with.
+//!
+//! The full path ([`super::tape`]) parses a body flat and lets `jsonschema` walk it: two passes
+//! and a vector of entries. Most request schemas use a handful of keywords — `type`,
+//! `properties`, `required`, `additionalProperties`, `items`, bounds on lengths, sizes and
+//! numbers, `enum` and `const` of strings — that can be checked as the parser reads each value.
+//! Such a schema is compiled here into a [`Plan`], and a body is checked in one pass with
+//! nothing stored.
+//!
+//! **A plan only ever says yes.** A body it accepts is one the full path accepts too: JSON in
+//! UTF-8, nested at most `max_depth` deep, no object repeating a member name, and valid against
+//! the schema (the differential tests below hold it to that). Anything else — a body that fails,
+//! that is not JSON, or a value the plan is not sure of (a fraction where an integer is asked
+//! for, a number too large to compare exactly) — goes to the full path, which decides and names
+//! each failure. A plan may be incomplete; it must never be wrong.
+//!
+//! A subschema using other keywords (`pattern`, `format`, `allOf`, …) is handed to `jsonschema`
+//! whole when it can only match a scalar (its `type`, `enum` or `const` says so): the value is
+//! checked by a validator compiled for that subschema alone, over the same representation the
+//! full path uses. A schema with references, or with such a subschema that could match an
+//! array or an object, has no plan.
+
+use std::borrow::Cow;
+use std::cmp::Ordering;
+use std::fmt;
+
+use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde_json::{Number, Value};
+
+use super::tape::{Entry, TapeJson, TapeNode};
+
+/// A schema compiled for validation while parsing.
+pub struct Plan {
+    root: Rule,
+}
+
+enum Rule {
+    /// Any value (the schema `true`, or `{}`).
+    Any,
+    /// No value (the schema `false`).
+    Never,
+    Checks(Box<Checks>),
+    /// A subschema that can only match a scalar, checked by `jsonschema`.
+    Scalar(Box<jsonschema::Validator<TapeJson>>),
+}
+
+/// The JSON types, as bits.
+const NULL: u8 = 1;
+const BOOLEAN: u8 = 2;
+const INTEGER: u8 = 4;
+/// Every number, integers included.
+const NUMBER: u8 = 8;
+const STRING: u8 = 16;
+const ARRAY: u8 = 32;
+const OBJECT: u8 = 64;
+const ALL: u8 = 127;
+
+/// A schema object's keywords, each as the parser can check it.
+struct Checks {
+    types: u8,
+    min_length: u64,
+    max_length: u64,
+    /// `enum` / `const` of strings: the value must be one of these.
+    strings: Option<Box<[Box<str>]>>,
+    bounds: Vec<(Bound, Num)>,
+    items: Rule,
+    min_items: u64,
+    max_items: u64,
+    /// Declared members: a name and its rule (`None`: a name only `required` lists, which
+    /// `additionalProperties` governs). At most 64, each a bit of `required` and of the set
+    /// seen while an object is read.
+    properties: Vec<(Box<str>, Option<Rule>)>,
+    required: u64,
+    additional: Rule,
+    min_properties: u64,
+    max_properties: u64,
+}
+
+#[derive(Clone, Copy)]
+enum Bound {
+    Minimum,
+    Maximum,
+    ExclusiveMinimum,
+    ExclusiveMaximum,
+}
+
+/// Keywords that only annotate: they never make a value invalid.
+const ANNOTATIONS: &[&str] = &[
+    "title",
+    "description",
+    "$comment",
+    "examples",
+    "default",
+    "deprecated",
+    "readOnly",
+    "writeOnly",
+];
+
+/// Keywords that name or reach other schemas: a schema using any of them has no plan.
+const REFERENCES: &[&str] = &[
+    "$ref",
+    "$dynamicRef",
+    "$recursiveRef",
+    "$id",
+    "$anchor",
+    "$dynamicAnchor",
+    "$recursiveAnchor",
+    "$defs",
+    "definitions",
+    "$vocabulary",
+    "$schema",
+];
+
+const DRAFT_2020_12: &str = "https://json-schema.org/draft/2020-12/schema";
+
+/// At most this many names an object's schema does not declare are remembered while reading
+/// one object (to refuse a repeated one); an object with more goes to the full path.
+const MAX_UNDECLARED: usize = 32;
+
+impl Plan {
+    /// The plan for `schema` — a draft 2020-12 schema `jsonschema` has already accepted — or
+    /// `None` when it uses what a plan does not read (its bodies then take the full path).
+    pub fn new(schema: &Value) -> Option<Plan> {
+        let mut schema = schema.clone();
+        // `$schema` is allowed at the root, naming the draft every validator here uses.
+        if let Value::Object(map) = &mut schema
+            && let Some(draft) = map.remove("$schema")
+            && draft.as_str().map(|d| d.trim_end_matches('#')) != Some(DRAFT_2020_12)
+        {
+            return None;
+        }
+        if mentions_reference(&schema) {
+            return None;
+        }
+        Some(Plan {
+            root: rule(&schema)?,
+        })
+    }
+
+    /// Whether `body` is certainly valid: `false` means the full path decides.
+    pub fn accepts(&self, body: &[u8], max_depth: usize) -> bool {
+        // UTF-8 checked once for the whole body, as the full path does.
+        let Ok(text) = std::str::from_utf8(body) else {
+            return false;
+        };
+        let mut de = serde_json::Deserializer::from_str(text);
+        Check {
+            rule: &self.root,
+            depth: 0,
+            max_depth,
+        }
+        .deserialize(&mut de)
+        .and_then(|()| de.end())
+        .is_ok()
+    }
+}
+
+/// Whether any object in `v` has a key that names or reaches another schema (a property
+/// called `$ref` counts too: the plan stays on the safe side).
+fn mentions_reference(v: &Value) -> bool {
+    match v {
+        Value::Object(map) => map
+            .iter()
+            .any(|(k, v)| REFERENCES.contains(&k.as_str()) || mentions_reference(v)),
+        Value::Array(items) => items.iter().any(mentions_reference),
+        _ => false,
+    }
+}
+
+fn rule(schema: &Value) -> Option<Rule> {
+    let map = match schema {
+        Value::Bool(true) => return Some(Rule::Any),
+        Value::Bool(false) => return Some(Rule::Never),
+        Value::Object(map) => map,
+        _ => return None,
+    };
+    let mut c = Checks {
+        types: ALL,
+        min_length: 0,
+        max_length: u64::MAX,
+        strings: None,
+        bounds: Vec::new(),
+        items: Rule::Any,
+        min_items: 0,
+        max_items: u64::MAX,
+        properties: Vec::new(),
+        required: 0,
+        additional: Rule::Any,
+        min_properties: 0,
+        max_properties: u64::MAX,
+    };
+    let mut opaque = false;
+    let mut required: Vec<&str> = Vec::new();
+    // What `enum` / `const` allow, when every value they list is a scalar.
+    let mut listed: Option<u8> = None;
+    let mut narrow = |types: u8| listed = Some(listed.unwrap_or(ALL) & types);
+    for (key, v) in map {
+        match key.as_str() {
+            "type" => c.types = types(v)?,
+            "properties" => {
+                for (name, s) in v.as_object()? {
+                    c.properties.push((name.as_str().into(), Some(rule(s)?)));
+                }
+            }
+            "required" => {
+                for name in v.as_array()? {
+                    required.push(name.as_str()?);
+                }
+            }
+            "additionalProperties" => c.additional = rule(v)?,
+            "items" => c.items = rule(v)?,
+            "minLength" => c.min_length = v.as_u64()?,
+            "maxLength" => c.max_length = v.as_u64()?,
+            "minItems" => c.min_items = v.as_u64()?,
+            "maxItems" => c.max_items = v.as_u64()?,
+            "minProperties" => c.min_properties = v.as_u64()?,
+            "maxProperties" => c.max_properties = v.as_u64()?,
+            "minimum" => c.bounds.push((Bound::Minimum, number(v)?)),
+            "maximum" => c.bounds.push((Bound::Maximum, number(v)?)),
+            "exclusiveMinimum" => c.bounds.push((Bound::ExclusiveMinimum, number(v)?)),
+            "exclusiveMaximum" => c.bounds.push((Bound::ExclusiveMaximum, number(v)?)),
+            "enum" | "const" => {
+                let values = if key == "enum" {
+                    v.as_array()?.as_slice()
+                } else {
+                    std::slice::from_ref(v)
+                };
+                narrow(values.iter().map(type_of).fold(0, |a, t| a | t));
+                let strings: Option<Vec<Box<str>>> =
+                    values.iter().map(|v| v.as_str().map(Into::into)).collect();
+                match (strings, &c.strings) {
+                    (Some(s), None) => c.strings = Some(s.into()),
+                    _ => opaque = true,
+                }
+            }
+            k if ANNOTATIONS.contains(&k) => {}
+            _ => opaque = true,
+        }
+    }
+    if opaque {
+        // Handed to `jsonschema` whole, for scalars only.
+        let types = c.types & listed.unwrap_or(ALL);
+        if types & (ARRAY | OBJECT) != 0 {
+            return None;
+        }
+        let validator = jsonschema::options_for::<TapeJson>()
+            .with_draft(jsonschema::Draft::Draft202012)
+            .should_validate_formats(true)
+            .build(schema)
+            .ok()?;
+        return Some(Rule::Scalar(Box::new(validator)));
+    }
+    if c.strings.is_some() {
+        c.types &= STRING;
+    }
+    for name in &required {
+        if !c.properties.iter().any(|(n, _)| **n == **name) {
+            c.properties.push(((*name).into(), None));
+        }
+    }
+    if c.properties.len() > 64 {
+        return None;
+    }
+    for name in required {
+        if let Some(at) = c.properties.iter().position(|(n, _)| **n == *name) {
+            c.required |= 1 << at;
+        }
+    }
+    Some(Rule::Checks(Box::new(c)))
+}
+
+fn types(v: &Value) -> Option<u8> {
+    let one = |name: &Value| match name.as_str()? {
+        "null" => Some(NULL),
+        "boolean" => Some(BOOLEAN),
+        "integer" => Some(INTEGER),
+        "number" => Some(NUMBER),
+        "string" => Some(STRING),
+        "array" => Some(ARRAY),
+        "object" => Some(OBJECT),
+        _ => None,
+    };
+    match v {
+        Value::Array(names) => names.iter().try_fold(0, |a, n| Some(a | one(n)?)),
+        name => one(name),
+    }
+}
+
+fn type_of(v: &Value) -> u8 {
+    match v {
+        Value::Null => NULL,
+        Value::Bool(_) => BOOLEAN,
+        Value::Number(_) => NUMBER,
+        Value::String(_) => STRING,
+        Value::Array(_) => ARRAY,
+        Value::Object(_) => OBJECT,
+    }
+}
+
+fn number(v: &Value) -> Option<Num> {
+    Num::of(v.as_number()?)
+}
+
+/// A number as the parser gives it.
+#[derive(Clone, Copy)]
+enum Num {
+    U(u64),
+    I(i64),
+    F(f64),
+}
+
+impl Num {
+    fn of(n: &Number) -> Option<Num> {
+        if let Some(u) = n.as_u64() {
+            Some(Num::U(u))
+        } else if let Some(i) = n.as_i64() {
+            Some(Num::I(i))
+        } else {
+            n.as_f64().map(Num::F)
+        }
+    }
+
+    /// `self` against `limit`, exactly (an integer past 2^53 is not rounded to a float); `None`
+    /// only for a value no JSON number has.
+    fn cmp(self, limit: Num) -> Option<Ordering> {
+        match (self, limit) {
+            (Num::F(a), Num::F(b)) => a.partial_cmp(&b),
+            (Num::F(a), b) => against_float(b.integer(), a).map(Ordering::reverse),
+            (a, Num::F(b)) => against_float(a.integer(), b),
+            (a, b) => Some(a.integer()?.cmp(&b.integer()?)),
+        }
+    }
+
+    fn integer(self) -> Option<i128> {
+        match self {
+            Num::U(u) => Some(i128::from(u)),
+            Num::I(i) => Some(i128::from(i)),
+            Num::F(_) => None,
+        }
+    }
+}
+
+/// An integer against a finite float, exactly.
+fn against_float(i: Option<i128>, f: f64) -> Option<Ordering> {
+    let i = i?;
+    if !f.is_finite() {
+        return None;
+    }
+    // Every integer here is within ±2^64; a float past ±2^100 is beyond all of them, and an
+    // integral float within that range converts to `i128` exactly.
+    const FAR: f64 = 1.267_650_600_228_229_4e30; // 2^100
+    if f >= FAR {
+        return Some(Ordering::Less);
+    }
+    if f <= -FAR {
+        return Some(Ordering::Greater);
+    }
+    let floor = f.floor();
+    Some(match i.cmp(&(floor as i128)) {
+        Ordering::Equal if f > floor => Ordering::Less,
+        o => o,
+    })
+}
+
+/// Stops the parse: the body is not certainly valid.
+fn unsure<E: de::Error>() -> E {
+    E::custom("not certainly valid")
+}
+
+/// Checks one value against `rule`; `depth` is the nesting of the container it is in.
+struct Check<'r> {
+    rule: &'r Rule,
+    depth: usize,
+    max_depth: usize,
+}
+
+impl<'de> DeserializeSeed<'de> for Check<'_> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        if matches!(self.rule, Rule::Never) {
+            return Err(unsure());
+        }
+        d.deserialize_any(self)
+    }
+}
+
+impl Check<'_> {
+    /// The rule's checks of `kind`'s type; `None` for a rule that takes any value.
+    fn typed<E: de::Error>(&self, kind: u8) -> Result<Option<&Checks>, E> {
+        match self.rule {
+            Rule::Any => Ok(None),
+            Rule::Checks(c) if c.types & kind != 0 => Ok(Some(c)),
+            _ => Err(unsure()),
+        }
+    }
+
+    /// A scalar the rule hands to `jsonschema`.
+    fn scalar<E: de::Error>(&self, entry: Entry<'_>) -> Result<(), E> {
+        let Rule::Scalar(v) = self.rule else {
+            return Err(unsure());
+        };
+        let doc = [entry];
+        if v.is_valid(TapeNode::scalar(&doc)) {
+            Ok(())
+        } else {
+            Err(unsure())
+        }
+    }
+
+    fn number<E: de::Error>(self, n: Num) -> Result<(), E> {
+        if let Rule::Scalar(_) = self.rule {
+            let n = match n {
+                Num::U(u) => Number::from(u),
+                Num::I(i) => Number::from(i),
+                Num::F(f) => Number::from_f64(f).ok_or_else(unsure)?,
+            };
+            return self.scalar(Entry::Number(n));
+        }
+        // A fraction where only integers are allowed may still be one (`1.0`): unsure.
+        let kind = if matches!(n, Num::F(_)) {
+            NUMBER
+        } else {
+            INTEGER | NUMBER
+        };
+        let Some(c) = self.typed(kind)? else {
+            return Ok(());
+        };
+        for (bound, limit) in &c.bounds {
+            let ord = n.cmp(*limit).ok_or_else(unsure)?;
+            let within = match bound {
+                Bound::Minimum => ord != Ordering::Less,
+                Bound::Maximum => ord != Ordering::Greater,
+                Bound::ExclusiveMinimum => ord == Ordering::Greater,
+                Bound::ExclusiveMaximum => ord == Ordering::Less,
+            };
+            if !within {
+                return Err(unsure());
+            }
+        }
+        Ok(())
+    }
+
+    fn string<E: de::Error>(self, s: &str) -> Result<(), E> {
+        if let Rule::Scalar(_) = self.rule {
+            return self.scalar(Entry::Str(Cow::Borrowed(s)));
+        }
+        let Some(c) = self.typed(STRING)? else {
+            return Ok(());
+        };
+        if let Some(allowed) = &c.strings
+            && !allowed.iter().any(|a| **a == *s)
+        {
+            return Err(unsure());
+        }
+        if c.min_length > 0 || c.max_length < u64::MAX {
+            // Code points, not bytes; a string no longer in bytes than the maximum is short
+            // enough without counting.
+            let bytes = s.len() as u64;
+            let length = if c.min_length == 0 && bytes <= c.max_length {
+                0
+            } else {
+                s.chars().count() as u64
+            };
+            if length < c.min_length || length > c.max_length {
+                return Err(unsure());
+            }
+        }
+        Ok(())
+    }
+
+    /// The depth of a container that opens here, past the limit refused.
+    fn enter<E: de::Error>(&self) -> Result<usize, E> {
+        let depth = self.depth + 1;
+        if depth > self.max_depth {
+            return Err(unsure());
+        }
+        Ok(depth)
+    }
+}
+
+impl<'de> Visitor<'de> for Check<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<(), E> {
+        if let Rule::Scalar(_) = self.rule {
+            return self.scalar(Entry::Null);
+        }
+        self.typed(NULL).map(|_| ())
+    }
+
+    fn visit_bool<E: de::Error>(self, v: bool) -> Result<(), E> {
+        if let Rule::Scalar(_) = self.rule {
+            return self.scalar(Entry::Bool(v));
+        }
+        self.typed(BOOLEAN).map(|_| ())
+    }
+
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<(), E> {
+        self.number(Num::U(v))
+    }
+
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<(), E> {
+        self.number(Num::I(v))
+    }
+
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<(), E> {
+        if !v.is_finite() {
+            return Err(unsure());
+        }
+        self.number(Num::F(v))
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<(), E> {
+        self.string(v)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        let depth = self.enter()?;
+        let (items, min, max) = match self.typed(ARRAY)? {
+            None => (&Rule::Any, 0, u64::MAX),
+            Some(c) => (&c.items, c.min_items, c.max_items),
+        };
+        let mut len = 0u64;
+        while seq
+            .next_element_seed(Check {
+                rule: items,
+                depth,
+                max_depth: self.max_depth,
+            })?
+            .is_some()
+        {
+            len += 1;
+            if len > max {
+                return Err(unsure());
+            }
+        }
+        if len < min {
+            return Err(unsure());
+        }
+        Ok(())
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let depth = self.enter()?;
+        let c = self.typed(OBJECT)?;
+        let (properties, additional) = match c {
+            None => (&[][..], &Rule::Any),
+            Some(c) => (&c.properties[..], &c.additional),
+        };
+        let mut seen = 0u64;
+        let mut undeclared: Vec<Cow<'de, str>> = Vec::new();
+        let mut len = 0u64;
+        while let Some(name) = map.next_key_seed(Name)? {
+            len += 1;
+            let rule = match properties.iter().position(|(n, _)| **n == *name) {
+                Some(at) => {
+                    let bit = 1 << at;
+                    if seen & bit != 0 {
+                        return Err(unsure());
+                    }
+                    seen |= bit;
+                    properties[at].1.as_ref().unwrap_or(additional)
+                }
+                None => {
+                    if matches!(additional, Rule::Never)
+                        || undeclared.len() >= MAX_UNDECLARED
+                        || undeclared.contains(&name)
+                    {
+                        return Err(unsure());
+                    }
+                    undeclared.push(name);
+                    additional
+                }
+            };
+            map.next_value_seed(Check {
+                rule,
+                depth,
+                max_depth: self.max_depth,
+            })?;
+        }
+        if let Some(c) = c
+            && (seen & c.required != c.required || len < c.min_properties || len > c.max_properties)
+        {
+            return Err(unsure());
+        }
+        Ok(())
+    }
+}
+
+/// A member name, borrowed from the body unless it held escapes.
+struct Name;
+
+impl<'de> DeserializeSeed<'de> for Name {
+    type Value = Cow<'de, str>;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Cow<'de, str>, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Name {
+    type Value = Cow<'de, str>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a member name")
+    }
+
+    fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Cow<'de, str>, E> {
+        Ok(Cow::Borrowed(v))
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Cow<'de, str>, E> {
+        Ok(Cow::Owned(v.to_owned()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    use super::super::tape::Tape;
+    use super::*;
+
+    /// The benchmark's order schema (bench/gateway.sh).
+    fn orders() -> Value {
+        json!({ "type": "object", "required": ["orders"], "additionalProperties": false,
+          "properties": { "orders": { "type": "array", "maxItems": 100, "items": {
+            "type": "object", "required": ["id", "item", "quantity", "status"],
+            "additionalProperties": false,
+            "properties": { "id": { "type": "integer", "minimum": 0 },
+              "item": { "type": "string", "maxLength": 40 },
+              "quantity": { "type": "integer", "minimum": 1, "maximum": 10 },
+              "status": { "enum": ["pending", "approved", "shipped"] } } } } } })
+    }
+
+    /// Every keyword a plan reads, several at once, and subschemas it hands to `jsonschema`.
+    fn zoo() -> Value {
+        json!({
+            "$schema": "https://json-schema.org/draft/2020-12/schema",
+            "title": "every keyword", "description": "annotations change nothing",
+            "type": ["object", "array", "string", "number", "null"],
+            "properties": {
+                "a": { "type": "integer", "exclusiveMinimum": 0, "exclusiveMaximum": 10 },
+                "b": { "type": "string", "minLength": 2, "maxLength": 3 },
+                "c": { "const": "x" },
+                "d": { "type": "array", "items": { "type": "boolean" }, "minItems": 1, "maxItems": 2 },
+                "e": false,
+                "f": { "enum": [1, "x", null] },
+                "g": { "type": "string", "pattern": "^[a-z]+$" },
+                "h": { "type": "object", "properties": { "a": { "type": "null" } }, "required": ["a"] }
+            },
+            "required": ["a", "z"],
+            "additionalProperties": { "type": "number", "maximum": 1.5 },
+            "minProperties": 2, "maxProperties": 4,
+            "items": { "type": ["string", "integer"], "minimum": -2, "maxLength": 1 },
+            "minLength": 1,
+            "minimum": 0.5
+        })
+    }
+
+    /// Bounds at the edges of what a number can hold.
+    fn wide() -> Value {
+        json!({ "type": "array", "items": { "anyOf": [{ "type": "string", "format": "date" }, { "type": "boolean" }] },
+          "prefixItems": [] })
+    }
+
+    fn limits() -> Value {
+        json!({ "type": "array", "items": { "type": "integer",
+          "maximum": 18446744073709551615u64, "minimum": -9223372036854775808i64,
+          "exclusiveMaximum": 1e19 } })
+    }
+
+    /// The full path's verdict: a tape, then `jsonschema` over it.
+    fn full(schema: &Value, body: &str, max_depth: usize) -> bool {
+        let v = jsonschema::options_for::<TapeJson>()
+            .with_draft(jsonschema::Draft::Draft202012)
+            .should_validate_formats(true)
+            .build(schema)
+            .expect("schema");
+        Tape::parse(body.as_bytes(), max_depth).is_ok_and(|t| v.is_valid(t.root()))
+    }
+
+    #[test]
+    fn plans_are_made_for_the_keywords_they_read_and_only_those() {
+        assert!(Plan::new(&orders()).is_some());
+        assert!(Plan::new(&zoo()).is_some());
+        assert!(Plan::new(&limits()).is_some());
+        let demo: Value = serde_json::from_str(include_str!(
+            "../../../../examples/demo/gateway/order.schema.json"
+        ))
+        .expect("demo schema");
+        assert!(Plan::new(&demo).is_some(), "the demo's schema has a plan");
+        assert!(Plan::new(&json!({ "type": "string", "format": "date" })).is_some());
+        assert!(Plan::new(&json!({ "enum": [1, 2] })).is_some());
+        assert!(Plan::new(&json!(true)).is_some());
+        for none in [
+            json!({ "$ref": "#/$defs/a", "$defs": { "a": true } }),
+            json!({ "properties": { "a": { "$ref": "#" } } }),
+            json!({ "properties": { "$ref": { "type": "string" } } }),
+            json!({ "$schema": "http://json-schema.org/draft-07/schema#" }),
+            json!({ "type": "object", "patternProperties": { "^a": true } }),
+            json!({ "anyOf": [{ "type": "string" }, { "type": "array" }] }),
+            json!({ "items": { "uniqueItems": true } }),
+            json!({ "type": "array", "prefixItems": [true] }),
+            json!({ "enum": [[1], "a"] }),
+            json!({ "minLength": 1.5 }),
+            wide(),
+        ] {
+            assert!(Plan::new(&none).is_none(), "{none}");
+        }
+        let many: serde_json::Map<String, Value> =
+            (0..65).map(|i| (format!("p{i}"), json!(true))).collect();
+        assert!(Plan::new(&json!({ "properties": many })).is_none());
+    }
+
+    #[test]
+    fn what_a_plan_reads_it_accepts_and_the_full_path_agrees() {
+        let body = |orders: &str| format!(r#"{{"orders":[{orders}]}}"#);
+        let order = r#"{"id":0,"item":"widget-000","quantity":10,"status":"shipped"}"#;
+        let plan = Plan::new(&orders()).expect("plan");
+        for text in [
+            body(""),
+            body(order),
+            body(&[order; 100].join(",")),
+            // At the bounds: 40 code points of two bytes each, quantity 1 and 10.
+            body(&format!(
+                r#"{{"status":"pending","quantity":1,"item":"{}","id":18446744073709551615}}"#,
+                "é".repeat(40)
+            )),
+            // Escaped names and values are compared decoded.
+            body(r#"{"\u0069d":1,"item":"\"w\"","quantity":2,"status":"p\u0065nding"}"#),
+            format!(" \n{}\t", body(order)),
+        ] {
+            assert!(plan.accepts(text.as_bytes(), 32), "{text}");
+            assert!(full(&orders(), &text, 32), "{text}");
+        }
+        let zoo_plan = Plan::new(&zoo()).expect("plan");
+        for text in [
+            r#"{"a":9,"z":1.5}"#,
+            r#"{"a":1,"b":"éé","z":-3,"f":null}"#,
+            r#"{"a":5,"g":"abc","z":0,"c":"x"}"#,
+            r#"{"a":5,"d":[true,false],"z":1,"h":{"a":null,"b":[]}}"#,
+            r#"["a",-2,"",7]"#,
+            r#"1"#,
+            r#"0.5"#,
+            r#"null"#,
+            r#""é""#,
+        ] {
+            assert!(zoo_plan.accepts(text.as_bytes(), 32), "{text}");
+            assert!(full(&zoo(), text, 32), "{text}");
+        }
+        // Integers compare exactly with bounds of either kind, whatever their size.
+        let limits_plan = Plan::new(&limits()).expect("plan");
+        let text = "[9007199254740992,-9223372036854775808,0]";
+        assert!(limits_plan.accepts(text.as_bytes(), 32));
+        assert!(full(&limits(), text, 32));
+        let text = "[9999999999999999999]";
+        assert!(limits_plan.accepts(text.as_bytes(), 32));
+        assert!(full(&limits(), text, 32));
+        assert!(!limits_plan.accepts(b"[10000000000000000000]", 32));
+        assert!(!full(&limits(), "[10000000000000000000]", 32));
+        assert!(!full(&limits(), "[18446744073709551615]", 32));
+    }
+
+    #[test]
+    fn a_plan_refuses_what_the_full_path_refuses_and_leaves_doubts_to_it() {
+        let plan = Plan::new(&orders()).expect("plan");
+        let order = r#"{"id":0,"item":"w","quantity":10,"status":"shipped"}"#;
+        for (text, valid) in [
+            // Invalid: the full path names why.
+            (
+                r#"{"orders":[{"id":0,"item":"w","quantity":11,"status":"shipped"}]}"#,
+                false,
+            ),
+            (
+                r#"{"orders":[{"id":0,"item":"w","quantity":1,"status":"lost"}]}"#,
+                false,
+            ),
+            (
+                r#"{"orders":[{"id":0,"item":"w","status":"shipped"}]}"#,
+                false,
+            ),
+            (
+                r#"{"orders":[{"id":0,"item":"w","quantity":1,"status":"shipped","x":1}]}"#,
+                false,
+            ),
+            (
+                &format!(
+                    r#"{{"orders":[{{"id":0,"item":"{}","quantity":1,"status":"shipped"}}]}}"#,
+                    "é".repeat(41)
+                ),
+                false,
+            ),
+            (
+                &format!(r#"{{"orders":[{}]}}"#, [order; 101].join(",")),
+                false,
+            ),
+            (r#"{"orders":[],"orders":[]}"#, false),
+            (
+                r#"{"orders":[{"id":0,"item":"w","quantity":1,"status":"shipped","\u0069d":1}]}"#,
+                false,
+            ),
+            (r#"{"orders":[]} x"#, false),
+            (r#"{"orders":[]"#, false),
+            ("{\"orders\":[\"\u{0}\"]}", false),
+            // Valid, but not certain here: an integer written as a fraction.
+            (
+                r#"{"orders":[{"id":0,"item":"w","quantity":1.0,"status":"shipped"}]}"#,
+                true,
+            ),
+        ] {
+            assert!(!plan.accepts(text.as_bytes(), 32), "{text}");
+            assert_eq!(full(&orders(), text, 32), valid, "{text}");
+        }
+        assert!(!plan.accepts(b"{\"orders\":[\"\xff\"]}", 32));
+        // Depth, as the full path counts it: the order objects are at depth 3.
+        let text = body_of(order);
+        assert!(plan.accepts(text.as_bytes(), 3));
+        assert!(!plan.accepts(text.as_bytes(), 2));
+        assert!(!full(&orders(), &text, 2));
+        // A schema that allows anything still refuses repeated names and depth.
+        let any = Plan::new(&json!({})).expect("plan");
+        assert!(any.accepts(br#"{"a":{"b":[1,{"c":2}]},"d":"e"}"#, 32));
+        assert!(!any.accepts(br#"{"a":{"b":1,"b":2}}"#, 32));
+        assert!(!any.accepts(b"[[[[1]]]]", 3));
+        let many: Vec<String> = (0..40).map(|i| format!("\"k{i}\":{i}")).collect();
+        let text = format!("{{{}}}", many.join(","));
+        assert!(
+            !any.accepts(text.as_bytes(), 32),
+            "past {MAX_UNDECLARED} names: the full path"
+        );
+        assert!(full(&json!({}), &text, 32));
+    }
+
+    fn body_of(order: &str) -> String {
+        format!(r#"{{"orders":[{order}]}}"#)
+    }
+
+    /// A JSON document as text is written: names may repeat, strings may be escaped.
+    #[derive(Clone, Debug)]
+    enum Doc {
+        Null,
+        Bool(bool),
+        Int(i64),
+        Big(u64),
+        Float(f64),
+        Str(String, bool),
+        Arr(Vec<Doc>),
+        Obj(Vec<((String, bool), Doc)>),
+    }
+
+    fn write_str(s: &str, escape: bool, out: &mut String) {
+        out.push('"');
+        for (i, ch) in s.chars().enumerate() {
+            match ch {
+                '"' => out.push_str("\\\""),
+                '\\' => out.push_str("\\\\"),
+                c if (c as u32) < 0x20 || (escape && i == 0) => {
+                    let mut units = [0u16; 2];
+                    for u in c.encode_utf16(&mut units) {
+                        out.push_str(&format!("\\u{u:04x}"));
+                    }
+                }
+                c => out.push(c),
+            }
+        }
+        out.push('"');
+    }
+
+    fn write(d: &Doc, out: &mut String) {
+        match d {
+            Doc::Null => out.push_str("null"),
+            Doc::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
+            Doc::Int(i) => out.push_str(&i.to_string()),
+            Doc::Big(u) => out.push_str(&u.to_string()),
+            Doc::Float(f) => out.push_str(&format!("{f:?}")),
+            Doc::Str(s, e) => write_str(s, *e, out),
+            Doc::Arr(items) => {
+                out.push('[');
+                for (i, item) in items.iter().enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    write(item, out);
+                }
+                out.push(']');
+            }
+            Doc::Obj(members) => {
+                out.push('{');
+                for (i, ((name, e), value)) in members.iter().enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    write_str(name, *e, out);
+                    out.push(':');
+                    write(value, out);
+                }
+                out.push('}');
+            }
+        }
+    }
+
+    /// Names and strings that schemas here care about, and others.
+    fn text() -> impl Strategy<Value = String> {
+        prop_oneof![
+            3 => prop::sample::select(vec![
+                "a", "b", "c", "d", "e", "f", "g", "h", "z", "x", "orders", "id", "item",
+                "quantity", "status", "pending", "shipped", "approved", "", "éé", "2026-12-07",
+            ])
+            .prop_map(str::to_owned),
+            1 => "[a-zé😀\"\\\\\n]{0,5}",
+        ]
+    }
+
+    fn doc() -> impl Strategy<Value = Doc> {
+        let leaf = prop_oneof![
+            Just(Doc::Null),
+            any::<bool>().prop_map(Doc::Bool),
+            (-3i64..12).prop_map(Doc::Int),
+            any::<i64>().prop_map(Doc::Int),
+            prop::sample::select(vec![
+                u64::MAX,
+                1 << 53,
+                (1 << 53) + 1,
+                10_000_000_000_000_000_000
+            ])
+            .prop_map(Doc::Big),
+            prop::sample::select(vec![0.5, 1.0, 1.5, 10.0, -0.0, 9.999, 1e19, 1e300, -2.0])
+                .prop_map(Doc::Float),
+            (text(), any::<bool>()).prop_map(|(s, e)| Doc::Str(s, e)),
+        ];
+        leaf.prop_recursive(4, 48, 6, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..6).prop_map(Doc::Arr),
+                prop::collection::vec(((text(), any::<bool>()), inner), 0..6).prop_map(Doc::Obj),
+            ]
+        })
+    }
+
+    /// Order bodies near the schema's edges: mostly the right names, values on either side.
+    fn order_doc() -> impl Strategy<Value = Doc> {
+        let value = prop_oneof![
+            prop::sample::select(vec![0i64, 1, 5, 10, 11, -1]).prop_map(Doc::Int),
+            Just(Doc::Big(u64::MAX)),
+            prop::sample::select(vec![1.0, 1.5, 10.0]).prop_map(Doc::Float),
+            prop::sample::select(vec![
+                "pending",
+                "lost",
+                "w",
+                "éééééééééééééééééééééééééééééééééééééééé",
+                "ééééééééééééééééééééééééééééééééééééééééé"
+            ])
+            .prop_map(|s| Doc::Str(s.to_owned(), false)),
+            Just(Doc::Null),
+        ];
+        let name = prop_oneof![
+            8 => prop::sample::select(vec!["id", "item", "quantity", "status"]).prop_map(str::to_owned),
+            1 => text(),
+        ];
+        let order = prop::collection::vec(((name, any::<bool>()), value), 2..6).prop_map(Doc::Obj);
+        prop::collection::vec(order, 0..4)
+            .prop_map(|orders| Doc::Obj(vec![(("orders".to_owned(), false), Doc::Arr(orders))]))
+    }
+
+    fn agree(schema: &Value, d: &Doc, max_depth: usize) -> Result<(), TestCaseError> {
+        let plan = Plan::new(schema).expect("plan");
+        let mut text = String::new();
+        write(d, &mut text);
+        if plan.accepts(text.as_bytes(), max_depth) {
+            prop_assert!(
+                full(schema, &text, max_depth),
+                "the plan accepted what the full path refuses: {text}"
+            );
+        }
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        #[test]
+        fn a_plan_never_accepts_what_the_full_path_refuses(d in doc(), deep in any::<bool>()) {
+            let depth = if deep { 32 } else { 2 };
+            for schema in [zoo(), limits(), json!({}), json!({ "type": "string", "format": "date" })] {
+                agree(&schema, &d, depth)?;
+            }
+        }
+
+        #[test]
+        fn order_bodies_near_the_edges_agree(d in order_doc()) {
+            agree(&orders(), &d, 32)?;
+        }
+    }
+}
