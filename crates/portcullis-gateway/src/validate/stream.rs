@@ -323,6 +323,16 @@ impl Num {
     /// `self` against `limit`, exactly (an integer past 2^53 is not rounded to a float); `None`
     /// only for a value no JSON number has.
     fn cmp(self, limit: Num) -> Option<Ordering> {
+        match (self.integer(), limit.integer()) {
+            (Some(a), Some(b)) => Some(a.cmp(&b)),
+            _ => self.cmp_fraction(limit),
+        }
+    }
+
+    /// [`Num::cmp`] when either side is a fraction: out of line, so that the usual integer
+    /// comparison does not pay for float conversions the compiler would otherwise speculate.
+    #[inline(never)]
+    fn cmp_fraction(self, limit: Num) -> Option<Ordering> {
         match (self, limit) {
             (Num::F(a), Num::F(b)) => a.partial_cmp(&b),
             (Num::F(a), b) => against_float(b.integer(), a).map(Ordering::reverse),
@@ -360,6 +370,26 @@ fn against_float(i: Option<i128>, f: f64) -> Option<Ordering> {
         Ordering::Equal if f > floor => Ordering::Less,
         o => o,
     })
+}
+
+/// String equality for the short names and values schemas list, compared in place (a call to
+/// `memcmp` per member name cost more than the comparison).
+#[inline]
+fn same(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    if a.len() != b.len() {
+        return false;
+    }
+    let (mut a, mut b) = (a, b);
+    while let (Some((x, rest_a)), Some((y, rest_b))) =
+        (a.split_first_chunk::<8>(), b.split_first_chunk::<8>())
+    {
+        if u64::from_ne_bytes(*x) != u64::from_ne_bytes(*y) {
+            return false;
+        }
+        (a, b) = (rest_a, rest_b);
+    }
+    a.iter().zip(b).all(|(x, y)| x == y)
 }
 
 /// Stops the parse: the body is not certainly valid.
@@ -449,7 +479,7 @@ impl Check<'_> {
             return Ok(());
         };
         if let Some(allowed) = &c.strings
-            && !allowed.iter().any(|a| **a == *s)
+            && !allowed.iter().any(|a| same(a, s))
         {
             return Err(unsure());
         }
@@ -557,7 +587,7 @@ impl<'de> Visitor<'de> for Check<'_> {
         let mut len = 0u64;
         while let Some(name) = map.next_key_seed(Name)? {
             len += 1;
-            let rule = match properties.iter().position(|(n, _)| **n == *name) {
+            let rule = match properties.iter().position(|(n, _)| same(n, &name)) {
                 Some(at) => {
                     let bit = 1 << at;
                     if seen & bit != 0 {
@@ -836,6 +866,34 @@ mod tests {
             "past {MAX_UNDECLARED} names: the full path"
         );
         assert!(full(&json!({}), &text, 32));
+    }
+
+    #[test]
+    fn numbers_compare_exactly_whatever_their_kinds() {
+        use Ordering::{Equal, Greater, Less};
+        let two53 = 9_007_199_254_740_992u64;
+        for (a, b, want) in [
+            (Num::U(two53 + 1), Num::F(two53 as f64), Greater),
+            (Num::U(two53), Num::F(two53 as f64), Equal),
+            (Num::U(u64::MAX), Num::F(1.8446744073709552e19), Less),
+            (Num::I(i64::MIN), Num::F(-(2f64.powi(63))), Equal),
+            (Num::I(-1), Num::F(-0.5), Less),
+            (Num::U(0), Num::F(-0.0), Equal),
+            (Num::U(1), Num::F(0.999_999_999_999_999_9), Greater),
+            (Num::U(1), Num::F(1.0), Equal),
+            (Num::U(1), Num::F(1e300), Less),
+            (Num::I(-1), Num::F(-1e300), Greater),
+            (Num::F(1.5), Num::U(1), Greater),
+            (Num::F(0.5), Num::F(0.5), Equal),
+            (Num::I(-2), Num::U(1), Less),
+        ] {
+            assert_eq!(a.cmp(b), Some(want), "{:?} {:?}", a.integer(), b.integer());
+        }
+        assert!(same("quantity", "quantity"));
+        assert!(!same("quantity", "quantitx"));
+        assert!(!same("a-long-member-name", "a-long-member-namf"));
+        assert!(!same("é", "e"));
+        assert!(same("", ""));
     }
 
     fn body_of(order: &str) -> String {
