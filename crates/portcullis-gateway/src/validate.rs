@@ -1,9 +1,10 @@
 //! Request validation per route and method (`[[routes.validation]]`): declared types for query
 //! parameters and headers, and a JSON Schema (draft 2020-12) for the body. An invalid request is
 //! answered `400 application/problem+json`, naming each failing JSON pointer, and never reaches
-//! the upstream. The body is read whole (up to `gateway.max_body`), parsed flat ([`tape`]: no
-//! tree, the nesting depth enforced as it is read, repeated member names refused), and forwarded
-//! byte for byte as it came.
+//! the upstream. The body is read whole (up to `gateway.max_body`), checked while it is parsed
+//! when the schema allows ([`stream`]), otherwise parsed flat ([`tape`]: no tree, the nesting
+//! depth enforced as it is read, repeated member names refused) and checked by `jsonschema`;
+//! either way it is forwarded byte for byte as it came.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
