@@ -26,7 +26,10 @@
 #
 # Then the latency at half of portcullis' saturation rate (hey, constant rate, keep-alive):
 # direct, nginx keep-alive and portcullis full auth, p50/p99, and p99 over direct
-# (LATENCY=0 skips it). Loopback only, bounded in time.
+# (LATENCY=0 skips it). Loopback only, bounded in time. LATENCY_TOOL=oha uses `oha` instead
+# (`cargo install oha`): one pacer for all connections, so requests arrive evenly spaced rather
+# than in hey's bursts (each hey connection ticks on its own, all started together), and
+# latencies counted from when each request was due (`--latency-correction`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION=${DURATION:-10s}
@@ -36,6 +39,7 @@ PEER_THREADS=${PEER_THREADS:-$(nproc)}   # nginx workers / HAProxy threads: peer
 UPSTREAM=${UPSTREAM:-hyper}
 LATENCY=${LATENCY:-1}
 LATENCY_ROUNDS=${LATENCY_ROUNDS:-$ROUNDS}   # interleaved rounds of the latency runs
+LATENCY_TOOL=${LATENCY_TOOL:-hey}   # hey, or oha
 if [[ "${1:-}" == "--install" ]]; then
     apt-get install -y -qq nginx haproxy wrk hey nghttp2-client >/dev/null
 fi
@@ -371,11 +375,16 @@ fi
 
 # Latency at half of portcullis' saturation rate (constant rate with hey, keep-alive, CONNS
 # connections): what a request pays for passing through, when the proxy is not the bottleneck.
-if [[ "$LATENCY" != 0 && -n "${rate['portcullis Bearer ES256 + policy']:-}" ]] && command -v hey >/dev/null; then
+if [[ "$LATENCY" != 0 && -n "${rate['portcullis Bearer ES256 + policy']:-}" ]] && command -v "$LATENCY_TOOL" >/dev/null; then
     half=$(awk -v r="${rate['portcullis Bearer ES256 + policy']}" 'BEGIN { printf "%d", r / 2 }')
     per_conn=$(awk -v r="$half" -v c="$CONNS" 'BEGIN { printf "%.1f", r / c }')
+    if [[ "$LATENCY_TOOL" == oha ]]; then
+        how="oha -c $CONNS -q $half -z $DURATION --latency-correction"
+    else
+        how="hey -c $CONNS -q $per_conn -z $DURATION"
+    fi
     echo
-    echo "latency at $half req/s (half of portcullis full auth's median), hey -c $CONNS -q $per_conn -z $DURATION, median of $LATENCY_ROUNDS interleaved rounds (over direct: the median of each round's difference):"
+    echo "latency at $half req/s (half of portcullis full auth's median), $how, median of $LATENCY_ROUNDS interleaved rounds (over direct: the median of each round's difference):"
     echo
     echo "| target | req/s | p50 | p99 | p99 over direct | p99 of each round |"
     echo "|---|---:|---:|---:|---:|---|"
@@ -387,9 +396,21 @@ if [[ "$LATENCY" != 0 && -n "${rate['portcullis Bearer ES256 + policy']:-}" ]] &
         direct_p99=""
         for t in "${lat_targets[@]}"; do
             IFS='|' read -r name url header <<<"$t"
-            args=(-c "$CONNS" -q "$per_conn" -z "$DURATION")
-            [[ -n "$header" ]] && args+=(-H "$header")
-            hey "${args[@]}" "$url" > "$tmp/hey.out"
+            if [[ "$LATENCY_TOOL" == oha ]]; then
+                args=(-c "$CONNS" -q "$half" -z "$DURATION" --latency-correction --no-tui --output-format json)
+                [[ -n "$header" ]] && args+=(-H "$header")
+                # Written in hey's words, so one parser reads either.
+                oha "${args[@]}" "$url" | python3 -c '
+import json, sys
+d = json.load(sys.stdin); p = d["latencyPercentiles"]
+print("Requests/sec: %f" % d["summary"]["requestsPerSec"])
+print("50%% in %f secs" % p["p50"]); print("99%% in %f secs" % p["p99"])
+if "200" in d.get("statusCodeDistribution", {}): print("[200]")' > "$tmp/hey.out"
+            else
+                args=(-c "$CONNS" -q "$per_conn" -z "$DURATION")
+                [[ -n "$header" ]] && args+=(-H "$header")
+                hey "${args[@]}" "$url" > "$tmp/hey.out"
+            fi
             grep -q '\[200\]' "$tmp/hey.out" || { echo "  (no 200 answers from $name)"; }
             p99=$(grep -oP '99% in \K[0-9.]+' "$tmp/hey.out")
             [[ -z "$direct_p99" ]] && direct_p99=$p99
