@@ -22,11 +22,21 @@ const SCHEMA: &str = r#"{
   }
 }"#;
 
+/// A schema with references: no validation-while-parsing plan, every body takes the full path.
+const REFS_SCHEMA: &str = r##"{
+  "$defs": { "qty": { "type": "integer", "minimum": 1 } },
+  "type": "object",
+  "required": ["quantity"],
+  "properties": { "quantity": { "$ref": "#/$defs/qty" } }
+}"##;
+
 async fn env() -> (Idp, Upstream, String, tempfile::TempDir) {
     let upstream = Upstream::start().await;
     let dir = tempfile::tempdir().expect("dir");
     let schema = dir.path().join("order.json");
     std::fs::write(&schema, SCHEMA).expect("write");
+    let refs = dir.path().join("refs.json");
+    std::fs::write(&refs, REFS_SCHEMA).expect("write");
     let mut idp = setup(&format!(
         r#"
 [gateway]
@@ -49,12 +59,22 @@ methods = ["GET"]
 query = {{ page = {{ type = "integer", required = true }}, q = {{ type = "string", max_length = 20 }} }}
 strict_query = true
 
+[[routes]]
+path = "/refs/**"
+kind = "api"
+upstream = "{up}"
+
+[[routes.validation]]
+methods = ["POST"]
+body_schema = "{refs}"
+
 [[policy]]
 principal = "group:user"
-statements = [{{ effect = "allow", methods = ["GET", "POST"], paths = ["/api/**"] }}]
+statements = [{{ effect = "allow", methods = ["GET", "POST"], paths = ["/api/**", "/refs/**"] }}]
 "#,
         up = upstream.base,
-        schema = schema.display()
+        schema = schema.display(),
+        refs = refs.display()
     ));
     let ada = token_for(&mut idp, "ada").await;
     (idp, upstream, ada, dir)
@@ -94,6 +114,14 @@ async fn invalid_requests_are_refused_with_the_failing_pointer_and_go_nowhere() 
         .expect("post");
     assert_eq!(ok.status(), StatusCode::OK);
     assert_eq!(upstream.last()["body"], valid, "forwarded byte for byte");
+    // Valid, but not what validation while parsing is sure of (an integer written as a
+    // fraction): the full path decides, and forwards it as it came.
+    let fraction = r#"{"sku":"ABC-1234","quantity":2.0}"#;
+    let ok = post(fraction, "application/json", Some(TENANT), "")
+        .await
+        .expect("post");
+    assert_eq!(ok.status(), StatusCode::OK);
+    assert_eq!(upstream.last()["body"], fraction);
 
     let big = "x".repeat(5000);
     // (body, content type, tenant, query) → status, where, what it says
@@ -241,9 +269,27 @@ async fn invalid_requests_are_refused_with_the_failing_pointer_and_go_nowhere() 
     }
     assert_eq!(
         upstream.count(),
-        1,
+        2,
         "no invalid request reached the upstream"
     );
+
+    // A schema with references takes the full path for every body, valid or not.
+    let refs = |body: &'static str| {
+        idp.http
+            .post(idp.url("/refs/x"))
+            .bearer_auth(&ada)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    };
+    let ok = refs(r#"{"quantity": 3}"#).await.expect("post");
+    assert_eq!(ok.status(), StatusCode::OK);
+    assert_eq!(upstream.last()["body"], r#"{"quantity": 3}"#);
+    let bad = refs(r#"{"quantity": 0}"#).await.expect("post");
+    assert_eq!(bad.status(), StatusCode::BAD_REQUEST);
+    let problem: Value = bad.json().await.expect("json");
+    assert_eq!(problem["errors"][0]["pointer"], "/quantity", "{problem}");
+    assert_eq!(upstream.count(), 3);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
