@@ -694,12 +694,14 @@ mod tests {
         })
     }
 
-    /// Bounds at the edges of what a number can hold.
+    /// A subschema with keywords a plan hands over (`anyOf`, `format`) that may match an array
+    /// (`prefixItems`): no plan.
     fn wide() -> Value {
         json!({ "type": "array", "items": { "anyOf": [{ "type": "string", "format": "date" }, { "type": "boolean" }] },
           "prefixItems": [] })
     }
 
+    /// Bounds at the edges of what a number can hold.
     fn limits() -> Value {
         json!({ "type": "array", "items": { "type": "integer",
           "maximum": 18446744073709551615u64, "minimum": -9223372036854775808i64,
