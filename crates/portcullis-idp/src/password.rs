@@ -194,7 +194,7 @@ impl PasswordHasher {
                 .unwrap_or(1),
             n => n,
         };
-        let dummy = hash_now(&params, generate_password().expose().as_bytes())?;
+        let dummy = dummy_hash(&params);
         Ok(PasswordHasher {
             params,
             workers: Arc::new(Workers::start(concurrency)?),
@@ -252,6 +252,27 @@ impl PasswordHasher {
     }
 }
 
+/// The hash unknown users are verified against: a PHC string with `params`, a random salt and a
+/// random output, which no password produces. Verifying against it costs what verifying a real
+/// hash with those parameters costs, and it is made without hashing anything: hashing one at
+/// start-up took tens of milliseconds and a 19 MiB transient.
+fn dummy_hash(params: &Params) -> String {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD_NO_PAD;
+    let mut salt = [0u8; 16];
+    let mut output = vec![0u8; params.output_len().unwrap_or(Params::DEFAULT_OUTPUT_LEN)];
+    rand::fill(&mut salt);
+    rand::fill(&mut output[..]);
+    format!(
+        "$argon2id$v=19$m={},t={},p={}${}${}",
+        params.m_cost(),
+        params.t_cost(),
+        params.p_cost(),
+        b64.encode(salt),
+        b64.encode(output)
+    )
+}
+
 fn hash_now(params: &Params, password: &[u8]) -> Result<String, HashError> {
     Argon2::new(Algorithm::Argon2id, Version::V0x13, params.clone())
         .hash_password(password)
@@ -262,6 +283,34 @@ fn hash_now(params: &Params, password: &[u8]) -> Result<String, HashError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_dummy_hash_has_the_real_parameters_and_matches_no_password() {
+        let params = Params::default();
+        let dummy = dummy_hash(&params);
+        let parsed = argon2::PasswordHash::new(&dummy).expect("a PHC string");
+        let real = hash_now(&Params::new(8, 1, 1, None).expect("params"), b"x").expect("hash");
+        let real = argon2::PasswordHash::new(&real).expect("a PHC string");
+        assert_eq!(parsed.algorithm, real.algorithm);
+        assert_eq!(parsed.version, real.version);
+        let got = Params::try_from(&parsed).expect("params");
+        assert_eq!(
+            (got.m_cost(), got.t_cost(), got.p_cost()),
+            (params.m_cost(), params.t_cost(), params.p_cost())
+        );
+        assert_eq!(
+            parsed.hash.map(|h| h.len()),
+            Some(Params::DEFAULT_OUTPUT_LEN)
+        );
+        // Verified like any stored hash, it refuses; two are never the same.
+        let cheap = dummy_hash(&Params::new(8, 1, 1, None).expect("params"));
+        assert!(
+            Argon2::default()
+                .verify_password(b"", &argon2::PasswordHash::new(&cheap).expect("phc"))
+                .is_err()
+        );
+        assert_ne!(dummy_hash(&params), dummy);
+    }
 
     #[test]
     fn policy_lengths() {
