@@ -13,6 +13,7 @@
 #   bench/gateway.sh                # 10 s per target;  DURATION=30s for steadier numbers
 #   bench/gateway.sh --install      # also apt-get install nginx haproxy first
 #   BASELINE_BIN=old/portcullis bench/gateway.sh   # adds rows for another build, same run
+#   PORTCULLIS_BIN=path bench/gateway.sh    # measures that build (e.g. scripts/build-pgo's)
 #   PINGORA=1 bench/gateway.sh      # adds pingora's floor (bench/pingora-floor: the same no-logic
 #                                   # proxy on pingora-proxy; needs cmake, built on first use)
 #   ONLY='floor|nginx' bench/gateway.sh   # only the targets whose name matches (grep -E)
@@ -45,9 +46,11 @@ if [[ "${1:-}" == "--install" ]]; then
 fi
 command -v wrk >/dev/null || { echo "install wrk: apt-get install wrk" >&2; exit 1; }
 target=${CARGO_TARGET_DIR:-target}
-cargo build --release --quiet
+if [[ -z "${PORTCULLIS_BIN:-}" ]]; then
+    cargo build --release --quiet
+fi
 cargo build --release --quiet -p portcullis-gateway --example upstream --example minproxy
-BIN="$target/release/portcullis"
+BIN=${PORTCULLIS_BIN:-$target/release/portcullis}
 
 tmp=$(mktemp -d /tmp/portcullis-gwbench.XXXXXX)
 pids=()
