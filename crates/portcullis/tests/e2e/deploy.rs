@@ -93,6 +93,26 @@ fn the_dockerfile_has_a_new_enough_toolchain_and_an_unprivileged_user() {
         "the builder image ({image_version}) must have at least rust-version {rust_version}"
     );
     assert!(text.contains("cargo build --release --locked -p portcullis"));
+    // `--build-arg PGO=1` builds with the production script, which must be there and runnable.
+    assert!(text.contains("bin=$(scripts/build-pgo)"));
+    let script = repo().join("scripts/build-pgo");
+    let mode = std::fs::metadata(&script)
+        .expect("scripts/build-pgo")
+        .permissions();
+    assert!(
+        std::os::unix::fs::PermissionsExt::mode(&mode) & 0o111 != 0,
+        "scripts/build-pgo is not executable"
+    );
+    let syntax = Command::new("bash")
+        .arg("-n")
+        .arg(&script)
+        .output()
+        .expect("bash");
+    assert!(
+        syntax.status.success(),
+        "{}",
+        String::from_utf8_lossy(&syntax.stderr)
+    );
     assert!(
         text.lines()
             .any(|l| l.starts_with("USER ") && !l.contains("root"))
