@@ -326,15 +326,22 @@ impl Cors {
     /// CORS headers on an actual answer (allowed or refused): the upstream's own are dropped,
     /// `Vary: Origin` is added, and an allowed origin is told it may read the answer.
     pub fn decorate(&self, origin: Option<&HeaderValue>, headers: &mut HeaderMap) {
-        for name in [
-            header::ACCESS_CONTROL_ALLOW_ORIGIN,
-            header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
-            header::ACCESS_CONTROL_EXPOSE_HEADERS,
-            header::ACCESS_CONTROL_ALLOW_METHODS,
-            header::ACCESS_CONTROL_ALLOW_HEADERS,
-            header::ACCESS_CONTROL_MAX_AGE,
-        ] {
-            headers.remove(name);
+        // One look at the names first: most answers carry none of these, and six removals
+        // are six hash lookups.
+        if headers
+            .keys()
+            .any(|name| name.as_str().starts_with("access-control-"))
+        {
+            for name in [
+                header::ACCESS_CONTROL_ALLOW_ORIGIN,
+                header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
+                header::ACCESS_CONTROL_EXPOSE_HEADERS,
+                header::ACCESS_CONTROL_ALLOW_METHODS,
+                header::ACCESS_CONTROL_ALLOW_HEADERS,
+                header::ACCESS_CONTROL_MAX_AGE,
+            ] {
+                headers.remove(name);
+            }
         }
         vary(headers, false);
         if let Some(origin) = origin.filter(|o| o.to_str().is_ok_and(|o| self.allows_origin(o))) {
@@ -381,6 +388,12 @@ fn vary(h: &mut HeaderMap, preflight: bool) {
             .flat_map(|v| v.split(','))
             .any(|v| v.trim().eq_ignore_ascii_case(name))
     };
+    if !h.contains_key(header::VARY) {
+        for n in names {
+            h.append(header::VARY, HeaderValue::from_static(n));
+        }
+        return;
+    }
     if has(h, "*") {
         return;
     }

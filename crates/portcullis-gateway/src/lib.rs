@@ -221,6 +221,10 @@ impl Gateway {
         for c in outcome.set_cookies.drain(..) {
             response.headers_mut().append(header::SET_COOKIE, c);
         }
+        if outcome.cors.is_some() || outcome.limit.is_some() {
+            // Room for what is added below at once, rather than the map growing twice.
+            response.headers_mut().reserve(6);
+        }
         if let Some((cors, origin)) = &outcome.cors {
             cors.decorate(origin.as_ref(), response.headers_mut());
         }

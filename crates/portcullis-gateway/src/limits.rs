@@ -20,12 +20,14 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use axum::body::Bytes;
 use axum::http::{HeaderName, HeaderValue};
 use governor::clock::{Clock as _, DefaultClock};
 use governor::middleware::StateInformationMiddleware;
 use governor::state::keyed::DashMapStateStore;
 use governor::{Quota, RateLimiter};
 use serde::Deserialize;
+use smallvec::{SmallVec, smallvec};
 
 use crate::authn::Identity;
 use crate::reject::Reject;
@@ -256,8 +258,9 @@ impl RateLimit {
         self.limiter.len()
     }
 
-    /// The buckets a request counts in (none: the limit does not apply to this caller).
-    fn buckets(&self, client: IpAddr, id: Option<&Identity>) -> Vec<Bucket> {
+    /// The buckets a request counts in (none: the limit does not apply to this caller); one,
+    /// unless the limit is by group, held without a heap allocation.
+    fn buckets(&self, client: IpAddr, id: Option<&Identity>) -> SmallVec<[Bucket; 1]> {
         let in_scope = |id: &Identity| {
             self.groups.is_empty()
                 || id
@@ -266,13 +269,13 @@ impl RateLimit {
                     .any(|g| self.groups.iter().any(|w| w.eq_ignore_ascii_case(g)))
         };
         match (self.key, id) {
-            (LimitKey::Address, _) => vec![Bucket::Network(network_of(client))],
-            (_, None) => Vec::new(),
-            (_, Some(id)) if !in_scope(id) => Vec::new(),
-            (LimitKey::Sub, Some(id)) => vec![Bucket::Name(id.sub.as_str().into())],
+            (LimitKey::Address, _) => smallvec![Bucket::Network(network_of(client))],
+            (_, None) => SmallVec::new(),
+            (_, Some(id)) if !in_scope(id) => SmallVec::new(),
+            (LimitKey::Sub, Some(id)) => smallvec![Bucket::Name(id.sub.as_str().into())],
             // A token without a client id counts with the others that have none.
             (LimitKey::Client, Some(id)) => {
-                vec![Bucket::Name(id.client_id.as_deref().unwrap_or("").into())]
+                smallvec![Bucket::Name(id.client_id.as_deref().unwrap_or("").into())]
             }
             (LimitKey::Group, Some(id)) => id
                 .groups
@@ -325,10 +328,25 @@ impl RateLimit {
         Ok(Some(self.headers(remaining, refill)))
     }
 
+    /// `RateLimit-Policy` (made once) and `RateLimit`: `"name";r=<remaining>;t=<seconds>`,
+    /// written straight into the buffer the header keeps (one allocation per answer).
     fn headers(&self, remaining: u32, reset: u64) -> LimitHeaders {
+        let (mut r, mut t) = (itoa::Buffer::new(), itoa::Buffer::new());
+        let (r, t) = (r.format(remaining), t.format(reset));
+        let mut state = Vec::with_capacity(self.name.len() + r.len() + t.len() + 8);
+        for part in [
+            b"\"",
+            self.name.as_bytes(),
+            b"\";r=",
+            r.as_bytes(),
+            b";t=",
+            t.as_bytes(),
+        ] {
+            state.extend_from_slice(part);
+        }
         LimitHeaders {
             policy: self.policy.clone(),
-            state: HeaderValue::from_str(&format!("\"{}\";r={remaining};t={reset}", self.name))
+            state: HeaderValue::from_maybe_shared(Bytes::from(state))
                 .unwrap_or(HeaderValue::from_static("\"limit\";r=0;t=1")),
         }
     }
