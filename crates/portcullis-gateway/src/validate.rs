@@ -370,35 +370,50 @@ fn check_value(p: &Param, v: &str, at: &str, problems: &mut Vec<(String, String)
 }
 
 /// A request body read whole, up to `max_body` (413 past it), within `read_timeout` (408). A
-/// body already received — the usual case for a small one — is taken without arming a timer
-/// (the timer wheel is shared by every request).
+/// small body is usually all in its first frame and already received: that frame is taken as
+/// it is, without collecting frames into a queue or arming a timer (the timer wheel is shared
+/// by every request); the rest, if any, is collected within the limit and the timeout.
 pub(crate) async fn read_body(
-    body: Body,
+    mut body: Body,
     max_body: usize,
     read_timeout: Duration,
 ) -> Result<Bytes, Reject> {
-    use std::future::Future as _;
-    let mut collecting = std::pin::pin!(http_body_util::Limited::new(body, max_body).collect());
-    let first = {
-        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-        collecting.as_mut().poll(&mut cx)
+    use axum::body::HttpBody as _;
+    use std::pin::Pin;
+    use std::task::{Context, Poll, Waker};
+    let first = Pin::new(&mut body).poll_frame(&mut Context::from_waker(Waker::noop()));
+    let head = match first {
+        Poll::Ready(None) => return Ok(Bytes::new()),
+        Poll::Ready(Some(Err(_))) => return Err(Reject::BadBody),
+        // Trailers are not part of the body that is checked and forwarded.
+        Poll::Ready(Some(Ok(frame))) => frame.into_data().unwrap_or_default(),
+        Poll::Pending => Bytes::new(),
     };
-    let done = match first {
-        std::task::Poll::Ready(done) => done,
-        std::task::Poll::Pending => tokio::time::timeout(read_timeout, collecting)
-            .await
-            .map_err(|_| Reject::BodyTooSlow)?,
-    };
-    match done {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e)
+    if head.len() > max_body {
+        return Err(Reject::BodyTooLarge { streaming: true });
+    }
+    if body.is_end_stream() {
+        return Ok(head);
+    }
+    let rest = http_body_util::Limited::new(body, max_body - head.len()).collect();
+    let collected = match tokio::time::timeout(read_timeout, rest).await {
+        Err(_) => return Err(Reject::BodyTooSlow),
+        Ok(Ok(collected)) => collected.to_bytes(),
+        Ok(Err(e))
             if e.downcast_ref::<http_body_util::LengthLimitError>()
                 .is_some() =>
         {
-            Err(Reject::BodyTooLarge { streaming: true })
+            return Err(Reject::BodyTooLarge { streaming: true });
         }
-        Err(_) => Err(Reject::BadBody),
+        Ok(Err(_)) => return Err(Reject::BadBody),
+    };
+    if head.is_empty() {
+        return Ok(collected);
     }
+    let mut whole = Vec::with_capacity(head.len() + collected.len());
+    whole.extend_from_slice(&head);
+    whole.extend_from_slice(&collected);
+    Ok(Bytes::from(whole))
 }
 
 /// Whether a request's headers announce a body (a non-zero `Content-Length`, or any

@@ -41,6 +41,7 @@ async fn env() -> (Idp, Upstream, String, tempfile::TempDir) {
         r#"
 [gateway]
 max_body = 4096
+upstream_timeout = "2s"
 
 [[routes]]
 path = "/api/**"
@@ -339,4 +340,103 @@ async fn query_rules_apply_per_method_and_a_chunked_body_arrives_whole() {
     assert_eq!(seen["body"], body);
     assert_eq!(json!(seen["method"]), json!("POST"));
     assert_eq!(upstream.count(), 2);
+}
+
+/// A validated body is read whole before it is checked: what arrives in pieces, with a pause
+/// between them, is put together (the first piece taken as it came, the rest read within the
+/// timeout); a chunked body growing past `max_body` is refused 413, one that stops arriving 408,
+/// and neither reaches the upstream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_in_pieces_is_read_whole_within_the_limit_and_the_time() {
+    use std::io::{Read, Write};
+    let (idp, upstream, ada, _dir) = env().await;
+    let server = idp.url("");
+    let addr = server
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_owned();
+    // Sends `pieces` with `pause` between them, then reads the answer.
+    let send = move |pieces: Vec<String>, pause: std::time::Duration| {
+        let addr = addr.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut s = std::net::TcpStream::connect(&addr).expect("connect");
+            s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+                .expect("timeout");
+            for (i, piece) in pieces.iter().enumerate() {
+                if i > 0 {
+                    std::thread::sleep(pause);
+                }
+                let _ = s.write_all(piece.as_bytes());
+            }
+            let mut out = Vec::new();
+            let _ = s.read_to_end(&mut out);
+            String::from_utf8_lossy(&out).into_owned()
+        })
+    };
+    let head = |framing: &str| {
+        format!(
+            "POST /api/orders HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {ada}\r\nContent-Type: application/json\r\nX-Tenant: {TENANT}\r\n{framing}\r\nConnection: close\r\n\r\n"
+        )
+    };
+    let body = r#"{"sku":"ABC-1234","quantity":3,"note":"left at the door"}"#;
+    let (a, b) = body.split_at(20);
+    // A declared length, the body in two writes 300 ms apart.
+    let answer = send(
+        vec![
+            format!("{}{a}", head(&format!("Content-Length: {}", body.len()))),
+            b.to_owned(),
+        ],
+        std::time::Duration::from_millis(300),
+    )
+    .await
+    .expect("join");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert_eq!(upstream.last()["body"], body);
+    // Chunked, the same way.
+    let answer = send(
+        vec![
+            format!(
+                "{}{:x}\r\n{a}\r\n",
+                head("Transfer-Encoding: chunked"),
+                a.len()
+            ),
+            format!("{:x}\r\n{b}\r\n0\r\n\r\n", b.len()),
+        ],
+        std::time::Duration::from_millis(300),
+    )
+    .await
+    .expect("join");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert_eq!(upstream.last()["body"], body);
+    assert_eq!(upstream.count(), 2);
+    // Chunked past max_body (4096), the second chunk over it: 413, nothing forwarded.
+    let note = "n".repeat(3000);
+    let answer = send(
+        vec![
+            format!("{}bb8\r\n{note}\r\n", head("Transfer-Encoding: chunked")),
+            format!("bb8\r\n{note}\r\n0\r\n\r\n"),
+        ],
+        std::time::Duration::from_millis(100),
+    )
+    .await
+    .expect("join");
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    // A first piece and then nothing: 408 once upstream_timeout (2 s) has passed.
+    let answer = send(
+        vec![format!(
+            "{}{a}",
+            head(&format!("Content-Length: {}", body.len()))
+        )],
+        std::time::Duration::ZERO,
+    );
+    let answer = tokio::time::timeout(std::time::Duration::from_secs(8), answer)
+        .await
+        .expect("answered within the timeout")
+        .expect("join");
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert_eq!(
+        upstream.count(),
+        2,
+        "neither refused body reached the upstream"
+    );
 }
