@@ -14,16 +14,10 @@ use axum::http::Request;
 use portcullis_gateway::validate::{Validation, ValidationConfig};
 use serde_json::{Value, json};
 
-/// `bench/gateway.sh`'s schema for the managed route.
+/// The benchmarks' schema for the managed route (`bench/order.schema.json`).
 fn schema() -> Value {
-    json!({ "type": "object", "required": ["orders"], "additionalProperties": false,
-      "properties": { "orders": { "type": "array", "maxItems": 100, "items": {
-        "type": "object", "required": ["id", "item", "quantity", "status"],
-        "additionalProperties": false,
-        "properties": { "id": { "type": "integer", "minimum": 0 },
-          "item": { "type": "string", "maxLength": 40 },
-          "quantity": { "type": "integer", "minimum": 1, "maximum": 10 },
-          "status": { "enum": ["pending", "approved", "shipped"] } } } } } })
+    serde_json::from_str(include_str!("../../../bench/order.schema.json"))
+        .expect("bench/order.schema.json")
 }
 
 /// `bench/gateway.sh`'s body: as many orders as fit in ~1 KB (or `count` of them).

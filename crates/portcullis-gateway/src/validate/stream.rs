@@ -870,16 +870,10 @@ mod tests {
     use super::super::tape::Tape;
     use super::*;
 
-    /// The benchmark's order schema (bench/gateway.sh).
+    /// The benchmark's order schema (bench/order.schema.json).
     fn orders() -> Value {
-        json!({ "type": "object", "required": ["orders"], "additionalProperties": false,
-          "properties": { "orders": { "type": "array", "maxItems": 100, "items": {
-            "type": "object", "required": ["id", "item", "quantity", "status"],
-            "additionalProperties": false,
-            "properties": { "id": { "type": "integer", "minimum": 0 },
-              "item": { "type": "string", "maxLength": 40 },
-              "quantity": { "type": "integer", "minimum": 1, "maximum": 10 },
-              "status": { "enum": ["pending", "approved", "shipped"] } } } } } })
+        serde_json::from_str(include_str!("../../../../bench/order.schema.json"))
+            .expect("bench/order.schema.json")
     }
 
     /// Every keyword a plan reads, several at once, and subschemas it hands to `jsonschema`.
