@@ -3,6 +3,7 @@
 //! identity headers), and what an answer on a protected route may tell caches.
 
 use std::net::IpAddr;
+use std::sync::LazyLock;
 
 use axum::body::Body;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Request, Response, Uri, header};
@@ -162,16 +163,49 @@ fn norm_byte(b: u8) -> u8 {
     }
 }
 
+/// The names a client may never send upstream, looked up by length, and the first bytes of
+/// [`UNTRUSTED_PREFIXES`]: a header is compared with the few names of its own length and, only
+/// when its first byte allows, with the prefixes — not with all eighty.
+struct Denied {
+    by_length: Vec<Vec<&'static str>>,
+    prefix_first: [bool; 256],
+}
+
+static DENIED: LazyLock<Denied> = LazyLock::new(|| {
+    let mut by_length: Vec<Vec<&'static str>> = Vec::new();
+    let names = HOP_BY_HOP
+        .iter()
+        .chain(UNTRUSTED)
+        .chain(&["authorization", "http2-settings"]);
+    for &name in names {
+        if by_length.len() <= name.len() {
+            by_length.resize(name.len() + 1, Vec::new());
+        }
+        by_length[name.len()].push(name);
+    }
+    let mut prefix_first = [false; 256];
+    for p in UNTRUSTED_PREFIXES {
+        prefix_first[usize::from(p.as_bytes()[0])] = true;
+    }
+    Denied {
+        by_length,
+        prefix_first,
+    }
+});
+
 /// Whether a client-sent header must be dropped before forwarding. (No allocation: this runs
 /// for every header of every request.)
 fn strip(name: &str, connection_listed: &[String], extra: &[HeaderPattern]) -> bool {
-    UNTRUSTED_PREFIXES
-        .iter()
-        .any(|p| header_starts_with(name, p))
-        || same_header(name, "authorization")
-        || same_header(name, "http2-settings")
-        || HOP_BY_HOP.iter().any(|h| same_header(name, h))
-        || UNTRUSTED.iter().any(|h| same_header(name, h))
+    let denied = &*DENIED;
+    let first = name.as_bytes().first().map_or(0, |&b| norm_byte(b));
+    denied
+        .by_length
+        .get(name.len())
+        .is_some_and(|names| names.iter().any(|h| same_header(name, h)))
+        || denied.prefix_first[usize::from(first)]
+            && UNTRUSTED_PREFIXES
+                .iter()
+                .any(|p| header_starts_with(name, p))
         || connection_listed.iter().any(|c| same_header(name, c))
         || extra.iter().any(|p| match p {
             HeaderPattern::Name(n) => same_header(name, n),
@@ -404,6 +438,35 @@ mod tests {
         );
         for name in ["content-type", "accept", "x-request-id", "user-agent"] {
             assert!(!strip(name, &[], &[]), "{name}");
+        }
+    }
+
+    #[test]
+    fn every_listed_name_and_prefix_is_stripped_in_every_spelling() {
+        let spellings = |n: &str| {
+            [
+                n.to_owned(),
+                n.to_ascii_uppercase(),
+                n.replace('-', "_"),
+                n.replace('-', "."),
+            ]
+        };
+        for name in HOP_BY_HOP
+            .iter()
+            .chain(UNTRUSTED)
+            .chain(&["authorization", "http2-settings"])
+        {
+            // A longer name is a name of its own, stripped only for a listed prefix.
+            let prefixed = UNTRUSTED_PREFIXES.iter().any(|p| name.starts_with(p));
+            for s in spellings(name) {
+                assert!(strip(&s, &[], &[]), "{s}");
+                assert_eq!(strip(&format!("{s}z"), &[], &[]), prefixed, "{s}z");
+            }
+        }
+        for prefix in UNTRUSTED_PREFIXES {
+            for s in spellings(&format!("{prefix}anything")) {
+                assert!(strip(&s, &[], &[]), "{s}");
+            }
         }
     }
 
