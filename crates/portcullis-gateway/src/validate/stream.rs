@@ -72,6 +72,9 @@ struct Checks {
     /// `additionalProperties` governs). At most 64, each a bit of `required` and of the set
     /// seen while an object is read.
     properties: Vec<(Box<str>, Option<Rule>)>,
+    /// The properties whose names a body writes without escapes (no quote, backslash or
+    /// control character): such a name can be compared in place with the body's bytes.
+    plain: u64,
     required: u64,
     additional: Rule,
     min_properties: u64,
@@ -150,7 +153,7 @@ impl Plan {
             at: 0,
             max_depth,
         };
-        scan.value(&self.root, 0).is_ok() && scan.at_end()
+        scan.value(&self.root, 0, None).is_ok() && scan.at_end()
     }
 }
 
@@ -183,6 +186,7 @@ fn rule(schema: &Value) -> Option<Rule> {
         min_items: 0,
         max_items: u64::MAX,
         properties: Vec::new(),
+        plain: 0,
         required: 0,
         additional: Rule::Any,
         min_properties: 0,
@@ -263,6 +267,11 @@ fn rule(schema: &Value) -> Option<Rule> {
     for name in required {
         if let Some(at) = c.properties.iter().position(|(n, _)| **n == *name) {
             c.required |= 1 << at;
+        }
+    }
+    for (at, (name, _)) in c.properties.iter().enumerate() {
+        if !name.bytes().any(|b| STOPS[usize::from(b)]) {
+            c.plain |= 1 << at;
         }
     }
     Some(Rule::Checks(Box::new(c)))
@@ -373,7 +382,7 @@ fn against_float(i: Option<i128>, f: f64) -> Option<Ordering> {
 
 /// String equality for the short names and values schemas list, compared in place (a call to
 /// `memcmp` per member name cost more than the comparison).
-#[inline]
+#[inline(always)]
 fn same(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
         return false;
@@ -441,7 +450,7 @@ impl<'a> Scan<'a> {
     }
 
     /// One value, checked against `rule`; `depth` is the nesting of the container it is in.
-    fn value(&mut self, rule: &Rule, depth: usize) -> Checked {
+    fn value(&mut self, rule: &Rule, depth: usize, order: Option<&mut Order>) -> Checked {
         let c = match rule {
             Rule::Never => return Err(Unsure),
             Rule::Any => None,
@@ -449,7 +458,10 @@ impl<'a> Scan<'a> {
             Rule::Scalar(v) => return self.scalar(v),
         };
         match self.peek()? {
-            b'{' => self.object(c, depth + 1),
+            b'{' => match order {
+                Some(order) => self.object(c, depth + 1, order),
+                None => self.object(c, depth + 1, &mut Order::default()),
+            },
             b'[' => self.array(c, depth + 1),
             b'"' => check_string(c, &self.string()?),
             b'-' | b'0'..=b'9' => check_number(c, self.number()?),
@@ -502,15 +514,16 @@ impl<'a> Scan<'a> {
     }
 
     /// An object at its `{`: each member name read decoded, no name twice, each value checked
-    /// against the rule its name selects.
-    fn object(&mut self, c: Option<&Checks>, depth: usize) -> Checked {
+    /// against the rule its name selects. `order` holds the names of the array's previous
+    /// object, if any, and is left holding this one's.
+    fn object(&mut self, c: Option<&Checks>, depth: usize, order: &mut Order) -> Checked {
         if depth > self.max_depth {
             return Err(Unsure);
         }
         let c = typed(c, OBJECT)?;
-        let (properties, additional) = match c {
-            None => (&[][..], &Rule::Any),
-            Some(c) => (&c.properties[..], &c.additional),
+        let (properties, additional, plain) = match c {
+            None => (&[][..], &Rule::Any, 0),
+            Some(c) => (&c.properties[..], &c.additional, c.plain),
         };
         self.at += 1;
         let mut seen = 0u64;
@@ -523,16 +536,35 @@ impl<'a> Scan<'a> {
                 if self.peek()? != b'"' {
                     return Err(Unsure);
                 }
-                let name = self.string()?;
+                // The name the previous object had here is compared in place; any other is
+                // read and looked up.
+                let expected = order.expected(len).filter(|&at| plain >> at & 1 != 0);
+                let declared = match expected {
+                    Some(at) if self.name_is(properties[at].0.as_bytes()) => Some(at),
+                    _ => {
+                        let name = self.string()?;
+                        let at = properties
+                            .iter()
+                            .position(|(n, _)| same(n.as_bytes(), &name));
+                        if at.is_none() {
+                            if matches!(additional, Rule::Never)
+                                || undeclared.len() >= MAX_UNDECLARED
+                                || undeclared.contains(&name)
+                            {
+                                return Err(Unsure);
+                            }
+                            undeclared.push(name);
+                        }
+                        at
+                    }
+                };
                 if self.peek()? != b':' {
                     return Err(Unsure);
                 }
                 self.at += 1;
+                order.learn(len, declared);
                 len += 1;
-                let rule = match properties
-                    .iter()
-                    .position(|(n, _)| same(n.as_bytes(), &name))
-                {
+                let rule = match declared {
                     Some(at) => {
                         let bit = 1 << at;
                         if seen & bit != 0 {
@@ -541,18 +573,9 @@ impl<'a> Scan<'a> {
                         seen |= bit;
                         properties[at].1.as_ref().unwrap_or(additional)
                     }
-                    None => {
-                        if matches!(additional, Rule::Never)
-                            || undeclared.len() >= MAX_UNDECLARED
-                            || undeclared.contains(&name)
-                        {
-                            return Err(Unsure);
-                        }
-                        undeclared.push(name);
-                        additional
-                    }
+                    None => additional,
                 };
-                self.value(rule, depth)?;
+                self.value(rule, depth, None)?;
                 match self.peek()? {
                     b',' => self.at += 1,
                     b'}' => {
@@ -563,6 +586,7 @@ impl<'a> Scan<'a> {
                 }
             }
         }
+        order.finish(len);
         if let Some(c) = c
             && (seen & c.required != c.required || len < c.min_properties || len > c.max_properties)
         {
@@ -582,11 +606,12 @@ impl<'a> Scan<'a> {
         };
         self.at += 1;
         let mut len = 0u64;
+        let mut order = Order::default();
         if self.peek()? == b']' {
             self.at += 1;
         } else {
             loop {
-                self.value(items, depth)?;
+                self.value(items, depth, Some(&mut order))?;
                 len += 1;
                 if len > max {
                     return Err(Unsure);
@@ -605,6 +630,21 @@ impl<'a> Scan<'a> {
             return Err(Unsure);
         }
         Ok(())
+    }
+
+    /// Whether the string at the opening quote is `name` written without escapes (a name with
+    /// none to write): if it is, it is consumed.
+    #[inline(always)]
+    fn name_is(&mut self, name: &[u8]) -> bool {
+        let start = self.at + 1;
+        let end = start + name.len();
+        let bytes = self.text.as_bytes();
+        if bytes.get(end) == Some(&b'"') && same(&bytes[start..end], name) {
+            self.at = end + 1;
+            true
+        } else {
+            false
+        }
     }
 
     /// A string at its opening quote, decoded (UTF-8: the whole body is): borrowed from the
@@ -742,6 +782,44 @@ impl<'a> Scan<'a> {
             }
         }
         other_number(self.text.get(start..i).ok_or(Unsure)?)
+    }
+}
+
+/// The declared members of the last object read in an array, as indices into its rule's
+/// properties: the likeliest names, in order, of the next object's (an array's objects are
+/// mostly written alike). The first sixteen are kept.
+#[derive(Default)]
+struct Order {
+    names: [u8; 16],
+    len: u8,
+}
+
+impl Order {
+    /// The property the last object had as its member `at`, if it was a declared one.
+    #[inline]
+    fn expected(&self, at: u64) -> Option<usize> {
+        if at < u64::from(self.len) {
+            // Within 16 (`len` is at most 16); `u8::MAX` stands for an undeclared name.
+            let index = self.names[at as usize];
+            (index != u8::MAX).then_some(usize::from(index))
+        } else {
+            None
+        }
+    }
+
+    /// This object's member `at` is the property `declared` (or an undeclared name).
+    #[inline]
+    fn learn(&mut self, at: u64, declared: Option<usize>) {
+        if let Some(slot) = self.names.get_mut(at as usize) {
+            // Properties are at most 64, so an index fits a `u8` below `u8::MAX`.
+            *slot = declared.map_or(u8::MAX, |d| d as u8);
+        }
+    }
+
+    /// This object had `members` members.
+    #[inline]
+    fn finish(&mut self, members: u64) {
+        self.len = members.min(16) as u8;
     }
 }
 
@@ -1103,6 +1181,64 @@ mod tests {
         assert!(!same(b"a-long-member-name", b"a-long-member-namf"));
         assert!(!same("é".as_bytes(), b"e"));
         assert!(same(b"", b""));
+    }
+
+    /// An array's objects are read expecting the names of the one before, in its order: what
+    /// differs — another order, a longer or shorter name, an escaped spelling, a name twice,
+    /// a name that needs escapes, the body's end — is read as before.
+    #[test]
+    fn names_expected_from_the_previous_object_are_only_a_guess() {
+        let plan = Plan::new(&orders()).expect("plan");
+        let first = r#"{"id":0,"item":"w","quantity":1,"status":"shipped"}"#;
+        for (second, valid) in [
+            (
+                r#"{"status":"shipped","quantity":1,"item":"w","id":0}"#,
+                true,
+            ),
+            (
+                r#"{"\u0069d":0,"item":"w","quantity":1,"status":"shipped"}"#,
+                true,
+            ),
+            (
+                r#"{"idx":0,"item":"w","quantity":1,"status":"shipped"}"#,
+                false,
+            ),
+            (
+                r#"{"i":0,"item":"w","quantity":1,"status":"shipped"}"#,
+                false,
+            ),
+            (r#"{"id":0,"id":0,"quantity":1,"status":"shipped"}"#, false),
+            (
+                r#"{"id":0,"item":"w","quantity":1,"status":"shipped","id":1}"#,
+                false,
+            ),
+            (r#"{"id":0,"item":"w","quantity":1}"#, false),
+            (
+                r#"{"id":0,"item":"w","quantity":1,"status":"shipped","x":1}"#,
+                false,
+            ),
+        ] {
+            let text = format!(r#"{{"orders":[{first},{second},{first}]}}"#);
+            assert_eq!(plan.accepts(text.as_bytes(), 32), valid, "{text}");
+            assert_eq!(full(&orders(), &text, 32), valid, "{text}");
+        }
+        for cut in [r#"{"orders":[{first},{"id"#, r#"{"orders":[{first},{"id""#] {
+            let text = cut.replace("{first}", first);
+            assert!(!plan.accepts(text.as_bytes(), 32), "{text}");
+        }
+        // Names a body must escape are never compared in place.
+        let odd = json!({ "type": "array", "items": { "type": "object",
+            "properties": { "a\"b": { "type": "integer" }, "c\\d": { "type": "integer" } },
+            "additionalProperties": false } });
+        let plan = Plan::new(&odd).expect("plan");
+        for (text, valid) in [
+            (r#"[{"a\"b":1,"c\\d":2},{"a\"b":3,"c\\d":4}]"#, true),
+            (r#"[{"a\"b":1},{"a"b":1}]"#, false),
+            (r#"[{"a\"b":"x"},{"a\"b":1}]"#, false),
+        ] {
+            assert_eq!(plan.accepts(text.as_bytes(), 32), valid, "{text}");
+            assert_eq!(full(&odd, text, 32), valid, "{text}");
+        }
     }
 
     fn body_of(order: &str) -> String {
