@@ -359,7 +359,7 @@ impl Transform {
         parts
             .headers
             .insert(header::CONTENT_LENGTH, HeaderValue::from(rendered.len()));
-        Ok(Request::from_parts(parts, Body::from(rendered)))
+        Ok(crate::forward::received(parts, rendered))
     }
 
     /// Sets and removes the answer's headers.

@@ -292,7 +292,7 @@ impl Validation {
             .as_ref()
             .is_some_and(|p| p.accepts(&bytes, self.max_depth))
         {
-            return Ok(Request::from_parts(parts, Body::from(bytes)));
+            return Ok(crate::forward::received(parts, bytes));
         }
         let tape = Tape::parse(&bytes, self.max_depth).map_err(|e| {
             let problem = match e {
@@ -310,7 +310,7 @@ impl Validation {
         // The fast check first; the errors are collected only for a body that fails it.
         if schema.is_valid(tape.root()) {
             drop(tape);
-            return Ok(Request::from_parts(parts, Body::from(bytes)));
+            return Ok(crate::forward::received(parts, bytes));
         }
         let problems: Vec<(String, String)> = schema
             .iter_errors(tape.root())
@@ -321,7 +321,7 @@ impl Validation {
             return Err(invalid("The request body is invalid", problems));
         }
         drop(tape);
-        Ok(Request::from_parts(parts, Body::from(bytes)))
+        Ok(crate::forward::received(parts, bytes))
     }
 
     fn check_query(&self, query: &str, problems: &mut Vec<(String, String)>) {

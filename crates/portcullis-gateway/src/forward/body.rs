@@ -2,6 +2,22 @@
 //! (`gateway.total_timeout`), and how far the client's body got (finished, or broken by the
 //! client: bad chunked framing, a connection gone).
 
+/// Marks a request whose body the gateway has read whole (to validate or to map it): a body in
+/// memory can be neither slow nor broken any more, so it goes upstream as it is, without the
+/// wrappers that watch a client's body on its way through (one allocation and one layer per
+/// poll each).
+#[derive(Clone, Copy, Debug)]
+pub struct Received;
+
+/// A request whose body the gateway holds whole.
+pub fn received(
+    mut parts: axum::http::request::Parts,
+    body: impl Into<axum::body::Bytes>,
+) -> axum::http::Request<axum::body::Body> {
+    parts.extensions.insert(Received);
+    axum::http::Request::from_parts(parts, axum::body::Body::from(body.into()))
+}
+
 /// A response body that must end by a deadline (`gateway.total_timeout`): past it the body fails,
 /// so hyper cuts the response off and closes the connection. The timer is only armed when the
 /// body first has to wait, so a response that is already complete costs none.

@@ -18,7 +18,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use portcullis_token::Clock;
 
-pub use body::{BodyState, Deadline, Primed, ReadToEnd, TotalTimeout};
+pub use body::{BodyState, Deadline, Primed, ReadToEnd, Received, TotalTimeout, received};
 pub use headers::{Forwarding, HeaderPattern, parse_header_list, protect_cache, upstream_request};
 pub use pool::Origin;
 pub use upgrade::{UpgradeAsk, accepts_websocket, upgrade_ask};
@@ -231,7 +231,8 @@ impl Forwarder {
         let mut req = req;
         let upgrade = self.upgrade(&mut req, route, encoded)?;
         let (parts, body) = req.into_parts();
-        let (body, body_state) = self.bounded(body);
+        let received = parts.extensions.get::<Received>().is_some();
+        let (body, body_state) = self.bounded(body, received);
         let fwd = Forwarding {
             client_ip,
             proto: self.forwarded_proto,
@@ -279,7 +280,7 @@ impl Forwarder {
             }
             // The body's first frame before anything goes upstream: a request whose body is
             // broken from its start reaches nobody.
-            let upstream = if axum::body::HttpBody::is_end_stream(upstream.body()) {
+            let upstream = if received || axum::body::HttpBody::is_end_stream(upstream.body()) {
                 upstream
             } else {
                 let (parts, body) = upstream.into_parts();
@@ -323,8 +324,9 @@ impl Forwarder {
     }
 
     /// The request body, limited to `gateway.max_body`, and (when there is one) the state that
-    /// says whether the client finished it or broke it.
-    fn bounded(&self, body: Body) -> (Body, Option<Arc<BodyState>>) {
+    /// says whether the client finished it or broke it — none for a body the gateway has
+    /// `received` whole already.
+    fn bounded(&self, body: Body, received: bool) -> (Body, Option<Arc<BodyState>>) {
         // A body whose length hyper already knows (Content-Length, checked above, or none at
         // all) cannot outgrow the limit; only a chunked body needs the counting wrapper.
         let known = axum::body::HttpBody::size_hint(&body)
@@ -337,7 +339,7 @@ impl Forwarder {
         };
         // An upstream that times out while still waiting for the body is the client's delay
         // (408), not the upstream's.
-        if axum::body::HttpBody::is_end_stream(&body) {
+        if (received && known) || axum::body::HttpBody::is_end_stream(&body) {
             return (body, None);
         }
         let (tracked, state) = ReadToEnd::new(body);

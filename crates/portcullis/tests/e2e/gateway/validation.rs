@@ -439,4 +439,17 @@ async fn a_body_in_pieces_is_read_whole_within_the_limit_and_the_time() {
         2,
         "neither refused body reached the upstream"
     );
+    // A body read whole and then an upstream slower than upstream_timeout: 504, the upstream's
+    // delay — not 408, the client finished its body before anything went upstream.
+    let slow = head(&format!("Content-Length: {}", body.len()))
+        .replace("POST /api/orders", "POST /api/slow");
+    let answer = send(
+        vec![format!("{slow}{a}"), b.to_owned()],
+        std::time::Duration::from_millis(300),
+    );
+    let answer = tokio::time::timeout(std::time::Duration::from_secs(8), answer)
+        .await
+        .expect("answered within the timeout")
+        .expect("join");
+    assert!(answer.starts_with("HTTP/1.1 504"), "{answer}");
 }
