@@ -538,9 +538,12 @@ impl<'a> Scan<'a> {
                 }
                 // The name the previous object had here is compared in place; any other is
                 // read and looked up.
-                let expected = order.expected(len).filter(|&at| plain >> at & 1 != 0);
+                let expected = order
+                    .expected(len)
+                    .filter(|&at| plain.checked_shr(at as u32).is_some_and(|p| p & 1 != 0))
+                    .and_then(|at| Some((at, properties.get(at)?)));
                 let declared = match expected {
-                    Some(at) if self.name_is(properties[at].0.as_bytes()) => Some(at),
+                    Some((at, (name, _))) if self.name_is(name.as_bytes()) => Some(at),
                     _ => {
                         let name = self.string()?;
                         let at = properties
